@@ -1,0 +1,160 @@
+{{/* Chart name, truncated to the 63 characters of a DNS label. */}}
+{{- define "hookbus.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full resource name: <release>-<chart>, or <release> when it already contains the chart name. */}}
+{{- define "hookbus.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "hookbus.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "hookbus.labels" -}}
+helm.sh/chart: {{ include "hookbus.chart" . }}
+{{ include "hookbus.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: hookbus
+{{- end }}
+
+{{/* Labels that select the pods; never change them between releases. */}}
+{{- define "hookbus.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "hookbus.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "hookbus.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "hookbus.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "hookbus.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret whose keys become env vars, or "" when there is none. */}}
+{{- define "hookbus.envSecretName" -}}
+{{- if .Values.secret.existingSecret }}
+{{- .Values.secret.existingSecret }}
+{{- else if or .Values.secret.authToken .Values.secret.env }}
+{{- include "hookbus.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret mounted as files, or "" when there is none. */}}
+{{- define "hookbus.filesSecretName" -}}
+{{- if .Values.secretFiles.existingSecret }}
+{{- .Values.secretFiles.existingSecret }}
+{{- else if .Values.secretFiles.files }}
+{{- printf "%s-files" (include "hookbus.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Seconds in a hookbus duration ("500ms", "20s", "20m", "1h", "1m30s"), rounded up.
+values.schema.json restricts durations to these units.
+*/}}
+{{- define "hookbus.durationSeconds" -}}
+{{- $ms := 0 }}
+{{- range regexFindAll "[0-9]+ *(ms|h|m|s)" (toString .) -1 }}
+{{- $n := regexFind "^[0-9]+" . | int64 }}
+{{- $unit := regexFind "(ms|h|m|s)$" . }}
+{{- if eq $unit "ms" }}{{ $ms = add $ms $n }}
+{{- else if eq $unit "s" }}{{ $ms = add $ms (mul $n 1000) }}
+{{- else if eq $unit "m" }}{{ $ms = add $ms (mul $n 60000) }}
+{{- else if eq $unit "h" }}{{ $ms = add $ms (mul $n 3600000) }}
+{{- end }}
+{{- end }}
+{{- div (add $ms 999) 1000 }}
+{{- end }}
+
+{{/* terminationGracePeriodSeconds: explicit (checked) or preStop + shutdown.grace + 10 s. */}}
+{{- define "hookbus.terminationGracePeriodSeconds" -}}
+{{- $grace := include "hookbus.durationSeconds" .Values.config.shutdown.grace | int64 }}
+{{- $preStop := .Values.lifecycle.preStopSleepSeconds | int64 }}
+{{- $floor := add $grace $preStop }}
+{{- if kindIs "string" .Values.terminationGracePeriodSeconds }}
+{{- add $floor 10 }}
+{{- else }}
+{{- $tgps := .Values.terminationGracePeriodSeconds | int64 }}
+{{- if le $tgps $floor }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than lifecycle.preStopSleepSeconds + config.shutdown.grace (%d s): the kubelet would SIGKILL hookbus while it drains the spool" $tgps $floor) }}
+{{- end }}
+{{- $tgps }}
+{{- end }}
+{{- end }}
+
+{{/* config.toml rendered from .Values.config; strings go through toJson (a valid TOML basic string). */}}
+{{- define "hookbus.configToml" -}}
+{{- $c := .Values.config -}}
+# Rendered by the hookbus Helm chart from .Values.config; edit the values, not this file.
+# The auth token is not here: it comes from env HOOKBUS_AUTH_TOKEN (Secret).
+
+[http]
+listen = {{ printf "0.0.0.0:%d" (.Values.containerPorts.http | int) | toJson }}
+max_body_bytes = {{ $c.http.max_body_bytes | int64 }}
+
+[admin]
+listen = {{ printf "0.0.0.0:%d" (.Values.containerPorts.admin | int) | toJson }}
+
+[auth]
+allowed_sub_keys = {{ $c.auth.allowed_sub_keys | default list | toJson }}
+
+[ack]
+mode = {{ $c.ack.mode | toJson }}
+
+[spool]
+dir = {{ $c.spool.dir | toJson }}
+max_bytes = {{ $c.spool.max_bytes | int64 }}
+
+[dedup]
+window = {{ $c.dedup.window | toString | toJson }}
+max_entries = {{ $c.dedup.max_entries | int64 }}
+
+[routing]
+template = {{ $c.routing.template | toJson }}
+dead_letter = {{ $c.routing.dead_letter | toJson }}
+
+[sink]
+kind = {{ $c.sink.kind | toJson }}
+
+[nats]
+url = {{ $c.nats.url | toJson }}
+jetstream = {{ $c.nats.jetstream | toJson }}
+stream = {{ $c.nats.stream | toJson }}
+
+[shutdown]
+grace = {{ $c.shutdown.grace | toString | toJson }}
+
+[kafka]
+brokers = {{ $c.kafka.brokers | toJson }}
+create_topics = {{ $c.kafka.create_topics | toJson }}
+partitions = {{ $c.kafka.partitions | int64 }}
+replication_factor = {{ $c.kafka.replication_factor | int64 }}
+
+[kafka.properties]
+{{- range $key, $value := $c.kafka.properties }}
+{{- if kindIs "float64" $value }}{{ $value = $value | int64 }}{{ end }}
+{{ $key | toJson }} = {{ $value | toString | toJson }}
+{{- end }}
+{{ end }}

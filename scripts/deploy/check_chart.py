@@ -1,0 +1,591 @@
+#!/usr/bin/env python3
+"""Offline checks of the hookbus Helm chart and the kustomize base (run by scripts/check-deploy).
+
+Subcommands, each exits non-zero on the first class of failure it finds and prints why:
+  lint       helm lint --strict, default values and every ci/*.yaml
+  render     offline render of the same cases; wiring checks (selectors, ports, probes,
+             grace period, security context, config.toml keys, checksum roll)
+  schema     values.schema.json accepts the good cases and rejects known-bad values
+  kube       every rendered manifest and the kustomize base validate against Kubernetes
+             OpenAPI schemas (kubernetes-validate, strict); CRD kinds checked structurally
+  sync       the chart's copies of the alerts and the dashboard equal deploy/
+Rendered manifests and config.toml files are written under --out for inspection and for
+`hookbus --check`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import filecmp
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "hookbus"
+DEPLOY = ROOT / "deploy"
+KUSTOMIZE = DEPLOY / "kubernetes"
+COPIES = {
+    CHART / "files" / "prometheus" / "alerts.yaml": DEPLOY / "prometheus" / "alerts.yaml",
+    CHART / "files" / "grafana" / "hookbus.json": DEPLOY / "grafana" / "hookbus.json",
+}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+RELEASE, NAMESPACE = "hookbus", "hookbus"
+
+# config.toml keys of DESIGN §4 and the TOML types they must have.
+CONFIG_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "http": {"listen": str, "max_body_bytes": int},
+    "admin": {"listen": str},
+    "auth": {"allowed_sub_keys": list},
+    "ack": {"mode": str},
+    "spool": {"dir": str, "max_bytes": int},
+    "dedup": {"window": str, "max_entries": int},
+    "routing": {"template": str, "dead_letter": str},
+    "sink": {"kind": str},
+    "nats": {"url": str, "jetstream": bool, "stream": str},
+    "shutdown": {"grace": str},
+    "kafka": {"brokers": str, "create_topics": bool, "partitions": int,
+              "replication_factor": int, "properties": dict},
+}
+
+# Values that values.schema.json must reject (dotted path, value, why).
+BAD_VALUES: list[tuple[str, Any, str]] = [
+    ("config.ack.mode", "fast", "ack.mode outside spool|memory|publish"),
+    ("replicaCount", "x", "replicaCount not an integer"),
+    ("config.sink.kind", "rabbitmq", "unknown sink kind"),
+    ("config.shutdown.grace", "20 seconds", "duration in an unknown format"),
+    ("config.spool.max_bytes", -1, "negative spool size"),
+    ("containerPorts.http", 70000, "port out of range"),
+    ("image.pullPolicy", "Sometimes", "unknown pull policy"),
+    ("replicaCont", 3, "misspelt top-level key"),
+    ("config.dedup.windw", "20m", "misspelt config key"),
+]
+
+
+class Failures:
+    """Collects failures of one subcommand; printed as they happen."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def fail(self, msg: str) -> None:
+        self.items.append(msg)
+        print(f"  FAIL {msg}", flush=True)
+
+    def check(self, cond: bool, msg: str) -> bool:
+        if not cond:
+            self.fail(msg)
+        return cond
+
+    def exit(self, what: str) -> None:
+        if self.items:
+            print(f"{what}: {len(self.items)} failure(s)")
+            sys.exit(1)
+        print(f"{what}: ok")
+        sys.exit(0)
+
+
+def helm():
+    import helm_python  # imported late: only the venv has it
+
+    return helm_python
+
+
+def cases() -> list[tuple[str, dict[str, Any]]]:
+    """(name, values) for the default values and every ci/*.yaml file."""
+    out: list[tuple[str, dict[str, Any]]] = [("default", {})]
+    for f in sorted((CHART / "ci").glob("*.yaml")):
+        out.append((f"ci/{f.name}", yaml.safe_load(f.read_text()) or {}))
+    return out
+
+
+def render(values: dict[str, Any], namespace: str = NAMESPACE) -> dict[str, str]:
+    h = helm()
+    with h.Chart.load(str(CHART)) as chart:
+        return chart.render(values=values, name=RELEASE, namespace=namespace, is_install=True)
+
+
+def docs_of(manifests: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """(template, object) for every non-empty YAML document, NOTES.txt excluded."""
+    out = []
+    for template, text in sorted(manifests.items()):
+        if template.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                out.append((template, doc))
+    return out
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds of a hookbus duration (500ms, 20s, 20m, 1h, 1m30s)."""
+    parts = re.findall(r"([0-9]+)\s*(ms|h|m|s)", text)
+    if not parts or re.sub(r"([0-9]+)\s*(ms|h|m|s)|\s", "", text):
+        raise ValueError(f"not a duration: {text!r}")
+    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(int(n) * unit[u] for n, u in parts)
+
+
+def set_path(values: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(values)
+    cur = out
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+    cur[keys[-1]] = value
+    return out
+
+
+def by_kind(docs: Iterable[tuple[str, dict]], kind: str) -> list[dict]:
+    return [d for _, d in docs if d.get("kind") == kind]
+
+
+def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+# ---------------------------------------------------------------- lint
+
+def cmd_lint(args: argparse.Namespace) -> None:
+    f = Failures()
+    h = helm()
+    for name, values in cases():
+        report = h.lint(str(CHART), values, strict=True, kube_version=f"v{args.kube_versions[0]}.0")
+        for err in report.get("errors") or []:
+            f.fail(f"helm lint [{name}]: {err}")
+        for m in report.get("messages") or []:
+            if m.get("severity", 0) >= 2:
+                f.fail(f"helm lint [{name}]: {m.get('path')}: {m.get('error')}")
+        if not report.get("errors") and not any(m.get("severity", 0) >= 2 for m in report.get("messages") or []):
+            print(f"  ok   helm lint --strict [{name}]")
+    f.exit("helm lint")
+
+
+# ---------------------------------------------------------------- render + wiring
+
+def config_toml_of(docs: list[tuple[str, dict]]) -> tuple[str, dict[str, Any]] | None:
+    for _, d in docs:
+        if d.get("kind") in ("ConfigMap", "Secret"):
+            data = d.get("data") or d.get("stringData") or {}
+            text = data.get("config.toml")
+            if text is not None:
+                return text, tomllib.loads(text)
+    return None
+
+
+def check_config(f: Failures, name: str, cfg: dict[str, Any]) -> None:
+    for section, keys in CONFIG_KEYS.items():
+        if not f.check(isinstance(cfg.get(section), dict), f"[{name}] config.toml lacks [{section}]"):
+            continue
+        for key, typ in keys.items():
+            val = cfg[section].get(key)
+            f.check(isinstance(val, typ) and not (typ is int and isinstance(val, bool)),
+                    f"[{name}] config.toml {section}.{key} = {val!r} is not a {typ}")
+    extra = set(cfg) - set(CONFIG_KEYS)
+    f.check(not extra, f"[{name}] config.toml has sections unknown to DESIGN §4: {sorted(extra)}")
+    f.check("token" not in cfg.get("auth", {}), f"[{name}] the auth token must not be in config.toml")
+    for key in ("window",):
+        try:
+            duration_seconds(cfg["dedup"][key])
+        except (ValueError, KeyError) as e:
+            f.fail(f"[{name}] dedup.{key}: {e}")
+
+
+def prestop_seconds(container: dict[str, Any]) -> float | None:
+    pre = (container.get("lifecycle") or {}).get("preStop") or {}
+    if "sleep" in pre:
+        return float(pre["sleep"]["seconds"])
+    cmd = (pre.get("exec") or {}).get("command") or []
+    if len(cmd) == 2 and cmd[0].endswith("sleep"):
+        return float(cmd[1])
+    return None
+
+
+def check_workload(f: Failures, name: str, docs: list[tuple[str, dict]], cfg: dict[str, Any],
+                   kustomize: bool = False) -> None:
+    workloads = by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
+    if not f.check(len(workloads) == 1, f"[{name}] expected one Deployment or StatefulSet, got {len(workloads)}"):
+        return
+    wl = workloads[0]
+    pod = wl["spec"]["template"]
+    spec = pod["spec"]
+    labels = pod["metadata"].get("labels") or {}
+    f.check(selector_matches(wl["spec"]["selector"]["matchLabels"], labels),
+            f"[{name}] {wl['kind']} selector does not match its pod labels")
+    c = next((c for c in spec["containers"] if c["name"] == "hookbus"), None)
+    if not f.check(c is not None, f"[{name}] no container named hookbus"):
+        return
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    f.check(set(ports) >= {"http", "admin"}, f"[{name}] container ports {ports} lack http/admin")
+    f.check(c.get("command", [None])[0] == "/usr/local/bin/hookbus" and
+            c.get("args") == ["--config", "/etc/hookbus/config.toml"],
+            f"[{name}] container does not run /usr/local/bin/hookbus --config /etc/hookbus/config.toml")
+
+    # Listen ports in config.toml are the container ports.
+    for section, port in (("http", "http"), ("admin", "admin")):
+        listen = cfg.get(section, {}).get("listen", "")
+        f.check(listen.rsplit(":", 1)[-1] == str(ports.get(port)),
+                f"[{name}] [{section}] listen {listen!r} != containerPort {port}={ports.get(port)}")
+
+    # Probes on the admin port.
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = (c.get(probe) or {}).get("httpGet") or {}
+        f.check(get.get("path") == path and get.get("port") in ("admin", ports.get("admin")),
+                f"[{name}] {probe} is not GET {path} on the admin port: {get}")
+
+    # Grace: terminationGracePeriodSeconds > shutdown.grace + preStop.
+    grace = duration_seconds(cfg["shutdown"]["grace"])
+    pre = prestop_seconds(c)
+    tgps = spec.get("terminationGracePeriodSeconds", 30)
+    if f.check(pre is not None, f"[{name}] no preStop sleep"):
+        ok = f.check(tgps > grace + pre,
+                     f"[{name}] terminationGracePeriodSeconds {tgps} <= shutdown.grace {grace} + preStop {pre}")
+        if ok:
+            print(f"  ok   [{name}] terminationGracePeriodSeconds {tgps} > shutdown.grace {grace:g} + preStop {pre:g}")
+
+    # Security: non-root, read-only root FS, no escalation, caps dropped.
+    psc, sc = spec.get("securityContext") or {}, c.get("securityContext") or {}
+    f.check(sc.get("runAsNonRoot") or psc.get("runAsNonRoot"), f"[{name}] runAsNonRoot not set")
+    f.check((sc.get("runAsUser") or psc.get("runAsUser")) not in (None, 0), f"[{name}] runAsUser missing or 0")
+    f.check(sc.get("readOnlyRootFilesystem") is True, f"[{name}] readOnlyRootFilesystem not true")
+    f.check(sc.get("allowPrivilegeEscalation") is False, f"[{name}] allowPrivilegeEscalation not false")
+    f.check("ALL" in ((sc.get("capabilities") or {}).get("drop") or []), f"[{name}] capabilities not dropped")
+    f.check(c.get("resources", {}).get("requests"), f"[{name}] no resource requests")
+
+    # Spool dir and config file are mounted; the spool is an emptyDir or the PVC.
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    spool_vol = mounts.get(cfg["spool"]["dir"])
+    if f.check(spool_vol is not None, f"[{name}] nothing mounted at spool.dir {cfg['spool']['dir']}"):
+        vols = {v["name"]: v for v in spec.get("volumes", [])}
+        if wl["kind"] == "StatefulSet":
+            claims = [t["metadata"]["name"] for t in wl["spec"].get("volumeClaimTemplates", [])]
+            f.check(spool_vol in claims, f"[{name}] StatefulSet spool volume {spool_vol} is not a PVC template")
+        else:
+            f.check("emptyDir" in vols.get(spool_vol, {}), f"[{name}] Deployment spool volume is not an emptyDir")
+    f.check("/etc/hookbus/config.toml" in mounts or "/etc/hookbus" in mounts,
+            f"[{name}] config.toml is not mounted under /etc/hookbus")
+
+    # Services select the pods and target existing ports.
+    services = by_kind(docs, "Service")
+    names = {s["metadata"]["name"] for s in services}
+    for s in services:
+        f.check(selector_matches(s["spec"].get("selector") or {}, labels),
+                f"[{name}] Service {s['metadata']['name']} does not select the pods")
+        for p in s["spec"]["ports"]:
+            f.check(p.get("targetPort") in ports or p.get("targetPort") in ports.values(),
+                    f"[{name}] Service {s['metadata']['name']} targets unknown port {p.get('targetPort')}")
+    svc_ports = {(s["metadata"]["name"], p["name"]): p["port"] for s in services for p in s["spec"]["ports"]}
+    f.check(any(k[1] == "http" for k in svc_ports) and any(k[1] == "admin" for k in svc_ports),
+            f"[{name}] need a Service port named http and one named admin: {sorted(svc_ports)}")
+    for s in services:
+        pnames = {p["name"] for p in s["spec"]["ports"]}
+        f.check(not {"http", "admin"} <= pnames,
+                f"[{name}] Service {s['metadata']['name']} mixes the webhook and admin ports")
+
+    if kustomize:
+        return
+    # Config changes roll the pods.
+    f.check("checksum/config" in (pod["metadata"].get("annotations") or {}),
+            f"[{name}] pod template lacks the checksum/config annotation")
+
+    full = wl["metadata"]["name"]
+    for hpa in by_kind(docs, "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        f.check(ref["kind"] == wl["kind"] and ref["name"] == full,
+                f"[{name}] HPA targets {ref['kind']}/{ref['name']}, not {wl['kind']}/{full}")
+        f.check("replicas" not in wl["spec"], f"[{name}] replicas set on the workload while an HPA owns it")
+    for pdb in by_kind(docs, "PodDisruptionBudget"):
+        f.check(selector_matches(pdb["spec"]["selector"]["matchLabels"], labels),
+                f"[{name}] PDB does not select the pods")
+    for ing in by_kind(docs, "Ingress"):
+        for rule in ing["spec"]["rules"]:
+            for p in rule["http"]["paths"]:
+                be = p["backend"]["service"]
+                f.check((be["name"], be["port"].get("name")) in svc_ports and be["port"].get("name") == "http",
+                        f"[{name}] Ingress backend {be} is not the http port of a Service")
+                f.check(p["path"].startswith("/webhooks/pubnub"), f"[{name}] Ingress exposes {p['path']}")
+    for np_ in by_kind(docs, "NetworkPolicy"):
+        f.check(selector_matches(np_["spec"]["podSelector"]["matchLabels"], labels),
+                f"[{name}] NetworkPolicy does not select the pods")
+        for rule in np_["spec"].get("ingress", []):
+            for p in rule.get("ports", []):
+                f.check(p["port"] in ports or p["port"] in ports.values(),
+                        f"[{name}] NetworkPolicy allows unknown port {p['port']}")
+    if wl["kind"] == "StatefulSet":
+        f.check(wl["spec"]["serviceName"] in names, f"[{name}] StatefulSet serviceName is not a rendered Service")
+
+    # CRDs: structural checks (no schema in kubernetes-validate).
+    for sm in by_kind(docs, "ServiceMonitor"):
+        f.check(sm["apiVersion"] == "monitoring.coreos.com/v1", f"[{name}] ServiceMonitor apiVersion")
+        sel = sm["spec"]["selector"]["matchLabels"]
+        targets = [s for s in services if selector_matches(sel, s["metadata"].get("labels") or {})]
+        f.check(len(targets) == 1 and targets[0]["metadata"]["name"].endswith("-admin"),
+                f"[{name}] ServiceMonitor must select exactly the admin Service, selects "
+                f"{[t['metadata']['name'] for t in targets]}")
+        for ep in sm["spec"]["endpoints"]:
+            f.check(ep.get("port") == "admin" and ep.get("path", "/metrics") == "/metrics",
+                    f"[{name}] ServiceMonitor endpoint {ep} is not admin /metrics")
+            for k in ("interval", "scrapeTimeout"):
+                if k in ep:
+                    f.check(bool(re.fullmatch(r"[0-9]+(ms|s|m|h)", str(ep[k]))), f"[{name}] ServiceMonitor {k}")
+    for pr in by_kind(docs, "PrometheusRule"):
+        f.check(pr["apiVersion"] == "monitoring.coreos.com/v1", f"[{name}] PrometheusRule apiVersion")
+        groups = pr["spec"]["groups"]
+        shipped = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())["groups"]
+        f.check(groups[: len(shipped)] == shipped,
+                f"[{name}] PrometheusRule groups differ from deploy/prometheus/alerts.yaml")
+        for g in groups:
+            for r in g.get("rules", []):
+                f.check(bool(r.get("expr")) and (("alert" in r) != ("record" in r)),
+                        f"[{name}] PrometheusRule group {g.get('name')}: malformed rule {r}")
+    for cm in by_kind(docs, "ConfigMap"):
+        if cm["metadata"]["name"].endswith("-dashboard"):
+            f.check(cm["metadata"]["labels"].get("grafana_dashboard") == "1",
+                    f"[{name}] dashboard ConfigMap lacks label grafana_dashboard: \"1\"")
+            f.check(json.loads(cm["data"]["hookbus.json"]) == json.loads((DEPLOY / "grafana" / "hookbus.json").read_text()),
+                    f"[{name}] dashboard ConfigMap differs from deploy/grafana/hookbus.json")
+
+
+EXPECT = {
+    # case: kinds that must be present / absent
+    "default": ({"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget"},
+                {"StatefulSet", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule",
+                 "NetworkPolicy", "Ingress", "Secret"}),
+}
+FULL_KINDS = {"StatefulSet", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule",
+              "NetworkPolicy", "Ingress", "PodDisruptionBudget"}
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    f = Failures()
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "config").mkdir(parents=True)
+    full_case_seen = False
+    for name, values in cases():
+        try:
+            manifests = render(values)
+        except Exception as e:  # noqa: BLE001 - report any render failure
+            f.fail(f"render [{name}]: {e}")
+            continue
+        slug = name.replace("ci/", "ci-").removesuffix(".yaml")
+        (out / f"{slug}.yaml").write_text("\n---\n".join(
+            f"# Source: {t}\n{m.strip()}" for t, m in sorted(manifests.items()) if m.strip()))
+        docs = docs_of(manifests)
+        kinds = {d["kind"] for _, d in docs}
+        notes = next((m for t, m in manifests.items() if t.endswith("NOTES.txt")), "")
+        f.check("/webhooks/pubnub" in notes, f"[{name}] NOTES.txt does not show the webhook URL")
+        if name in EXPECT:
+            must, mustnt = EXPECT[name]
+            f.check(must <= kinds, f"[{name}] missing kinds {sorted(must - kinds)}")
+            f.check(not (mustnt & kinds), f"[{name}] unexpected kinds {sorted(mustnt & kinds)}")
+        if FULL_KINDS <= kinds:
+            full_case_seen = True
+            dash = [d for _, d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+            f.check(bool(dash), f"[{name}] all features on but no dashboard ConfigMap")
+        got = config_toml_of(docs)
+        if not f.check(got is not None, f"[{name}] no config.toml in a -config ConfigMap/Secret"):
+            continue
+        text, cfg = got
+        (out / "config" / f"{slug}.toml").write_text(text)
+        check_config(f, name, cfg)
+        check_workload(f, name, docs, cfg)
+        print(f"  ok   rendered [{name}]: {len(docs)} objects ({', '.join(sorted(kinds))})")
+    f.check(full_case_seen, "no ci/*.yaml turns on persistence, HPA, ServiceMonitor, PrometheusRule, "
+                            "NetworkPolicy, Ingress and PDB together")
+
+    # A config change changes the checksum annotation (pods roll); an unrelated value does not.
+    def checksum(values: dict[str, Any]) -> str:
+        docs = docs_of(render(values))
+        wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+        return wl["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    base = checksum({})
+    f.check(checksum({"config": {"dedup": {"window": "5m"}}}) != base,
+            "changing config.dedup.window does not change checksum/config (pods would not roll)")
+    f.check(checksum({"podLabels": {"team": "x"}}) == base, "checksum/config changes without a config change")
+
+    # terminationGracePeriodSeconds: derived from grace + preStop; a too-small explicit one is refused.
+    for vals in ({"config": {"shutdown": {"grace": "2m"}}, "lifecycle": {"preStopSleepSeconds": 15}},
+                 {"config": {"shutdown": {"grace": "1500ms"}}}):
+        docs = docs_of(render(vals))
+        _, cfg = config_toml_of(docs)  # type: ignore[misc]
+        check_workload(f, f"grace {vals}", docs, cfg)
+    try:
+        render({"terminationGracePeriodSeconds": 20})
+        f.fail("terminationGracePeriodSeconds 20 (< grace 20s + preStop 5s) rendered; expected a refusal")
+    except Exception as e:  # noqa: BLE001
+        f.check("terminationGracePeriodSeconds" in str(e), f"too-small grace refused for another reason: {e}")
+        print("  ok   terminationGracePeriodSeconds 20 <= 20s + 5s is refused at render time")
+    f.exit("helm render + wiring")
+
+
+# ---------------------------------------------------------------- schema
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    f = Failures()
+    h = helm()
+    with h.Chart.load(str(CHART)) as chart:
+        f.check(chart.schema is not None, "chart ships no values.schema.json")
+        for name, values in cases():
+            try:
+                chart.validate_schema(values)
+                print(f"  ok   schema accepts [{name}]")
+            except h.HelmError as e:
+                f.fail(f"schema rejects good values [{name}]: {e}")
+        for path, value, why in BAD_VALUES:
+            bad = set_path({}, path, value)
+            try:
+                chart.validate_schema(bad)
+                f.fail(f"schema accepted {path}={value!r} ({why})")
+            except h.HelmValuesError as e:
+                print(f"  ok   schema rejects {path}={value!r} ({why}): {' '.join(str(e).split())[:120]}")
+            # The render path (helm install/template) must refuse it as well.
+            try:
+                chart.render(values=bad, name=RELEASE, namespace=NAMESPACE, is_install=True)
+                f.fail(f"render accepted {path}={value!r} ({why})")
+            except h.HelmError:
+                pass
+        # Lint with a bad value must report an error too.
+        report = h.lint(str(CHART), {"config": {"ack": {"mode": "fast"}}}, strict=True)
+        f.check(bool(report.get("errors")) or any(m.get("severity", 0) >= 3 for m in report.get("messages", [])),
+                "helm lint accepts config.ack.mode=fast")
+    f.exit("values.schema.json")
+
+
+# ---------------------------------------------------------------- kube validation
+
+def kube_validate(f: Failures, source: str, docs: list[tuple[str, dict]], versions: list[str]) -> int:
+    import kubernetes_validate as kv
+    from kubernetes_validate import utils as kvu
+
+    n = 0
+    for template, d in docs:
+        what = f"{source} {template} {d.get('kind')}/{d.get('metadata', {}).get('name')}"
+        if d.get("kind") in CRD_KINDS:
+            continue  # checked structurally in `render`
+        for v in versions:
+            try:
+                kv.validate(d, v, strict=True)
+            except kvu.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                f.fail(f"{what} invalid for Kubernetes {v}: {path}: {e.message}")
+            except kvu.SchemaNotFoundError as e:
+                f.fail(f"{what}: {e.message}")
+        n += 1
+    return n
+
+
+def kustomize_docs(f: Failures) -> list[tuple[str, dict]]:
+    """Build deploy/kubernetes with `kubectl kustomize` when kubectl exists, else read the
+    resources of kustomization.yaml and build its configMapGenerator entries here."""
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        proc = subprocess.run([kubectl, "kustomize", str(KUSTOMIZE)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            f.fail(f"kubectl kustomize deploy/kubernetes: {proc.stderr.strip()}")
+            return []
+        print("  ok   kubectl kustomize deploy/kubernetes")
+        return [("kustomize", d) for d in yaml.safe_load_all(proc.stdout) if d]
+    print("  note kubectl not found: building deploy/kubernetes with the built-in reader")
+    k = yaml.safe_load((KUSTOMIZE / "kustomization.yaml").read_text())
+    docs = []
+    for r in k.get("resources", []):
+        for d in yaml.safe_load_all((KUSTOMIZE / r).read_text()):
+            if d:
+                docs.append((r, d))
+    for gen in k.get("configMapGenerator", []):
+        data = {}
+        for spec in gen.get("files", []):
+            key, _, path = spec.partition("=") if "=" in spec else (Path(spec).name, "", spec)
+            data[key] = (KUSTOMIZE / path).read_text()
+        docs.append(("configMapGenerator", {"apiVersion": "v1", "kind": "ConfigMap",
+                                            "metadata": {"name": gen["name"]}, "data": data}))
+    return docs
+
+
+def cmd_kube(args: argparse.Namespace) -> None:
+    f = Failures()
+    versions = args.kube_versions
+    for name, values in cases():
+        try:
+            docs = docs_of(render(values))
+        except Exception as e:  # noqa: BLE001
+            f.fail(f"render [{name}]: {e}")
+            continue
+        before = len(f.items)
+        n = kube_validate(f, f"[{name}]", docs, versions)
+        if len(f.items) == before:
+            print(f"  ok   [{name}] {n} objects checked against Kubernetes {', '.join(versions)}"
+                  f" (+{sum(1 for _, d in docs if d['kind'] in CRD_KINDS)} CRD objects: structural checks in render)")
+
+    # The kustomize base: every file listed, every object valid, same wiring rules.
+    k = yaml.safe_load((KUSTOMIZE / "kustomization.yaml").read_text())
+    listed = set(k.get("resources", []))
+    on_disk = {p.name for p in KUSTOMIZE.glob("*.yaml")} - {"kustomization.yaml"}
+    f.check(on_disk <= listed, f"deploy/kubernetes files not in kustomization.yaml: {sorted(on_disk - listed)}")
+    docs = kustomize_docs(f)
+    if docs:
+        before = len(f.items)
+        n = kube_validate(f, "[kustomize]", docs, versions)
+        got = config_toml_of(docs)
+        if f.check(got is not None, "[kustomize] no ConfigMap <name>-config with config.toml"):
+            text, cfg = got
+            out = Path(args.out) / "config"
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "kustomize.toml").write_text(text)
+            check_config(f, "kustomize", cfg)
+            check_workload(f, "kustomize", docs, cfg, kustomize=True)
+        if len(f.items) == before:
+            print(f"  ok   [kustomize] {n} objects checked against Kubernetes {', '.join(versions)}")
+    f.exit("Kubernetes schema validation")
+
+
+# ---------------------------------------------------------------- sync
+
+def cmd_sync(args: argparse.Namespace) -> None:
+    f = Failures()
+    for copy_, source in COPIES.items():
+        rel_c, rel_s = copy_.relative_to(ROOT), source.relative_to(ROOT)
+        if not f.check(source.exists(), f"{rel_s} is missing"):
+            continue
+        if args.fix:
+            copy_.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, copy_)
+            print(f"  copied {rel_s} -> {rel_c}")
+            continue
+        same = copy_.exists() and filecmp.cmp(copy_, source, shallow=False)
+        if f.check(same, f"{rel_c} differs from {rel_s} (run: scripts/check-deploy --sync)"):
+            digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+            print(f"  ok   {rel_c} == {rel_s} (sha256 {digest})")
+    f.exit("chart copies of deploy/ files")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["lint", "render", "schema", "kube", "sync"])
+    p.add_argument("--out", default=str(ROOT / "target" / "check-deploy" / "rendered"))
+    p.add_argument("--kube-versions", default="1.31,latest",
+                   help="comma-separated Kubernetes versions; 'latest' = newest kubernetes-validate knows")
+    p.add_argument("--fix", action="store_true", help="sync: copy deploy/ files into the chart")
+    args = p.parse_args()
+    if "latest" in args.kube_versions:
+        from kubernetes_validate import utils as kvu
+        args.kube_versions = args.kube_versions.replace("latest", kvu.latest_version())
+    args.kube_versions = list(dict.fromkeys(v.strip() for v in args.kube_versions.split(",")))
+    os.chdir(ROOT)
+    {"lint": cmd_lint, "render": cmd_render, "schema": cmd_schema, "kube": cmd_kube, "sync": cmd_sync}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+//! Wiring only: builds the registry, sink, spool or queue, dedup set and both listeners from
+//! the config sections, runs them, and orders the drain on shutdown (DESIGN §10): readiness
+//! 503 → stop accepting → finish in-flight requests → publish what is queued within
+//! `shutdown.grace` → flush the producer → close the spool.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::{AckMode, Config};
+use crate::dedup::SharedDedup;
+use crate::ingress::{self, Acceptor, AdminState, Ingress};
+use crate::metrics::Metrics;
+use crate::publisher::{self, Job, PublisherConfig, Source};
+use crate::route::Router;
+use crate::shutdown::Shutdown;
+use crate::sink::Sink;
+use crate::spool::{Spool, SpoolConfig};
+
+/// A started hookbus.
+pub struct Running {
+    /// Where the webhook listener is bound (useful with port 0).
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: Shutdown,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Starts the drain; [`Running::wait`] returns when it is complete.
+    pub fn shutdown(&self) {
+        self.shutdown.trigger();
+    }
+
+    /// Waits for the drain to finish.
+    ///
+    /// # Errors
+    /// If a task panicked or the spool could not be closed cleanly.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("hookbus task panicked")?
+    }
+}
+
+/// Builds and starts everything; returns once both listeners are bound.
+///
+/// # Errors
+/// Unusable configuration at run time: ports in use, spool directory not writable, invalid
+/// client settings.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry, env!("CARGO_PKG_VERSION"))
+        .context("registering metrics")?;
+    let router = Router::new(&config.routing).context("routing.template")?;
+    let sink = Arc::new(
+        Sink::connect(
+            &config.sink,
+            &config.nats,
+            &config.kafka,
+            config.dedup.window,
+            router.stream_subjects(),
+        )
+        .await
+        .context("creating the sink client")?,
+    );
+    let dedup = Arc::new(SharedDedup::new(config.dedup.window, config.dedup.max_entries));
+
+    let (acceptor, source, ready): (Acceptor, Source, Box<dyn Fn() -> Result<(), String> + Send + Sync>) =
+        match config.ack.mode {
+            AckMode::Spool => {
+                let spool_config = SpoolConfig {
+                    dir: config.spool.dir.clone(),
+                    max_bytes: config.spool.max_bytes,
+                    segment_bytes: config.spool.segment_bytes,
+                    retain: config.dedup.window,
+                };
+                let spool = tokio::task::spawn_blocking(move || Spool::open(spool_config))
+                    .await?
+                    .with_context(|| format!("opening spool.dir {}", config.spool.dir.display()))?;
+                restore_dedup(&spool, &dedup, config.dedup.window).await?;
+                let reader = spool.reader();
+                // Ready while a burst of large requests still fits: 5% of the spool, ≥ 16 MiB.
+                let headroom = (config.spool.max_bytes / 20).max(16 * 1024 * 1024).min(config.spool.max_bytes / 2);
+                let probe = spool.clone();
+                let ready = Box::new(move || {
+                    if probe.has_headroom(headroom) {
+                        Ok(())
+                    } else {
+                        Err("spool nearly full".to_owned())
+                    }
+                });
+                (Acceptor::Spool(spool.clone()), Source::Spool(spool, reader), ready)
+            }
+            mode => {
+                let (queue, rx) = publisher::queue(config.ack.queue_capacity);
+                let probe = queue.clone();
+                let probe_sink = sink.clone();
+                let publish_mode = mode == AckMode::Publish;
+                let ready = Box::new(move || {
+                    if probe.capacity() < probe.max_capacity() / 20 {
+                        Err("publish queue nearly full".to_owned())
+                    } else if publish_mode && !probe_sink.is_up() {
+                        Err("sink not connected".to_owned())
+                    } else {
+                        Ok(())
+                    }
+                });
+                let acceptor = if publish_mode {
+                    Acceptor::Publish {
+                        queue,
+                        timeout: config.ack.publish_timeout,
+                    }
+                } else {
+                    Acceptor::Memory(queue)
+                };
+                (acceptor, Source::Queue(rx), ready)
+            }
+        };
+    let spool = match &source {
+        Source::Spool(spool, _) => Some(spool.clone()),
+        Source::Queue(_) => None,
+    };
+
+    let http = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+    let admin = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+    let http_addr = http.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+
+    let shutdown = Shutdown::new();
+    let ingress_state = Arc::new(Ingress {
+        router: router.clone(),
+        dedup,
+        metrics: metrics.clone(),
+        acceptor,
+        auth: config.auth.clone(),
+        max_body_bytes: config.http.max_body_bytes,
+        retry_after: config.ack.retry_after,
+        sink: sink.clone(),
+        dead_letter_dir: config.spool.dir.join("dead-letters"),
+    });
+    let admin_state = Arc::new(AdminState {
+        registry,
+        ready,
+        draining: shutdown.clone(),
+    });
+
+    let webhooks = tokio::spawn(ingress::serve_webhooks(
+        http,
+        ingress_state,
+        config.http.max_connections,
+        shutdown.clone(),
+    ));
+    let admin_stop = Shutdown::new();
+    let admin_task = tokio::spawn(ingress::serve_admin(admin, admin_state, admin_stop.clone()));
+    let publisher_drain = Shutdown::new();
+    let publisher_config = PublisherConfig {
+        max_in_flight: config.sink.max_in_flight,
+        timeout: config.sink.timeout,
+        max_backoff: config.sink.max_backoff,
+        dead_letter: router.dead_letter().to_owned(),
+        dead_letter_dir: config.spool.dir.join("dead-letters"),
+    };
+    let mut publisher = tokio::spawn(publisher::run(
+        source,
+        sink.clone(),
+        metrics.clone(),
+        publisher_config,
+        publisher_drain.clone(),
+    ));
+    tracing::info!(
+        %http_addr, %admin_addr, sink = sink.name(), ack_mode = config.ack.mode.as_str(),
+        "hookbus started"
+    );
+
+    let grace = config.shutdown.grace;
+    let trigger = shutdown.clone();
+    let task = tokio::spawn(async move {
+        trigger.wait().await;
+        let deadline = Instant::now() + grace;
+        tracing::info!(?grace, "draining");
+        if tokio::time::timeout_at(deadline.into(), webhooks).await.is_err() {
+            tracing::warn!("in-flight webhook requests did not finish within the grace period");
+        }
+        publisher_drain.trigger();
+        let drained = tokio::time::timeout_at(deadline.into(), &mut publisher).await;
+        if drained.is_err() {
+            publisher.abort();
+            match &spool {
+                Some(spool) => tracing::warn!(
+                    pending = spool.stats().pending_events,
+                    "grace period over; unpublished events stay in the spool for the next start"
+                ),
+                None => tracing::error!(
+                    "grace period over; events still queued in memory are lost"
+                ),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        sink.flush(left).await;
+        if let Some(spool) = &spool {
+            spool.close().await.context("closing the spool")?;
+        }
+        admin_stop.trigger();
+        let _ = admin_task.await;
+        tracing::info!("stopped");
+        Ok(())
+    });
+
+    Ok(Running {
+        http_addr,
+        admin_addr,
+        shutdown,
+        task,
+    })
+}
+
+/// Re-remembers the ids accepted within the dedup window, so a PubNub retry that arrives
+/// after a restart is still recognized.
+async fn restore_dedup(spool: &Spool, dedup: &Arc<SharedDedup>, window: Duration) -> anyhow::Result<()> {
+    let now = publisher::now_ms();
+    let since = now.saturating_sub(window.as_millis() as u64);
+    let spool = spool.clone();
+    let records = tokio::task::spawn_blocking(move || spool.scan_since(since))
+        .await?
+        .context("scanning the spool for recent event ids")?;
+    let mut restored = 0usize;
+    for record in records {
+        if let Ok(job) = Job::decode(record.seq, record.payload)
+            && let Some(id) = &job.message.msg_id
+        {
+            dedup.restore(dedup.key(id), record.appended_ms, now);
+            restored += 1;
+        }
+    }
+    if restored > 0 {
+        tracing::info!(restored, "dedup ids restored from the spool");
+    }
+    Ok(())
+}

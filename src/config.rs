@@ -1,0 +1,515 @@
+//! The `config.toml` file: one struct per section, deserialized strictly (unknown keys are
+//! errors) and then validated. Each component receives its own section, never the whole
+//! `Config`. Nothing here touches the network or the file system beyond reading the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Environment variable that overrides `auth.token`, so the secret need not sit in a file.
+pub const TOKEN_ENV: &str = "HOOKBUS_AUTH_TOKEN";
+
+/// A configuration problem, naming the key or the place in the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// The whole file. Every section is optional and defaults to the values of DESIGN §4.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub admin: AdminConfig,
+    pub auth: AuthConfig,
+    pub ack: AckConfig,
+    pub spool: SpoolConfig,
+    pub dedup: DedupConfig,
+    pub routing: RoutingConfig,
+    pub sink: SinkConfig,
+    pub nats: NatsConfig,
+    pub kafka: KafkaConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the webhook listener.
+    pub listen: SocketAddr,
+    /// Largest accepted request body; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Most requests in flight at once; further connections wait in the accept backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_body_bytes: 8 * 1024 * 1024,
+            max_connections: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Shared secret expected in `X-Hookbus-Token` or `?token=`; empty disables the check.
+    pub token: String,
+    /// Accepted PubNub subscribe keys; empty accepts all.
+    pub allowed_sub_keys: Vec<String>,
+}
+
+/// When the webhook is answered 200 (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    Spool,
+    Memory,
+    Publish,
+}
+
+impl AckMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckMode::Spool => "spool",
+            AckMode::Memory => "memory",
+            AckMode::Publish => "publish",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AckConfig {
+    pub mode: AckMode,
+    /// Events the in-memory queue holds (`memory` and `publish` modes) before answering 503.
+    pub queue_capacity: usize,
+    /// In `publish` mode, how long a request waits for the broker before answering 503.
+    #[serde(deserialize_with = "duration")]
+    pub publish_timeout: Duration,
+    /// `Retry-After` sent with every 503.
+    #[serde(deserialize_with = "duration")]
+    pub retry_after: Duration,
+}
+
+impl Default for AckConfig {
+    fn default() -> Self {
+        AckConfig {
+            mode: AckMode::Spool,
+            queue_capacity: 100_000,
+            publish_timeout: Duration::from_secs(3),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Directory of the write-ahead spool (and of `dead-letters/`).
+    pub dir: PathBuf,
+    /// Disk the spool may use; appends beyond it get 503.
+    pub max_bytes: u64,
+    /// Size at which a spool segment file is closed and a new one started.
+    pub segment_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from("data/spool"),
+            max_bytes: 1024 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// How long a published event id is remembered.
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// Most ids remembered; the oldest are evicted first.
+    pub max_entries: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            window: Duration::from_secs(20 * 60),
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Topic/subject per event; placeholders `{channel}` `{action}` `{sub_key}` `{source}`.
+    pub template: String,
+    /// Topic/subject that receives rejected raw bodies.
+    pub dead_letter: String,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            template: "presence.{channel}.{action}".to_owned(),
+            dead_letter: "presence.dead-letter".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    Nats,
+    Kafka,
+    Stdout,
+}
+
+impl SinkKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Nats => "nats",
+            SinkKind::Kafka => "kafka",
+            SinkKind::Stdout => "stdout",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    pub kind: SinkKind,
+    /// Messages sent to the broker and not yet confirmed, at most.
+    pub max_in_flight: usize,
+    /// How long one message may wait for its broker confirmation before it counts as failed.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Longest pause between retries of a failed publish (exponential backoff from 50 ms).
+    #[serde(deserialize_with = "duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: SinkKind::Nats,
+            max_in_flight: 1024,
+            timeout: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    pub url: String,
+    /// Publish through JetStream with `Nats-Msg-Id` and await the PubAck.
+    pub jetstream: bool,
+    /// Stream created if missing, subjects derived from the template's literal prefix.
+    pub stream: String,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Optional credentials; also from env `HOOKBUS_NATS_USER` / `HOOKBUS_NATS_PASSWORD`.
+    pub user: String,
+    pub password: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            jetstream: true,
+            stream: "PRESENCE".to_owned(),
+            connect_timeout: Duration::from_secs(5),
+            user: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// Create missing topics through the admin API on first use.
+    pub create_topics: bool,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Passed to librdkafka as is (e.g. `"security.protocol" = "SASL_SSL"`).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".to_owned(),
+            create_topics: true,
+            partitions: 3,
+            replication_factor: 1,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Time to drain queued events to the broker after SIGTERM.
+    #[serde(deserialize_with = "duration")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Parses `500ms`, `5s`, `20m`, `1h 30m`.
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!("`{text}` is not a duration like 500ms, 5s or 20m ({e})"))
+    })
+}
+
+impl Config {
+    /// Reads, parses and validates the file, then applies the environment overrides.
+    ///
+    /// # Errors
+    /// Names the file and the bad key: unreadable file, TOML syntax, wrong type, unknown key,
+    /// or a value `validate` rejects.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        config.apply_env();
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text (no environment overrides).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("config"),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self) {
+        if let Ok(token) = std::env::var(TOKEN_ENV)
+            && !token.is_empty()
+        {
+            self.auth.token = token;
+        }
+        if let Ok(user) = std::env::var("HOOKBUS_NATS_USER") {
+            self.nats.user = user;
+        }
+        if let Ok(password) = std::env::var("HOOKBUS_NATS_PASSWORD") {
+            self.nats.password = password;
+        }
+    }
+
+    /// Checks values that types alone do not constrain, naming the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.http.max_body_bytes == 0 {
+            return Err(invalid("http.max_body_bytes", "must be greater than 0"));
+        }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be greater than 0"));
+        }
+        if self.ack.queue_capacity == 0 {
+            return Err(invalid("ack.queue_capacity", "must be greater than 0"));
+        }
+        if self.ack.publish_timeout.is_zero() || self.ack.publish_timeout >= Duration::from_secs(5)
+        {
+            return Err(invalid(
+                "ack.publish_timeout",
+                "must be between 0 and 5s (PubNub gives up after 5 s)",
+            ));
+        }
+        if self.spool.dir.as_os_str().is_empty() {
+            return Err(invalid("spool.dir", "must not be empty"));
+        }
+        if self.spool.segment_bytes < 4096 || self.spool.segment_bytes > self.spool.max_bytes {
+            return Err(invalid(
+                "spool.segment_bytes",
+                "must be at least 4096 and at most spool.max_bytes",
+            ));
+        }
+        if self.dedup.window.is_zero() {
+            return Err(invalid("dedup.window", "must be greater than 0"));
+        }
+        if self.dedup.max_entries == 0 {
+            return Err(invalid("dedup.max_entries", "must be greater than 0"));
+        }
+        crate::route::Router::new(&self.routing).map_err(|e| match e {
+            crate::route::TemplateError::DeadLetter(m) => invalid("routing.dead_letter", m),
+            other => invalid("routing.template", other.to_string()),
+        })?;
+        if self.sink.max_in_flight == 0 {
+            return Err(invalid("sink.max_in_flight", "must be greater than 0"));
+        }
+        if self.sink.timeout.is_zero() {
+            return Err(invalid("sink.timeout", "must be greater than 0"));
+        }
+        if self.sink.kind == SinkKind::Nats {
+            if self.nats.url.is_empty() {
+                return Err(invalid("nats.url", "must not be empty"));
+            }
+            if self.nats.jetstream {
+                if self.nats.stream.is_empty()
+                    || !self
+                        .nats
+                        .stream
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(invalid(
+                        "nats.stream",
+                        "must be a non-empty name of letters, digits, `-` and `_`",
+                    ));
+                }
+                if crate::route::Router::new(&self.routing)
+                    .map(|r| r.stream_subjects().is_empty())
+                    .unwrap_or(true)
+                {
+                    return Err(invalid(
+                        "routing.template",
+                        "JetStream needs a literal first token, like `presence.{channel}`",
+                    ));
+                }
+            }
+        }
+        if self.sink.kind == SinkKind::Kafka {
+            if self.kafka.brokers.is_empty() {
+                return Err(invalid("kafka.brokers", "must not be empty"));
+            }
+            if self.kafka.partitions < 1 {
+                return Err(invalid("kafka.partitions", "must be at least 1"));
+            }
+            if self.kafka.replication_factor < 1 {
+                return Err(invalid("kafka.replication_factor", "must be at least 1"));
+            }
+        }
+        if self.shutdown.grace.is_zero() {
+            return Err(invalid("shutdown.grace", "must be greater than 0"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_contract_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.http.listen.port(), 8080);
+        assert_eq!(c.http.max_body_bytes, 8_388_608);
+        assert_eq!(c.admin.listen.port(), 9090);
+        assert_eq!(c.ack.mode, AckMode::Spool);
+        assert_eq!(c.spool.max_bytes, 1_073_741_824);
+        assert_eq!(c.dedup.window, Duration::from_secs(1200));
+        assert_eq!(c.dedup.max_entries, 1_000_000);
+        assert_eq!(c.routing.template, "presence.{channel}.{action}");
+        assert_eq!(c.sink.kind, SinkKind::Nats);
+        assert!(c.nats.jetstream);
+        assert_eq!(c.shutdown.grace, Duration::from_secs(20));
+        assert_eq!(c.kafka.partitions, 3);
+    }
+
+    #[test]
+    fn shipped_config_toml_is_valid() {
+        let text = include_str!("../config.toml");
+        Config::parse(text).unwrap();
+    }
+
+    #[test]
+    fn durations_accept_units() {
+        let c = Config::parse("[dedup]\nwindow = \"500ms\"\n[shutdown]\ngrace = \"5s\"").unwrap();
+        assert_eq!(c.dedup.window, Duration::from_millis(500));
+        assert_eq!(c.shutdown.grace, Duration::from_secs(5));
+        let e = Config::parse("[dedup]\nwindow = \"soon\"").unwrap_err();
+        assert!(e.to_string().contains("window"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let cases = [
+            ("[http]\nlisten = 5", "listen"),
+            ("[http]\nlisten_addr = \"0.0.0.0:1\"", "listen_addr"),
+            ("[surprise]\nx = 1", "surprise"),
+            ("[ack]\nmode = \"fast\"", "fast"),
+            ("[sink]\nkind = \"redis\"", "redis"),
+            ("[routing]\ntemplate = \"presence.{chanel}\"", "routing.template"),
+            ("[routing]\ndead_letter = \"bad subject\"", "routing.dead_letter"),
+            ("[kafka]\npartitions = 0\n[sink]\nkind = \"kafka\"", "kafka.partitions"),
+            ("[ack]\npublish_timeout = \"6s\"", "ack.publish_timeout"),
+            ("[nats]\nstream = \"a.b\"", "nats.stream"),
+        ];
+        for (text, key) in cases {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?} → {e}");
+        }
+    }
+
+    #[test]
+    fn kafka_properties_pass_through() {
+        let c = Config::parse("[kafka.properties]\n\"linger.ms\" = \"5\"").unwrap();
+        assert_eq!(c.kafka.properties["linger.ms"], "5");
+    }
+}

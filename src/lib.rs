@@ -1,0 +1,27 @@
+//! hookbus: PubNub Presence webhooks in, normalized events out to Kafka or NATS.
+//!
+//! # Layout
+//! The modules read as the data flow of one webhook request:
+//! - [`config`]: the `config.toml` sections, validated; every component takes its own section.
+//! - [`ingress`]: the hyper server: routes, auth, body limit, and the one error → status map.
+//! - [`normalize`]: pure; request bytes → `Vec<Event>` for every PubNub generation.
+//! - [`dedup`]: pure; the bounded two-phase id set that absorbs PubNub retries.
+//! - [`route`]: pure; event → topic/subject name, headers and key; the escaping rules.
+//! - [`spool`]: the write-ahead log behind `ack.mode = "spool"`.
+//! - [`publisher`]: moves accepted events from the queue or spool to the sink, in order.
+//! - [`sink`]: Kafka, NATS (JetStream) and stdout producers.
+//! - [`metrics`]: the Prometheus handles of DESIGN §9, registered into a passed-in registry.
+//! - [`shutdown`]: signal handling and the readiness latch.
+//! - [`app`]: wiring only.
+
+pub mod app;
+pub mod config;
+pub mod dedup;
+pub mod ingress;
+pub mod metrics;
+pub mod normalize;
+pub mod publisher;
+pub mod route;
+pub mod shutdown;
+pub mod sink;
+pub mod spool;

@@ -1,0 +1,130 @@
+//! The `hookbus` binary: CLI, config loading, logging, then `app::start` until SIGTERM/SIGINT.
+//! A bad config exits 64 (EX_USAGE) naming the key.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hookbus::config::Config;
+use hookbus::route::{self, Router};
+
+/// PubNub Presence webhooks → normalized events on Kafka or NATS.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, default_value = "config.toml")]
+    config: PathBuf,
+    /// Validate the configuration file (syntax, types, values, unknown keys) and exit.
+    #[arg(long)]
+    check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the topic/subject a channel's events are published on, per the config's template.
+    Topic {
+        /// Raw PubNub channel name.
+        channel: String,
+        /// Event action.
+        #[arg(long, default_value = "join")]
+        action: String,
+        #[arg(long)]
+        sub_key: Option<String>,
+    },
+    /// Decode an escaped channel (one topic/subject token) back to the raw channel name.
+    Unescape { escaped: String },
+}
+
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Unescape { escaped }) = &cli.command {
+        return match route::unescape(escaped) {
+            Ok(raw) => {
+                println!("{raw}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("hookbus: {error}");
+                ExitCode::from(EX_USAGE)
+            }
+        };
+    }
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("hookbus: invalid configuration: {error}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if cli.check {
+        println!("{}: ok", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Topic {
+        channel,
+        action,
+        sub_key,
+    }) = &cli.command
+    {
+        let mut out = String::new();
+        return match Router::new(&config.routing)
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                r.render(channel, action, sub_key.as_deref(), &mut out)
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(()) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("hookbus: {error}");
+                ExitCode::from(EX_USAGE)
+            }
+        };
+    }
+
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("hookbus: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "hookbus failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let running = hookbus::app::start(config).await?;
+    let signal = hookbus::shutdown::signal().await?;
+    tracing::info!(signal, "shutting down");
+    running.shutdown();
+    running.wait().await
+}
+
+/// Logs go to stderr (stdout belongs to the stdout sink); `RUST_LOG` filters,
+/// `HOOKBUS_LOG_FORMAT=json` switches to JSON lines.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("HOOKBUS_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,284 @@
+//! The Prometheus handles of DESIGN §9, registered into a registry the caller owns (no
+//! globals). Every label value comes from a fixed set and every series of those sets is created
+//! at start-up, so `rate()` works before the first event. Handles are resolved once here; the
+//! hot path only touches atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::normalize::{Action, Format};
+
+/// Every status code the ingress answers with.
+pub const HTTP_CODES: [u16; 9] = [200, 400, 401, 403, 404, 405, 413, 500, 503];
+/// Sinks, for the `sink` label.
+pub const SINKS: [&str; 3] = ["nats", "kafka", "stdout"];
+/// `hookbus_publish_errors_total{kind}`.
+pub const PUBLISH_ERROR_KINDS: [&str; 5] = ["timeout", "retriable", "permanent", "too_large", "duplicate_ack"];
+/// `hookbus_dead_letters_total{reason}`.
+pub const DEAD_LETTER_REASONS: [&str; 4] = ["invalid_payload", "unroutable", "too_large", "publish_failed"];
+
+/// Buckets from 100 µs to 10 s: sub-millisecond acks and multi-second publishes both resolve.
+const LATENCY_BUCKETS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+/// Event lag spans clock skew and outages: 10 ms to 1 h.
+const LAG_BUCKETS: [f64; 14] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// Typed handles; cheap to clone (each is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    http_requests: IntCounterVec,
+    pub ack_duration: Histogram,
+    publish_duration: HistogramVec,
+    pub event_lag: Histogram,
+    events_received: IntCounterVec,
+    events_published: IntCounterVec,
+    duplicates: IntCounterVec,
+    publish_errors: IntCounterVec,
+    dead_letters: IntCounterVec,
+    pub spool_pending_events: IntGauge,
+    pub spool_bytes: IntGauge,
+    pub oldest_unpublished_age: prometheus::Gauge,
+    pub acks_before_durable: IntCounter,
+    sink_up: IntGaugeVec,
+    pub config_warnings: IntCounter,
+    pub queue_events: IntGauge,
+    /// Per-code counters resolved once, indexed like [`HTTP_CODES`].
+    http_by_code: Vec<IntCounter>,
+}
+
+impl Metrics {
+    /// Registers every metric into `registry` and creates every series of the fixed label sets.
+    ///
+    /// # Errors
+    /// Only if a name is registered twice in `registry` (a programming error at start-up).
+    pub fn new(registry: &Registry, version: &str) -> prometheus::Result<Metrics> {
+        let http_requests = IntCounterVec::new(
+            Opts::new("hookbus_http_requests_total", "Webhook responses by status code."),
+            &["code"],
+        )?;
+        let ack_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "hookbus_ack_duration_seconds",
+                "Webhook request received to response written, every response.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let publish_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "hookbus_publish_duration_seconds",
+                "Webhook request received to broker confirmed, per event.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["sink"],
+        )?;
+        let event_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "hookbus_event_lag_seconds",
+                "Event timestamp (PubNub) to broker confirmed.",
+            )
+            .buckets(LAG_BUCKETS.to_vec()),
+        )?;
+        let events_received = IntCounterVec::new(
+            Opts::new("hookbus_events_received_total", "Valid events received, duplicates included."),
+            &["format", "action"],
+        )?;
+        let events_published = IntCounterVec::new(
+            Opts::new("hookbus_events_published_total", "Events confirmed by the broker."),
+            &["sink", "action"],
+        )?;
+        let duplicates = IntCounterVec::new(
+            Opts::new("hookbus_duplicates_total", "Events recognized as retries and not published again."),
+            &["action"],
+        )?;
+        let publish_errors = IntCounterVec::new(
+            Opts::new("hookbus_publish_errors_total", "Failed publish attempts by error class."),
+            &["sink", "kind"],
+        )?;
+        let dead_letters = IntCounterVec::new(
+            Opts::new("hookbus_dead_letters_total", "Rejected bodies kept as dead letters."),
+            &["reason"],
+        )?;
+        let spool_pending_events = IntGauge::new(
+            "hookbus_spool_pending_events",
+            "Events accepted and not yet confirmed by the broker.",
+        )?;
+        let spool_bytes = IntGauge::new("hookbus_spool_bytes", "Bytes the spool uses on disk.")?;
+        let oldest_unpublished_age = prometheus::Gauge::new(
+            "hookbus_oldest_unpublished_age_seconds",
+            "Age of the oldest accepted event not yet confirmed by the broker.",
+        )?;
+        let acks_before_durable = IntCounter::new(
+            "hookbus_acks_before_durable_total",
+            "Events answered 200 before they were durable (ack.mode = memory).",
+        )?;
+        let sink_up = IntGaugeVec::new(
+            Opts::new("hookbus_sink_up", "1 when the sink is connected to its broker."),
+            &["sink"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("hookbus_build_info", "Always 1; the version label names the build."),
+            &["version"],
+        )?;
+        let config_warnings = IntCounter::new(
+            "hookbus_config_warnings_total",
+            "Configuration problems found at start that did not stop it (see the log).",
+        )?;
+        let queue_events = IntGauge::new(
+            "hookbus_queue_events",
+            "Events in the in-memory publish queue (memory and publish ack modes).",
+        )?;
+
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(ack_duration.clone()))?;
+        registry.register(Box::new(publish_duration.clone()))?;
+        registry.register(Box::new(event_lag.clone()))?;
+        registry.register(Box::new(events_received.clone()))?;
+        registry.register(Box::new(events_published.clone()))?;
+        registry.register(Box::new(duplicates.clone()))?;
+        registry.register(Box::new(publish_errors.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(spool_pending_events.clone()))?;
+        registry.register(Box::new(spool_bytes.clone()))?;
+        registry.register(Box::new(oldest_unpublished_age.clone()))?;
+        registry.register(Box::new(acks_before_durable.clone()))?;
+        registry.register(Box::new(sink_up.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        registry.register(Box::new(config_warnings.clone()))?;
+        registry.register(Box::new(queue_events.clone()))?;
+
+        build_info.with_label_values(&[version]).set(1);
+        let http_by_code = HTTP_CODES
+            .iter()
+            .map(|c| http_requests.with_label_values(&[&c.to_string()]))
+            .collect();
+        for sink in SINKS {
+            publish_duration.with_label_values(&[sink]);
+            sink_up.with_label_values(&[sink]);
+            for action in Action::ALL {
+                events_published.with_label_values(&[sink, action.as_str()]);
+            }
+            for kind in PUBLISH_ERROR_KINDS {
+                publish_errors.with_label_values(&[sink, kind]);
+            }
+        }
+        for action in Action::ALL {
+            duplicates.with_label_values(&[action.as_str()]);
+            for format in Format::ALL {
+                events_received.with_label_values(&[format.as_str(), action.as_str()]);
+            }
+        }
+        for reason in DEAD_LETTER_REASONS {
+            dead_letters.with_label_values(&[reason]);
+        }
+
+        Ok(Metrics {
+            http_requests,
+            ack_duration,
+            publish_duration,
+            event_lag,
+            events_received,
+            events_published,
+            duplicates,
+            publish_errors,
+            dead_letters,
+            spool_pending_events,
+            spool_bytes,
+            oldest_unpublished_age,
+            acks_before_durable,
+            sink_up,
+            config_warnings,
+            queue_events,
+            http_by_code,
+        })
+    }
+
+    pub fn http_response(&self, code: u16) {
+        match HTTP_CODES.iter().position(|&c| c == code) {
+            Some(i) => self.http_by_code[i].inc(),
+            None => self.http_requests.with_label_values(&[&code.to_string()]).inc(),
+        }
+    }
+
+    pub fn event_received(&self, format: Format, action: Action) {
+        self.events_received
+            .with_label_values(&[format.as_str(), action.as_str()])
+            .inc();
+    }
+
+    pub fn duplicate(&self, action: Action) {
+        self.duplicates.with_label_values(&[action.as_str()]).inc();
+    }
+
+    pub fn published(&self, sink: &str, action: &str, publish_seconds: f64) {
+        self.events_published.with_label_values(&[sink, action]).inc();
+        self.publish_duration
+            .with_label_values(&[sink])
+            .observe(publish_seconds);
+    }
+
+    pub fn publish_error(&self, sink: &str, kind: &str) {
+        self.publish_errors.with_label_values(&[sink, kind]).inc();
+    }
+
+    pub fn dead_letter(&self, reason: &str) {
+        self.dead_letters.with_label_values(&[reason]).inc();
+    }
+
+    pub fn set_sink_up(&self, sink: &str, up: bool) {
+        self.sink_up.with_label_values(&[sink]).set(i64::from(up));
+    }
+}
+
+/// Renders `registry` in the Prometheus text exposition format.
+pub fn render(registry: &Registry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    // Encoding into a Vec cannot fail on I/O; a metric family error would be a bug at start-up.
+    if let Err(error) = TextEncoder::new().encode(&registry.gather(), &mut out) {
+        tracing::warn!(%error, "metrics encoding failed");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_series_exists_at_zero() {
+        let registry = Registry::new();
+        let m = Metrics::new(&registry, "1.2.3").unwrap();
+        let text = String::from_utf8(render(&registry)).unwrap();
+        for needle in [
+            "hookbus_http_requests_total{code=\"200\"} 0",
+            "hookbus_http_requests_total{code=\"503\"} 0",
+            "hookbus_ack_duration_seconds_bucket{le=\"0.0001\"} 0",
+            "hookbus_publish_duration_seconds_count{sink=\"nats\"} 0",
+            "hookbus_event_lag_seconds_count 0",
+            "hookbus_events_received_total{action=\"join\",format=\"g1\"} 0",
+            "hookbus_events_received_total{action=\"interval\",format=\"events-and-actions\"} 0",
+            "hookbus_events_published_total{action=\"state-change\",sink=\"kafka\"} 0",
+            "hookbus_duplicates_total{action=\"timeout\"} 0",
+            "hookbus_publish_errors_total{kind=\"timeout\",sink=\"nats\"} 0",
+            "hookbus_dead_letters_total{reason=\"too_large\"} 0",
+            "hookbus_spool_pending_events 0",
+            "hookbus_spool_bytes 0",
+            "hookbus_oldest_unpublished_age_seconds 0",
+            "hookbus_acks_before_durable_total 0",
+            "hookbus_sink_up{sink=\"stdout\"} 0",
+            "hookbus_build_info{version=\"1.2.3\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle}");
+        }
+        m.http_response(400);
+        m.duplicate(Action::Join);
+        let text = String::from_utf8(render(&registry)).unwrap();
+        assert!(text.contains("hookbus_http_requests_total{code=\"400\"} 1"));
+        assert!(text.contains("hookbus_duplicates_total{action=\"join\"} 1"));
+    }
+}

@@ -1,0 +1,444 @@
+//! Pure normalization: one webhook request body → the normalized presence events it carries.
+//!
+//! Owns the [`Event`] type (the published message value, DESIGN §6), generation detection and
+//! the 400 rules of DESIGN §3. One file per PubNub generation. Must stay synchronous and free of
+//! I/O: no tokio, hyper or broker crate, no clock (the receive time is passed in).
+
+mod error;
+mod events_and_actions;
+mod fields;
+mod g1;
+mod g2;
+mod time;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use error::NormalizeError;
+
+use fields::{Object, kind_of, snippet};
+
+/// Value of the `schema` field of every normalized event; bumped on any breaking change.
+pub const SCHEMA: &str = "hookbus.presence.v1";
+
+/// Value of the `source` field of every normalized event.
+const SOURCE: &str = "pubnub";
+
+/// What happened to the channel or user; the `{action}` of the routing template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// A user subscribed to the channel.
+    Join,
+    /// A user unsubscribed explicitly.
+    Leave,
+    /// A user stopped sending heartbeats.
+    Timeout,
+    /// A user's presence state on the channel changed.
+    StateChange,
+    /// The channel got its first occupant.
+    Active,
+    /// The channel lost its last occupant.
+    Inactive,
+    /// Periodic occupancy count (interval mode), possibly with join/leave/timeout deltas.
+    Interval,
+}
+
+impl Action {
+    /// Every action, in declaration order (metrics pre-create one series per value).
+    pub const ALL: [Action; 7] = [
+        Action::Join,
+        Action::Leave,
+        Action::Timeout,
+        Action::StateChange,
+        Action::Active,
+        Action::Inactive,
+        Action::Interval,
+    ];
+
+    /// The wire name: `join`, `leave`, `timeout`, `state-change`, `active`, `inactive`, `interval`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Join => "join",
+            Action::Leave => "leave",
+            Action::Timeout => "timeout",
+            Action::StateChange => "state-change",
+            Action::Active => "active",
+            Action::Inactive => "inactive",
+            Action::Interval => "interval",
+        }
+    }
+
+    /// The action whose wire name is exactly `name` (case-sensitive).
+    fn from_name(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The PubNub webhook generation an event was received in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// Legacy Presence Webhooks: one flat object per request, `action` or `status`.
+    G1,
+    /// Legacy flat objects with `id`, `schema` and an ISO timestamp.
+    G2,
+    /// Events & Actions: `{"schema": …, "data": [items]}`, batched.
+    EventsAndActions,
+}
+
+impl Format {
+    /// Every format, in declaration order.
+    pub const ALL: [Format; 3] = [Format::G1, Format::G2, Format::EventsAndActions];
+
+    /// The wire name: `g1`, `g2`, `events-and-actions`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::G1 => "g1",
+            Format::G2 => "g2",
+            Format::EventsAndActions => "events-and-actions",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One normalized presence event: the message value published to the broker (DESIGN §6).
+///
+/// Serializes to the §6 JSON (with the constant `schema` and `source` fields, in §6 order) and
+/// deserializes from it, so spooled events read back unchanged. `docs/event.schema.json`
+/// describes the same JSON.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "WireEvent")]
+pub struct Event {
+    /// Dedup key: the PubNub item id, or for G1 the first 32 hex chars of SHA-256(body).
+    pub id: String,
+    /// Generation the event arrived in.
+    pub format: Format,
+    /// PubNub subscribe key, when sent.
+    pub sub_key: Option<String>,
+    /// Raw channel name: non-empty, no control characters.
+    pub channel: String,
+    /// What happened.
+    pub action: Action,
+    /// The user the event is about (none for channel events).
+    pub uuid: Option<String>,
+    /// Channel occupancy after the event, when sent.
+    pub occupancy: Option<u64>,
+    /// Event time, Unix seconds.
+    pub timestamp: i64,
+    /// Event time, Unix milliseconds; `None` when the source gives whole seconds only.
+    pub timestamp_ms: Option<i64>,
+    /// When hookbus received the request, Unix milliseconds.
+    pub received_at_ms: u64,
+    /// The user state as sent (`{}` stays `{}`); `None` only when absent.
+    pub state: Option<Value>,
+    /// Interval deltas; `None` when the event carries no delta array.
+    pub delta: Option<Delta>,
+    /// Interval mode: the delta was too large to send, consumers should call Here Now.
+    pub here_now_refresh: bool,
+}
+
+/// Users who joined, left and timed out since the previous interval event.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Delta {
+    /// User ids that joined.
+    pub join: Vec<String>,
+    /// User ids that left.
+    pub leave: Vec<String>,
+    /// User ids that timed out.
+    pub timeout: Vec<String>,
+}
+
+impl Event {
+    /// The message value: the §6 JSON, fields in §6 order, absent fields as `null`.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Cannot fail: every field is a string, integer, bool or a `Value` (string keys,
+        // finite numbers), and writing into a Vec does no I/O.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The §6 field order, borrowed from an [`Event`], with the constant fields filled in.
+#[derive(Serialize)]
+struct WireEventRef<'a> {
+    schema: &'static str,
+    id: &'a str,
+    source: &'static str,
+    format: Format,
+    sub_key: Option<&'a str>,
+    channel: &'a str,
+    action: Action,
+    uuid: Option<&'a str>,
+    occupancy: Option<u64>,
+    timestamp: i64,
+    timestamp_ms: Option<i64>,
+    received_at_ms: u64,
+    state: Option<&'a Value>,
+    delta: Option<&'a Delta>,
+    here_now_refresh: bool,
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WireEventRef {
+            schema: SCHEMA,
+            id: &self.id,
+            source: SOURCE,
+            format: self.format,
+            sub_key: self.sub_key.as_deref(),
+            channel: &self.channel,
+            action: self.action,
+            uuid: self.uuid.as_deref(),
+            occupancy: self.occupancy,
+            timestamp: self.timestamp,
+            timestamp_ms: self.timestamp_ms,
+            received_at_ms: self.received_at_ms,
+            state: self.state.as_ref(),
+            delta: self.delta.as_ref(),
+            here_now_refresh: self.here_now_refresh,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// The §6 JSON as read back; `schema` and `source` are optional but checked when present.
+#[derive(Deserialize)]
+struct WireEvent {
+    #[serde(default)]
+    schema: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    id: String,
+    format: Format,
+    #[serde(default)]
+    sub_key: Option<String>,
+    channel: String,
+    action: Action,
+    #[serde(default)]
+    uuid: Option<String>,
+    #[serde(default)]
+    occupancy: Option<u64>,
+    timestamp: i64,
+    #[serde(default)]
+    timestamp_ms: Option<i64>,
+    received_at_ms: u64,
+    #[serde(default)]
+    state: Option<Value>,
+    #[serde(default)]
+    delta: Option<Delta>,
+    #[serde(default)]
+    here_now_refresh: bool,
+}
+
+impl TryFrom<WireEvent> for Event {
+    type Error = String;
+
+    fn try_from(w: WireEvent) -> Result<Self, Self::Error> {
+        if let Some(schema) = w.schema.as_deref().filter(|s| *s != SCHEMA) {
+            return Err(format!(
+                "unsupported event schema {schema:?}, expected {SCHEMA:?}"
+            ));
+        }
+        if let Some(source) = w.source.as_deref().filter(|s| *s != SOURCE) {
+            return Err(format!(
+                "unsupported event source {source:?}, expected {SOURCE:?}"
+            ));
+        }
+        Ok(Event {
+            id: w.id,
+            format: w.format,
+            sub_key: w.sub_key,
+            channel: w.channel,
+            action: w.action,
+            uuid: w.uuid,
+            occupancy: w.occupancy,
+            timestamp: w.timestamp,
+            timestamp_ms: w.timestamp_ms,
+            received_at_ms: w.received_at_ms,
+            state: w.state,
+            delta: w.delta,
+            here_now_refresh: w.here_now_refresh,
+        })
+    }
+}
+
+/// Parses one webhook request body into the events it carries, in body order.
+///
+/// The generation is detected per body: an object with `schema`/`dataSchema` and a `data`
+/// array is Events & Actions (also inside an `{"event":{"payload":…}}` envelope); `schema` +
+/// `id` is G2; `action` or `status` is G1. `received_at_ms` is copied into every event.
+/// An Events & Actions body with `data: []` yields no events.
+///
+/// # Errors
+/// Every [`NormalizeError`] means the request is invalid (HTTP 400): invalid UTF-8, malformed
+/// JSON (lone surrogates and numbers beyond f64 included), a body that is not an object, an
+/// unknown generation or event kind, a missing/empty/control-character channel, a missing
+/// timestamp, or a number that is not an integer in range. A batch is rejected whole at its
+/// first invalid item, and the error names the item (`data[i]: …`).
+pub fn normalize(body: &[u8], received_at_ms: u64) -> Result<Vec<Event>, NormalizeError> {
+    let text = std::str::from_utf8(body).map_err(|e| NormalizeError::InvalidUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim_ascii().is_empty() {
+        return Err(NormalizeError::EmptyBody);
+    }
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| NormalizeError::from_json(&e, text))?;
+    let Value::Object(object) = value else {
+        return Err(NormalizeError::NotAnObject {
+            what: "body",
+            found: kind_of(&value),
+        });
+    };
+    let object = unwrap_envelope(object);
+    match detect(&object)? {
+        Detected::EventsAndActions(action) => {
+            events_and_actions::normalize(object, action, body, received_at_ms)
+        }
+        Detected::G2(action) => {
+            g2::normalize(object, action, body, received_at_ms).map(|e| vec![e])
+        }
+        Detected::G1 => g1::normalize(object, body, received_at_ms).map(|e| vec![e]),
+    }
+}
+
+/// The generation of a body, with the action named by its schema where it has one.
+enum Detected {
+    G1,
+    G2(Action),
+    EventsAndActions(Action),
+}
+
+/// Keys that the schema name of a G2 or Events & Actions body may be sent under.
+const SCHEMA_KEYS: [&str; 2] = ["schema", "dataSchema"];
+
+fn detect(object: &Object) -> Result<Detected, NormalizeError> {
+    let present = |key: &str| object.get(key).is_some_and(|v| !v.is_null());
+    let schema = SCHEMA_KEYS
+        .iter()
+        .find_map(|&key| object.get(key).filter(|v| !v.is_null()).map(|v| (key, v)));
+    let Some((schema_key, schema)) = schema else {
+        if present("action") || present("status") {
+            return Ok(Detected::G1);
+        }
+        return Err(NormalizeError::UnknownFormat);
+    };
+    let is_batch = matches!(object.get("data"), Some(Value::Array(_)));
+    if !is_batch && !present("id") {
+        if present("action") || present("status") {
+            return Ok(Detected::G1);
+        }
+        return Err(match object.get("data") {
+            None | Some(Value::Null) => NormalizeError::Missing {
+                field: "data".into(),
+            },
+            Some(other) => NormalizeError::Invalid {
+                field: "data".into(),
+                reason: format!("expected an array of events, got {}", kind_of(other)),
+            },
+        });
+    }
+    let Value::String(name) = schema else {
+        return Err(NormalizeError::Invalid {
+            field: schema_key.into(),
+            reason: format!("expected a string, got {}", kind_of(schema)),
+        });
+    };
+    let action =
+        action_from_schema(name).ok_or_else(|| NormalizeError::UnknownEvent(snippet(name)))?;
+    Ok(if is_batch {
+        Detected::EventsAndActions(action)
+    } else {
+        Detected::G2(action)
+    })
+}
+
+/// Replaces an `{"event":{…,"payload":{schema,data}}}` envelope by its payload.
+fn unwrap_envelope(mut object: Object) -> Object {
+    let is_envelope = !["data", "action", "status", "schema", "dataSchema"]
+        .iter()
+        .any(|k| object.contains_key(*k))
+        && matches!(
+            object.get("event"),
+            Some(Value::Object(event)) if matches!(event.get("payload"), Some(Value::Object(_)))
+        );
+    if !is_envelope {
+        return object;
+    }
+    match object.remove("event") {
+        Some(Value::Object(mut event)) => match event.remove("payload") {
+            Some(Value::Object(payload)) => payload,
+            _ => object,
+        },
+        _ => object,
+    }
+}
+
+/// Events & Actions event names (also used by G2 `schema`) and the action each maps to.
+const EVENT_NAMES: [(&str, Action); 7] = [
+    ("presence.user.channel.joined", Action::Join),
+    ("presence.user.channel.left", Action::Leave),
+    ("presence.user.timedout.in.channel", Action::Timeout),
+    (
+        "presence.channel.user.state.in.changed",
+        Action::StateChange,
+    ),
+    ("presence.channel.state.inactive", Action::Inactive),
+    ("presence.channel.state.active", Action::Active),
+    ("presence.channel.occupancy.counted", Action::Interval),
+];
+
+/// Finds a known event name inside a schema string such as
+/// `pubnub.com/schemas/events/presence.user.channel.joined?v=1.0.0`.
+///
+/// Substring match, because official samples double the prefix and vary the version; the name
+/// must not be glued to letters or digits on either side (`…joinedx` is not `joined`).
+fn action_from_schema(schema: &str) -> Option<Action> {
+    let bytes = schema.as_bytes();
+    EVENT_NAMES.iter().find_map(|&(name, action)| {
+        schema
+            .match_indices(name)
+            .any(|(start, _)| {
+                let end = start + name.len();
+                let before = start.checked_sub(1).and_then(|i| bytes.get(i));
+                let after = bytes.get(end);
+                !before.is_some_and(u8::is_ascii_alphanumeric)
+                    && !after.is_some_and(u8::is_ascii_alphanumeric)
+            })
+            .then_some(action)
+    })
+}
+
+/// First 32 lowercase hex chars of SHA-256 of `data`: the G1 event id.
+fn body_id(data: &[u8]) -> String {
+    hex32(&Sha256::digest(data))
+}
+
+/// Lowercase hex of the first 16 bytes of a digest.
+fn hex32(digest: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(32);
+    for &b in digest.iter().take(16) {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
+}

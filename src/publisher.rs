@@ -1,0 +1,606 @@
+//! Moves accepted messages from the in-memory queue or the spool to the sink. One task sends
+//! in arrival order (so per-channel order holds on the broker) while up to
+//! `sink.max_in_flight` confirmations are awaited concurrently. A message that fails for a
+//! retriable reason is retried with capped exponential backoff until it is confirmed or the
+//! drain deadline passes; one the broker refuses for good goes to the dead-letter destination.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::sink::{self, Message, Sink, SinkError};
+use crate::spool::{Spool, SpoolReader};
+
+/// Wall clock in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Who waits for the outcome of a job.
+pub enum Done {
+    /// Nobody (memory mode): the request was answered at enqueue.
+    Nobody,
+    /// A request in `publish` mode.
+    Waiter(oneshot::Sender<Result<(), SinkError>>),
+    /// A spool record to confirm.
+    Spool(u64),
+}
+
+/// One message on its way to the broker, with what the metrics need.
+pub struct Job {
+    pub message: Message,
+    /// `action` label for events; `None` for dead letters.
+    pub action: Option<&'static str>,
+    /// When the webhook request arrived, Unix ms.
+    pub received_ms: u64,
+    /// The event's own timestamp, Unix ms, for `hookbus_event_lag_seconds`.
+    pub event_ms: Option<i64>,
+    pub done: Done,
+}
+
+/// Header names a spool record can carry, by index.
+const HEADER_NAMES: [&str; 7] = [
+    sink::HEADER_EVENT_ID,
+    sink::HEADER_ACTION,
+    sink::HEADER_CHANNEL,
+    sink::HEADER_SUB_KEY,
+    sink::HEADER_CONTENT_TYPE,
+    sink::HEADER_DEAD_LETTER_REASON,
+    sink::HEADER_DEAD_LETTER_ERROR,
+];
+const ACTIONS: [&str; 7] = [
+    "join",
+    "leave",
+    "timeout",
+    "state-change",
+    "active",
+    "inactive",
+    "interval",
+];
+const RECORD_VERSION: u8 = 1;
+
+/// A spool record that does not decode: written by another version or damaged.
+#[derive(Debug, thiserror::Error)]
+#[error("spool record {0} does not decode")]
+pub struct RecordError(u64);
+
+impl Job {
+    /// Encodes the routed message for the spool (everything but `done`).
+    pub fn encode(&self) -> Bytes {
+        let m = &self.message;
+        let mut out = BytesMut::with_capacity(64 + m.topic.len() + m.payload.len() + 128);
+        out.put_u8(RECORD_VERSION);
+        out.put_u8(u8::from(m.is_event));
+        out.put_u8(
+            self.action
+                .and_then(|a| ACTIONS.iter().position(|x| *x == a))
+                .map_or(u8::MAX, |i| i as u8),
+        );
+        out.put_u64(self.received_ms);
+        out.put_i64(self.event_ms.unwrap_or(i64::MIN));
+        put_str(&mut out, &m.topic);
+        put_opt_str(&mut out, m.key.as_deref());
+        put_opt_str(&mut out, m.msg_id.as_deref());
+        out.put_u8(m.headers.len() as u8);
+        for (name, value) in &m.headers {
+            let index = HEADER_NAMES.iter().position(|n| n == name).unwrap_or(0);
+            out.put_u8(index as u8);
+            put_str(&mut out, value);
+        }
+        out.put_slice(&m.payload);
+        out.freeze()
+    }
+
+    /// Inverse of [`Job::encode`]; `done` confirms spool record `seq`.
+    ///
+    /// # Errors
+    /// A record that is truncated or has an unknown version or header.
+    pub fn decode(seq: u64, mut record: Bytes) -> Result<Job, RecordError> {
+        let bad = || RecordError(seq);
+        if record.remaining() < 19 || record.get_u8() != RECORD_VERSION {
+            return Err(bad());
+        }
+        let is_event = record.get_u8() == 1;
+        let action = ACTIONS.get(record.get_u8() as usize).copied();
+        let received_ms = record.get_u64();
+        let event_ms = Some(record.get_i64()).filter(|&t| t != i64::MIN);
+        let topic = get_str(&mut record).ok_or_else(bad)?;
+        let key = get_opt_str(&mut record).ok_or_else(bad)?;
+        let msg_id = get_opt_str(&mut record).ok_or_else(bad)?;
+        if !record.has_remaining() {
+            return Err(bad());
+        }
+        let count = record.get_u8();
+        let mut headers = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            if !record.has_remaining() {
+                return Err(bad());
+            }
+            let name = HEADER_NAMES
+                .get(record.get_u8() as usize)
+                .ok_or_else(bad)?;
+            headers.push((*name, get_str(&mut record).ok_or_else(bad)?));
+        }
+        Ok(Job {
+            message: Message {
+                topic,
+                key,
+                headers,
+                payload: record,
+                msg_id,
+                is_event,
+            },
+            action,
+            received_ms,
+            event_ms,
+            done: Done::Spool(seq),
+        })
+    }
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    out.put_u32(s.len() as u32);
+    out.put_slice(s.as_bytes());
+}
+
+fn put_opt_str(out: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            out.put_u8(1);
+            put_str(out, s);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn get_str(b: &mut Bytes) -> Option<String> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let len = b.get_u32() as usize;
+    if b.remaining() < len {
+        return None;
+    }
+    String::from_utf8(b.split_to(len).to_vec()).ok()
+}
+
+fn get_opt_str(b: &mut Bytes) -> Option<Option<String>> {
+    if !b.has_remaining() {
+        return None;
+    }
+    match b.get_u8() {
+        0 => Some(None),
+        _ => get_str(b).map(Some),
+    }
+}
+
+/// The ingress side of the bounded in-memory queue.
+#[derive(Clone)]
+pub struct QueueSender {
+    tx: mpsc::Sender<Job>,
+}
+
+impl QueueSender {
+    /// Enqueues all jobs or none.
+    ///
+    /// # Errors
+    /// Gives the jobs back when the queue has no room for all of them (or is closed).
+    pub fn try_send_all(&self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        match self.tx.try_reserve_many(jobs.len()) {
+            Ok(permits) => {
+                for (permit, job) in permits.zip(jobs) {
+                    permit.send(job);
+                }
+                Ok(())
+            }
+            Err(_) => Err(jobs),
+        }
+    }
+
+    /// Room left, in jobs.
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity()
+    }
+
+    pub fn max_capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+}
+
+/// Creates the bounded queue of `capacity` jobs.
+pub fn queue(capacity: usize) -> (QueueSender, mpsc::Receiver<Job>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (QueueSender { tx }, rx)
+}
+
+/// Where the publisher takes jobs from.
+pub enum Source {
+    Queue(mpsc::Receiver<Job>),
+    Spool(Spool, SpoolReader),
+}
+
+/// Tuning of [`run`].
+#[derive(Clone)]
+pub struct PublisherConfig {
+    pub max_in_flight: usize,
+    pub timeout: Duration,
+    pub max_backoff: Duration,
+    pub dead_letter: String,
+    /// Where dead letters too large for the broker are written.
+    pub dead_letter_dir: PathBuf,
+}
+
+/// Tracks the oldest unconfirmed job among those taken from the source.
+#[derive(Default)]
+struct Watermark {
+    next: u64,
+    open: VecDeque<(u64, u64)>,
+    done: HashSet<u64>,
+}
+
+impl Watermark {
+    fn open(&mut self, received_ms: u64) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.open.push_back((id, received_ms));
+        id
+    }
+
+    fn close(&mut self, id: u64) {
+        self.done.insert(id);
+        while let Some(&(front, _)) = self.open.front() {
+            if !self.done.remove(&front) {
+                break;
+            }
+            self.open.pop_front();
+        }
+    }
+
+    fn oldest_ms(&self) -> Option<u64> {
+        self.open.front().map(|&(_, ms)| ms)
+    }
+
+    fn len(&self) -> usize {
+        self.open.len() - self.done.len()
+    }
+}
+
+type Flight = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Job, Result<sink::Ack, SinkError>)> + Send>>;
+
+/// Runs until the source is exhausted after `drain` fired (queue closed and empty, or spool
+/// fully confirmed) and every in-flight message is settled. The caller bounds it with the
+/// shutdown grace period.
+pub async fn run(
+    mut source: Source,
+    sink: Arc<Sink>,
+    metrics: Metrics,
+    config: PublisherConfig,
+    drain: Shutdown,
+) {
+    prepare(&sink, &metrics, &config, &drain).await;
+    let mut in_flight: FuturesUnordered<Flight> = FuturesUnordered::new();
+    let mut marks = Watermark::default();
+    let mut batch = Vec::with_capacity(256);
+    let mut gauges = tokio::time::interval(Duration::from_millis(500));
+    let mut draining = false;
+    let mut source_done = false;
+    loop {
+        if source_done && in_flight.is_empty() {
+            break;
+        }
+        let room = config.max_in_flight.saturating_sub(in_flight.len());
+        tokio::select! {
+            biased;
+            Some((mark, job, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                let spool = match &source { Source::Spool(spool, _) => Some(spool), Source::Queue(_) => None };
+                let ctx = Settle { sink: &sink, metrics: &metrics, config: &config, spool };
+                match ctx.settle(mark, job, result) {
+                    Some(next) => in_flight.push(next),
+                    None => marks.close(mark),
+                }
+            }
+            _ = drain.wait(), if !draining => {
+                draining = true;
+                if let Source::Queue(rx) = &mut source {
+                    rx.close();
+                }
+            }
+            taken = take(&mut source, &mut batch, room.min(256)), if room > 0 && !source_done => {
+                match taken {
+                    Ok(0) => source_done = true,
+                    Ok(_) => {
+                        for job in batch.drain(..) {
+                            let mark = marks.open(job.received_ms);
+                            let flight = start(sink.clone(), job, mark, config.timeout).await;
+                            in_flight.push(flight);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "spool read failed; publishing stops until restart");
+                        source_done = true;
+                    }
+                }
+            }
+            _ = gauges.tick() => {
+                metrics.set_sink_up(sink.name(), sink.is_up());
+                if let Source::Spool(spool, _) = &source {
+                    let stats = spool.stats();
+                    metrics.spool_pending_events.set(stats.pending_events as i64);
+                    metrics.spool_bytes.set(stats.bytes as i64);
+                    let age = stats.oldest_unconfirmed_ms.map_or(0, |ms| now_ms().saturating_sub(ms));
+                    metrics.oldest_unpublished_age.set(age as f64 / 1000.0);
+                    if draining && stats.pending_events == 0 && in_flight.is_empty() {
+                        source_done = true;
+                    }
+                } else {
+                    metrics.spool_pending_events.set(marks.len() as i64);
+                    let age = marks.oldest_ms().map_or(0, |ms| now_ms().saturating_sub(ms));
+                    metrics.oldest_unpublished_age.set(age as f64 / 1000.0);
+                }
+            }
+        }
+    }
+    metrics.set_sink_up(sink.name(), sink.is_up());
+}
+
+/// Broker-side setup, retried with backoff until it works or the drain starts.
+async fn prepare(sink: &Sink, metrics: &Metrics, config: &PublisherConfig, drain: &Shutdown) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match sink.prepare().await {
+            Ok(warnings) => {
+                for warning in warnings {
+                    metrics.config_warnings.inc();
+                    tracing::warn!(sink = sink.name(), "{warning}");
+                }
+                metrics.set_sink_up(sink.name(), sink.is_up());
+                return;
+            }
+            Err(error) => {
+                metrics.set_sink_up(sink.name(), false);
+                tracing::warn!(%error, sink = sink.name(), ?backoff, "broker not ready; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = drain.wait() => return,
+        }
+        backoff = (backoff * 2).min(config.max_backoff);
+    }
+}
+
+/// Takes up to `max` jobs; `Ok(0)` means the source is closed and empty.
+async fn take(source: &mut Source, batch: &mut Vec<Job>, max: usize) -> Result<usize, crate::spool::SpoolError> {
+    match source {
+        Source::Queue(rx) => Ok(rx.recv_many(batch, max).await),
+        Source::Spool(spool, reader) => {
+            let records = reader.next_batch(max).await?;
+            let taken = records.len();
+            for record in records {
+                match Job::decode(record.seq, record.payload) {
+                    Ok(job) => batch.push(job),
+                    Err(error) => {
+                        // Unreadable by this version: never publishable, so do not block on it.
+                        tracing::error!(%error, "skipping undecodable spool record");
+                        spool.confirm(record.seq);
+                    }
+                }
+            }
+            Ok(taken)
+        }
+    }
+}
+
+/// Sends `job` now (preserving call order) and returns the future of its confirmation.
+async fn start(sink: Arc<Sink>, job: Job, mark: u64, timeout: Duration) -> Flight {
+    match sink.send(&job.message).await {
+        Ok(confirm) => Box::pin(async move {
+            let result = match tokio::time::timeout(timeout, confirm).await {
+                Ok(result) => result,
+                Err(_) => Err(SinkError::Timeout(timeout)),
+            };
+            (mark, job, result)
+        }),
+        Err(error) => Box::pin(async move { (mark, job, Err(error)) }),
+    }
+}
+
+/// Resends `job` after `delay` (a retry; order relative to later messages is not kept).
+fn retry(sink: Arc<Sink>, job: Job, mark: u64, timeout: Duration, delay: Duration) -> Flight {
+    Box::pin(async move {
+        tokio::time::sleep(delay).await;
+        start(sink, job, mark, timeout).await.await
+    })
+}
+
+struct Settle<'a> {
+    sink: &'a Arc<Sink>,
+    metrics: &'a Metrics,
+    config: &'a PublisherConfig,
+    spool: Option<&'a Spool>,
+}
+
+impl Settle<'_> {
+    /// Records the outcome of `job`; returns the follow-up flight (a retry or the dead letter
+    /// that replaces it), which keeps the job's `mark`.
+    fn settle(&self, mark: u64, job: Job, result: Result<sink::Ack, SinkError>) -> Option<Flight> {
+        let sink_name = self.sink.name();
+        let config = self.config;
+        let error = match result {
+            Ok(ack) => {
+                let now = now_ms();
+                if ack.duplicate {
+                    self.metrics.publish_error(sink_name, "duplicate_ack");
+                }
+                if let Some(action) = job.action {
+                    let seconds = now.saturating_sub(job.received_ms) as f64 / 1000.0;
+                    self.metrics.published(sink_name, action, seconds);
+                    if let Some(event_ms) = job.event_ms {
+                        let lag = (now as i64).saturating_sub(event_ms).max(0);
+                        self.metrics.event_lag.observe(lag as f64 / 1000.0);
+                    }
+                }
+                self.finish(job.done, Ok(()));
+                return None;
+            }
+            Err(error) => error,
+        };
+        self.metrics.publish_error(sink_name, error.kind());
+        if matches!(job.done, Done::Waiter(_)) {
+            // The request answers 503 and releases its ids; PubNub retries.
+            self.finish(job.done, Err(error));
+            return None;
+        }
+        if error.is_retriable() {
+            let delay = backoff_for(&job, config.max_backoff);
+            tracing::warn!(%error, sink = sink_name, ?delay, "publish failed; retrying");
+            return Some(retry(self.sink.clone(), job, mark, config.timeout, delay));
+        }
+        let reason = if matches!(error, SinkError::TooLarge { .. }) {
+            "too_large"
+        } else {
+            "publish_failed"
+        };
+        self.metrics.dead_letter(reason);
+        if job.message.topic == config.dead_letter || reason == "too_large" {
+            // Nowhere on the broker to put it: keep it on disk.
+            write_dead_letter_file(&config.dead_letter_dir, &job.message.payload, reason);
+            self.finish(job.done, Ok(()));
+            return None;
+        }
+        tracing::warn!(%error, sink = sink_name, topic = %job.message.topic, "broker refused message; dead-lettering");
+        let dead = dead_letter_job(job, reason, &error.to_string(), config);
+        Some(retry(self.sink.clone(), dead, mark, config.timeout, Duration::ZERO))
+    }
+
+    fn finish(&self, done: Done, result: Result<(), SinkError>) {
+        match done {
+            Done::Nobody => {}
+            Done::Waiter(tx) => {
+                let _ = tx.send(result);
+            }
+            Done::Spool(seq) => {
+                if let Some(spool) = self.spool {
+                    spool.confirm(seq);
+                }
+            }
+        }
+    }
+}
+
+fn backoff_for(job: &Job, max: Duration) -> Duration {
+    // Grows with the job's age: 50 ms doubling, capped; no per-job attempt counter needed.
+    let age = Duration::from_millis(now_ms().saturating_sub(job.received_ms));
+    let mut delay = Duration::from_millis(50);
+    while delay < age / 4 && delay < max {
+        delay *= 2;
+    }
+    delay.min(max)
+}
+
+/// The dead letter replacing `job`, which inherits its completion.
+fn dead_letter_job(job: Job, reason: &str, error: &str, config: &PublisherConfig) -> Job {
+    Job {
+        message: Message {
+            topic: config.dead_letter.clone(),
+            key: job.message.key,
+            headers: vec![
+                (sink::HEADER_DEAD_LETTER_REASON, reason.to_owned()),
+                (sink::HEADER_DEAD_LETTER_ERROR, error.to_owned()),
+            ],
+            payload: job.message.payload,
+            msg_id: None,
+            is_event: false,
+        },
+        action: None,
+        received_ms: job.received_ms,
+        event_ms: None,
+        done: job.done,
+    }
+}
+
+/// Writes a dead letter the broker cannot take to `dir`, named by time and content hash.
+/// Blocking; used rarely (oversized bodies only).
+pub fn write_dead_letter_file(dir: &std::path::Path, body: &[u8], reason: &str) {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(body);
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("{}-{reason}-{hex}.body", now_ms()));
+    let result = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, body));
+    match result {
+        Ok(()) => tracing::warn!(path = %path.display(), bytes = body.len(), reason, "dead letter written to disk"),
+        Err(error) => tracing::error!(%error, path = %path.display(), "cannot write dead letter: body lost"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_roundtrip() {
+        let job = Job {
+            message: Message {
+                topic: "presence.room_2Elobby.join".to_owned(),
+                key: Some("room.lobby".to_owned()),
+                headers: vec![
+                    (sink::HEADER_EVENT_ID, "abc".to_owned()),
+                    (sink::HEADER_CHANNEL, "room.lobby".to_owned()),
+                ],
+                payload: Bytes::from_static(b"{\"x\":1}"),
+                msg_id: Some("abc".to_owned()),
+                is_event: true,
+            },
+            action: Some("join"),
+            received_ms: 42,
+            event_ms: Some(-5),
+            done: Done::Nobody,
+        };
+        let back = Job::decode(7, job.encode()).unwrap();
+        assert_eq!(back.message.topic, job.message.topic);
+        assert_eq!(back.message.key, job.message.key);
+        assert_eq!(back.message.headers, job.message.headers);
+        assert_eq!(back.message.payload, job.message.payload);
+        assert_eq!(back.message.msg_id, job.message.msg_id);
+        assert!(back.message.is_event);
+        assert_eq!(back.action, Some("join"));
+        assert_eq!(back.received_ms, 42);
+        assert_eq!(back.event_ms, Some(-5));
+        assert!(matches!(back.done, Done::Spool(7)));
+        let encoded = job.encode();
+        for cut in 0..encoded.len() - job.message.payload.len() {
+            assert!(Job::decode(1, encoded.slice(..cut)).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn watermark_tracks_oldest_open() {
+        let mut w = Watermark::default();
+        let a = w.open(10);
+        let b = w.open(20);
+        let c = w.open(30);
+        assert_eq!(w.oldest_ms(), Some(10));
+        w.close(b);
+        assert_eq!(w.oldest_ms(), Some(10));
+        assert_eq!(w.len(), 2);
+        w.close(a);
+        assert_eq!(w.oldest_ms(), Some(30));
+        w.close(c);
+        assert_eq!(w.oldest_ms(), None);
+        assert_eq!(w.len(), 0);
+    }
+}

@@ -1,0 +1,182 @@
+//! The broker side: one producer per sink kind behind `enum Sink`. Only this folder sees
+//! rdkafka or async-nats. A publish has two steps: `send` hands the message to the client in
+//! call order (so per-channel order holds), and the returned [`Confirm`] resolves when the broker
+//! has confirmed it. Each sink classifies its client's errors in one function.
+
+mod kafka;
+mod nats;
+mod stdout;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use kafka::KafkaSink;
+pub use nats::NatsSink;
+pub use stdout::StdoutSink;
+
+use crate::config::{KafkaConfig, NatsConfig, SinkConfig, SinkKind};
+
+/// Header names of DESIGN §6.
+pub const HEADER_EVENT_ID: &str = "hookbus-event-id";
+pub const HEADER_ACTION: &str = "hookbus-action";
+pub const HEADER_CHANNEL: &str = "hookbus-channel";
+pub const HEADER_SUB_KEY: &str = "hookbus-sub-key";
+pub const HEADER_CONTENT_TYPE: &str = "content-type";
+/// On dead letters: why the body was rejected.
+pub const HEADER_DEAD_LETTER_REASON: &str = "hookbus-dead-letter-reason";
+/// On dead letters: the human-readable error that was sent to the client.
+pub const HEADER_DEAD_LETTER_ERROR: &str = "hookbus-dead-letter-error";
+
+/// One message for the broker, already routed.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Kafka topic / NATS subject.
+    pub topic: String,
+    /// Kafka record key (the raw channel name); NATS has none.
+    pub key: Option<String>,
+    pub headers: Vec<(&'static str, String)>,
+    pub payload: Bytes,
+    /// JetStream `Nats-Msg-Id` (the event id); `None` for dead letters.
+    pub msg_id: Option<String>,
+    /// The payload is the normalized-event JSON (not a raw dead-letter body).
+    pub is_event: bool,
+}
+
+/// The broker's answer for one confirmed message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ack {
+    /// JetStream recognized the `Nats-Msg-Id` as already stored (another replica or a replay).
+    pub duplicate: bool,
+}
+
+/// Why a publish failed, in the classes the publisher branches on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkError {
+    /// The broker is unreachable or overloaded; the same message may succeed later.
+    #[error("broker unavailable: {0}")]
+    Retriable(String),
+    /// No confirmation within the sink timeout; the message may or may not be stored.
+    #[error("no broker confirmation within {0:?}")]
+    Timeout(Duration),
+    /// The broker refused this message; retrying it will not help.
+    #[error("rejected by the broker: {0}")]
+    Permanent(String),
+    /// Larger than the broker accepts.
+    #[error("message of {size} bytes exceeds the broker limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+}
+
+impl SinkError {
+    /// The `kind` label of `hookbus_publish_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkError::Retriable(_) => "retriable",
+            SinkError::Timeout(_) => "timeout",
+            SinkError::Permanent(_) => "permanent",
+            SinkError::TooLarge { .. } => "too_large",
+        }
+    }
+
+    /// Whether the same message should be tried again.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, SinkError::Retriable(_) | SinkError::Timeout(_))
+    }
+}
+
+/// Resolves when the broker has confirmed (or refused) one sent message.
+pub type Confirm = Pin<Box<dyn Future<Output = Result<Ack, SinkError>> + Send>>;
+
+/// The configured producer.
+pub enum Sink {
+    Nats(NatsSink),
+    Kafka(KafkaSink),
+    Stdout(StdoutSink),
+}
+
+impl Sink {
+    /// Builds the client. Does not wait for the broker: a broker that is down at start only
+    /// delays publishing (the spool keeps accepting).
+    ///
+    /// # Errors
+    /// Invalid client configuration (e.g. a bad `kafka.properties` entry).
+    pub async fn connect(
+        sink: &SinkConfig,
+        nats: &NatsConfig,
+        kafka: &KafkaConfig,
+        dedup_window: Duration,
+        stream_subjects: Vec<String>,
+    ) -> anyhow::Result<Sink> {
+        Ok(match sink.kind {
+            SinkKind::Nats => Sink::Nats(
+                NatsSink::connect(nats, sink, dedup_window, stream_subjects).await?,
+            ),
+            SinkKind::Kafka => Sink::Kafka(KafkaSink::new(kafka, sink)?),
+            SinkKind::Stdout => Sink::Stdout(StdoutSink::new()),
+        })
+    }
+
+    /// The `sink` label value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sink::Nats(_) => "nats",
+            Sink::Kafka(_) => "kafka",
+            Sink::Stdout(_) => "stdout",
+        }
+    }
+
+    /// One-time broker-side setup (JetStream stream, Kafka metadata), retried by the caller.
+    /// Returns warnings about the broker's configuration worth an operator's attention.
+    ///
+    /// # Errors
+    /// `Retriable` while the broker is unreachable.
+    pub async fn prepare(&self) -> Result<Vec<String>, SinkError> {
+        match self {
+            Sink::Nats(s) => s.prepare().await,
+            Sink::Kafka(s) => s.prepare().await,
+            Sink::Stdout(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Hands `message` to the client; messages sent by one task reach the broker in call order.
+    ///
+    /// # Errors
+    /// The message was not accepted by the client (too large, client queue full past the
+    /// timeout, topic creation refused).
+    pub async fn send(&self, message: &Message) -> Result<Confirm, SinkError> {
+        match self {
+            Sink::Nats(s) => s.send(message).await,
+            Sink::Kafka(s) => s.send(message).await,
+            Sink::Stdout(s) => s.send(message),
+        }
+    }
+
+    /// True while the client is connected to the broker.
+    pub fn is_up(&self) -> bool {
+        match self {
+            Sink::Nats(s) => s.is_up(),
+            Sink::Kafka(s) => s.is_up(),
+            Sink::Stdout(_) => true,
+        }
+    }
+
+    /// Largest message the broker accepts, in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        match self {
+            Sink::Nats(s) => s.max_message_bytes(),
+            Sink::Kafka(s) => s.max_message_bytes(),
+            Sink::Stdout(_) => usize::MAX,
+        }
+    }
+
+    /// Waits (up to `timeout`) until the client has written out everything sent.
+    pub async fn flush(&self, timeout: Duration) {
+        match self {
+            Sink::Nats(s) => s.flush(timeout).await,
+            Sink::Kafka(s) => s.flush(timeout).await,
+            Sink::Stdout(s) => s.flush(timeout).await,
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Reading committed records back from the segment files: the publisher's [`SpoolReader`]
+//! and the start-up [`scan_since`]. File reads run in `spawn_blocking` (reader) or on the
+//! caller's thread (scan, start-up only); only committed (fsynced) bytes are ever read.
+
+use std::fs::File;
+use std::io::{self, BufReader, Seek, SeekFrom};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::{error, warn};
+
+use super::format::{self, Decoded, IndexEntry};
+use super::{Core, Record, SpoolError};
+
+/// Segments looked at per batch; a batch rarely spans more than two.
+const PLAN_SEGMENTS: usize = 4;
+/// A batch stops growing past this many bytes (it always holds at least one record).
+const MAX_BATCH_BYTES: u64 = 4 << 20;
+const READ_BUFFER: usize = 256 << 10;
+
+/// Yields committed records in seq order, from the first unconfirmed one, reading them from
+/// the segment files (a large backlog is never held in memory).
+pub struct SpoolReader {
+    core: Arc<Core>,
+    committed: watch::Receiver<u64>,
+    cursor: Cursor,
+    file: Option<OpenSegment>,
+}
+
+/// The next seq to yield, and where it starts when known (segment first seq, byte offset).
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    seq: u64,
+    at: Option<(u64, u64)>,
+}
+
+struct OpenSegment {
+    first_seq: u64,
+    file: File,
+}
+
+/// A committed snapshot of one segment, taken under the state lock.
+struct SegmentView {
+    first_seq: u64,
+    end_seq: u64,
+    bytes: u64,
+    path: PathBuf,
+    /// Indexed position at or before where reading starts.
+    start: IndexEntry,
+}
+
+struct BatchOut {
+    records: Vec<Record>,
+    cursor: Cursor,
+    /// Committed seqs that could not be read and were skipped.
+    lost: Option<(Range<u64>, &'static str)>,
+}
+
+impl SpoolReader {
+    pub(super) fn new(core: Arc<Core>, committed: watch::Receiver<u64>) -> SpoolReader {
+        let seq = core.lock().low;
+        SpoolReader {
+            core,
+            committed,
+            cursor: Cursor { seq, at: None },
+            file: None,
+        }
+    }
+
+    /// Waits until at least one committed unread record exists, then returns up to `max` of
+    /// them in seq order (fewer when they exceed a few MiB). `max == 0` returns at once.
+    ///
+    /// Cancel safe: the position only moves when a batch is returned.
+    ///
+    /// # Errors
+    /// `Closed` once the spool is closed and every committed record was returned; `Io` when a
+    /// segment cannot be read (the position is kept, so calling again retries). A record
+    /// whose checksum fails here is logged as data loss and skipped with the rest of its
+    /// segment.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, SpoolError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        loop {
+            self.wait_committed().await?;
+            let plan = self.plan();
+            let cursor = self.cursor;
+            let file = self.file.take();
+            let (out, file) =
+                tokio::task::spawn_blocking(move || read_batch(&plan, cursor, file, max))
+                    .await
+                    .map_err(io::Error::other)??;
+            self.cursor = out.cursor;
+            self.file = file;
+            if let Some((range, reason)) = out.lost {
+                let mut state = self.core.lock();
+                if range.end > state.low {
+                    error!(
+                        from_seq = range.start, to_seq = range.end, reason,
+                        "spool: unreadable records skipped"
+                    );
+                }
+                state.mark_lost(range);
+                self.core.publish(&state);
+            }
+            if !out.records.is_empty() {
+                return Ok(out.records);
+            }
+        }
+    }
+
+    /// Re-positions the reader at the lowest unconfirmed seq (after a failed publish, to
+    /// retry). Records above it that were already confirmed are yielded again.
+    pub fn rewind(&mut self) {
+        self.cursor = Cursor {
+            seq: self.core.lock().low,
+            at: None,
+        };
+    }
+
+    async fn wait_committed(&mut self) -> Result<(), SpoolError> {
+        loop {
+            if self.cursor.seq < *self.committed.borrow_and_update() {
+                return Ok(());
+            }
+            if self.committed.changed().await.is_err() {
+                // The writer is gone; what it committed last is still readable.
+                return if self.cursor.seq < *self.committed.borrow() {
+                    Ok(())
+                } else {
+                    Err(SpoolError::Closed)
+                };
+            }
+        }
+    }
+
+    fn plan(&self) -> Vec<SegmentView> {
+        let state = self.core.lock();
+        let first = state.segment_for(self.cursor.seq);
+        state
+            .segments
+            .iter()
+            .skip(first)
+            .take(PLAN_SEGMENTS)
+            .map(|s| SegmentView {
+                first_seq: s.first_seq,
+                end_seq: s.end_seq,
+                bytes: s.bytes,
+                path: s.path.clone(),
+                start: s.position_before(self.cursor.seq.max(s.first_seq)),
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for SpoolReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolReader")
+            .field("next_seq", &self.cursor.seq)
+            .finish()
+    }
+}
+
+/// Blocking: reads up to `max` records from `cursor` through the planned segments.
+fn read_batch(
+    plan: &[SegmentView],
+    mut cursor: Cursor,
+    mut file: Option<OpenSegment>,
+    max: usize,
+) -> io::Result<(BatchOut, Option<OpenSegment>)> {
+    let mut records = Vec::new();
+    let mut bytes = 0u64;
+    for seg in plan {
+        if records.len() >= max || bytes >= MAX_BATCH_BYTES {
+            break;
+        }
+        let seq = cursor.seq.max(seg.first_seq);
+        if seq >= seg.end_seq {
+            continue;
+        }
+        let open = match file.take() {
+            Some(open) if open.first_seq == seg.first_seq => open,
+            _ => match File::open(&seg.path) {
+                Ok(f) => OpenSegment {
+                    first_seq: seg.first_seq,
+                    file: f,
+                },
+                // Deleted because fully confirmed (a rewind raced it), or removed by hand.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let lost = Some((seq..seg.end_seq, "segment file missing"));
+                    let cursor = Cursor {
+                        seq: seg.end_seq,
+                        at: None,
+                    };
+                    return Ok((BatchOut { records, cursor, lost }, None));
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let (mut offset, mut at_seq) = match cursor.at {
+            Some((first, offset)) if first == seg.first_seq && cursor.seq == seq => (offset, seq),
+            _ => (seg.start.offset, seg.start.seq),
+        };
+        let mut reader = BufReader::with_capacity(READ_BUFFER, &open.file);
+        reader.seek(SeekFrom::Start(offset))?;
+        let mut invalid = None;
+        // Skip from the indexed position to `seq`; these records were validated before.
+        while at_seq < seq {
+            let (found, len) = format::read_header(&mut reader)?;
+            if found != at_seq || offset + len > seg.bytes {
+                invalid = Some("bad record header");
+                break;
+            }
+            reader.seek_relative((len - format::HEADER_LEN) as i64)?;
+            offset += len;
+            at_seq += 1;
+        }
+        while invalid.is_none()
+            && at_seq < seg.end_seq
+            && records.len() < max
+            && bytes < MAX_BATCH_BYTES
+        {
+            match format::read_record(&mut reader, seg.bytes - offset, at_seq) {
+                Ok(Decoded::Record(record, len)) => {
+                    offset += len;
+                    bytes += len;
+                    at_seq += 1;
+                    records.push(record);
+                }
+                Ok(Decoded::End) => invalid = Some("segment shorter than committed"),
+                Ok(Decoded::Invalid(reason)) => invalid = Some(reason),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    invalid = Some("segment shorter than committed");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        drop(reader);
+        if let Some(reason) = invalid {
+            let lost = Some((at_seq..seg.end_seq, reason));
+            let cursor = Cursor {
+                seq: seg.end_seq,
+                at: None,
+            };
+            return Ok((BatchOut { records, cursor, lost }, None));
+        }
+        cursor = Cursor {
+            seq: at_seq,
+            at: Some((seg.first_seq, offset)),
+        };
+        file = Some(open);
+    }
+    let out = BatchOut {
+        records,
+        cursor,
+        lost: None,
+    };
+    Ok((out, file))
+}
+
+/// Every committed record appended at or after `since_ms`, oldest first.
+pub(super) fn scan_since(core: &Core, since_ms: u64) -> Result<Vec<Record>, SpoolError> {
+    let views: Vec<SegmentView> = {
+        let state = core.lock();
+        state
+            .segments
+            .iter()
+            .filter(|s| s.end_seq > s.first_seq && s.last_ms >= since_ms)
+            .map(|s| {
+                // Records before the last index entry older than `since_ms` are older too.
+                let i = s.index.partition_point(|e| e.ms < since_ms);
+                let start = i.checked_sub(1).map_or(
+                    IndexEntry {
+                        seq: s.first_seq,
+                        offset: 0,
+                        ms: 0,
+                    },
+                    |i| s.index[i],
+                );
+                SegmentView {
+                    first_seq: s.first_seq,
+                    end_seq: s.end_seq,
+                    bytes: s.bytes,
+                    path: s.path.clone(),
+                    start,
+                }
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for seg in views {
+        let file = match File::open(&seg.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut reader = BufReader::with_capacity(READ_BUFFER, file);
+        reader.seek(SeekFrom::Start(seg.start.offset))?;
+        let (mut offset, mut seq) = (seg.start.offset, seg.start.seq);
+        while seq < seg.end_seq {
+            match format::read_record(&mut reader, seg.bytes - offset, seq) {
+                Ok(Decoded::Record(record, len)) => {
+                    offset += len;
+                    seq += 1;
+                    if record.appended_ms >= since_ms {
+                        out.push(record);
+                    }
+                }
+                Ok(Decoded::End | Decoded::Invalid(_)) => {
+                    warn!(segment = %seg.path.display(), seq, "spool scan: unreadable record, rest of segment skipped");
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    warn!(segment = %seg.path.display(), seq, "spool scan: segment shorter than committed");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        debug_assert!(seq >= seg.first_seq);
+    }
+    Ok(out)
+}
