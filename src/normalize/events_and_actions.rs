@@ -66,13 +66,13 @@ fn normalize_item(
         }
     };
 
-    let id = fields::string(&mut item, &["id"], "")?.unwrap_or_default();
+    let id = fields::header_string(&mut item, &["id"], "")?.unwrap_or_default();
     let channel = fields::channel(&mut item, &["channel", "channelId"])?;
     let uuid = match fields::string(&mut item, &["userId", "user_id"], "")? {
         Some(uuid) => Some(uuid),
         None => fields::string(&mut inner, &["uuid"], "data.")?,
     };
-    let sub_key = fields::string(&mut item, &["subKey", "sub_key"], "")?;
+    let sub_key = fields::header_string(&mut item, &["subKey", "sub_key"], "")?;
     let occupancy = match fields::unsigned(&mut item, &["occupancy"], "")? {
         Some(n) => Some(n),
         None => fields::unsigned(&mut inner, &["occupancy"], "data.")?,

@@ -34,36 +34,44 @@ pub(super) fn string(
     }
 }
 
+/// An optional string that ends up in a message header (`id`, `sub_key`): as [`string`],
+/// and without control characters, which would corrupt or inject headers.
+pub(super) fn header_string(
+    object: &mut Object,
+    keys: &[&'static str],
+    prefix: &str,
+) -> Result<Option<String>, NormalizeError> {
+    let Some((key, value)) = take(object, keys) else {
+        return Ok(None);
+    };
+    let s = match value {
+        Value::String(s) => s,
+        Value::Number(n) => n.to_string(),
+        other => return Err(invalid(prefix, key, expected("a string", &other))),
+    };
+    reject_control_chars(prefix, key, &s)?;
+    Ok(Some(s))
+}
+
 /// The required channel: a non-empty string without control characters (U+0000–U+001F,
 /// U+007F), because it becomes a topic name and a header value.
 pub(super) fn channel(
     object: &mut Object,
     keys: &[&'static str],
 ) -> Result<String, NormalizeError> {
-    let channel = match take(object, keys) {
+    let (key, channel) = match take(object, keys) {
         None => {
             return Err(NormalizeError::Missing {
                 field: "channel".into(),
             });
         }
-        Some((_, Value::String(s))) => s,
+        Some((key, Value::String(s))) => (key, s),
         Some((key, other)) => return Err(invalid("", key, expected("a string", &other))),
     };
     if channel.is_empty() {
-        return Err(NormalizeError::Empty {
-            field: "channel".into(),
-        });
+        return Err(NormalizeError::Empty { field: key.into() });
     }
-    if let Some((offset, c)) = channel
-        .char_indices()
-        .find(|&(_, c)| c <= '\u{1f}' || c == '\u{7f}')
-    {
-        return Err(NormalizeError::ControlChar {
-            field: "channel".into(),
-            code: u32::from(c),
-            offset,
-        });
-    }
+    reject_control_chars("", key, &channel)?;
     Ok(channel)
 }
 
@@ -262,6 +270,21 @@ fn is_integer_literal(s: &str) -> bool {
     let t = s.trim_ascii();
     let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Rejects U+0000–U+001F and U+007F, naming the first one and its byte offset.
+fn reject_control_chars(prefix: &str, key: &str, s: &str) -> Result<(), NormalizeError> {
+    match s
+        .char_indices()
+        .find(|&(_, c)| c <= '\u{1f}' || c == '\u{7f}')
+    {
+        None => Ok(()),
+        Some((offset, c)) => Err(NormalizeError::ControlChar {
+            field: format!("{prefix}{key}"),
+            code: u32::from(c),
+            offset,
+        }),
+    }
 }
 
 /// "expected X, got Y" with Y the JSON type of `found`.

@@ -24,7 +24,7 @@ pub(super) fn normalize(
     Ok(Event {
         id: body_id(body),
         format: Format::G1,
-        sub_key: fields::string(&mut object, &["sub_key"], "")?,
+        sub_key: fields::header_string(&mut object, &["sub_key"], "")?,
         channel,
         action,
         uuid: fields::string(&mut object, &["uuid"], "")?,

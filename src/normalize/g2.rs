@@ -14,7 +14,7 @@ pub(super) fn normalize(
     body: &[u8],
     received_at_ms: u64,
 ) -> Result<Event, NormalizeError> {
-    let id = fields::string(&mut object, &["id"], "")?
+    let id = fields::header_string(&mut object, &["id"], "")?
         .filter(|id| !id.is_empty())
         .unwrap_or_else(|| body_id(body));
     let channel = fields::channel(&mut object, &["channel", "channelId"])?;
@@ -25,7 +25,7 @@ pub(super) fn normalize(
     Ok(Event {
         id,
         format: Format::G2,
-        sub_key: fields::string(&mut object, &["sub_key", "subKey"], "")?,
+        sub_key: fields::header_string(&mut object, &["sub_key", "subKey"], "")?,
         channel,
         action,
         uuid: fields::string(&mut object, &["user_id", "userId", "uuid"], "")?,

@@ -1358,3 +1358,24 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn header_fields_reject_control_characters() {
+    assert_eq!(
+        rejected(r#"{"action":"join","channel":"c","timestamp":1,"sub_key":"sub\r\nX: y"}"#),
+        "sub_key contains control character U+000D at byte 3"
+    );
+    let mut item = ena_item();
+    item["id"] = json!("a\nb");
+    assert_eq!(
+        rejected(&ena("presence.user.channel.joined", item)),
+        "data[0]: id contains control character U+000A at byte 1"
+    );
+    let mut item = ena_item();
+    item.as_object_mut().unwrap().remove("channel");
+    item["channelId"] = json!("");
+    assert_eq!(
+        rejected(&ena("presence.user.channel.joined", item)),
+        "data[0]: channelId is empty"
+    );
+}

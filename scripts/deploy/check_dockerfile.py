@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Built-in checks of deploy/Dockerfile (run by scripts/check-deploy, standard library only).
+
+Always: the contract of the image (builder rust:1.95-bookworm with cmake, slim/distroless
+final stage, non-root uid 10001, EXPOSE 8080 9090, the hookbus binary and config path) and
+the ignore file. With --lint also a few hadolint rules, used when hadolint itself is not
+available: apt without --no-install-recommends or list cleanup, ADD for local files, `cd` in
+RUN, :latest or untagged images, unknown COPY --from stages.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+IGNORE = ROOT / "deploy" / "Dockerfile.dockerignore"
+
+
+def instructions(text: str) -> list[tuple[int, str, str]]:
+    """(line, INSTRUCTION, arguments) with continuation lines joined, comments dropped."""
+    out, buf, start = [], "", 0
+    for n, line in enumerate(text.splitlines(), 1):
+        if not buf and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if not buf:
+            start = n
+        if line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            buf += line.rstrip()[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.strip().partition(" ")
+        out.append((start, word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def main() -> int:
+    lint = "--lint" in sys.argv
+    errors: list[str] = []
+    ins = instructions(DOCKERFILE.read_text())
+    stages: list[tuple[str, str]] = []  # (image, alias)
+    for n, op, args in ins:
+        if op == "FROM":
+            m = re.match(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", args, re.I)
+            stages.append((m.group(1), (m.group(2) or "").lower()))
+    if not stages or stages[0][0] != "rust:1.95-bookworm":
+        errors.append("first stage must be FROM rust:1.95-bookworm (builder)")
+    final = stages[-1][0] if stages else ""
+    if not re.match(r"(debian:bookworm-slim|gcr\.io/distroless/cc-debian12(:\S+)?)$", final):
+        errors.append(f"final stage {final!r} is not debian:bookworm-slim or distroless cc-debian12")
+    body = DOCKERFILE.read_text()
+    first_final = max(i for i, (_, op, _) in enumerate(ins) if op == "FROM")
+    builder = [a for _, op, a in ins[:first_final] if op == "RUN"]
+    if not any("cmake" in a for a in builder):
+        errors.append("the builder stage must install cmake (librdkafka is built by rdkafka's cmake-build)")
+    if not any("cargo build" in a and "--release" in a for a in builder):
+        errors.append("the builder stage must run cargo build --release")
+    final_ins = ins[first_final:]
+    users = [a for _, op, a in final_ins if op == "USER"]
+    if not users or users[-1].split(":")[0] not in ("10001", "hookbus"):
+        errors.append("final stage must end with USER 10001 (non-root)")
+    exposed = {p for _, op, a in final_ins if op == "EXPOSE" for p in a.split()}
+    if not {"8080", "9090"} <= exposed:
+        errors.append(f"final stage must EXPOSE 8080 9090 (has {sorted(exposed)})")
+    if "/usr/local/bin/hookbus" not in body or "/etc/hookbus/config.toml" not in body:
+        errors.append("image must run /usr/local/bin/hookbus --config /etc/hookbus/config.toml")
+    aliases = {alias for _, alias in stages if alias}
+    for n, op, a in ins:
+        m = re.search(r"--from=(\S+)", a) if op == "COPY" else None
+        if m and m.group(1).lower() not in aliases and not m.group(1).isdigit():
+            errors.append(f"line {n}: COPY --from={m.group(1)} names no stage")
+    ignore = IGNORE.read_text().split() if IGNORE.exists() else []
+    for must in ("target", ".git"):
+        if must not in ignore:
+            errors.append(f"{IGNORE.relative_to(ROOT)} must exclude {must}")
+
+    if lint:
+        for n, op, a in ins:
+            if op == "FROM":
+                image = a.split()[0]
+                if image.endswith(":latest") or (":" not in image and "@" not in image and image.lower() not in aliases):
+                    errors.append(f"line {n}: pin the image tag of {image} (DL3006/DL3007)")
+            if op == "ADD" and not re.search(r"https?://|\.tar", a):
+                errors.append(f"line {n}: use COPY instead of ADD for local files (DL3020)")
+            if op == "RUN":
+                if re.search(r"(^|&&|;)\s*cd\s", a):
+                    errors.append(f"line {n}: use WORKDIR instead of cd (DL3003)")
+                if "apt-get install" in a and "--no-install-recommends" not in a:
+                    errors.append(f"line {n}: apt-get install without --no-install-recommends (DL3015)")
+                if "apt-get install" in a and " -y" not in a:
+                    errors.append(f"line {n}: apt-get install without -y (DL3014)")
+                if "apt-get install" in a and "rm -rf /var/lib/apt/lists" not in a:
+                    errors.append(f"line {n}: delete the apt lists after installing (DL3009)")
+                if "sudo " in a:
+                    errors.append(f"line {n}: do not use sudo (DL3004)")
+        if ins and ins[-1][1] not in ("CMD", "ENTRYPOINT") and not any(op == "ENTRYPOINT" for _, op, _ in ins):
+            errors.append("no ENTRYPOINT/CMD")
+
+    for e in errors:
+        print(f"  FAIL {e}")
+    if errors:
+        return 1
+    print(f"  ok   deploy/Dockerfile: {len(stages)} stages, final {final}, USER {users[-1]}, "
+          f"EXPOSE {' '.join(sorted(exposed))}{' (+ built-in lint rules)' if lint else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

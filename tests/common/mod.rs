@@ -1,0 +1,331 @@
+//! Test helpers: real broker processes on free loopback ports (stopped on drop), hookbus started
+//! in-process on port 0, a minimal HTTP/1.1 client, and condition waits with deadlines.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hookbus::app::{self, Running};
+use hookbus::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/pubnub/fixtures");
+pub const BAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/pubnub/bad");
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls `check` until it returns `Some` or `within` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn wait_port(port: u16, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not open port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `nats-server -js` process with its own store directory.
+pub struct NatsServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let mut server = NatsServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH (scripts/setup installs it)");
+        self.child = Some(child);
+        wait_port(self.port, Duration::from_secs(10), "nats-server");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Kafka-compatible `tansu broker` process.
+pub struct Tansu {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    storage: String,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    /// In-memory storage (lost on restart).
+    pub fn start() -> Tansu {
+        Tansu::with_storage("memory://tansu/")
+    }
+
+    /// SQLite storage in the broker's own directory (survives restart).
+    pub fn start_persistent() -> Tansu {
+        Tansu::with_storage("sqlite://tansu.db")
+    }
+
+    fn with_storage(storage: &str) -> Tansu {
+        let mut broker = Tansu {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            storage: storage.to_owned(),
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.path().join("tansu.log")).expect("log file");
+        let child = Command::new(tansu_bin())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &self.storage])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tansu on PATH or in ~/.cargo/bin (scripts/setup installs it)");
+        self.child = Some(child);
+        wait_port(self.port, Duration::from_secs(20), "tansu");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("TANSU") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned());
+    let cargo = Path::new(&home).join(".cargo/bin/tansu");
+    if cargo.exists() { cargo } else { PathBuf::from("tansu") }
+}
+
+/// Config text for a test hookbus: ports 0, a private spool dir, plus `extra` TOML.
+pub fn config(spool_dir: &Path, extra: &str) -> Config {
+    let text = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [spool]\ndir = {:?}\nsegment_bytes = 1048576\n{extra}",
+        spool_dir.display().to_string()
+    );
+    Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
+}
+
+pub async fn start(config: Config) -> Running {
+    app::start(config).await.expect("hookbus starts")
+}
+
+/// A response from [`request`].
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    // The server may answer (413) before reading the whole body and close.
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+pub async fn post(addr: SocketAddr, body: &[u8]) -> Response {
+    request(addr, "POST", "/webhooks/pubnub", &[("Content-Type", "application/json")], body).await
+}
+
+/// The value of one sample line of `/metrics`, e.g. `hookbus_duplicates_total{action="join"}`.
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let response = request(admin, "GET", "/metrics", &[], b"").await;
+    let text = String::from_utf8(response.body).expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("series {series} not in /metrics"))
+}
+
+/// Every fixture file: (name, bytes).
+pub fn fixtures() -> Vec<(String, Vec<u8>)> {
+    read_dir(FIXTURES)
+}
+
+pub fn bad_inputs() -> Vec<(String, Vec<u8>)> {
+    read_dir(BAD)
+}
+
+fn read_dir(dir: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .map(|entry| {
+            let path = entry.expect("dir entry").path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&path).expect("fixture"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The subject/topic each fixture's events must land on, with the default template.
+pub fn expected_names(fixture: &str) -> Vec<&'static str> {
+    match fixture {
+        "ena-active.json" => vec!["presence.room_2Elobby.active"],
+        "ena-batch.json" => vec![
+            "presence.room_2E1.join",
+            "presence.room_2E2.join",
+            "presence.room_2E1.join",
+        ],
+        "ena-inactive.json" => vec!["presence.room_2Elobby.inactive"],
+        "ena-interval.json" => vec!["presence.stadium_2Emain.interval"],
+        "ena-join.json" => vec!["presence.room_2Elobby.join"],
+        "ena-left.json" => vec!["presence.room_2Elobby.leave"],
+        "ena-state-change.json" => vec!["presence.room_2Elobby.state-change"],
+        "ena-timeout.json" => vec!["presence.room_2Elobby.timeout"],
+        "g1-active.json" => vec!["presence.room_2Elobby.active"],
+        "g1-inactive.json" => vec!["presence.room_2Elobby.inactive"],
+        "g1-interval-deltas.json" => vec!["presence.stadium.interval"],
+        "g1-interval-refresh.json" => vec!["presence.stadium.interval"],
+        "g1-join.json" => vec!["presence.lacrosse.join"],
+        "g1-leave.json" => vec!["presence.lacrosse.leave"],
+        "g1-state-change.json" => vec!["presence.room_2Elobby.state-change"],
+        "g1-timeout.json" => vec!["presence.room_2Elobby.timeout"],
+        other => panic!("no expectation for fixture {other}; add one"),
+    }
+}
+
+/// The normalized events a fixture must produce, as JSON without `received_at_ms`.
+pub fn expected_events(body: &[u8]) -> Vec<serde_json::Value> {
+    hookbus::normalize::normalize(body, 0)
+        .expect("fixture normalizes")
+        .iter()
+        .map(|e| without_received(serde_json::from_slice(&e.to_json()).expect("event JSON")))
+        .collect()
+}
+
+pub fn without_received(mut value: serde_json::Value) -> serde_json::Value {
+    if let Some(map) = value.as_object_mut() {
+        map.remove("received_at_ms");
+    }
+    value
+}

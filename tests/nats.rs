@@ -1,0 +1,202 @@
+//! End to end through a real `nats-server -js` started per test: every fixture lands on its
+//! subject with the contract's headers and JSON; bad input is dead-lettered byte-identical;
+//! PubNub retries are published once.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::*;
+
+const SECS: Duration = Duration::from_secs(20);
+
+struct Stored {
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: Vec<u8>,
+}
+
+async fn stream_messages(url: &str, stream: &str) -> Vec<Stored> {
+    let client = async_nats::connect(url).await.expect("connect to test nats");
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream(stream).await.expect("stream exists");
+    let info = stream.info().await.expect("stream info").clone();
+    let mut out = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        if info.state.messages == 0 {
+            break;
+        }
+        let m = stream.get_raw_message(seq).await.expect("stored message");
+        out.push(Stored {
+            subject: m.subject.to_string(),
+            headers: m.headers,
+            payload: m.payload.to_vec(),
+        });
+    }
+    out
+}
+
+async fn wait_messages(url: &str, count: usize) -> Vec<Stored> {
+    let url = url.to_owned();
+    wait_for("messages in the stream", SECS, || {
+        let url = url.clone();
+        async move {
+            let client = async_nats::connect(&url).await.ok()?;
+            let js = jetstream::new(client);
+            let mut stream = js.get_stream("PRESENCE").await.ok()?;
+            let n = stream.info().await.ok()?.state.messages as usize;
+            (n >= count).then_some(())
+        }
+    })
+    .await;
+    stream_messages(&url, "PRESENCE").await
+}
+
+fn header<'a>(m: &'a Stored, name: &str) -> Option<&'a str> {
+    m.headers.get(name).map(|v| v.as_str())
+}
+
+async fn round_trip(mode: &str) {
+    let nats = NatsServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let hookbus = start(config(
+        spool.path(),
+        &format!("[ack]\nmode = \"{mode}\"\n[sink]\nkind = \"nats\"\n[nats]\nurl = \"{}\"", nats.url()),
+    ))
+    .await;
+    let mut expected = Vec::new();
+    for (name, body) in fixtures() {
+        let response = post(hookbus.http_addr, &body).await;
+        assert_eq!(response.status, 200, "{name}: {:?}", String::from_utf8_lossy(&response.body));
+        let events = expected_events(&body);
+        assert_eq!(
+            response.json(),
+            serde_json::json!({"accepted": events.len(), "duplicates": 0}),
+            "{name}"
+        );
+        for (event, subject) in events.into_iter().zip(expected_names(&name)) {
+            expected.push((name.clone(), subject, event));
+        }
+    }
+    let stored = wait_messages(&nats.url(), expected.len()).await;
+    assert_eq!(stored.len(), expected.len());
+    let now = hookbus::publisher::now_ms();
+    for (m, (name, subject, event)) in stored.iter().zip(&expected) {
+        assert_eq!(m.subject, *subject, "{name}");
+        let value: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON payload");
+        let received = value["received_at_ms"].as_u64().expect("received_at_ms");
+        assert!(now.abs_diff(received) < 120_000, "{name}: received_at_ms {received}");
+        assert_eq!(without_received(value), *event, "{name}");
+        let id = event["id"].as_str().unwrap();
+        assert_eq!(header(m, "Nats-Msg-Id"), Some(id), "{name}");
+        assert_eq!(header(m, "hookbus-event-id"), Some(id), "{name}");
+        assert_eq!(header(m, "hookbus-action"), event["action"].as_str(), "{name}");
+        assert_eq!(header(m, "hookbus-channel"), event["channel"].as_str(), "{name}");
+        assert_eq!(header(m, "hookbus-sub-key"), event["sub_key"].as_str(), "{name}");
+        assert_eq!(header(m, "content-type"), Some("application/json"), "{name}");
+    }
+    hookbus.shutdown();
+    hookbus.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_fixture_round_trips_in_publish_mode() {
+    round_trip("publish").await;
+}
+
+#[tokio::test]
+async fn every_fixture_round_trips_in_memory_mode() {
+    round_trip("memory").await;
+}
+
+#[tokio::test]
+async fn every_fixture_round_trips_in_spool_mode() {
+    round_trip("spool").await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_400_and_a_byte_identical_dead_letter() {
+    let nats = NatsServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let hookbus = start(config(
+        spool.path(),
+        &format!("[ack]\nmode = \"publish\"\n[nats]\nurl = \"{}\"", nats.url()),
+    ))
+    .await;
+    let bad = bad_inputs();
+    for (name, body) in &bad {
+        let response = post(hookbus.http_addr, body).await;
+        assert_eq!(response.status, 400, "{name}");
+        let json = response.json();
+        assert_eq!(json["error"], "invalid_payload", "{name}");
+        assert!(!json["message"].as_str().unwrap().is_empty(), "{name}");
+    }
+    let stored = wait_messages(&nats.url(), bad.len()).await;
+    assert_eq!(stored.len(), bad.len());
+    for (m, (name, body)) in stored.iter().zip(&bad) {
+        assert_eq!(m.subject, "presence.dead-letter", "{name}");
+        assert_eq!(&m.payload, body, "{name}: dead letter must be byte-identical");
+        assert_eq!(header(m, "hookbus-dead-letter-reason"), Some("invalid_payload"), "{name}");
+        assert!(header(m, "hookbus-dead-letter-error").is_some(), "{name}");
+    }
+    assert_eq!(
+        metric(hookbus.admin_addr, "hookbus_dead_letters_total{reason=\"invalid_payload\"}").await,
+        bad.len() as f64
+    );
+    assert_eq!(metric(hookbus.admin_addr, "hookbus_http_requests_total{code=\"400\"}").await, bad.len() as f64);
+    hookbus.shutdown();
+    hookbus.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn stream_is_created_with_dedup_window_and_subjects() {
+    let nats = NatsServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let hookbus = start(config(
+        spool.path(),
+        &format!("[ack]\nmode = \"memory\"\n[dedup]\nwindow = \"7m\"\n[nats]\nurl = \"{}\"\nstream = \"PN_TEST\"", nats.url()),
+    ))
+    .await;
+    let url = nats.url();
+    let info = wait_for("stream PN_TEST", SECS, || {
+        let url = url.clone();
+        async move {
+            let js = jetstream::new(async_nats::connect(&url).await.ok()?);
+            let mut stream = js.get_stream("PN_TEST").await.ok()?;
+            stream.info().await.ok().cloned()
+        }
+    })
+    .await;
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(420));
+    assert_eq!(info.config.subjects, vec!["presence.>".to_owned()]);
+    hookbus.shutdown();
+    hookbus.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn existing_stream_with_short_duplicate_window_is_warned_about() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(jetstream::stream::Config {
+        name: "PRESENCE".to_owned(),
+        subjects: vec!["presence.>".to_owned()],
+        duplicate_window: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let hookbus = start(config(
+        spool.path(),
+        &format!("[ack]\nmode = \"memory\"\n[nats]\nurl = \"{}\"", nats.url()),
+    ))
+    .await;
+    let admin = hookbus.admin_addr;
+    wait_for("config warning", SECS, || async move {
+        (metric(admin, "hookbus_config_warnings_total").await >= 1.0).then_some(())
+    })
+    .await;
+    hookbus.shutdown();
+    hookbus.wait().await.unwrap();
+}
