@@ -21,6 +21,9 @@ use crate::shutdown::Shutdown;
 use crate::sink::Sink;
 use crate::spool::{Spool, SpoolConfig};
 
+/// Answers `/readyz`: `Err(reason)` when not ready.
+type Readiness = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// A started hookbus.
 pub struct Running {
     /// Where the webhook listener is bound (useful with port 0).
@@ -52,8 +55,8 @@ impl Running {
 /// client settings.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(&registry, env!("CARGO_PKG_VERSION"))
-        .context("registering metrics")?;
+    let metrics =
+        Metrics::new(&registry, env!("CARGO_PKG_VERSION")).context("registering metrics")?;
     let router = Router::new(&config.routing).context("routing.template")?;
     let sink = Arc::new(
         Sink::connect(
@@ -66,59 +69,67 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .context("creating the sink client")?,
     );
-    let dedup = Arc::new(SharedDedup::new(config.dedup.window, config.dedup.max_entries));
+    let dedup = Arc::new(SharedDedup::new(
+        config.dedup.window,
+        config.dedup.max_entries,
+    ));
 
-    let (acceptor, source, ready): (Acceptor, Source, Box<dyn Fn() -> Result<(), String> + Send + Sync>) =
-        match config.ack.mode {
-            AckMode::Spool => {
-                let spool_config = SpoolConfig {
-                    dir: config.spool.dir.clone(),
-                    max_bytes: config.spool.max_bytes,
-                    segment_bytes: config.spool.segment_bytes,
-                    retain: config.dedup.window,
-                };
-                let spool = tokio::task::spawn_blocking(move || Spool::open(spool_config))
-                    .await?
-                    .with_context(|| format!("opening spool.dir {}", config.spool.dir.display()))?;
-                restore_dedup(&spool, &dedup, config.dedup.window).await?;
-                let reader = spool.reader();
-                // Ready while a burst of large requests still fits: 5% of the spool, ≥ 16 MiB.
-                let headroom = (config.spool.max_bytes / 20).max(16 * 1024 * 1024).min(config.spool.max_bytes / 2);
-                let probe = spool.clone();
-                let ready = Box::new(move || {
-                    if probe.has_headroom(headroom) {
-                        Ok(())
-                    } else {
-                        Err("spool nearly full".to_owned())
-                    }
-                });
-                (Acceptor::Spool(spool.clone()), Source::Spool(spool, reader), ready)
-            }
-            mode => {
-                let (queue, rx) = publisher::queue(config.ack.queue_capacity);
-                let probe = queue.clone();
-                let probe_sink = sink.clone();
-                let publish_mode = mode == AckMode::Publish;
-                let ready = Box::new(move || {
-                    if probe.capacity() < probe.max_capacity() / 20 {
-                        Err("publish queue nearly full".to_owned())
-                    } else if publish_mode && !probe_sink.is_up() {
-                        Err("sink not connected".to_owned())
-                    } else {
-                        Ok(())
-                    }
-                });
-                let acceptor = if publish_mode {
-                    Acceptor::Publish {
-                        queue,
-                        timeout: config.ack.publish_timeout,
-                    }
+    let (acceptor, source, ready): (Acceptor, Source, Readiness) = match config.ack.mode {
+        AckMode::Spool => {
+            let spool_config = SpoolConfig {
+                dir: config.spool.dir.clone(),
+                max_bytes: config.spool.max_bytes,
+                segment_bytes: config.spool.segment_bytes,
+                retain: config.dedup.window,
+            };
+            let spool = tokio::task::spawn_blocking(move || Spool::open(spool_config))
+                .await?
+                .with_context(|| format!("opening spool.dir {}", config.spool.dir.display()))?;
+            restore_dedup(&spool, &dedup, config.dedup.window).await?;
+            let reader = spool.reader();
+            // Ready while a burst of large requests still fits: 5% of the spool, ≥ 16 MiB.
+            let headroom = (config.spool.max_bytes / 20)
+                .max(16 * 1024 * 1024)
+                .min(config.spool.max_bytes / 2);
+            let probe = spool.clone();
+            let ready = Box::new(move || {
+                if probe.has_headroom(headroom) {
+                    Ok(())
                 } else {
-                    Acceptor::Memory(queue)
-                };
-                (acceptor, Source::Queue(rx), ready)
-            }
-        };
+                    Err("spool nearly full".to_owned())
+                }
+            });
+            (
+                Acceptor::Spool(spool.clone()),
+                Source::Spool(spool, reader),
+                ready,
+            )
+        }
+        mode => {
+            let (queue, rx) = publisher::queue(config.ack.queue_capacity);
+            let probe = queue.clone();
+            let probe_sink = sink.clone();
+            let publish_mode = mode == AckMode::Publish;
+            let ready = Box::new(move || {
+                if probe.capacity() < probe.max_capacity() / 20 {
+                    Err("publish queue nearly full".to_owned())
+                } else if publish_mode && !probe_sink.is_up() {
+                    Err("sink not connected".to_owned())
+                } else {
+                    Ok(())
+                }
+            });
+            let acceptor = if publish_mode {
+                Acceptor::Publish {
+                    queue,
+                    timeout: config.ack.publish_timeout,
+                }
+            } else {
+                Acceptor::Memory(queue)
+            };
+            (acceptor, Source::Queue(rx), ready)
+        }
+    };
     let spool = match &source {
         Source::Spool(spool, _) => Some(spool.clone()),
         Source::Queue(_) => None,
@@ -185,7 +196,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         trigger.wait().await;
         let deadline = Instant::now() + grace;
         tracing::info!(?grace, "draining");
-        if tokio::time::timeout_at(deadline.into(), webhooks).await.is_err() {
+        if tokio::time::timeout_at(deadline.into(), webhooks)
+            .await
+            .is_err()
+        {
             tracing::warn!("in-flight webhook requests did not finish within the grace period");
         }
         publisher_drain.trigger();
@@ -197,12 +211,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     pending = spool.stats().pending_events,
                     "grace period over; unpublished events stay in the spool for the next start"
                 ),
-                None => tracing::error!(
-                    "grace period over; events still queued in memory are lost"
-                ),
+                None => {
+                    tracing::error!("grace period over; events still queued in memory are lost")
+                }
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
         sink.flush(left).await;
         if let Some(spool) = &spool {
             spool.close().await.context("closing the spool")?;
@@ -223,7 +239,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
 /// Re-remembers the ids accepted within the dedup window, so a PubNub retry that arrives
 /// after a restart is still recognized.
-async fn restore_dedup(spool: &Spool, dedup: &Arc<SharedDedup>, window: Duration) -> anyhow::Result<()> {
+async fn restore_dedup(
+    spool: &Spool,
+    dedup: &Arc<SharedDedup>,
+    window: Duration,
+) -> anyhow::Result<()> {
     let now = publisher::now_ms();
     let since = now.saturating_sub(window.as_millis() as u64);
     let spool = spool.clone();

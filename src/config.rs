@@ -312,7 +312,9 @@ impl Default for ShutdownConfig {
 fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
     humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!("`{text}` is not a duration like 500ms, 5s or 20m ({e})"))
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration like 500ms, 5s or 20m ({e})"
+        ))
     })
 }
 
@@ -495,9 +497,18 @@ mod tests {
             ("[surprise]\nx = 1", "surprise"),
             ("[ack]\nmode = \"fast\"", "fast"),
             ("[sink]\nkind = \"redis\"", "redis"),
-            ("[routing]\ntemplate = \"presence.{chanel}\"", "routing.template"),
-            ("[routing]\ndead_letter = \"bad subject\"", "routing.dead_letter"),
-            ("[kafka]\npartitions = 0\n[sink]\nkind = \"kafka\"", "kafka.partitions"),
+            (
+                "[routing]\ntemplate = \"presence.{chanel}\"",
+                "routing.template",
+            ),
+            (
+                "[routing]\ndead_letter = \"bad subject\"",
+                "routing.dead_letter",
+            ),
+            (
+                "[kafka]\npartitions = 0\n[sink]\nkind = \"kafka\"",
+                "kafka.partitions",
+            ),
             ("[ack]\npublish_timeout = \"6s\"", "ack.publish_timeout"),
             ("[nats]\nstream = \"a.b\"", "nats.stream"),
         ];

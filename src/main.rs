@@ -90,7 +90,10 @@ fn main() -> ExitCode {
     }
 
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("hookbus: cannot start the runtime: {error}");

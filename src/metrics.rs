@@ -15,9 +15,20 @@ pub const HTTP_CODES: [u16; 9] = [200, 400, 401, 403, 404, 405, 413, 500, 503];
 /// Sinks, for the `sink` label.
 pub const SINKS: [&str; 3] = ["nats", "kafka", "stdout"];
 /// `hookbus_publish_errors_total{kind}`.
-pub const PUBLISH_ERROR_KINDS: [&str; 5] = ["timeout", "retriable", "permanent", "too_large", "duplicate_ack"];
+pub const PUBLISH_ERROR_KINDS: [&str; 5] = [
+    "timeout",
+    "retriable",
+    "permanent",
+    "too_large",
+    "duplicate_ack",
+];
 /// `hookbus_dead_letters_total{reason}`.
-pub const DEAD_LETTER_REASONS: [&str; 4] = ["invalid_payload", "unroutable", "too_large", "publish_failed"];
+pub const DEAD_LETTER_REASONS: [&str; 4] = [
+    "invalid_payload",
+    "unroutable",
+    "too_large",
+    "publish_failed",
+];
 
 /// Buckets from 100 µs to 10 s: sub-millisecond acks and multi-second publishes both resolve.
 const LATENCY_BUCKETS: [f64; 18] = [
@@ -59,7 +70,10 @@ impl Metrics {
     /// Only if a name is registered twice in `registry` (a programming error at start-up).
     pub fn new(registry: &Registry, version: &str) -> prometheus::Result<Metrics> {
         let http_requests = IntCounterVec::new(
-            Opts::new("hookbus_http_requests_total", "Webhook responses by status code."),
+            Opts::new(
+                "hookbus_http_requests_total",
+                "Webhook responses by status code.",
+            ),
             &["code"],
         )?;
         let ack_duration = Histogram::with_opts(
@@ -85,23 +99,38 @@ impl Metrics {
             .buckets(LAG_BUCKETS.to_vec()),
         )?;
         let events_received = IntCounterVec::new(
-            Opts::new("hookbus_events_received_total", "Valid events received, duplicates included."),
+            Opts::new(
+                "hookbus_events_received_total",
+                "Valid events received, duplicates included.",
+            ),
             &["format", "action"],
         )?;
         let events_published = IntCounterVec::new(
-            Opts::new("hookbus_events_published_total", "Events confirmed by the broker."),
+            Opts::new(
+                "hookbus_events_published_total",
+                "Events confirmed by the broker.",
+            ),
             &["sink", "action"],
         )?;
         let duplicates = IntCounterVec::new(
-            Opts::new("hookbus_duplicates_total", "Events recognized as retries and not published again."),
+            Opts::new(
+                "hookbus_duplicates_total",
+                "Events recognized as retries and not published again.",
+            ),
             &["action"],
         )?;
         let publish_errors = IntCounterVec::new(
-            Opts::new("hookbus_publish_errors_total", "Failed publish attempts by error class."),
+            Opts::new(
+                "hookbus_publish_errors_total",
+                "Failed publish attempts by error class.",
+            ),
             &["sink", "kind"],
         )?;
         let dead_letters = IntCounterVec::new(
-            Opts::new("hookbus_dead_letters_total", "Rejected bodies kept as dead letters."),
+            Opts::new(
+                "hookbus_dead_letters_total",
+                "Rejected bodies kept as dead letters.",
+            ),
             &["reason"],
         )?;
         let spool_pending_events = IntGauge::new(
@@ -118,11 +147,17 @@ impl Metrics {
             "Events answered 200 before they were durable (ack.mode = memory).",
         )?;
         let sink_up = IntGaugeVec::new(
-            Opts::new("hookbus_sink_up", "1 when the sink is connected to its broker."),
+            Opts::new(
+                "hookbus_sink_up",
+                "1 when the sink is connected to its broker.",
+            ),
             &["sink"],
         )?;
         let build_info = IntGaugeVec::new(
-            Opts::new("hookbus_build_info", "Always 1; the version label names the build."),
+            Opts::new(
+                "hookbus_build_info",
+                "Always 1; the version label names the build.",
+            ),
             &["version"],
         )?;
         let config_warnings = IntCounter::new(
@@ -201,7 +236,10 @@ impl Metrics {
     pub fn http_response(&self, code: u16) {
         match HTTP_CODES.iter().position(|&c| c == code) {
             Some(i) => self.http_by_code[i].inc(),
-            None => self.http_requests.with_label_values(&[&code.to_string()]).inc(),
+            None => self
+                .http_requests
+                .with_label_values(&[&code.to_string()])
+                .inc(),
         }
     }
 
@@ -216,7 +254,9 @@ impl Metrics {
     }
 
     pub fn published(&self, sink: &str, action: &str, publish_seconds: f64) {
-        self.events_published.with_label_values(&[sink, action]).inc();
+        self.events_published
+            .with_label_values(&[sink, action])
+            .inc();
         self.publish_duration
             .with_label_values(&[sink])
             .observe(publish_seconds);

@@ -127,9 +127,7 @@ impl Job {
             if !record.has_remaining() {
                 return Err(bad());
             }
-            let name = HEADER_NAMES
-                .get(record.get_u8() as usize)
-                .ok_or_else(bad)?;
+            let name = HEADER_NAMES.get(record.get_u8() as usize).ok_or_else(bad)?;
             headers.push((*name, get_str(&mut record).ok_or_else(bad)?));
         }
         Ok(Job {
@@ -279,7 +277,9 @@ impl Watermark {
     }
 }
 
-type Flight = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Job, Result<sink::Ack, SinkError>)> + Send>>;
+type Flight = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (u64, Job, Result<sink::Ack, SinkError>)> + Send>,
+>;
 
 /// Runs until the source is exhausted after `drain` fired (queue closed and empty, or spool
 /// fully confirmed) and every in-flight message is settled. The caller bounds it with the
@@ -384,7 +384,11 @@ async fn prepare(sink: &Sink, metrics: &Metrics, config: &PublisherConfig, drain
 }
 
 /// Takes up to `max` jobs; `Ok(0)` means the source is closed and empty.
-async fn take(source: &mut Source, batch: &mut Vec<Job>, max: usize) -> Result<usize, crate::spool::SpoolError> {
+async fn take(
+    source: &mut Source,
+    batch: &mut Vec<Job>,
+    max: usize,
+) -> Result<usize, crate::spool::SpoolError> {
     match source {
         Source::Queue(rx) => Ok(rx.recv_many(batch, max).await),
         Source::Spool(spool, reader) => {
@@ -484,7 +488,13 @@ impl Settle<'_> {
         }
         tracing::warn!(%error, sink = sink_name, topic = %job.message.topic, "broker refused message; dead-lettering");
         let dead = dead_letter_job(job, reason, &error.to_string(), config);
-        Some(retry(self.sink.clone(), dead, mark, config.timeout, Duration::ZERO))
+        Some(retry(
+            self.sink.clone(),
+            dead,
+            mark,
+            config.timeout,
+            Duration::ZERO,
+        ))
     }
 
     fn finish(&self, done: Done, result: Result<(), SinkError>) {
@@ -542,8 +552,12 @@ pub fn write_dead_letter_file(dir: &std::path::Path, body: &[u8], reason: &str) 
     let path = dir.join(format!("{}-{reason}-{hex}.body", now_ms()));
     let result = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, body));
     match result {
-        Ok(()) => tracing::warn!(path = %path.display(), bytes = body.len(), reason, "dead letter written to disk"),
-        Err(error) => tracing::error!(%error, path = %path.display(), "cannot write dead letter: body lost"),
+        Ok(()) => {
+            tracing::warn!(path = %path.display(), bytes = body.len(), reason, "dead letter written to disk")
+        }
+        Err(error) => {
+            tracing::error!(%error, path = %path.display(), "cannot write dead letter: body lost")
+        }
     }
 }
 
@@ -583,7 +597,10 @@ mod tests {
         assert!(matches!(back.done, Done::Spool(7)));
         let encoded = job.encode();
         for cut in 0..encoded.len() - job.message.payload.len() {
-            assert!(Job::decode(1, encoded.slice(..cut)).is_err(), "cut at {cut}");
+            assert!(
+                Job::decode(1, encoded.slice(..cut)).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 

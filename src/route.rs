@@ -115,7 +115,12 @@ impl Router {
     /// Only when a `{sub_key}` is so long that even an empty channel would not fit.
     pub fn name(&self, event: &Event) -> Result<String, RouteError> {
         let mut out = String::with_capacity(64);
-        self.render(&event.channel, event.action.as_str(), event.sub_key.as_deref(), &mut out)?;
+        self.render(
+            &event.channel,
+            event.action.as_str(),
+            event.sub_key.as_deref(),
+            &mut out,
+        )?;
         Ok(out)
     }
 
@@ -272,7 +277,9 @@ pub fn escape(value: &str) -> String {
 /// Why an escaped name could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum UnescapeError {
-    #[error("name was cut to fit 249 bytes (`_h` + hash suffix); the full channel is in the `hookbus-channel` header")]
+    #[error(
+        "name was cut to fit 249 bytes (`_h` + hash suffix); the full channel is in the `hookbus-channel` header"
+    )]
     Cut,
     #[error("byte {0} is neither a plain character nor a `_XX` escape")]
     Malformed(usize),
@@ -358,7 +365,8 @@ mod tests {
 
     fn render(r: &Router, channel: &str) -> String {
         let mut out = String::new();
-        r.render(channel, "join", Some("sub-c-1"), &mut out).unwrap();
+        r.render(channel, "join", Some("sub-c-1"), &mut out)
+            .unwrap();
         out
     }
 
@@ -405,7 +413,8 @@ mod tests {
     fn all_placeholders() {
         let r = router("{source}.{sub_key}.{channel}.{action}");
         let mut out = String::new();
-        r.render("x", "state-change", Some("sub-c-1"), &mut out).unwrap();
+        r.render("x", "state-change", Some("sub-c-1"), &mut out)
+            .unwrap();
         assert_eq!(out, "pubnub.sub-c-1.x.state-change");
         r.render("x", "leave", None, &mut out).unwrap();
         assert_eq!(out, "pubnub._.x.leave");
@@ -517,7 +526,10 @@ mod tests {
     fn cut_names_of_channels_sharing_a_prefix_differ() {
         let r = router("presence.{channel}.{action}");
         let base = "x".repeat(300);
-        assert_ne!(render(&r, &format!("{base}1")), render(&r, &format!("{base}2")));
+        assert_ne!(
+            render(&r, &format!("{base}1")),
+            render(&r, &format!("{base}2"))
+        );
         // A short channel can never look like a cut one.
         let cut = render(&r, &format!("{base}1"));
         let channel_part = &cut["presence.".len()..cut.len() - ".join".len()];

@@ -23,7 +23,10 @@ struct Record {
 
 impl Record {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -47,7 +50,11 @@ fn consume(brokers: &str, topics: &[&str], partitions: i32, count: usize) -> Vec
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut out = Vec::new();
     while out.len() < count {
-        assert!(std::time::Instant::now() < deadline, "only {} of {count} records arrived", out.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {count} records arrived",
+            out.len()
+        );
         let Some(result) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
@@ -95,8 +102,16 @@ async fn every_fixture_round_trips_through_kafka() {
     let mut expected = Vec::new();
     for (name, body) in fixtures() {
         let response = post(hookbus.http_addr, &body).await;
-        assert_eq!(response.status, 200, "{name}: {}", String::from_utf8_lossy(&response.body));
-        for (event, topic) in expected_events(&body).into_iter().zip(expected_names(&name)) {
+        assert_eq!(
+            response.status,
+            200,
+            "{name}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        for (event, topic) in expected_events(&body)
+            .into_iter()
+            .zip(expected_names(&name))
+        {
             expected.push((name.clone(), topic, event));
         }
     }
@@ -116,12 +131,28 @@ async fn every_fixture_round_trips_through_kafka() {
             .find(|r| r.header("hookbus-event-id") == Some(id))
             .unwrap_or_else(|| panic!("{name}: event {id} not on the broker"));
         assert_eq!(r.topic, *topic, "{name}");
-        assert_eq!(r.key.as_deref(), event["channel"].as_str().map(str::as_bytes), "{name}");
+        assert_eq!(
+            r.key.as_deref(),
+            event["channel"].as_str().map(str::as_bytes),
+            "{name}"
+        );
         let value: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         assert_eq!(without_received(value), *event, "{name}");
-        assert_eq!(r.header("hookbus-action"), event["action"].as_str(), "{name}");
-        assert_eq!(r.header("hookbus-channel"), event["channel"].as_str(), "{name}");
-        assert_eq!(r.header("hookbus-sub-key"), event["sub_key"].as_str(), "{name}");
+        assert_eq!(
+            r.header("hookbus-action"),
+            event["action"].as_str(),
+            "{name}"
+        );
+        assert_eq!(
+            r.header("hookbus-channel"),
+            event["channel"].as_str(),
+            "{name}"
+        );
+        assert_eq!(
+            r.header("hookbus-sub-key"),
+            event["sub_key"].as_str(),
+            "{name}"
+        );
         assert_eq!(r.header("content-type"), Some("application/json"), "{name}");
     }
     // Same channel → same partition, in order (ena-batch has two room.1 events).
@@ -150,17 +181,20 @@ async fn bad_input_is_dead_lettered_to_kafka() {
     }
     let brokers = broker.brokers();
     let count = bad.len();
-    let records = tokio::task::spawn_blocking(move || {
-        consume(&brokers, &["presence.dead-letter"], 2, count)
-    })
-    .await
-    .unwrap();
+    let records =
+        tokio::task::spawn_blocking(move || consume(&brokers, &["presence.dead-letter"], 2, count))
+            .await
+            .unwrap();
     for (name, body) in &bad {
         let r = records
             .iter()
             .find(|r| &r.payload == body)
             .unwrap_or_else(|| panic!("{name}: no byte-identical dead letter"));
-        assert_eq!(r.header("hookbus-dead-letter-reason"), Some("invalid_payload"), "{name}");
+        assert_eq!(
+            r.header("hookbus-dead-letter-reason"),
+            Some("invalid_payload"),
+            "{name}"
+        );
     }
     hookbus.shutdown();
     hookbus.wait().await.unwrap();

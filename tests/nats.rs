@@ -18,7 +18,9 @@ struct Stored {
 }
 
 async fn stream_messages(url: &str, stream: &str) -> Vec<Stored> {
-    let client = async_nats::connect(url).await.expect("connect to test nats");
+    let client = async_nats::connect(url)
+        .await
+        .expect("connect to test nats");
     let js = jetstream::new(client);
     let mut stream = js.get_stream(stream).await.expect("stream exists");
     let info = stream.info().await.expect("stream info").clone();
@@ -62,13 +64,21 @@ async fn round_trip(mode: &str) {
     let spool = tempfile::tempdir().unwrap();
     let hookbus = start(config(
         spool.path(),
-        &format!("[ack]\nmode = \"{mode}\"\n[sink]\nkind = \"nats\"\n[nats]\nurl = \"{}\"", nats.url()),
+        &format!(
+            "[ack]\nmode = \"{mode}\"\n[sink]\nkind = \"nats\"\n[nats]\nurl = \"{}\"",
+            nats.url()
+        ),
     ))
     .await;
     let mut expected = Vec::new();
     for (name, body) in fixtures() {
         let response = post(hookbus.http_addr, &body).await;
-        assert_eq!(response.status, 200, "{name}: {:?}", String::from_utf8_lossy(&response.body));
+        assert_eq!(
+            response.status,
+            200,
+            "{name}: {:?}",
+            String::from_utf8_lossy(&response.body)
+        );
         let events = expected_events(&body);
         assert_eq!(
             response.json(),
@@ -86,15 +96,34 @@ async fn round_trip(mode: &str) {
         assert_eq!(m.subject, *subject, "{name}");
         let value: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON payload");
         let received = value["received_at_ms"].as_u64().expect("received_at_ms");
-        assert!(now.abs_diff(received) < 120_000, "{name}: received_at_ms {received}");
+        assert!(
+            now.abs_diff(received) < 120_000,
+            "{name}: received_at_ms {received}"
+        );
         assert_eq!(without_received(value), *event, "{name}");
         let id = event["id"].as_str().unwrap();
         assert_eq!(header(m, "Nats-Msg-Id"), Some(id), "{name}");
         assert_eq!(header(m, "hookbus-event-id"), Some(id), "{name}");
-        assert_eq!(header(m, "hookbus-action"), event["action"].as_str(), "{name}");
-        assert_eq!(header(m, "hookbus-channel"), event["channel"].as_str(), "{name}");
-        assert_eq!(header(m, "hookbus-sub-key"), event["sub_key"].as_str(), "{name}");
-        assert_eq!(header(m, "content-type"), Some("application/json"), "{name}");
+        assert_eq!(
+            header(m, "hookbus-action"),
+            event["action"].as_str(),
+            "{name}"
+        );
+        assert_eq!(
+            header(m, "hookbus-channel"),
+            event["channel"].as_str(),
+            "{name}"
+        );
+        assert_eq!(
+            header(m, "hookbus-sub-key"),
+            event["sub_key"].as_str(),
+            "{name}"
+        );
+        assert_eq!(
+            header(m, "content-type"),
+            Some("application/json"),
+            "{name}"
+        );
     }
     hookbus.shutdown();
     hookbus.wait().await.unwrap();
@@ -121,7 +150,10 @@ async fn bad_input_gets_400_and_a_byte_identical_dead_letter() {
     let spool = tempfile::tempdir().unwrap();
     let hookbus = start(config(
         spool.path(),
-        &format!("[ack]\nmode = \"publish\"\n[nats]\nurl = \"{}\"", nats.url()),
+        &format!(
+            "[ack]\nmode = \"publish\"\n[nats]\nurl = \"{}\"",
+            nats.url()
+        ),
     ))
     .await;
     let bad = bad_inputs();
@@ -136,15 +168,33 @@ async fn bad_input_gets_400_and_a_byte_identical_dead_letter() {
     assert_eq!(stored.len(), bad.len());
     for (m, (name, body)) in stored.iter().zip(&bad) {
         assert_eq!(m.subject, "presence.dead-letter", "{name}");
-        assert_eq!(&m.payload, body, "{name}: dead letter must be byte-identical");
-        assert_eq!(header(m, "hookbus-dead-letter-reason"), Some("invalid_payload"), "{name}");
+        assert_eq!(
+            &m.payload, body,
+            "{name}: dead letter must be byte-identical"
+        );
+        assert_eq!(
+            header(m, "hookbus-dead-letter-reason"),
+            Some("invalid_payload"),
+            "{name}"
+        );
         assert!(header(m, "hookbus-dead-letter-error").is_some(), "{name}");
     }
     assert_eq!(
-        metric(hookbus.admin_addr, "hookbus_dead_letters_total{reason=\"invalid_payload\"}").await,
+        metric(
+            hookbus.admin_addr,
+            "hookbus_dead_letters_total{reason=\"invalid_payload\"}"
+        )
+        .await,
         bad.len() as f64
     );
-    assert_eq!(metric(hookbus.admin_addr, "hookbus_http_requests_total{code=\"400\"}").await, bad.len() as f64);
+    assert_eq!(
+        metric(
+            hookbus.admin_addr,
+            "hookbus_http_requests_total{code=\"400\"}"
+        )
+        .await,
+        bad.len() as f64
+    );
     hookbus.shutdown();
     hookbus.wait().await.unwrap();
 }

@@ -356,6 +356,31 @@ def check_workload(f: Failures, name: str, docs: list[tuple[str, dict]], cfg: di
                     f"[{name}] dashboard ConfigMap differs from deploy/grafana/hookbus.json")
 
 
+def check_secrets(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[str, dict]]) -> None:
+    """Credentials live in Secrets and reach the pod as env; none sits in a ConfigMap."""
+    for cm in by_kind(docs, "ConfigMap"):
+        text = json.dumps(cm.get("data", {}))
+        f.check("sasl.password" not in text, f"[{name}] ConfigMap {cm['metadata']['name']} holds sasl.password")
+        sec = values.get("secret", {})
+        for v in (sec.get("authToken"), sec.get("natsPassword")):
+            f.check(not v or v not in text, f"[{name}] ConfigMap {cm['metadata']['name']} holds a secret value")
+    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    c = wl["spec"]["template"]["spec"]["containers"][0]
+    refs = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
+    sec = values.get("secret", {})
+    if sec.get("existingSecret"):
+        f.check(refs == [sec["existingSecret"]], f"[{name}] envFrom does not use secret.existingSecret")
+    elif sec.get("authToken") or sec.get("natsUser") or sec.get("natsPassword"):
+        secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+        if f.check(len(refs) == 1 and refs[0] in secrets, f"[{name}] envFrom does not reference the chart Secret"):
+            keys = set(secrets[refs[0]].get("data", {}))
+            for val, key in ((sec.get("authToken"), "HOOKBUS_AUTH_TOKEN"), (sec.get("natsUser"), "HOOKBUS_NATS_USER"),
+                             (sec.get("natsPassword"), "HOOKBUS_NATS_PASSWORD")):
+                f.check(not val or key in keys, f"[{name}] Secret lacks {key}")
+    else:
+        f.check(not refs, f"[{name}] envFrom references a Secret although none is configured")
+
+
 EXPECT = {
     # case: kinds that must be present / absent
     "default": ({"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget"},
@@ -399,6 +424,7 @@ def cmd_render(args: argparse.Namespace) -> None:
             continue
         text, cfg = got
         (out / "config" / f"{slug}.toml").write_text(text)
+        check_secrets(f, name, values, docs)
         check_config(f, name, cfg)
         check_workload(f, name, docs, cfg)
         print(f"  ok   rendered [{name}]: {len(docs)} objects ({', '.join(sorted(kinds))})")

@@ -53,7 +53,7 @@ BUILTINS = {
 
 # Alert conditions that must not hold for a healthy hookbus with a stdout sink.
 HEALTH = {
-    "HookbusSinkDown": "hookbus_sink_up == 0",
+    "HookbusSinkDown": "max by (namespace, job, instance) (hookbus_sink_up) == 0",
     "HookbusUnpublishedEventsOld": "hookbus_oldest_unpublished_age_seconds > 300",
     "publish errors": "sum(rate(hookbus_publish_errors_total[1m])) > 0",
 }
@@ -204,7 +204,10 @@ def cmd_live(args: argparse.Namespace) -> int:
                 core_seen.setdefault(p["title"], []).extend(vals)
             elif not vals:
                 print(f"  note panel {p['title']!r} {t['refId']} returns no data now (allowed: not a core panel)")
-    print(f"  ok   {n} queries sent; parse failures: {len(f.items)}")
+    if f.items:
+        print(f"  ..   {n} queries sent, {len(f.items)} failed")
+    else:
+        print(f"  ok   {n} queries sent, every one parsed and ran (status success)")
 
     finite = lambda vs: [(m, x) for m, x in vs if not math.isnan(x)]  # noqa: E731
     for title, what in CORE.items():
@@ -224,7 +227,8 @@ def cmd_live(args: argparse.Namespace) -> int:
             print(f"  ok   core panel {title!r}: {shown}")
 
     for m in sorted(metric_names()):
-        res = query(args.prom, f"count({{__name__=\"{m}\"}})")
+        # A histogram exists as <name>_bucket/_count/_sum series.
+        res = query(args.prom, f"count({{__name__=~\"{m}(_bucket|_count|_sum)?\"}})")
         got = values(res)
         f.check(got and got[0][1] > 0,
                 f"metric {m} (named by the dashboard or the alerts) is not exported by hookbus")

@@ -237,7 +237,10 @@ impl Ingress {
                 key: None,
                 headers: vec![
                     (sink::HEADER_DEAD_LETTER_REASON, reason.to_owned()),
-                    (sink::HEADER_DEAD_LETTER_ERROR, truncate(error, 512).to_owned()),
+                    (
+                        sink::HEADER_DEAD_LETTER_ERROR,
+                        truncate(error, 512).to_owned(),
+                    ),
                 ],
                 payload: body,
                 msg_id: None,
@@ -269,15 +272,19 @@ impl Ingress {
             }
             Acceptor::Spool(spool) => {
                 let records = jobs.iter().map(Job::encode).collect();
-                spool.append(records).await.map(|_| ()).map_err(|e| match e {
-                    SpoolError::Full => {
-                        IngressError::Unavailable("spool is full; retry shortly".to_owned())
-                    }
-                    other => {
-                        tracing::error!(error = %other, "spool append failed");
-                        IngressError::Unavailable(format!("spool unavailable: {other}"))
-                    }
-                })
+                spool
+                    .append(records)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| match e {
+                        SpoolError::Full => {
+                            IngressError::Unavailable("spool is full; retry shortly".to_owned())
+                        }
+                        other => {
+                            tracing::error!(error = %other, "spool append failed");
+                            IngressError::Unavailable(format!("spool unavailable: {other}"))
+                        }
+                    })
             }
             Acceptor::Publish { queue, timeout } => {
                 let mut waiters = Vec::with_capacity(jobs.len());

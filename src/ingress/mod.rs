@@ -42,8 +42,12 @@ impl IngressError {
             IngressError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             IngressError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             IngressError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            IngressError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            IngressError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            IngressError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            IngressError::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             IngressError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }

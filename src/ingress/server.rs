@@ -173,16 +173,14 @@ fn percent_decode(text: &str) -> Vec<u8> {
     while i < bytes.len() {
         let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             b => out.push(b),
         }
@@ -228,7 +226,8 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, stop: Sh
             let state = state.clone();
             async move { Ok::<_, Infallible>(admin(&state, &req)) }
         });
-        let conn = graceful.watch(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        let conn =
+            graceful.watch(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -249,7 +248,8 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".to_owned());
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return r;
     }
     match req.uri().path() {
@@ -283,7 +283,10 @@ mod tests {
 
     #[test]
     fn query_token_is_decoded() {
-        assert_eq!(query_token(Some("a=1&token=s%2Fx+y")), Some(b"s/x y".to_vec()));
+        assert_eq!(
+            query_token(Some("a=1&token=s%2Fx+y")),
+            Some(b"s/x y".to_vec())
+        );
         assert_eq!(query_token(Some("token=abc%")), Some(b"abc%".to_vec()));
         assert_eq!(query_token(Some("a=1")), None);
         assert_eq!(query_token(None), None);

@@ -26,12 +26,7 @@ pub(super) fn string(
     keys: &[&'static str],
     prefix: &str,
 ) -> Result<Option<String>, NormalizeError> {
-    match take(object, keys) {
-        None => Ok(None),
-        Some((_, Value::String(s))) => Ok(Some(s)),
-        Some((_, Value::Number(n))) => Ok(Some(n.to_string())),
-        Some((key, other)) => Err(invalid(prefix, key, expected("a string", &other))),
-    }
+    Ok(take_string(object, keys, prefix)?.map(|(_, s)| s))
 }
 
 /// An optional string that ends up in a message header (`id`, `sub_key`): as [`string`],
@@ -41,16 +36,24 @@ pub(super) fn header_string(
     keys: &[&'static str],
     prefix: &str,
 ) -> Result<Option<String>, NormalizeError> {
-    let Some((key, value)) = take(object, keys) else {
+    let Some((key, s)) = take_string(object, keys, prefix)? else {
         return Ok(None);
-    };
-    let s = match value {
-        Value::String(s) => s,
-        Value::Number(n) => n.to_string(),
-        other => return Err(invalid(prefix, key, expected("a string", &other))),
     };
     reject_control_chars(prefix, key, &s)?;
     Ok(Some(s))
+}
+
+fn take_string(
+    object: &mut Object,
+    keys: &[&'static str],
+    prefix: &str,
+) -> Result<Option<(&'static str, String)>, NormalizeError> {
+    match take(object, keys) {
+        None => Ok(None),
+        Some((key, Value::String(s))) => Ok(Some((key, s))),
+        Some((key, Value::Number(n))) => Ok(Some((key, n.to_string()))),
+        Some((key, other)) => Err(invalid(prefix, key, expected("a string", &other))),
+    }
 }
 
 /// The required channel: a non-empty string without control characters (U+0000–U+001F,

@@ -77,15 +77,15 @@ pub(super) fn parse_iso8601(s: &str) -> Result<Instant, &'static str> {
         pos: 0,
     };
     let year = c.digits(4).ok_or(SHAPE)?;
-    c.expect(b"-")?;
+    c.literal(b"-")?;
     let month = c.digits(2).ok_or(SHAPE)?;
-    c.expect(b"-")?;
+    c.literal(b"-")?;
     let day = c.digits(2).ok_or(SHAPE)?;
-    c.expect(b"Tt ")?;
+    c.literal(b"Tt ")?;
     let hour = c.digits(2).ok_or(SHAPE)?;
-    c.expect(b":")?;
+    c.literal(b":")?;
     let minute = c.digits(2).ok_or(SHAPE)?;
-    c.expect(b":")?;
+    c.literal(b":")?;
     let second = c.digits(2).ok_or(SHAPE)?;
 
     let mut millis = 0;
@@ -218,7 +218,7 @@ impl Cursor<'_> {
         hit
     }
 
-    fn expect(&mut self, any: &[u8]) -> Result<(), &'static str> {
+    fn literal(&mut self, any: &[u8]) -> Result<(), &'static str> {
         if self.eat(any) { Ok(()) } else { Err(SHAPE) }
     }
 

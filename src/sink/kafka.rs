@@ -104,7 +104,11 @@ impl KafkaSink {
         match result {
             Ok(metadata) => {
                 self.up.store(true, Ordering::Relaxed);
-                tracing::info!(brokers = metadata.brokers().len(), sink = "kafka", "connected");
+                tracing::info!(
+                    brokers = metadata.brokers().len(),
+                    sink = "kafka",
+                    "connected"
+                );
                 Ok(Vec::new())
             }
             Err(e) => Err(classify(&e)),

@@ -91,7 +91,7 @@ pub type Confirm = Pin<Box<dyn Future<Output = Result<Ack, SinkError>> + Send>>;
 
 /// The configured producer.
 pub enum Sink {
-    Nats(NatsSink),
+    Nats(Box<NatsSink>),
     Kafka(KafkaSink),
     Stdout(StdoutSink),
 }
@@ -110,9 +110,9 @@ impl Sink {
         stream_subjects: Vec<String>,
     ) -> anyhow::Result<Sink> {
         Ok(match sink.kind {
-            SinkKind::Nats => Sink::Nats(
+            SinkKind::Nats => Sink::Nats(Box::new(
                 NatsSink::connect(nats, sink, dedup_window, stream_subjects).await?,
-            ),
+            )),
             SinkKind::Kafka => Sink::Kafka(KafkaSink::new(kafka, sink)?),
             SinkKind::Stdout => Sink::Stdout(StdoutSink::new()),
         })

@@ -84,10 +84,9 @@ impl NatsSink {
             ..Default::default()
         };
         // Returns the existing stream untouched when there is one: its owner's settings win.
-        let mut existing = js
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| SinkError::Retriable(format!("get or create stream {}: {e}", self.stream)))?;
+        let mut existing = js.get_or_create_stream(config).await.map_err(|e| {
+            SinkError::Retriable(format!("get or create stream {}: {e}", self.stream))
+        })?;
         let info = existing
             .info()
             .await

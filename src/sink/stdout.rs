@@ -72,7 +72,9 @@ fn render(message: &Message) -> Vec<u8> {
         Some(event) => line.insert("event".to_owned(), event),
         None => line.insert(
             "body".to_owned(),
-            String::from_utf8_lossy(&message.payload).into_owned().into(),
+            String::from_utf8_lossy(&message.payload)
+                .into_owned()
+                .into(),
         ),
     };
     let mut out = serde_json::to_vec(&line).unwrap_or_default();

@@ -164,7 +164,10 @@ impl Spool {
         lock.try_lock().map_err(|e| match e {
             fs::TryLockError::WouldBlock => io::Error::new(
                 io::ErrorKind::WouldBlock,
-                format!("spool dir {} is in use by another spool", config.dir.display()),
+                format!(
+                    "spool dir {} is in use by another spool",
+                    config.dir.display()
+                ),
             ),
             fs::TryLockError::Error(e) => e,
         })?;
@@ -181,8 +184,12 @@ impl Spool {
             state: Mutex::new(state),
         });
         core.publish(&core.lock());
-        let (requests, committed) =
-            writer::Writer::start(Arc::clone(&core), recovered.active, recovered.checkpoint, lock)?;
+        let (requests, committed) = writer::Writer::start(
+            Arc::clone(&core),
+            recovered.active,
+            recovered.checkpoint,
+            lock,
+        )?;
         Ok(Spool {
             inner: Arc::new(Handle {
                 core,
@@ -241,10 +248,7 @@ impl Spool {
 
     /// A reader positioned at the first unconfirmed record. The app uses one.
     pub fn reader(&self) -> SpoolReader {
-        SpoolReader::new(
-            Arc::clone(&self.inner.core),
-            self.inner.committed.clone(),
-        )
+        SpoolReader::new(Arc::clone(&self.inner.core), self.inner.committed.clone())
     }
 
     /// Marks a record published. Out of order and repeats are fine; seqs not yet committed

@@ -98,7 +98,9 @@ impl SpoolReader {
                 let mut state = self.core.lock();
                 if range.end > state.low {
                     error!(
-                        from_seq = range.start, to_seq = range.end, reason,
+                        from_seq = range.start,
+                        to_seq = range.end,
+                        reason,
                         "spool: unreadable records skipped"
                     );
                 }
@@ -194,7 +196,14 @@ fn read_batch(
                         seq: seg.end_seq,
                         at: None,
                     };
-                    return Ok((BatchOut { records, cursor, lost }, None));
+                    return Ok((
+                        BatchOut {
+                            records,
+                            cursor,
+                            lost,
+                        },
+                        None,
+                    ));
                 }
                 Err(e) => return Err(e),
             },
@@ -244,7 +253,14 @@ fn read_batch(
                 seq: seg.end_seq,
                 at: None,
             };
-            return Ok((BatchOut { records, cursor, lost }, None));
+            return Ok((
+                BatchOut {
+                    records,
+                    cursor,
+                    lost,
+                },
+                None,
+            ));
         }
         cursor = Cursor {
             seq: at_seq,

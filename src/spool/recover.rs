@@ -42,7 +42,11 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
         if !entry.file_type()?.is_file() {
             continue;
         }
-        if let Some(first) = entry.file_name().to_str().and_then(format::parse_segment_name) {
+        if let Some(first) = entry
+            .file_name()
+            .to_str()
+            .and_then(format::parse_segment_name)
+        {
             names.push((first, entry.path()));
         }
     }

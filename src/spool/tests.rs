@@ -96,9 +96,18 @@ fn append_read_confirm_in_order() {
     rt().block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(config(dir.path())).expect("open");
-        assert_eq!(spool.append(vec![payload(0), payload(1), payload(2)]).await.expect("append"), 0..3);
+        assert_eq!(
+            spool
+                .append(vec![payload(0), payload(1), payload(2)])
+                .await
+                .expect("append"),
+            0..3
+        );
         assert_eq!(spool.append(vec![payload(3)]).await.expect("append"), 3..4);
-        assert_eq!(spool.append(vec![]).await.expect("empty append").is_empty(), true);
+        assert_eq!(
+            spool.append(vec![]).await.expect("empty append").is_empty(),
+            true
+        );
         let mut reader = spool.reader();
         let records = read_n(&mut reader, 4).await;
         let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
@@ -116,7 +125,10 @@ fn append_read_confirm_in_order() {
         assert_eq!(spool.low(), 1);
         reader.rewind();
         let again = read_n(&mut reader, 3).await;
-        assert_eq!(again.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            again.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         spool.confirm(1);
         spool.confirm(3);
         spool.confirm(3);
@@ -128,8 +140,14 @@ fn append_read_confirm_in_order() {
 
         spool.close().await.expect("close");
         spool.close().await.expect("second close is a no-op");
-        assert!(matches!(spool.append(vec![payload(9)]).await, Err(SpoolError::Closed)));
-        assert!(matches!(reader.next_batch(10).await, Err(SpoolError::Closed)));
+        assert!(matches!(
+            spool.append(vec![payload(9)]).await,
+            Err(SpoolError::Closed)
+        ));
+        assert!(matches!(
+            reader.next_batch(10).await,
+            Err(SpoolError::Closed)
+        ));
         assert!(!spool.has_headroom(0));
     });
 }
@@ -154,7 +172,9 @@ fn concurrent_appends_get_distinct_seqs_and_are_all_read() {
                 let mut got = Vec::new();
                 for i in 0..per_task {
                     let n = 1 + (i % 3);
-                    let payloads = (0..n).map(|k| Bytes::from(format!("{t}/{i}/{k}"))).collect();
+                    let payloads = (0..n)
+                        .map(|k| Bytes::from(format!("{t}/{i}/{k}")))
+                        .collect();
                     let range = spool.append(payloads).await.expect("append");
                     assert_eq!(range.end - range.start, n);
                     got.push((range, t, i));
@@ -168,18 +188,27 @@ fn concurrent_appends_get_distinct_seqs_and_are_all_read() {
             for (range, t, i) in h.await.expect("task") {
                 appends += 1;
                 for (k, seq) in range.enumerate() {
-                    assert!(expected.insert(seq, format!("{t}/{i}/{k}")).is_none(), "seq {seq} twice");
+                    assert!(
+                        expected.insert(seq, format!("{t}/{i}/{k}")).is_none(),
+                        "seq {seq} twice"
+                    );
                 }
             }
         }
         let total = expected.len() as u64;
-        assert_eq!(expected.keys().copied().collect::<Vec<_>>(), (0..total).collect::<Vec<_>>());
+        assert_eq!(
+            expected.keys().copied().collect::<Vec<_>>(),
+            (0..total).collect::<Vec<_>>()
+        );
         let mut reader = spool.reader();
         let records = read_n(&mut reader, total as usize).await;
         for r in &records {
             assert_eq!(r.payload, expected[&r.seq].as_bytes());
         }
-        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), (0..total).collect::<Vec<_>>());
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (0..total).collect::<Vec<_>>()
+        );
         assert!(spool.sync_count() <= appends + segments(dir.path()).len() as u64);
         spool.close().await.expect("close");
     });
@@ -202,11 +231,15 @@ fn group_commit_covers_every_waiting_append_with_one_fsync() {
         let mut handles = Vec::new();
         for i in 0..waiters {
             let spool = spool.clone();
-            handles.push(tokio::spawn(async move { spool.append(vec![payload(i)]).await }));
+            handles.push(tokio::spawn(
+                async move { spool.append(vec![payload(i)]).await },
+            ));
         }
         let expected = waiters * format::record_len(payload(0).len());
         // Every task has queued its append once its bytes are reserved.
-        let per_task: u64 = (0..waiters).map(|i| format::record_len(payload(i).len())).sum();
+        let per_task: u64 = (0..waiters)
+            .map(|i| format::record_len(payload(i).len()))
+            .sum();
         assert!(per_task >= expected - waiters * 6);
         while spool.reserved() < per_task {
             tokio::task::yield_now().await;
@@ -218,7 +251,11 @@ fn group_commit_covers_every_waiting_append_with_one_fsync() {
         }
         seqs.sort_unstable();
         assert_eq!(seqs, (1..=waiters).collect::<Vec<_>>());
-        assert_eq!(spool.sync_count() - before, 1, "one fsync for the whole group");
+        assert_eq!(
+            spool.sync_count() - before,
+            1,
+            "one fsync for the whole group"
+        );
         spool.close().await.expect("close");
     });
 }
@@ -228,7 +265,10 @@ fn reopen_replays_from_the_checkpoint() {
     rt().block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(config(dir.path())).expect("open");
-        spool.append((0..10).map(payload).collect()).await.expect("append");
+        spool
+            .append((0..10).map(payload).collect())
+            .await
+            .expect("append");
         let mut reader = spool.reader();
         read_n(&mut reader, 10).await;
         for seq in [5, 3, 0, 1, 2, 4] {
@@ -240,9 +280,15 @@ fn reopen_replays_from_the_checkpoint() {
         assert_eq!(spool.stats().pending_events, 4);
         let mut reader = spool.reader();
         let records = read_n(&mut reader, 4).await;
-        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![6, 7, 8, 9]);
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![6, 7, 8, 9]
+        );
         assert_eq!(records[0].payload, payload(6));
-        assert_eq!(spool.append(vec![payload(10)]).await.expect("append"), 10..11);
+        assert_eq!(
+            spool.append(vec![payload(10)]).await.expect("append"),
+            10..11
+        );
 
         // Confirmations after the last checkpoint are lost in a crash: replayed, not lost.
         spool.confirm(6);
@@ -253,7 +299,10 @@ fn reopen_replays_from_the_checkpoint() {
         let spool = Spool::open(config(dir.path())).expect("reopen after crash");
         let mut reader = spool.reader();
         let records = read_n(&mut reader, 3).await;
-        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![8, 9, 10]);
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![8, 9, 10]
+        );
         assert_eq!(records[2].payload, payload(10));
         spool.close().await.expect("close");
     });
@@ -271,10 +320,16 @@ fn torn_tail_is_truncated_and_appends_continue() {
         let seg = segments(dir.path()).pop().expect("segment");
         let len = fs::metadata(&seg).expect("meta").len();
         let complete = len - format::record_len(payload(4).len());
-        let file = fs::OpenOptions::new().write(true).open(&seg).expect("open seg");
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .expect("open seg");
         file.set_len(len - 7).expect("truncate mid-record");
         drop(file);
-        let mut file = fs::OpenOptions::new().append(true).open(&seg).expect("open seg");
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .expect("open seg");
         file.write_all(&[0xA5; 61]).expect("garbage");
         drop(file);
 
@@ -284,15 +339,27 @@ fn torn_tail_is_truncated_and_appends_continue() {
         assert_eq!(spool.stats().pending_events, 4);
         let mut reader = spool.reader();
         let records = read_n(&mut reader, 4).await;
-        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
         assert!(records.iter().all(|r| r.payload == payload(r.seq)));
-        assert_eq!(spool.append(vec![Bytes::from_static(b"after")]).await.expect("append"), 4..5);
+        assert_eq!(
+            spool
+                .append(vec![Bytes::from_static(b"after")])
+                .await
+                .expect("append"),
+            4..5
+        );
         let next = read_n(&mut reader, 1).await;
         assert_eq!(next[0].payload, Bytes::from_static(b"after"));
         spool.close().await.expect("close");
 
         // Garbage alone after complete records (a torn header) is cut too.
-        let mut file = fs::OpenOptions::new().append(true).open(&seg).expect("open seg");
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .expect("open seg");
         file.write_all(&[0xFF; 10]).expect("garbage");
         drop(file);
         let spool = Spool::open(config(dir.path())).expect("reopen");
@@ -324,7 +391,10 @@ fn corrupt_checksum_stops_recovery_at_the_bad_record() {
         assert_eq!(spool.stats().pending_events, 2);
         let mut reader = spool.reader();
         let records = read_n(&mut reader, 2).await;
-        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
         assert_eq!(spool.append(vec![payload(2)]).await.expect("append"), 2..3);
         spool.close().await.expect("close");
     });
@@ -353,7 +423,10 @@ fn corruption_inside_an_older_segment_loses_the_rest_of_it_only() {
         assert_eq!(spool.stats().pending_events, 7, "seqs 1 and 2 are lost");
         let mut reader = spool.reader();
         let records = read_n(&mut reader, 7).await;
-        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![0, 3, 4, 5, 6, 7, 8]
+        );
         for r in &records {
             spool.confirm(r.seq);
         }
@@ -380,7 +453,10 @@ fn full_until_confirmed_segments_can_be_deleted() {
         for _ in 0..10 {
             spool.append(vec![body.clone()]).await.expect("fits");
         }
-        assert!(matches!(spool.append(vec![body.clone()]).await, Err(SpoolError::Full)));
+        assert!(matches!(
+            spool.append(vec![body.clone()]).await,
+            Err(SpoolError::Full)
+        ));
         assert!(!spool.has_headroom(0));
         assert_eq!(spool.stats().bytes, 10 * rec);
         assert_eq!(segments(dir.path()).len(), 3);
@@ -392,13 +468,29 @@ fn full_until_confirmed_segments_can_be_deleted() {
         }
         // Segment 0..4 is fully confirmed: its space counts as free, the retain notwithstanding.
         assert!(spool.has_headroom(3 * rec) && !spool.has_headroom(4 * rec));
-        assert_eq!(spool.append(vec![body.clone(); 4]).await.expect("fits after reclaim"), 10..14);
+        assert_eq!(
+            spool
+                .append(vec![body.clone(); 4])
+                .await
+                .expect("fits after reclaim"),
+            10..14
+        );
         assert!(spool.stats().bytes <= cfg.max_bytes);
-        assert!(!segments(dir.path()).iter().any(|p| p.ends_with(format::segment_name(0))));
-        assert!(matches!(spool.append(vec![body.clone()]).await, Err(SpoolError::Full)));
+        assert!(
+            !segments(dir.path())
+                .iter()
+                .any(|p| p.ends_with(format::segment_name(0)))
+        );
+        assert!(matches!(
+            spool.append(vec![body.clone()]).await,
+            Err(SpoolError::Full)
+        ));
         // A record that can never fit is refused at once too.
         let huge = Bytes::from(vec![0u8; (cfg.max_bytes + 1) as usize]);
-        assert!(matches!(spool.append(vec![huge]).await, Err(SpoolError::Full)));
+        assert!(matches!(
+            spool.append(vec![huge]).await,
+            Err(SpoolError::Full)
+        ));
         assert_eq!(read_n(&mut reader, 4).await.last().map(|r| r.seq), Some(13));
         spool.close().await.expect("close");
     });
@@ -420,9 +512,17 @@ fn segments_rotate_and_confirmed_ones_are_deleted() {
             .iter()
             .map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
             .collect();
-        let want: Vec<_> = [0, 3, 6, 9].iter().map(|&s| Some(format::segment_name(s))).collect();
+        let want: Vec<_> = [0, 3, 6, 9]
+            .iter()
+            .map(|&s| Some(format::segment_name(s)))
+            .collect();
         assert_eq!(names, want);
-        assert!(segments(dir.path()).iter().take(3).all(|p| fs::metadata(p).map(|m| m.len()).ok() == Some(3 * rec)));
+        assert!(
+            segments(dir.path())
+                .iter()
+                .take(3)
+                .all(|p| fs::metadata(p).map(|m| m.len()).ok() == Some(3 * rec))
+        );
 
         let mut reader = spool.reader();
         for r in read_n(&mut reader, 7).await {
@@ -430,7 +530,11 @@ fn segments_rotate_and_confirmed_ones_are_deleted() {
         }
         spool.checkpoint().await.expect("checkpoint");
         let left: Vec<_> = segments(dir.path());
-        assert_eq!(left.len(), 2, "0.. and 3.. deleted, 6.. holds unconfirmed seq 7");
+        assert_eq!(
+            left.len(),
+            2,
+            "0.. and 3.. deleted, 6.. holds unconfirmed seq 7"
+        );
         assert_eq!(spool.stats().bytes, 4 * rec);
 
         for r in read_n(&mut reader, 3).await {
@@ -444,7 +548,11 @@ fn segments_rotate_and_confirmed_ones_are_deleted() {
         spool.close().await.expect("close");
 
         let spool = Spool::open(cfg).expect("reopen");
-        assert_eq!(spool.append(vec![body]).await.expect("append"), 10..11, "seqs are never reused");
+        assert_eq!(
+            spool.append(vec![body]).await.expect("append"),
+            10..11,
+            "seqs are never reused"
+        );
         spool.close().await.expect("close");
     });
 }
@@ -473,7 +581,12 @@ fn retain_keeps_confirmed_segments_for_scan_since() {
         let from_third = spool.scan_since(records[2].appended_ms).expect("scan");
         assert_eq!(from_third.first().map(|r| r.seq).unwrap_or(0) <= 2, true);
         assert_eq!(from_third.last().map(|r| r.seq), Some(4));
-        assert!(spool.scan_since(records[4].appended_ms + 1).expect("scan").is_empty());
+        assert!(
+            spool
+                .scan_since(records[4].appended_ms + 1)
+                .expect("scan")
+                .is_empty()
+        );
         spool.close().await.expect("close");
 
         let spool = Spool::open(cfg).expect("reopen");
@@ -498,7 +611,9 @@ enum Op {
     ReadConfirm(usize, u32),
     Rewind,
     Checkpoint,
-    Reopen { crash: bool },
+    Reopen {
+        crash: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -512,7 +627,11 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn body(seq: u64, len: usize) -> Bytes {
-    Bytes::from((0..len).map(|i| (seq as usize * 31 + i) as u8).collect::<Vec<u8>>())
+    Bytes::from(
+        (0..len)
+            .map(|i| (seq as usize * 31 + i) as u8)
+            .collect::<Vec<u8>>(),
+    )
 }
 
 proptest! {

@@ -51,7 +51,9 @@ pub(super) enum Request {
     },
     /// Test hook: stop like `kill -9` after the last commit (no checkpoint).
     #[cfg(test)]
-    Crash { reply: oneshot::Sender<()> },
+    Crash {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 struct Append {
@@ -217,7 +219,13 @@ impl Writer {
             let forced = !checkpoint_replies.is_empty() || close_reply.is_some();
             let result = self.maintain(forced);
             for reply in checkpoint_replies {
-                let _ = reply.send(result.as_ref().map_err(copy_error).map_err(Into::into).copied());
+                let _ = reply.send(
+                    result
+                        .as_ref()
+                        .map_err(copy_error)
+                        .map_err(Into::into)
+                        .copied(),
+                );
             }
             if close_reply.is_some() {
                 break;
@@ -242,7 +250,11 @@ impl Writer {
         }
         let total: u64 = appends.iter().map(|a| a.bytes).sum();
         if self.core.failed.load(Ordering::Acquire) {
-            self.fail(appends, total, &io::Error::other("spool disabled after a failed fsync"));
+            self.fail(
+                appends,
+                total,
+                &io::Error::other("spool disabled after a failed fsync"),
+            );
             return;
         }
         if let Err(error) = self.reclaim(total) {
@@ -321,7 +333,10 @@ impl Writer {
     }
 
     fn flush(&mut self) -> Result<(), BatchError> {
-        self.active.file.write_all(&self.buf).map_err(write_failed)?;
+        self.active
+            .file
+            .write_all(&self.buf)
+            .map_err(write_failed)?;
         self.buf.clear();
         Ok(())
     }
@@ -436,7 +451,8 @@ impl Writer {
     /// Periodic work: the checkpoint (when due or `forced`) and retention.
     fn maintain(&mut self, forced: bool) -> io::Result<()> {
         let low = self.core.lock().low;
-        if low != self.persisted_low && (forced || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
+        if low != self.persisted_low
+            && (forced || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
         {
             self.write_checkpoint(low)?;
         }
@@ -521,7 +537,10 @@ impl Writer {
             }
         }
         format::sync_dir(&self.core.config.dir)?;
-        debug!(segments = removed.len(), "spool: deleted confirmed segments");
+        debug!(
+            segments = removed.len(),
+            "spool: deleted confirmed segments"
+        );
         Ok(())
     }
 }

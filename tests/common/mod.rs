@@ -70,7 +70,14 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.stop();
         let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -133,7 +140,13 @@ impl Tansu {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let log = std::fs::File::create(self.dir.path().join("tansu.log")).expect("log file");
         let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", &self.storage])
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
@@ -164,16 +177,41 @@ fn tansu_bin() -> PathBuf {
     }
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned());
     let cargo = Path::new(&home).join(".cargo/bin/tansu");
-    if cargo.exists() { cargo } else { PathBuf::from("tansu") }
+    if cargo.exists() {
+        cargo
+    } else {
+        PathBuf::from("tansu")
+    }
 }
 
-/// Config text for a test hookbus: ports 0, a private spool dir, plus `extra` TOML.
+/// Config for a test hookbus: ports 0, a private spool dir, with `extra` TOML merged over it
+/// (sections may repeat: later keys win).
 pub fn config(spool_dir: &Path, extra: &str) -> Config {
-    let text = format!(
+    config_with(spool_dir, &[extra])
+}
+
+/// [`config`] with several TOML fragments merged in order.
+pub fn config_with(spool_dir: &Path, fragments: &[&str]) -> Config {
+    let base = format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [spool]\ndir = {:?}\nsegment_bytes = 1048576\n{extra}",
+         [spool]\ndir = {:?}\nsegment_bytes = 1048576\n[shutdown]\ngrace = \"10s\"\n",
         spool_dir.display().to_string()
     );
+    let mut merged: toml::Table = base.parse().expect("base config");
+    for extra in fragments {
+        let extra: toml::Table = extra
+            .parse()
+            .unwrap_or_else(|e| panic!("test config fragment: {e}\n{extra}"));
+        for (section, value) in extra {
+            match (merged.get_mut(&section), value) {
+                (Some(toml::Value::Table(into)), toml::Value::Table(from)) => into.extend(from),
+                (_, value) => {
+                    merged.insert(section, value);
+                }
+            }
+        }
+    }
+    let text = toml::to_string(&merged).expect("serialize config");
     Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
 }
 
@@ -252,7 +290,14 @@ fn parse_response(raw: &[u8]) -> Response {
 }
 
 pub async fn post(addr: SocketAddr, body: &[u8]) -> Response {
-    request(addr, "POST", "/webhooks/pubnub", &[("Content-Type", "application/json")], body).await
+    request(
+        addr,
+        "POST",
+        "/webhooks/pubnub",
+        &[("Content-Type", "application/json")],
+        body,
+    )
+    .await
 }
 
 /// The value of one sample line of `/metrics`, e.g. `hookbus_duplicates_total{action="join"}`.
@@ -260,7 +305,10 @@ pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
     let response = request(admin, "GET", "/metrics", &[], b"").await;
     let text = String::from_utf8(response.body).expect("metrics text");
     text.lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("series {series} not in /metrics"))
 }

@@ -56,8 +56,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "hookbus.envSecretName" -}}
 {{- if .Values.secret.existingSecret }}
 {{- .Values.secret.existingSecret }}
-{{- else if or .Values.secret.authToken .Values.secret.env }}
+{{- else if include "hookbus.chartSecretData" . }}
 {{- include "hookbus.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/* Data of the chart-managed env Secret (key: plain value), as YAML; "" when there is none. */}}
+{{- define "hookbus.chartSecretData" -}}
+{{- if not .Values.secret.existingSecret }}
+{{- $data := dict }}
+{{- with .Values.secret.authToken }}{{ $_ := set $data "HOOKBUS_AUTH_TOKEN" . }}{{ end }}
+{{- with .Values.secret.natsUser }}{{ $_ := set $data "HOOKBUS_NATS_USER" . }}{{ end }}
+{{- with .Values.secret.natsPassword }}{{ $_ := set $data "HOOKBUS_NATS_PASSWORD" . }}{{ end }}
+{{- range $k, $v := .Values.secret.env }}{{ $_ := set $data $k (toString $v) }}{{ end }}
+{{- if $data }}{{ toYaml $data }}{{ end }}
 {{- end }}
 {{- end }}
 
@@ -108,11 +120,15 @@ values.schema.json restricts durations to these units.
 {{- define "hookbus.configToml" -}}
 {{- $c := .Values.config -}}
 # Rendered by the hookbus Helm chart from .Values.config; edit the values, not this file.
-# The auth token is not here: it comes from env HOOKBUS_AUTH_TOKEN (Secret).
+# Secrets are not here: the auth token and NATS credentials come from env
+# (HOOKBUS_AUTH_TOKEN, HOOKBUS_NATS_USER, HOOKBUS_NATS_PASSWORD) out of a Secret.
 
 [http]
 listen = {{ printf "0.0.0.0:%d" (.Values.containerPorts.http | int) | toJson }}
 max_body_bytes = {{ $c.http.max_body_bytes | int64 }}
+{{- with $c.http.max_connections }}
+max_connections = {{ . | int64 }}
+{{- end }}
 
 [admin]
 listen = {{ printf "0.0.0.0:%d" (.Values.containerPorts.admin | int) | toJson }}
@@ -122,10 +138,22 @@ allowed_sub_keys = {{ $c.auth.allowed_sub_keys | default list | toJson }}
 
 [ack]
 mode = {{ $c.ack.mode | toJson }}
+{{- with $c.ack.queue_capacity }}
+queue_capacity = {{ . | int64 }}
+{{- end }}
+{{- with $c.ack.publish_timeout }}
+publish_timeout = {{ . | toString | toJson }}
+{{- end }}
+{{- with $c.ack.retry_after }}
+retry_after = {{ . | toString | toJson }}
+{{- end }}
 
 [spool]
 dir = {{ $c.spool.dir | toJson }}
 max_bytes = {{ $c.spool.max_bytes | int64 }}
+{{- with $c.spool.segment_bytes }}
+segment_bytes = {{ . | int64 }}
+{{- end }}
 
 [dedup]
 window = {{ $c.dedup.window | toString | toJson }}
@@ -137,11 +165,23 @@ dead_letter = {{ $c.routing.dead_letter | toJson }}
 
 [sink]
 kind = {{ $c.sink.kind | toJson }}
+{{- with $c.sink.max_in_flight }}
+max_in_flight = {{ . | int64 }}
+{{- end }}
+{{- with $c.sink.timeout }}
+timeout = {{ . | toString | toJson }}
+{{- end }}
+{{- with $c.sink.max_backoff }}
+max_backoff = {{ . | toString | toJson }}
+{{- end }}
 
 [nats]
 url = {{ $c.nats.url | toJson }}
 jetstream = {{ $c.nats.jetstream | toJson }}
 stream = {{ $c.nats.stream | toJson }}
+{{- with $c.nats.connect_timeout }}
+connect_timeout = {{ . | toString | toJson }}
+{{- end }}
 
 [shutdown]
 grace = {{ $c.shutdown.grace | toString | toJson }}

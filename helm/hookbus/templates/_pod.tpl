@@ -3,8 +3,8 @@
 metadata:
   annotations:
     checksum/config: {{ include "hookbus.configToml" . | sha256sum }}
-    {{- if and (not .Values.secret.existingSecret) (or .Values.secret.authToken .Values.secret.env) }}
-    checksum/secret: {{ toJson (dict "token" .Values.secret.authToken "env" .Values.secret.env) | sha256sum }}
+    {{- with include "hookbus.chartSecretData" . }}
+    checksum/secret: {{ . | sha256sum }}
     {{- end }}
     {{- if and (not .Values.secretFiles.existingSecret) .Values.secretFiles.files }}
     checksum/secret-files: {{ toJson .Values.secretFiles.files | sha256sum }}
