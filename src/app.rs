@@ -55,8 +55,12 @@ impl Running {
 /// client settings.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let registry = prometheus::Registry::new();
-    let metrics =
-        Metrics::new(&registry, env!("CARGO_PKG_VERSION")).context("registering metrics")?;
+    let metrics = Metrics::new(
+        &registry,
+        env!("CARGO_PKG_VERSION"),
+        config.sink.kind.as_str(),
+    )
+    .context("registering metrics")?;
     let router = Router::new(&config.routing).context("routing.template")?;
     let sink = Arc::new(
         Sink::connect(

@@ -12,8 +12,6 @@ use crate::normalize::{Action, Format};
 
 /// Every status code the ingress answers with.
 pub const HTTP_CODES: [u16; 9] = [200, 400, 401, 403, 404, 405, 413, 500, 503];
-/// Sinks, for the `sink` label.
-pub const SINKS: [&str; 3] = ["nats", "kafka", "stdout"];
 /// `hookbus_publish_errors_total{kind}`.
 pub const PUBLISH_ERROR_KINDS: [&str; 5] = [
     "timeout",
@@ -59,16 +57,19 @@ pub struct Metrics {
     sink_up: IntGaugeVec,
     pub config_warnings: IntCounter,
     pub queue_events: IntGauge,
+    broker_duplicates: IntCounterVec,
     /// Per-code counters resolved once, indexed like [`HTTP_CODES`].
     http_by_code: Vec<IntCounter>,
 }
 
 impl Metrics {
     /// Registers every metric into `registry` and creates every series of the fixed label sets.
+    /// The `sink` label takes one value: the configured `sink` (so `hookbus_sink_up` never
+    /// reports a sink that is not in use as down).
     ///
     /// # Errors
     /// Only if a name is registered twice in `registry` (a programming error at start-up).
-    pub fn new(registry: &Registry, version: &str) -> prometheus::Result<Metrics> {
+    pub fn new(registry: &Registry, version: &str, sink: &str) -> prometheus::Result<Metrics> {
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "hookbus_http_requests_total",
@@ -186,14 +187,24 @@ impl Metrics {
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(config_warnings.clone()))?;
         registry.register(Box::new(queue_events.clone()))?;
+        let broker_duplicates = IntCounterVec::new(
+            Opts::new(
+                "hookbus_broker_duplicates_total",
+                "Messages the broker recognized as already stored (JetStream Nats-Msg-Id): \
+                 another replica or a replay after a crash published them first.",
+            ),
+            &["sink"],
+        )?;
+        registry.register(Box::new(broker_duplicates.clone()))?;
 
         build_info.with_label_values(&[version]).set(1);
         let http_by_code = HTTP_CODES
             .iter()
             .map(|c| http_requests.with_label_values(&[&c.to_string()]))
             .collect();
-        for sink in SINKS {
+        {
             publish_duration.with_label_values(&[sink]);
+            broker_duplicates.with_label_values(&[sink]);
             sink_up.with_label_values(&[sink]);
             for action in Action::ALL {
                 events_published.with_label_values(&[sink, action.as_str()]);
@@ -229,6 +240,7 @@ impl Metrics {
             sink_up,
             config_warnings,
             queue_events,
+            broker_duplicates,
             http_by_code,
         })
     }
@@ -262,6 +274,10 @@ impl Metrics {
             .observe(publish_seconds);
     }
 
+    pub fn broker_duplicate(&self, sink: &str) {
+        self.broker_duplicates.with_label_values(&[sink]).inc();
+    }
+
     pub fn publish_error(&self, sink: &str, kind: &str) {
         self.publish_errors.with_label_values(&[sink, kind]).inc();
     }
@@ -292,7 +308,7 @@ mod tests {
     #[test]
     fn every_contract_series_exists_at_zero() {
         let registry = Registry::new();
-        let m = Metrics::new(&registry, "1.2.3").unwrap();
+        let m = Metrics::new(&registry, "1.2.3", "nats").unwrap();
         let text = String::from_utf8(render(&registry)).unwrap();
         for needle in [
             "hookbus_http_requests_total{code=\"200\"} 0",
@@ -302,7 +318,7 @@ mod tests {
             "hookbus_event_lag_seconds_count 0",
             "hookbus_events_received_total{action=\"join\",format=\"g1\"} 0",
             "hookbus_events_received_total{action=\"interval\",format=\"events-and-actions\"} 0",
-            "hookbus_events_published_total{action=\"state-change\",sink=\"kafka\"} 0",
+            "hookbus_events_published_total{action=\"state-change\",sink=\"nats\"} 0",
             "hookbus_duplicates_total{action=\"timeout\"} 0",
             "hookbus_publish_errors_total{kind=\"timeout\",sink=\"nats\"} 0",
             "hookbus_dead_letters_total{reason=\"too_large\"} 0",
@@ -310,7 +326,7 @@ mod tests {
             "hookbus_spool_bytes 0",
             "hookbus_oldest_unpublished_age_seconds 0",
             "hookbus_acks_before_durable_total 0",
-            "hookbus_sink_up{sink=\"stdout\"} 0",
+            "hookbus_sink_up{sink=\"nats\"} 0",
             "hookbus_build_info{version=\"1.2.3\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle}");
@@ -320,5 +336,9 @@ mod tests {
         let text = String::from_utf8(render(&registry)).unwrap();
         assert!(text.contains("hookbus_http_requests_total{code=\"400\"} 1"));
         assert!(text.contains("hookbus_duplicates_total{action=\"join\"} 1"));
+        assert!(
+            !text.contains("sink=\"kafka\""),
+            "only the configured sink is labelled"
+        );
     }
 }

@@ -346,8 +346,9 @@ pub async fn run(
                     if draining && stats.pending_events == 0 && in_flight.is_empty() {
                         source_done = true;
                     }
-                } else {
-                    metrics.spool_pending_events.set(marks.len() as i64);
+                } else if let Source::Queue(rx) = &source {
+                    metrics.queue_events.set(rx.len() as i64);
+                    metrics.spool_pending_events.set((marks.len() + rx.len()) as i64);
                     let age = marks.oldest_ms().map_or(0, |ms| now_ms().saturating_sub(ms));
                     metrics.oldest_unpublished_age.set(age as f64 / 1000.0);
                 }
@@ -448,9 +449,9 @@ impl Settle<'_> {
             Ok(ack) => {
                 let now = now_ms();
                 if ack.duplicate {
-                    self.metrics.publish_error(sink_name, "duplicate_ack");
-                }
-                if let Some(action) = job.action {
+                    // Stored before by another replica or a pre-crash attempt: not new.
+                    self.metrics.broker_duplicate(sink_name);
+                } else if let Some(action) = job.action {
                     let seconds = now.saturating_sub(job.received_ms) as f64 / 1000.0;
                     self.metrics.published(sink_name, action, seconds);
                     if let Some(event_ms) = job.event_ms {

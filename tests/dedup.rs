@@ -1,0 +1,248 @@
+//! PubNub retries against a real `nats-server -js`: a retried G1 body is published once, a
+//! re-posted Events & Actions batch only for its new items, a failed accept releases the ids
+//! so the retry goes through, and replicas sharing a stream are deduplicated by the broker.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::*;
+
+const SECS: Duration = Duration::from_secs(20);
+
+async fn stream_count(url: &str) -> Option<u64> {
+    let js = jetstream::new(async_nats::connect(url).await.ok()?);
+    let mut stream = js.get_stream("PRESENCE").await.ok()?;
+    Some(stream.info().await.ok()?.state.messages)
+}
+
+async fn wait_count(url: &str, count: u64) {
+    let url = url.to_owned();
+    wait_for(&format!("{count} messages"), SECS, || {
+        let url = url.clone();
+        async move { (stream_count(&url).await? == count).then_some(()) }
+    })
+    .await;
+}
+
+fn nats_config(spool: &std::path::Path, nats: &NatsServer, mode: &str) -> hookbus::config::Config {
+    config(
+        spool,
+        &format!("[ack]\nmode = \"{mode}\"\n[nats]\nurl = \"{}\"", nats.url()),
+    )
+}
+
+#[tokio::test]
+async fn g1_retried_four_times_is_published_once() {
+    let nats = NatsServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let hb = start(nats_config(spool.path(), &nats, "spool")).await;
+    let body = std::fs::read(format!("{FIXTURES}/g1-join.json")).unwrap();
+    let mut answers = Vec::new();
+    for attempt in 0..4 {
+        if attempt > 0 {
+            // PubNub waits 5 s between attempts; the gap is shortened, not a synchronization.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = post(hb.http_addr, &body).await;
+        assert_eq!(r.status, 200);
+        answers.push(r.json());
+    }
+    assert_eq!(
+        answers[0],
+        serde_json::json!({"accepted": 1, "duplicates": 0})
+    );
+    for a in &answers[1..] {
+        assert_eq!(*a, serde_json::json!({"accepted": 0, "duplicates": 1}));
+    }
+    wait_count(&nats.url(), 1).await;
+    assert_eq!(
+        metric(hb.admin_addr, "hookbus_duplicates_total{action=\"join\"}").await,
+        3.0
+    );
+    assert_eq!(
+        metric(
+            hb.admin_addr,
+            "hookbus_events_received_total{action=\"join\",format=\"g1\"}"
+        )
+        .await,
+        4.0
+    );
+    // A legitimate repeat (same user, new occupancy) is a new event.
+    let again = String::from_utf8(body)
+        .unwrap()
+        .replace("\"occupancy\":1", "\"occupancy\":2");
+    let r = post(hb.http_addr, again.as_bytes()).await;
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"accepted": 1, "duplicates": 0})
+    );
+    wait_count(&nats.url(), 2).await;
+    hb.shutdown();
+    hb.wait().await.unwrap();
+    assert_eq!(stream_count(&nats.url()).await, Some(2));
+}
+
+#[tokio::test]
+async fn events_and_actions_batch_reposted_publishes_only_new_items() {
+    let nats = NatsServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let hb = start(nats_config(spool.path(), &nats, "memory")).await;
+    let batch = std::fs::read(format!("{FIXTURES}/ena-batch.json")).unwrap();
+    assert_eq!(post(hb.http_addr, &batch).await.json()["accepted"], 3);
+    let r = post(hb.http_addr, &batch).await;
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"accepted": 0, "duplicates": 3})
+    );
+    let mut value: serde_json::Value = serde_json::from_slice(&batch).unwrap();
+    let mut extra = value["data"][0].clone();
+    extra["id"] = "b0000004-0000-4000-8000-000000000004".into();
+    extra["userId"] = "u-4".into();
+    value["data"].as_array_mut().unwrap().push(extra);
+    let r = post(hb.http_addr, &serde_json::to_vec(&value).unwrap()).await;
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"accepted": 1, "duplicates": 3})
+    );
+    wait_count(&nats.url(), 4).await;
+    assert_eq!(
+        metric(hb.admin_addr, "hookbus_duplicates_total{action=\"join\"}").await,
+        6.0
+    );
+    hb.shutdown();
+    hb.wait().await.unwrap();
+    assert_eq!(stream_count(&nats.url()).await, Some(4));
+}
+
+#[tokio::test]
+async fn failed_accept_releases_the_id_so_the_retry_is_published() {
+    let mut nats = NatsServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let hb = start(config_with(
+        spool.path(),
+        &[
+            &format!(
+                "[ack]\nmode = \"publish\"\npublish_timeout = \"1s\"\n[nats]\nurl = \"{}\"",
+                nats.url()
+            ),
+            "[sink]\ntimeout = \"1s\"\nmax_backoff = \"200ms\"",
+        ],
+    ))
+    .await;
+    // Prove the path works, then take the broker away.
+    let warmup = br#"{"action":"join","channel":"warm","uuid":"w","timestamp":1718035200}"#;
+    assert_eq!(post(hb.http_addr, warmup).await.status, 200);
+    nats.stop();
+    let body = std::fs::read(format!("{FIXTURES}/g1-leave.json")).unwrap();
+    let first = post(hb.http_addr, &body).await;
+    assert_eq!(
+        first.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert!(first.header("retry-after").is_some());
+    nats.restart();
+    let addr = hb.http_addr;
+    let retry = wait_for("the retry to be accepted", SECS, || {
+        let body = body.clone();
+        async move {
+            let r = post(addr, &body).await;
+            (r.status == 200).then(|| r.json())
+        }
+    })
+    .await;
+    assert_eq!(retry, serde_json::json!({"accepted": 1, "duplicates": 0}));
+    wait_count(&nats.url(), 2).await;
+    assert_eq!(
+        metric(hb.admin_addr, "hookbus_duplicates_total{action=\"leave\"}").await,
+        0.0
+    );
+    hb.shutdown();
+    hb.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_retry_of_a_pending_event_is_503_not_a_second_publish() {
+    let mut nats = NatsServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let hb = start(config_with(
+        spool.path(),
+        &[
+            &format!(
+                "[ack]\nmode = \"publish\"\npublish_timeout = \"3s\"\n[nats]\nurl = \"{}\"",
+                nats.url()
+            ),
+            "[sink]\ntimeout = \"3s\"",
+        ],
+    ))
+    .await;
+    let warmup = br#"{"action":"join","channel":"warm","uuid":"w","timestamp":1718035200}"#;
+    assert_eq!(post(hb.http_addr, warmup).await.status, 200);
+    nats.stop();
+    let body = std::fs::read(format!("{FIXTURES}/g1-timeout.json")).unwrap();
+    let addr = hb.http_addr;
+    let first = tokio::spawn({
+        let body = body.clone();
+        async move { post(addr, &body).await }
+    });
+    // While the first attempt waits for the broker, the same body arrives again.
+    let admin = hb.admin_addr;
+    wait_for("the first attempt to be pending", SECS, || async move {
+        (metric(
+            admin,
+            "hookbus_events_received_total{action=\"timeout\",format=\"g1\"}",
+        )
+        .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    let second = post(addr, &body).await;
+    assert_eq!(second.status, 503);
+    assert!(
+        second.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("still being accepted")
+    );
+    assert_eq!(first.await.unwrap().status, 503);
+    hb.shutdown();
+    hb.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn replicas_sharing_a_stream_store_an_event_once() {
+    let nats = NatsServer::start();
+    let (s1, s2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start(nats_config(s1.path(), &nats, "publish")).await;
+    let b = start(nats_config(s2.path(), &nats, "publish")).await;
+    let body = std::fs::read(format!("{FIXTURES}/ena-join.json")).unwrap();
+    assert_eq!(post(a.http_addr, &body).await.json()["accepted"], 1);
+    // A retry load-balanced to the other replica: new to it, a duplicate to the broker.
+    assert_eq!(post(b.http_addr, &body).await.json()["accepted"], 1);
+    wait_count(&nats.url(), 1).await;
+    assert_eq!(
+        metric(
+            b.admin_addr,
+            "hookbus_broker_duplicates_total{sink=\"nats\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            b.admin_addr,
+            "hookbus_events_published_total{action=\"join\",sink=\"nats\"}"
+        )
+        .await,
+        0.0
+    );
+    for hb in [a, b] {
+        hb.shutdown();
+        hb.wait().await.unwrap();
+    }
+    assert_eq!(stream_count(&nats.url()).await, Some(1));
+}
