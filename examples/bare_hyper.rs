@@ -14,7 +14,9 @@ use hyper_util::rt::TokioIo;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18090".to_owned());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:18090".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("bare hyper on {addr}");
     loop {
@@ -22,11 +24,21 @@ async fn main() -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                let reply = format!("{{\"accepted\":1,\"duplicates\":0,\"bytes\":{}}}", body.len());
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let reply = format!(
+                    "{{\"accepted\":1,\"duplicates\":0,\"bytes\":{}}}",
+                    body.len()
+                );
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(reply))))
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

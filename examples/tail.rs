@@ -19,16 +19,27 @@ use rdkafka::{Offset, TopicPartitionList};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["nats", subject, rest @ ..] => {
-            nats(subject, rest.first().copied().unwrap_or("nats://127.0.0.1:4222")).await
+            nats(
+                subject,
+                rest.first().copied().unwrap_or("nats://127.0.0.1:4222"),
+            )
+            .await
         }
         ["kafka", prefix, rest @ ..] => {
             let brokers = rest.first().copied().unwrap_or("127.0.0.1:9092").to_owned();
             let prefix = (*prefix).to_owned();
             tokio::task::spawn_blocking(move || kafka(&prefix, &brokers)).await?
         }
-        _ => anyhow::bail!("usage: tail nats <subject> [url] | tail kafka <topic-prefix> [brokers]"),
+        _ => {
+            anyhow::bail!("usage: tail nats <subject> [url] | tail kafka <topic-prefix> [brokers]")
+        }
     }
 }
 
@@ -42,12 +53,21 @@ async fn nats(subject: &str, url: &str) -> anyhow::Result<()> {
             .as_ref()
             .map(|h| {
                 h.iter()
-                    .map(|(k, v)| format!("{k}={}", v.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(",")))
+                    .map(|(k, v)| {
+                        format!(
+                            "{k}={}",
+                            v.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(",")
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(" ")
             })
             .unwrap_or_default();
-        println!("{} [{headers}] {}", m.subject, String::from_utf8_lossy(&m.payload));
+        println!(
+            "{} [{headers}] {}",
+            m.subject,
+            String::from_utf8_lossy(&m.payload)
+        );
     }
     Ok(())
 }
@@ -64,7 +84,11 @@ fn kafka(prefix: &str, brokers: &str) -> anyhow::Result<()> {
         // Pick up topics created since the last look.
         let metadata = consumer.fetch_metadata(None, Duration::from_secs(5))?;
         let mut changed = false;
-        for topic in metadata.topics().iter().filter(|t| t.name().starts_with(prefix)) {
+        for topic in metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name().starts_with(prefix))
+        {
             for p in topic.partitions() {
                 if assigned.find_partition(topic.name(), p.id()).is_none() {
                     assigned.add_partition_offset(topic.name(), p.id(), Offset::Beginning)?;
@@ -84,7 +108,13 @@ fn kafka(prefix: &str, brokers: &str) -> anyhow::Result<()> {
                 .headers()
                 .map(|h| {
                     h.iter()
-                        .map(|x| format!("{}={}", x.key, String::from_utf8_lossy(x.value.unwrap_or_default())))
+                        .map(|x| {
+                            format!(
+                                "{}={}",
+                                x.key,
+                                String::from_utf8_lossy(x.value.unwrap_or_default())
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join(" ")
                 })

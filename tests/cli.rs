@@ -18,7 +18,11 @@ fn check(text: &str) -> (i32, String) {
         .args(["--config", path.to_str().unwrap(), "--check"])
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -31,8 +35,17 @@ fn check_accepts_the_shipped_config_and_creates_nothing() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "--check created files");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "--check created files"
+    );
 }
 
 #[test]
@@ -41,9 +54,15 @@ fn check_exits_64_naming_the_bad_key() {
         ("[http]\nlisten = \"nowhere\"", "listen"),
         ("[ack]\nmode = \"eventually\"", "eventually"),
         ("[dedup]\nwindow = \"forever\"", "window"),
-        ("[sink]\nkind = \"kafka\"\n[kafka]\nreplication_factor = 0", "kafka.replication_factor"),
+        (
+            "[sink]\nkind = \"kafka\"\n[kafka]\nreplication_factor = 0",
+            "kafka.replication_factor",
+        ),
         ("[spool]\ndirectory = \"x\"", "directory"),
-        ("[routing]\ntemplate = \"presence.{room}\"", "routing.template"),
+        (
+            "[routing]\ntemplate = \"presence.{room}\"",
+            "routing.template",
+        ),
         ("not toml at all", "config"),
     ] {
         let (code, text) = check(text);
@@ -63,13 +82,29 @@ fn check_exits_64_naming_the_bad_key() {
 fn topic_and_unescape_show_consumers_the_names() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
     let out = Command::new(BIN)
-        .args(["--config", shipped, "topic", "room.lobby", "--action", "leave"])
+        .args([
+            "--config",
+            shipped,
+            "topic",
+            "room.lobby",
+            "--action",
+            "leave",
+        ])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "presence.room_2Elobby.leave");
-    let out = Command::new(BIN).args(["unescape", "caf_C3_A9"]).output().unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "presence.room_2Elobby.leave"
+    );
+    let out = Command::new(BIN)
+        .args(["unescape", "caf_C3_A9"])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "café");
-    let out = Command::new(BIN).args(["unescape", "a.b"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["unescape", "a.b"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
 
@@ -104,7 +139,8 @@ async fn sigterm_drains_and_exits_zero() {
     })
     .await;
     for i in 0..50 {
-        let body = format!(r#"{{"action":"join","channel":"c{i}","uuid":"u","timestamp":1718035200}}"#);
+        let body =
+            format!(r#"{{"action":"join","channel":"c{i}","uuid":"u","timestamp":1718035200}}"#);
         assert_eq!(post(http_addr, body.as_bytes()).await.status, 200);
     }
     let pid = child.id().unwrap() as i32;
@@ -117,7 +153,11 @@ async fn sigterm_drains_and_exits_zero() {
     assert_eq!(status.code(), Some(0));
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let mut stream = js.get_stream("PRESENCE").await.unwrap();
-    assert_eq!(stream.info().await.unwrap().state.messages, 50, "every acked event published");
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        50,
+        "every acked event published"
+    );
 }
 
 unsafe extern "C" {
