@@ -377,3 +377,89 @@ pub fn without_received(mut value: serde_json::Value) -> serde_json::Value {
     }
     value
 }
+
+/// The real `hookbus` binary, for tests that kill it.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub config_path: PathBuf,
+}
+
+impl Process {
+    /// Writes `extra` TOML (merged over free ports and `spool_dir`) and starts the binary;
+    /// returns once `/healthz` answers.
+    pub async fn spawn(spool_dir: &Path, extra: &str) -> Process {
+        let (http, admin) = (free_port(), free_port());
+        let mut merged: toml::Table = format!(
+            "[http]\nlisten = \"127.0.0.1:{http}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [spool]\ndir = {:?}\nsegment_bytes = 1048576\n",
+            spool_dir.display().to_string()
+        )
+        .parse()
+        .expect("base");
+        let extra: toml::Table = extra.parse().expect("extra toml");
+        for (section, value) in extra {
+            match (merged.get_mut(&section), value) {
+                (Some(toml::Value::Table(into)), toml::Value::Table(from)) => into.extend(from),
+                (_, value) => {
+                    merged.insert(section, value);
+                }
+            }
+        }
+        let config_path = spool_dir.with_extension("toml");
+        std::fs::write(&config_path, toml::to_string(&merged).expect("toml")).expect("config");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("hookbus binary");
+        let http_addr = SocketAddr::from(([127, 0, 0, 1], http));
+        let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
+        wait_for("hookbus /healthz", Duration::from_secs(30), || async move {
+            tokio::net::TcpStream::connect(admin_addr).await.ok()?;
+            tokio::net::TcpStream::connect(http_addr).await.ok()?;
+            Some(())
+        })
+        .await;
+        Process {
+            child,
+            http_addr,
+            admin_addr,
+            config_path,
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { kill(pid, signal) }, 0, "kill({pid}, {signal})");
+    }
+}
+
+pub const SIGKILL: i32 = 9;
+pub const SIGTERM: i32 = 15;
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// A distinct G1 join for client `client`, sequence `n`.
+pub fn g1_event(client: usize, n: usize) -> Vec<u8> {
+    format!(
+        r#"{{"action":"join","sub_key":"sub-c-test","channel":"room.{}","uuid":"c{client}-{n}","timestamp":1718035200,"occupancy":{}}}"#,
+        n % 7,
+        n % 50 + 1
+    )
+    .into_bytes()
+}
+
+/// The event id hookbus derives for a G1 body.
+pub fn g1_id(body: &[u8]) -> String {
+    hookbus::normalize::normalize(body, 0).expect("valid")[0]
+        .id
+        .clone()
+}
