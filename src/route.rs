@@ -467,7 +467,11 @@ mod tests {
         assert!(Router::new(&cfg("p.{channel}.{channel}", "dl")).is_err());
         assert!(Router::new(&cfg("p {channel}", "dl")).is_err());
         assert!(Router::new(&cfg("p.{channel}", "d l")).is_err());
-        assert!(Router::new(&cfg(&"x".repeat(240), "dl")).is_err());
+        assert_eq!(
+            Router::new(&cfg(&format!("{}.{{channel}}", "x".repeat(235)), "dl")).unwrap_err(),
+            TemplateError::TooLong
+        );
+        assert!(Router::new(&cfg(&"x".repeat(250), "dl")).is_err());
     }
 
     #[test]
