@@ -43,23 +43,25 @@ const LAG_BUCKETS: [f64; 14] = [
 pub struct Metrics {
     http_requests: IntCounterVec,
     pub ack_duration: Histogram,
-    publish_duration: HistogramVec,
     pub event_lag: Histogram,
-    events_received: IntCounterVec,
-    events_published: IntCounterVec,
-    duplicates: IntCounterVec,
-    publish_errors: IntCounterVec,
-    dead_letters: IntCounterVec,
     pub spool_pending_events: IntGauge,
     pub spool_bytes: IntGauge,
     pub oldest_unpublished_age: prometheus::Gauge,
     pub acks_before_durable: IntCounter,
-    sink_up: IntGaugeVec,
     pub config_warnings: IntCounter,
     pub queue_events: IntGauge,
-    broker_duplicates: IntCounterVec,
     /// Per-code counters resolved once, indexed like [`HTTP_CODES`].
     http_by_code: Vec<IntCounter>,
+    /// The hot-path series, resolved once: `[format * 7 + action]`, `[action]`, `[kind]`…
+    /// (enum discriminants follow `Format::ALL` / `Action::ALL` order).
+    received_by: Vec<IntCounter>,
+    duplicates_by: Vec<IntCounter>,
+    published_by: Vec<IntCounter>,
+    publish_seconds: Histogram,
+    errors_by: Vec<IntCounter>,
+    dead_letters_by: Vec<IntCounter>,
+    broker_duplicate: IntCounter,
+    sink_up_gauge: IntGauge,
 }
 
 impl Metrics {
@@ -202,46 +204,54 @@ impl Metrics {
             .iter()
             .map(|c| http_requests.with_label_values(&[&c.to_string()]))
             .collect();
-        {
-            publish_duration.with_label_values(&[sink]);
-            broker_duplicates.with_label_values(&[sink]);
-            sink_up.with_label_values(&[sink]);
-            for action in Action::ALL {
-                events_published.with_label_values(&[sink, action.as_str()]);
-            }
-            for kind in PUBLISH_ERROR_KINDS {
-                publish_errors.with_label_values(&[sink, kind]);
-            }
-        }
-        for action in Action::ALL {
-            duplicates.with_label_values(&[action.as_str()]);
-            for format in Format::ALL {
-                events_received.with_label_values(&[format.as_str(), action.as_str()]);
-            }
-        }
-        for reason in DEAD_LETTER_REASONS {
-            dead_letters.with_label_values(&[reason]);
-        }
+        let received_by = Format::ALL
+            .iter()
+            .flat_map(|f| {
+                Action::ALL
+                    .iter()
+                    .map(|a| events_received.with_label_values(&[f.as_str(), a.as_str()]))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let duplicates_by = Action::ALL
+            .iter()
+            .map(|a| duplicates.with_label_values(&[a.as_str()]))
+            .collect();
+        let published_by = Action::ALL
+            .iter()
+            .map(|a| events_published.with_label_values(&[sink, a.as_str()]))
+            .collect();
+        let errors_by = PUBLISH_ERROR_KINDS
+            .iter()
+            .map(|k| publish_errors.with_label_values(&[sink, k]))
+            .collect();
+        let dead_letters_by = DEAD_LETTER_REASONS
+            .iter()
+            .map(|r| dead_letters.with_label_values(&[r]))
+            .collect();
+        let publish_seconds = publish_duration.with_label_values(&[sink]);
+        let broker_duplicate = broker_duplicates.with_label_values(&[sink]);
+        let sink_up_gauge = sink_up.with_label_values(&[sink]);
 
         Ok(Metrics {
             http_requests,
             ack_duration,
-            publish_duration,
             event_lag,
-            events_received,
-            events_published,
-            duplicates,
-            publish_errors,
-            dead_letters,
             spool_pending_events,
             spool_bytes,
             oldest_unpublished_age,
             acks_before_durable,
-            sink_up,
             config_warnings,
             queue_events,
-            broker_duplicates,
             http_by_code,
+            received_by,
+            duplicates_by,
+            published_by,
+            publish_seconds,
+            errors_by,
+            dead_letters_by,
+            broker_duplicate,
+            sink_up_gauge,
         })
     }
 
@@ -256,38 +266,39 @@ impl Metrics {
     }
 
     pub fn event_received(&self, format: Format, action: Action) {
-        self.events_received
-            .with_label_values(&[format.as_str(), action.as_str()])
-            .inc();
+        self.received_by[format as usize * Action::ALL.len() + action as usize].inc();
     }
 
     pub fn duplicate(&self, action: Action) {
-        self.duplicates.with_label_values(&[action.as_str()]).inc();
+        self.duplicates_by[action as usize].inc();
     }
 
-    pub fn published(&self, sink: &str, action: &str, publish_seconds: f64) {
-        self.events_published
-            .with_label_values(&[sink, action])
-            .inc();
-        self.publish_duration
-            .with_label_values(&[sink])
-            .observe(publish_seconds);
+    /// An event confirmed by the broker, `publish_seconds` after its request arrived.
+    pub fn published(&self, action: Action, publish_seconds: f64) {
+        self.published_by[action as usize].inc();
+        self.publish_seconds.observe(publish_seconds);
     }
 
-    pub fn broker_duplicate(&self, sink: &str) {
-        self.broker_duplicates.with_label_values(&[sink]).inc();
+    pub fn broker_duplicate(&self) {
+        self.broker_duplicate.inc();
     }
 
-    pub fn publish_error(&self, sink: &str, kind: &str) {
-        self.publish_errors.with_label_values(&[sink, kind]).inc();
+    /// `kind` is one of [`PUBLISH_ERROR_KINDS`].
+    pub fn publish_error(&self, kind: &str) {
+        if let Some(i) = PUBLISH_ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.errors_by[i].inc();
+        }
     }
 
+    /// `reason` is one of [`DEAD_LETTER_REASONS`].
     pub fn dead_letter(&self, reason: &str) {
-        self.dead_letters.with_label_values(&[reason]).inc();
+        if let Some(i) = DEAD_LETTER_REASONS.iter().position(|r| *r == reason) {
+            self.dead_letters_by[i].inc();
+        }
     }
 
-    pub fn set_sink_up(&self, sink: &str, up: bool) {
-        self.sink_up.with_label_values(&[sink]).set(i64::from(up));
+    pub fn set_sink_up(&self, up: bool) {
+        self.sink_up_gauge.set(i64::from(up));
     }
 }
 

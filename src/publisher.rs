@@ -15,6 +15,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
+use crate::normalize::Action;
 use crate::shutdown::Shutdown;
 use crate::sink::{self, Message, Sink, SinkError};
 use crate::spool::{Spool, SpoolReader};
@@ -40,8 +41,8 @@ pub enum Done {
 /// One message on its way to the broker, with what the metrics need.
 pub struct Job {
     pub message: Message,
-    /// `action` label for events; `None` for dead letters.
-    pub action: Option<&'static str>,
+    /// The event's action; `None` for dead letters.
+    pub action: Option<Action>,
     /// When the webhook request arrived, Unix ms.
     pub received_ms: u64,
     /// The event's own timestamp, Unix ms, for `hookbus_event_lag_seconds`.
@@ -59,15 +60,6 @@ const HEADER_NAMES: [&str; 7] = [
     sink::HEADER_DEAD_LETTER_REASON,
     sink::HEADER_DEAD_LETTER_ERROR,
 ];
-const ACTIONS: [&str; 7] = [
-    "join",
-    "leave",
-    "timeout",
-    "state-change",
-    "active",
-    "inactive",
-    "interval",
-];
 const RECORD_VERSION: u8 = 1;
 
 /// A spool record that does not decode: written by another version or damaged.
@@ -82,11 +74,7 @@ impl Job {
         let mut out = BytesMut::with_capacity(64 + m.topic.len() + m.payload.len() + 128);
         out.put_u8(RECORD_VERSION);
         out.put_u8(u8::from(m.is_event));
-        out.put_u8(
-            self.action
-                .and_then(|a| ACTIONS.iter().position(|x| *x == a))
-                .map_or(u8::MAX, |i| i as u8),
-        );
+        out.put_u8(self.action.map_or(u8::MAX, |a| a as u8));
         out.put_u64(self.received_ms);
         out.put_i64(self.event_ms.unwrap_or(i64::MIN));
         put_str(&mut out, &m.topic);
@@ -112,7 +100,7 @@ impl Job {
             return Err(bad());
         }
         let is_event = record.get_u8() == 1;
-        let action = ACTIONS.get(record.get_u8() as usize).copied();
+        let action = Action::ALL.get(record.get_u8() as usize).copied();
         let received_ms = record.get_u64();
         let event_ms = Some(record.get_i64()).filter(|&t| t != i64::MIN);
         let topic = get_str(&mut record).ok_or_else(bad)?;
@@ -336,7 +324,7 @@ pub async fn run(
                 }
             }
             _ = gauges.tick() => {
-                metrics.set_sink_up(sink.name(), sink.is_up());
+                metrics.set_sink_up(sink.is_up());
                 if let Source::Spool(spool, _) = &source {
                     let stats = spool.stats();
                     metrics.spool_pending_events.set(stats.pending_events as i64);
@@ -355,7 +343,7 @@ pub async fn run(
             }
         }
     }
-    metrics.set_sink_up(sink.name(), sink.is_up());
+    metrics.set_sink_up(sink.is_up());
 }
 
 /// Broker-side setup, retried with backoff until it works or the drain starts.
@@ -368,11 +356,11 @@ async fn prepare(sink: &Sink, metrics: &Metrics, config: &PublisherConfig, drain
                     metrics.config_warnings.inc();
                     tracing::warn!(sink = sink.name(), "{warning}");
                 }
-                metrics.set_sink_up(sink.name(), sink.is_up());
+                metrics.set_sink_up(sink.is_up());
                 return;
             }
             Err(error) => {
-                metrics.set_sink_up(sink.name(), false);
+                metrics.set_sink_up(false);
                 tracing::warn!(%error, sink = sink.name(), ?backoff, "broker not ready; retrying");
             }
         }
@@ -450,10 +438,10 @@ impl Settle<'_> {
                 let now = now_ms();
                 if ack.duplicate {
                     // Stored before by another replica or a pre-crash attempt: not new.
-                    self.metrics.broker_duplicate(sink_name);
+                    self.metrics.broker_duplicate();
                 } else if let Some(action) = job.action {
                     let seconds = now.saturating_sub(job.received_ms) as f64 / 1000.0;
-                    self.metrics.published(sink_name, action, seconds);
+                    self.metrics.published(action, seconds);
                     if let Some(event_ms) = job.event_ms {
                         let lag = (now as i64).saturating_sub(event_ms).max(0);
                         self.metrics.event_lag.observe(lag as f64 / 1000.0);
@@ -464,7 +452,7 @@ impl Settle<'_> {
             }
             Err(error) => error,
         };
-        self.metrics.publish_error(sink_name, error.kind());
+        self.metrics.publish_error(error.kind());
         if matches!(job.done, Done::Waiter(_)) {
             // The request answers 503 and releases its ids; PubNub retries.
             self.finish(job.done, Err(error));
@@ -580,7 +568,7 @@ mod tests {
                 msg_id: Some("abc".to_owned()),
                 is_event: true,
             },
-            action: Some("join"),
+            action: Some(Action::Join),
             received_ms: 42,
             event_ms: Some(-5),
             done: Done::Nobody,
@@ -592,7 +580,7 @@ mod tests {
         assert_eq!(back.message.payload, job.message.payload);
         assert_eq!(back.message.msg_id, job.message.msg_id);
         assert!(back.message.is_event);
-        assert_eq!(back.action, Some("join"));
+        assert_eq!(back.action, Some(Action::Join));
         assert_eq!(back.received_ms, 42);
         assert_eq!(back.event_ms, Some(-5));
         assert!(matches!(back.done, Done::Spool(7)));

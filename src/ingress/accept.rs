@@ -200,7 +200,7 @@ impl Ingress {
                 msg_id: Some(event.id.clone()),
                 is_event: true,
             },
-            action: Some(event.action.as_str()),
+            action: Some(event.action),
             received_ms: event.received_at_ms,
             event_ms: Some(
                 event
