@@ -246,3 +246,47 @@ async fn replicas_sharing_a_stream_store_an_event_once() {
     }
     assert_eq!(stream_count(&nats.url()).await, Some(1));
 }
+
+#[tokio::test]
+async fn a_retry_after_a_restart_is_still_a_duplicate() {
+    let nats = NatsServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let body = std::fs::read(format!("{FIXTURES}/g1-state-change.json")).unwrap();
+    let first = start(nats_config(spool.path(), &nats, "spool")).await;
+    assert_eq!(post(first.http_addr, &body).await.json()["accepted"], 1);
+    first.shutdown();
+    first.wait().await.unwrap();
+    // Same spool directory: the ids spooled within the window are read back at start.
+    let second = start(nats_config(spool.path(), &nats, "spool")).await;
+    let r = post(second.http_addr, &body).await;
+    assert_eq!(r.json(), serde_json::json!({"accepted": 0, "duplicates": 1}));
+    second.shutdown();
+    second.wait().await.unwrap();
+    assert_eq!(stream_count(&nats.url()).await, Some(1));
+}
+
+#[tokio::test]
+async fn core_nats_mode_publishes_without_jetstream() {
+    use futures::StreamExt;
+    let nats = NatsServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = client.subscribe("presence.>").await.unwrap();
+    client.flush().await.unwrap();
+    let hb = start(config(
+        spool.path(),
+        &format!("[ack]\nmode = \"memory\"\n[nats]\nurl = \"{}\"\njetstream = false", nats.url()),
+    ))
+    .await;
+    let body = std::fs::read(format!("{FIXTURES}/g1-join.json")).unwrap();
+    assert_eq!(post(hb.http_addr, &body).await.status, 200);
+    let m = tokio::time::timeout(SECS, sub.next()).await.unwrap().unwrap();
+    assert_eq!(m.subject.as_str(), "presence.lacrosse.join");
+    let headers = m.headers.unwrap();
+    assert_eq!(headers.get("hookbus-event-id").unwrap().as_str(), g1_id(&body));
+    assert!(headers.get("Nats-Msg-Id").is_none(), "no JetStream header in core mode");
+    let event: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(without_received(event), expected_events(&body)[0]);
+    hb.shutdown();
+    hb.wait().await.unwrap();
+}
