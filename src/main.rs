@@ -40,6 +40,11 @@ enum Command {
 
 const EX_USAGE: u8 = 64;
 
+/// mimalloc: the request path allocates many small short-lived buffers, which glibc's
+/// allocator serves noticeably slower under contention between worker threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Unescape { escaped }) = &cli.command {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -112,41 +112,25 @@ fn topic_and_unescape_show_consumers_the_names() {
 async fn sigterm_drains_and_exits_zero() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let (http, admin) = (free_port(), free_port());
-    let path = dir.path().join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:{http}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [spool]\ndir = {:?}\n[nats]\nurl = \"{}\"\n[shutdown]\ngrace = \"5s\"\n",
-            dir.path().join("spool").display().to_string(),
+    let hb = Process::spawn(
+        &dir.path().join("spool"),
+        &format!(
+            "[nats]\nurl = \"{}\"\n[shutdown]\ngrace = \"5s\"",
             nats.url()
         ),
     )
-    .unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--config", path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], http));
-    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    .await;
+    let admin = hb.admin_addr;
     wait_for("hookbus ready", Duration::from_secs(20), || async move {
-        tokio::net::TcpStream::connect(admin_addr).await.ok()?;
-        (request(admin_addr, "GET", "/readyz", &[], b"").await.status == 200).then_some(())
+        (request(admin, "GET", "/readyz", &[], b"").await.status == 200).then_some(())
     })
     .await;
     for i in 0..50 {
-        let body =
-            format!(r#"{{"action":"join","channel":"c{i}","uuid":"u","timestamp":1718035200}}"#);
-        assert_eq!(post(http_addr, body.as_bytes()).await.status, 200);
+        assert_eq!(post(hb.http_addr, &g1_event(0, i)).await.status, 200);
     }
-    let pid = child.id().unwrap() as i32;
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    hb.signal(SIGTERM);
+    let mut hb = hb;
+    let status = tokio::time::timeout(Duration::from_secs(10), hb.child.wait())
         .await
         .expect("exit within the grace period")
         .unwrap();
@@ -158,9 +142,4 @@ async fn sigterm_drains_and_exits_zero() {
         50,
         "every acked event published"
     );
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

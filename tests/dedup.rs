@@ -259,7 +259,10 @@ async fn a_retry_after_a_restart_is_still_a_duplicate() {
     // Same spool directory: the ids spooled within the window are read back at start.
     let second = start(nats_config(spool.path(), &nats, "spool")).await;
     let r = post(second.http_addr, &body).await;
-    assert_eq!(r.json(), serde_json::json!({"accepted": 0, "duplicates": 1}));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"accepted": 0, "duplicates": 1})
+    );
     second.shutdown();
     second.wait().await.unwrap();
     assert_eq!(stream_count(&nats.url()).await, Some(1));
@@ -275,16 +278,28 @@ async fn core_nats_mode_publishes_without_jetstream() {
     client.flush().await.unwrap();
     let hb = start(config(
         spool.path(),
-        &format!("[ack]\nmode = \"memory\"\n[nats]\nurl = \"{}\"\njetstream = false", nats.url()),
+        &format!(
+            "[ack]\nmode = \"memory\"\n[nats]\nurl = \"{}\"\njetstream = false",
+            nats.url()
+        ),
     ))
     .await;
     let body = std::fs::read(format!("{FIXTURES}/g1-join.json")).unwrap();
     assert_eq!(post(hb.http_addr, &body).await.status, 200);
-    let m = tokio::time::timeout(SECS, sub.next()).await.unwrap().unwrap();
+    let m = tokio::time::timeout(SECS, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.subject.as_str(), "presence.lacrosse.join");
     let headers = m.headers.unwrap();
-    assert_eq!(headers.get("hookbus-event-id").unwrap().as_str(), g1_id(&body));
-    assert!(headers.get("Nats-Msg-Id").is_none(), "no JetStream header in core mode");
+    assert_eq!(
+        headers.get("hookbus-event-id").unwrap().as_str(),
+        g1_id(&body)
+    );
+    assert!(
+        headers.get("Nats-Msg-Id").is_none(),
+        "no JetStream header in core mode"
+    );
     let event: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(without_received(event), expected_events(&body)[0]);
     hb.shutdown();

@@ -178,8 +178,12 @@ fn read_batch(
         if records.len() >= max || bytes >= MAX_BATCH_BYTES {
             break;
         }
+        // Seqs below a segment's first one are gone: deleted after confirmation, or lost.
         let seq = cursor.seq.max(seg.first_seq);
         if seq >= seg.end_seq {
+            if seq > cursor.seq {
+                cursor = Cursor { seq, at: None };
+            }
             continue;
         }
         let open = match file.take() {
