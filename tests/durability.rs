@@ -28,6 +28,15 @@ impl Acked {
     async fn ids(&self) -> HashSet<String> {
         self.0.lock().await.clone()
     }
+    /// Waits until at least `count` events were acknowledged.
+    async fn wait_for(&self, count: usize, what: &str) {
+        let acked = self.clone();
+        wait_for(what, LONG, || {
+            let acked = acked.clone();
+            async move { (acked.len().await >= count).then_some(()) }
+        })
+        .await;
+    }
 }
 
 /// `clients` tasks posting distinct events to `addr` until `stop` is set, `limit` events were
@@ -144,12 +153,7 @@ async fn crash_and_recover(tear_tail: bool) {
     let first = Process::spawn(&spool, &spool_mode(&nats)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(first.http_addr, 8, 0, 3000, acked.clone(), stop.clone());
-    let a = acked.clone();
-    wait_for("1500 acks before the crash", LONG, || {
-        let a = a.clone();
-        async move { (a.len().await >= 1500).then_some(()) }
-    })
-    .await;
+    acked.wait_for(1500, "1500 acks before the crash").await;
     first.signal(SIGKILL);
     let sent_before = clients.await.unwrap();
     let mut first = first;
@@ -221,12 +225,7 @@ async fn nats_outage_under_load_loses_nothing_acked() {
     let acked = Acked::default();
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(hb.http_addr, 4, 0, usize::MAX, acked.clone(), stop.clone());
-    let a = acked.clone();
-    wait_for("steady load", LONG, || {
-        let a = a.clone();
-        async move { (a.len().await >= 200).then_some(()) }
-    })
-    .await;
+    acked.wait_for(200, "steady load").await;
     nats.stop();
     let admin = hb.admin_addr;
     wait_for("sink down", LONG, || async move {
@@ -235,21 +234,11 @@ async fn nats_outage_under_load_loses_nothing_acked() {
     .await;
     // Still acking into the spool while the broker is gone.
     let during = acked.len().await;
-    let a = acked.clone();
-    wait_for("acks during the outage", LONG, || {
-        let a = a.clone();
-        async move { (a.len().await >= during + 200).then_some(()) }
-    })
-    .await;
+    acked.wait_for(during + 200, "acks during the outage").await;
     assert!(metric(admin, "hookbus_spool_pending_events").await > 0.0);
     nats.restart();
-    let a = acked.clone();
     let after = acked.len().await;
-    wait_for("acks after the outage", LONG, || {
-        let a = a.clone();
-        async move { (a.len().await >= after + 200).then_some(()) }
-    })
-    .await;
+    acked.wait_for(after + 200, "acks after the outage").await;
     stop.store(true, Ordering::Relaxed);
     clients.await.unwrap();
     assert_all_published_once(&nats.url(), &acked.ids().await).await;
@@ -282,28 +271,13 @@ async fn kafka_outage_under_load_loses_nothing_acked() {
     let acked = Acked::default();
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(hb.http_addr, 4, 0, usize::MAX, acked.clone(), stop.clone());
-    let a = acked.clone();
-    wait_for("steady load", LONG, || {
-        let a = a.clone();
-        async move { (a.len().await >= 200).then_some(()) }
-    })
-    .await;
+    acked.wait_for(200, "steady load").await;
     broker.stop();
     let during = acked.len().await;
-    let a = acked.clone();
-    wait_for("acks during the outage", LONG, || {
-        let a = a.clone();
-        async move { (a.len().await >= during + 300).then_some(()) }
-    })
-    .await;
+    acked.wait_for(during + 300, "acks during the outage").await;
     broker.restart();
     let after = acked.len().await;
-    let a = acked.clone();
-    wait_for("acks after the outage", LONG, || {
-        let a = a.clone();
-        async move { (a.len().await >= after + 200).then_some(()) }
-    })
-    .await;
+    acked.wait_for(after + 200, "acks after the outage").await;
     stop.store(true, Ordering::Relaxed);
     clients.await.unwrap();
     let admin = hb.admin_addr;
@@ -409,12 +383,7 @@ async fn sigterm_under_load_drains_and_exits_zero() {
     let acked = Acked::default();
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(hb.http_addr, 4, 0, usize::MAX, acked.clone(), stop.clone());
-    let a = acked.clone();
-    wait_for("steady load", LONG, || {
-        let a = a.clone();
-        async move { (a.len().await >= 300).then_some(()) }
-    })
-    .await;
+    acked.wait_for(300, "steady load").await;
     hb.signal(SIGTERM);
     let admin = hb.admin_addr;
     // Readiness turns 503 at once (or the admin port is already gone at the very end).

@@ -88,10 +88,14 @@ impl NatsServer {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        stop_child(&mut self.child);
+    }
+}
+
+fn stop_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -158,10 +162,7 @@ impl Tansu {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        stop_child(&mut self.child);
     }
 }
 
@@ -192,8 +193,15 @@ pub fn config(spool_dir: &Path, extra: &str) -> Config {
 
 /// [`config`] with several TOML fragments merged in order.
 pub fn config_with(spool_dir: &Path, fragments: &[&str]) -> Config {
+    let text = config_text(spool_dir, "127.0.0.1:0", "127.0.0.1:0", fragments);
+    Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
+}
+
+/// TOML text: the listeners, a private spool dir and a short grace, then `fragments` merged
+/// over it section by section (later keys win).
+fn config_text(spool_dir: &Path, http: &str, admin: &str, fragments: &[&str]) -> String {
     let base = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+        "[http]\nlisten = \"{http}\"\n[admin]\nlisten = \"{admin}\"\n\
          [spool]\ndir = {:?}\nsegment_bytes = 1048576\n[shutdown]\ngrace = \"10s\"\n",
         spool_dir.display().to_string()
     );
@@ -211,8 +219,7 @@ pub fn config_with(spool_dir: &Path, fragments: &[&str]) -> Config {
             }
         }
     }
-    let text = toml::to_string(&merged).expect("serialize config");
-    Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
+    toml::to_string(&merged).expect("serialize config")
 }
 
 pub async fn start(config: Config) -> Running {
@@ -391,24 +398,14 @@ impl Process {
     /// returns once `/healthz` answers.
     pub async fn spawn(spool_dir: &Path, extra: &str) -> Process {
         let (http, admin) = (free_port(), free_port());
-        let mut merged: toml::Table = format!(
-            "[http]\nlisten = \"127.0.0.1:{http}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [spool]\ndir = {:?}\nsegment_bytes = 1048576\n",
-            spool_dir.display().to_string()
-        )
-        .parse()
-        .expect("base");
-        let extra: toml::Table = extra.parse().expect("extra toml");
-        for (section, value) in extra {
-            match (merged.get_mut(&section), value) {
-                (Some(toml::Value::Table(into)), toml::Value::Table(from)) => into.extend(from),
-                (_, value) => {
-                    merged.insert(section, value);
-                }
-            }
-        }
+        let text = config_text(
+            spool_dir,
+            &format!("127.0.0.1:{http}"),
+            &format!("127.0.0.1:{admin}"),
+            &[extra],
+        );
         let config_path = spool_dir.with_extension("toml");
-        std::fs::write(&config_path, toml::to_string(&merged).expect("toml")).expect("config");
+        std::fs::write(&config_path, text).expect("config");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
             .arg("--config")
             .arg(&config_path)
