@@ -70,6 +70,9 @@ pub(super) enum Decoded {
     Record(Record, u64),
     /// Clean end: no bytes left.
     End,
+    /// An all-zero header: preallocated space that was never written (no valid record has
+    /// one, its checksum would not be zero).
+    Unwritten,
     /// The bytes at this position are not a valid record (torn write or corruption).
     Invalid(&'static str),
 }
@@ -89,6 +92,9 @@ pub(super) fn read_record(
     }
     let mut header = [0u8; HEADER_LEN as usize];
     r.read_exact(&mut header)?;
+    if header.iter().all(|&b| b == 0) {
+        return Ok(Decoded::Unwritten);
+    }
     let (crc, len, seq, ms) = parse_header(&header);
     if u64::from(len) > remaining - HEADER_LEN {
         return Ok(Decoded::Invalid("length past end of segment"));

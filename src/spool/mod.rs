@@ -223,6 +223,7 @@ impl Spool {
             );
         }
         let bytes: u64 = payloads.iter().map(|p| format::record_len(p.len())).sum();
+        let (reply, done) = oneshot::channel();
         {
             let mut state = core.lock();
             if payloads.is_empty() {
@@ -231,17 +232,17 @@ impl Spool {
             if state.committed_load().saturating_add(bytes) > core.config.max_bytes {
                 return Err(SpoolError::Full);
             }
+            // Queued under the lock (the send never blocks): queue order is admission order,
+            // and reserved bytes always belong to queued requests.
+            let request = Request::Append(writer::Append {
+                payloads,
+                bytes,
+                reply,
+            });
+            if self.inner.requests.send(request).is_err() {
+                return Err(SpoolError::Closed);
+            }
             state.reserved_bytes += bytes;
-        }
-        let (reply, done) = oneshot::channel();
-        let request = Request::Append {
-            payloads,
-            bytes,
-            reply,
-        };
-        if self.inner.requests.send(request).is_err() {
-            core.lock().reserved_bytes -= bytes;
-            return Err(SpoolError::Closed);
         }
         done.await.map_err(|_| SpoolError::Closed)?
     }

@@ -243,6 +243,7 @@ fn read_batch(
                     records.push(record);
                 }
                 Ok(Decoded::End) => invalid = Some("segment shorter than committed"),
+                Ok(Decoded::Unwritten) => invalid = Some("zeroed record"),
                 Ok(Decoded::Invalid(reason)) => invalid = Some(reason),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     invalid = Some("segment shorter than committed");
@@ -328,7 +329,7 @@ pub(super) fn scan_since(core: &Core, since_ms: u64) -> Result<Vec<Record>, Spoo
                         out.push(record);
                     }
                 }
-                Ok(Decoded::End | Decoded::Invalid(_)) => {
+                Ok(Decoded::End | Decoded::Unwritten | Decoded::Invalid(_)) => {
                     warn!(segment = %seg.path.display(), seq, "spool scan: unreadable record, rest of segment skipped");
                     break;
                 }

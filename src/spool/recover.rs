@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::io::{self, BufReader};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use tracing::{error, info, warn};
@@ -185,6 +185,8 @@ fn scan_segment(path: PathBuf, first_seq: u64, is_last: bool) -> io::Result<Segm
     let invalid = loop {
         match format::read_record(&mut reader, len - offset, seq) {
             Ok(Decoded::End) => break None,
+            // Preallocated tail: clean unless something was written into it (a torn write).
+            Ok(Decoded::Unwritten) => break nonzero_after(&file, offset)?.then_some("torn write"),
             Ok(Decoded::Invalid(reason)) => break Some(reason),
             Ok(Decoded::Record(record, record_len)) => {
                 if format::index_due(index.last(), offset, record.appended_ms) {
@@ -216,6 +218,8 @@ fn scan_segment(path: PathBuf, first_seq: u64, is_last: bool) -> io::Result<Segm
                 "spool: corrupt record inside the log; the rest of this segment is lost"
             );
         }
+    }
+    if offset != len {
         file.set_len(offset)?;
         file.sync_all()?;
     }
@@ -227,4 +231,21 @@ fn scan_segment(path: PathBuf, first_seq: u64, is_last: bool) -> io::Result<Segm
         index,
         path,
     })
+}
+
+/// Whether any byte from `offset` to the end of `file` is not zero.
+fn nonzero_after(file: &File, offset: u64) -> io::Result<bool> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    reader.seek(SeekFrom::Start(offset))?;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        if buf.iter().any(|&b| b != 0) {
+            return Ok(true);
+        }
+        let n = buf.len();
+        reader.consume(n);
+    }
 }
