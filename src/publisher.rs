@@ -273,19 +273,37 @@ type Flight = std::pin::Pin<
 /// fully confirmed) and every in-flight message is settled. The caller bounds it with the
 /// shutdown grace period.
 pub async fn run(
-    mut source: Source,
+    source: Source,
     sink: Arc<Sink>,
     metrics: Metrics,
     config: PublisherConfig,
     drain: Shutdown,
 ) {
     prepare(&sink, &metrics, &config, &drain).await;
+    // The spool is read by its own task into a bounded channel, so a read in progress is never
+    // cancelled (and repeated) when a confirmation or a timer wins the select below.
+    let (mut rx, spool, _feeder) = match source {
+        Source::Queue(rx) => (rx, None, None),
+        Source::Spool(spool, reader) => {
+            let (tx, rx) = mpsc::channel(config.max_in_flight.max(256));
+            let feeder = tokio::spawn(feed(spool.clone(), reader, tx));
+            (rx, Some(spool), Some(AbortOnDrop(feeder)))
+        }
+    };
     let mut in_flight: FuturesUnordered<Flight> = FuturesUnordered::new();
     let mut marks = Watermark::default();
     let mut batch = Vec::with_capacity(256);
     let mut gauges = tokio::time::interval(Duration::from_millis(500));
+    let drain_started = drain.wait();
+    tokio::pin!(drain_started);
     let mut draining = false;
     let mut source_done = false;
+    let settle = Settle {
+        sink: &sink,
+        metrics: &metrics,
+        config: &config,
+        spool: spool.as_ref(),
+    };
     loop {
         if source_done && in_flight.is_empty() {
             break;
@@ -294,38 +312,30 @@ pub async fn run(
         tokio::select! {
             biased;
             Some((mark, job, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                let spool = match &source { Source::Spool(spool, _) => Some(spool), Source::Queue(_) => None };
-                let ctx = Settle { sink: &sink, metrics: &metrics, config: &config, spool };
-                match ctx.settle(mark, job, result) {
+                match settle.settle(mark, job, result) {
                     Some(next) => in_flight.push(next),
                     None => marks.close(mark),
                 }
             }
-            _ = drain.wait(), if !draining => {
+            () = &mut drain_started, if !draining => {
                 draining = true;
-                if let Source::Queue(rx) = &mut source {
+                if spool.is_none() {
                     rx.close();
                 }
             }
-            taken = take(&mut source, &mut batch, room.min(256)), if room > 0 && !source_done => {
-                match taken {
-                    Ok(0) => source_done = true,
-                    Ok(_) => {
-                        for job in batch.drain(..) {
-                            let mark = marks.open(job.received_ms);
-                            let flight = start(sink.clone(), job, mark, config.timeout).await;
-                            in_flight.push(flight);
-                        }
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "spool read failed; publishing stops until restart");
-                        source_done = true;
-                    }
+            taken = rx.recv_many(&mut batch, room.min(256)), if room > 0 && !source_done => {
+                // 0: the queue is closed and empty, or the spool feeder stopped on an error.
+                source_done = taken == 0;
+                for job in batch.drain(..) {
+                    let mark = marks.open(job.received_ms);
+                    let flight = start(sink.clone(), job, mark, config.timeout).await;
+                    in_flight.push(flight);
                 }
             }
             _ = gauges.tick() => {
                 metrics.set_sink_up(sink.is_up());
-                if let Source::Spool(spool, _) = &source {
+                metrics.queue_events.set(rx.len() as i64);
+                if let Some(spool) = &spool {
                     let stats = spool.stats();
                     metrics.spool_pending_events.set(stats.pending_events as i64);
                     metrics.spool_bytes.set(stats.bytes as i64);
@@ -334,8 +344,7 @@ pub async fn run(
                     if draining && stats.pending_events == 0 && in_flight.is_empty() {
                         source_done = true;
                     }
-                } else if let Source::Queue(rx) = &source {
-                    metrics.queue_events.set(rx.len() as i64);
+                } else {
                     metrics.spool_pending_events.set((marks.len() + rx.len()) as i64);
                     let age = marks.oldest_ms().map_or(0, |ms| now_ms().saturating_sub(ms));
                     metrics.oldest_unpublished_age.set(age as f64 / 1000.0);
@@ -344,6 +353,42 @@ pub async fn run(
         }
     }
     metrics.set_sink_up(sink.is_up());
+}
+
+/// Aborts the task when dropped (also when `run` itself is aborted at the grace deadline).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads committed spool records in order and hands them to the publisher as jobs.
+async fn feed(spool: Spool, mut reader: SpoolReader, tx: mpsc::Sender<Job>) {
+    loop {
+        let records = match reader.next_batch(256).await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::error!(%error, "spool read failed; publishing stops until restart");
+                return;
+            }
+        };
+        for record in records {
+            match Job::decode(record.seq, record.payload) {
+                Ok(job) => {
+                    if tx.send(job).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    // Unreadable by this version: never publishable, so do not block on it.
+                    tracing::error!(%error, "skipping undecodable spool record");
+                    spool.confirm(record.seq);
+                }
+            }
+        }
+    }
 }
 
 /// Broker-side setup, retried with backoff until it works or the drain starts.
@@ -369,32 +414,6 @@ async fn prepare(sink: &Sink, metrics: &Metrics, config: &PublisherConfig, drain
             _ = drain.wait() => return,
         }
         backoff = (backoff * 2).min(config.max_backoff);
-    }
-}
-
-/// Takes up to `max` jobs; `Ok(0)` means the source is closed and empty.
-async fn take(
-    source: &mut Source,
-    batch: &mut Vec<Job>,
-    max: usize,
-) -> Result<usize, crate::spool::SpoolError> {
-    match source {
-        Source::Queue(rx) => Ok(rx.recv_many(batch, max).await),
-        Source::Spool(spool, reader) => {
-            let records = reader.next_batch(max).await?;
-            let taken = records.len();
-            for record in records {
-                match Job::decode(record.seq, record.payload) {
-                    Ok(job) => batch.push(job),
-                    Err(error) => {
-                        // Unreadable by this version: never publishable, so do not block on it.
-                        tracing::error!(%error, "skipping undecodable spool record");
-                        spool.confirm(record.seq);
-                    }
-                }
-            }
-            Ok(taken)
-        }
     }
 }
 
