@@ -269,6 +269,11 @@ type Flight = std::pin::Pin<
     Box<dyn std::future::Future<Output = (u64, Job, Result<sink::Ack, SinkError>)> + Send>,
 >;
 
+/// Batches smaller than this are followed by [`LINGER`].
+const LINGER_BELOW: usize = 64;
+/// Pause after a small batch (tokio's timer rounds it up to 1 ms).
+const LINGER: Duration = Duration::from_micros(500);
+
 /// Runs until the source is exhausted after `drain` fired (queue closed and empty, or spool
 /// fully confirmed) and every in-flight message is settled. The caller bounds it with the
 /// shutdown grace period.
@@ -326,10 +331,18 @@ pub async fn run(
             taken = rx.recv_many(&mut batch, room.min(256)), if room > 0 && !source_done => {
                 // 0: the queue is closed and empty, or the spool feeder stopped on an error.
                 source_done = taken == 0;
+                // A short linger after a small batch lets the next requests queue up, so one
+                // wake-up serves many (cross-thread wake-ups cost more than the work here).
+                // Not when a request waits for the confirmation (`publish` mode).
+                let mut linger = batch.len() < LINGER_BELOW && !draining;
                 for job in batch.drain(..) {
+                    linger &= !matches!(job.done, Done::Waiter(_));
                     let mark = marks.open(job.received_ms);
                     let flight = start(sink.clone(), job, mark, config.timeout).await;
                     in_flight.push(flight);
+                }
+                if linger {
+                    tokio::time::sleep(LINGER).await;
                 }
             }
             _ = gauges.tick() => {
