@@ -39,6 +39,15 @@ impl Running {
         self.shutdown.trigger();
     }
 
+    /// Starts the drain and waits for it: [`Running::shutdown`] then [`Running::wait`].
+    ///
+    /// # Errors
+    /// As [`Running::wait`].
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown();
+        self.wait().await
+    }
+
     /// Waits for the drain to finish.
     ///
     /// # Errors

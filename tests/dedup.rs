@@ -79,8 +79,7 @@ async fn g1_retried_four_times_is_published_once() {
         serde_json::json!({"accepted": 1, "duplicates": 0})
     );
     wait_count(&nats.url(), 2).await;
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
     assert_eq!(stream_count(&nats.url()).await, Some(2));
 }
 
@@ -111,8 +110,7 @@ async fn events_and_actions_batch_reposted_publishes_only_new_items() {
         metric(hb.admin_addr, "hookbus_duplicates_total{action=\"join\"}").await,
         6.0
     );
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
     assert_eq!(stream_count(&nats.url()).await, Some(4));
 }
 
@@ -160,8 +158,7 @@ async fn failed_accept_releases_the_id_so_the_retry_is_published() {
         metric(hb.admin_addr, "hookbus_duplicates_total{action=\"leave\"}").await,
         0.0
     );
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -209,8 +206,7 @@ async fn concurrent_retry_of_a_pending_event_is_503_not_a_second_publish() {
             .contains("still being accepted")
     );
     assert_eq!(first.await.unwrap().status, 503);
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -241,8 +237,7 @@ async fn replicas_sharing_a_stream_store_an_event_once() {
         0.0
     );
     for hb in [a, b] {
-        hb.shutdown();
-        hb.wait().await.unwrap();
+        hb.stop().await.unwrap();
     }
     assert_eq!(stream_count(&nats.url()).await, Some(1));
 }
@@ -254,8 +249,7 @@ async fn a_retry_after_a_restart_is_still_a_duplicate() {
     let body = std::fs::read(format!("{FIXTURES}/g1-state-change.json")).unwrap();
     let first = start(nats_config(spool.path(), &nats, "spool")).await;
     assert_eq!(post(first.http_addr, &body).await.json()["accepted"], 1);
-    first.shutdown();
-    first.wait().await.unwrap();
+    first.stop().await.unwrap();
     // Same spool directory: the ids spooled within the window are read back at start.
     let second = start(nats_config(spool.path(), &nats, "spool")).await;
     let r = post(second.http_addr, &body).await;
@@ -263,8 +257,7 @@ async fn a_retry_after_a_restart_is_still_a_duplicate() {
         r.json(),
         serde_json::json!({"accepted": 0, "duplicates": 1})
     );
-    second.shutdown();
-    second.wait().await.unwrap();
+    second.stop().await.unwrap();
     assert_eq!(stream_count(&nats.url()).await, Some(1));
 }
 
@@ -302,6 +295,5 @@ async fn core_nats_mode_publishes_without_jetstream() {
     );
     let event: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(without_received(event), expected_events(&body)[0]);
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }

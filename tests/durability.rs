@@ -246,8 +246,7 @@ async fn nats_outage_under_load_loses_nothing_acked() {
         (metric(admin, "hookbus_spool_pending_events").await == 0.0).then_some(())
     })
     .await;
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,8 +323,7 @@ async fn kafka_outage_under_load_loses_nothing_acked() {
     .await
     .unwrap();
     assert!(seen > 0);
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,8 +364,7 @@ async fn full_spool_is_503_and_recovers_once_drained() {
     })
     .await;
     assert!(stream_len(&nats.url()).await.unwrap() as usize >= accepted);
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

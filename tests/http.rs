@@ -91,8 +91,7 @@ async fn paths_methods_and_json_errors() {
         metric(admin, "hookbus_ack_duration_seconds_count").await,
         6.0
     );
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -108,8 +107,7 @@ async fn body_over_the_limit_is_413() {
     assert_eq!(r.json()["error"], "payload_too_large");
     let r = post(hb.http_addr, JOIN).await;
     assert_eq!(r.status, 200);
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -150,8 +148,7 @@ async fn token_is_required_when_configured() {
     let r = request(addr, "POST", "/webhooks/pubnub?token=s3cret%2Fx", &[], JOIN).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["duplicates"], 1);
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -167,8 +164,7 @@ async fn unlisted_sub_key_is_403() {
     assert_eq!(r.json()["error"], "forbidden");
     let ok = br#"{"action":"join","sub_key":"sub-c-ok","channel":"lobby","uuid":"u1","timestamp":1718035200}"#;
     assert_eq!(post(hb.http_addr, ok).await.status, 200);
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -204,8 +200,7 @@ async fn full_queue_is_503_with_retry_after_and_unready() {
         metric(admin, "hookbus_acks_before_durable_total").await,
         20.0
     );
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -236,6 +231,5 @@ async fn arbitrary_bytes_never_get_a_500() {
             assert_eq!(json["error"], "invalid_payload");
         }
     }
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }

@@ -164,8 +164,7 @@ async fn every_fixture_round_trips_through_kafka() {
     assert_eq!(room1.len(), 2);
     assert_eq!(room1[0].0, room1[1].0);
     assert!(room1[0].1 < room1[1].1);
-    hookbus.shutdown();
-    hookbus.wait().await.unwrap();
+    hookbus.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,6 +195,5 @@ async fn bad_input_is_dead_lettered_to_kafka() {
             "{name}"
         );
     }
-    hookbus.shutdown();
-    hookbus.wait().await.unwrap();
+    hookbus.stop().await.unwrap();
 }

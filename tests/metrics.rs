@@ -57,8 +57,7 @@ async fn promtool_accepts_the_exposition() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }
 
 struct Prometheus {
@@ -165,6 +164,5 @@ async fn a_real_prometheus_scrapes_duplicates_and_latency() {
     assert!(p99 > 0.0 && p99 < 10.0, "p99 {p99}");
     let up = query(port, "up{job=\"hookbus\"}").await;
     assert_eq!(up, Some(1.0));
-    hb.shutdown();
-    hb.wait().await.unwrap();
+    hb.stop().await.unwrap();
 }

@@ -125,8 +125,7 @@ async fn round_trip(mode: &str) {
             "{name}"
         );
     }
-    hookbus.shutdown();
-    hookbus.wait().await.unwrap();
+    hookbus.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -195,8 +194,7 @@ async fn bad_input_gets_400_and_a_byte_identical_dead_letter() {
         .await,
         bad.len() as f64
     );
-    hookbus.shutdown();
-    hookbus.wait().await.unwrap();
+    hookbus.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -220,8 +218,7 @@ async fn stream_is_created_with_dedup_window_and_subjects() {
     .await;
     assert_eq!(info.config.duplicate_window, Duration::from_secs(420));
     assert_eq!(info.config.subjects, vec!["presence.>".to_owned()]);
-    hookbus.shutdown();
-    hookbus.wait().await.unwrap();
+    hookbus.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -247,6 +244,5 @@ async fn existing_stream_with_short_duplicate_window_is_warned_about() {
         (metric(admin, "hookbus_config_warnings_total").await >= 1.0).then_some(())
     })
     .await;
-    hookbus.shutdown();
-    hookbus.wait().await.unwrap();
+    hookbus.stop().await.unwrap();
 }
