@@ -99,22 +99,7 @@ async fn every_fixture_round_trips_through_kafka() {
     let broker = Tansu::start();
     let spool = tempfile::tempdir().unwrap();
     let hookbus = start(kafka_config(spool.path(), &broker, "publish")).await;
-    let mut expected = Vec::new();
-    for (name, body) in fixtures() {
-        let response = post(hookbus.http_addr, &body).await;
-        assert_eq!(
-            response.status,
-            200,
-            "{name}: {}",
-            String::from_utf8_lossy(&response.body)
-        );
-        for (event, topic) in expected_events(&body)
-            .into_iter()
-            .zip(expected_names(&name))
-        {
-            expected.push((name.clone(), topic, event));
-        }
-    }
+    let expected = post_fixtures(hookbus.http_addr).await;
     let mut topics: Vec<&str> = expected.iter().map(|(_, t, _)| *t).collect();
     topics.sort();
     topics.dedup();

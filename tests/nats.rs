@@ -70,25 +70,7 @@ async fn round_trip(mode: &str) {
         ),
     ))
     .await;
-    let mut expected = Vec::new();
-    for (name, body) in fixtures() {
-        let response = post(hookbus.http_addr, &body).await;
-        assert_eq!(
-            response.status,
-            200,
-            "{name}: {:?}",
-            String::from_utf8_lossy(&response.body)
-        );
-        let events = expected_events(&body);
-        assert_eq!(
-            response.json(),
-            serde_json::json!({"accepted": events.len(), "duplicates": 0}),
-            "{name}"
-        );
-        for (event, subject) in events.into_iter().zip(expected_names(&name)) {
-            expected.push((name.clone(), subject, event));
-        }
-    }
+    let expected = post_fixtures(hookbus.http_addr).await;
     let stored = wait_messages(&nats.url(), expected.len()).await;
     assert_eq!(stored.len(), expected.len());
     let now = hookbus::publisher::now_ms();

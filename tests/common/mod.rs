@@ -369,6 +369,31 @@ pub fn expected_names(fixture: &str) -> Vec<&'static str> {
     }
 }
 
+/// Posts every fixture to `addr` (each must be answered 200 with all its events accepted) and
+/// returns, in order, (fixture, expected topic/subject, expected event JSON) per event.
+pub async fn post_fixtures(addr: SocketAddr) -> Vec<(String, &'static str, serde_json::Value)> {
+    let mut expected = Vec::new();
+    for (name, body) in fixtures() {
+        let response = post(addr, &body).await;
+        assert_eq!(
+            response.status,
+            200,
+            "{name}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        let events = expected_events(&body);
+        assert_eq!(
+            response.json(),
+            serde_json::json!({"accepted": events.len(), "duplicates": 0}),
+            "{name}"
+        );
+        for (event, name_on_broker) in events.into_iter().zip(expected_names(&name)) {
+            expected.push((name.clone(), name_on_broker, event));
+        }
+    }
+    expected
+}
+
 /// The normalized events a fixture must produce, as JSON without `received_at_ms`.
 pub fn expected_events(body: &[u8]) -> Vec<serde_json::Value> {
     hookbus::normalize::normalize(body, 0)
