@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
-use async_nats::{HeaderMap, ServerAddr};
+use async_nats::{HeaderMap, HeaderName, HeaderValue, ServerAddr};
 
 use super::{Ack, Confirm, Message, SinkError};
 use crate::config::{NatsConfig, SinkConfig};
@@ -117,7 +117,7 @@ impl NatsSink {
     pub async fn send(&self, message: &Message) -> Result<Confirm, SinkError> {
         let mut headers = HeaderMap::new();
         for (name, value) in &message.headers {
-            headers.insert(*name, value.as_str());
+            headers.insert(header_name(name), header_value(value));
         }
         let Some(js) = &self.jetstream else {
             self.client
@@ -127,7 +127,7 @@ impl NatsSink {
             return Ok(Box::pin(async { Ok(Ack::default()) }));
         };
         if let Some(id) = &message.msg_id {
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, header_value(id));
         }
         let publish = jetstream::message::PublishMessage::build()
             .headers(headers)
@@ -165,6 +165,53 @@ impl NatsSink {
     }
 }
 
+/// Our header names, resolved at compile time (no per-message parsing or validation).
+fn header_name(name: &'static str) -> HeaderName {
+    use crate::sink as h;
+    const NAMES: [(&str, HeaderName); 7] = [
+        (
+            h::HEADER_EVENT_ID,
+            HeaderName::from_static(h::HEADER_EVENT_ID),
+        ),
+        (h::HEADER_ACTION, HeaderName::from_static(h::HEADER_ACTION)),
+        (
+            h::HEADER_CHANNEL,
+            HeaderName::from_static(h::HEADER_CHANNEL),
+        ),
+        (
+            h::HEADER_SUB_KEY,
+            HeaderName::from_static(h::HEADER_SUB_KEY),
+        ),
+        (
+            h::HEADER_CONTENT_TYPE,
+            HeaderName::from_static(h::HEADER_CONTENT_TYPE),
+        ),
+        (
+            h::HEADER_DEAD_LETTER_REASON,
+            HeaderName::from_static(h::HEADER_DEAD_LETTER_REASON),
+        ),
+        (
+            h::HEADER_DEAD_LETTER_ERROR,
+            HeaderName::from_static(h::HEADER_DEAD_LETTER_ERROR),
+        ),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| std::ptr::eq(*n, name) || *n == name)
+        .map_or_else(|| HeaderName::from_static(name), |(_, h)| h.clone())
+}
+
+/// A header value NATS can carry: async-nats panics on CR or LF, which a header line cannot
+/// hold. The normalizer already rejects control characters in ids, channels and sub_keys;
+/// this keeps any other value (e.g. an error message) from ever reaching that panic.
+fn header_value(value: &str) -> HeaderValue {
+    if value.contains(['\r', '\n']) {
+        HeaderValue::from(value.replace(['\r', '\n'], " "))
+    } else {
+        HeaderValue::from(value)
+    }
+}
+
 /// The one place NATS errors become [`SinkError`] classes.
 fn classify(kind: PublishErrorKind, text: &str, timeout: Duration) -> SinkError {
     match kind {
@@ -179,5 +226,20 @@ fn classify(kind: PublishErrorKind, text: &str, timeout: Duration) -> SinkError 
         }
         // Server-side errors (storage full, account limits) usually clear up.
         PublishErrorKind::Other => SinkError::Retriable(text.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_never_carry_line_breaks() {
+        assert_eq!(header_value("a\r\nb").as_str(), "a  b");
+        assert_eq!(header_value("room.lobby").as_str(), "room.lobby");
+        assert_eq!(
+            header_name(crate::sink::HEADER_CHANNEL).to_string(),
+            "hookbus-channel"
+        );
     }
 }
