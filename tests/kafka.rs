@@ -182,3 +182,42 @@ async fn bad_input_is_dead_lettered_to_kafka() {
     }
     hookbus.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_new_channels_creates_every_topic() {
+    let broker = Tansu::start();
+    let spool = tempfile::tempdir().unwrap();
+    let hookbus = start(kafka_config(spool.path(), &broker, "spool")).await;
+    let items: Vec<serde_json::Value> = (0..40)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("burst-{i}"), "channel": format!("new.room.{i}"), "userId": "u",
+                "occupancy": 1, "timestamp": "2024-06-10T16:00:00.001Z", "subKey": "sub-c-1"
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "schema": "pubnub.com/schemas/events/presence.user.channel.joined?v=1.0.0",
+        "data": items,
+    });
+    let r = post(hookbus.http_addr, &serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(r.json()["accepted"], 40);
+    let topics: Vec<String> = (0..40)
+        .map(|i| format!("presence.new_2Eroom_2E{i}.join"))
+        .collect();
+    let brokers = broker.brokers();
+    let records = tokio::task::spawn_blocking(move || {
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consume(&brokers, &topics, 2, 40)
+    })
+    .await
+    .unwrap();
+    let mut channels: Vec<_> = records
+        .iter()
+        .map(|r| r.header("hookbus-channel").unwrap().to_owned())
+        .collect();
+    channels.sort();
+    channels.dedup();
+    assert_eq!(channels.len(), 40);
+    hookbus.stop().await.unwrap();
+}

@@ -216,6 +216,7 @@ pub async fn run(
                 // A short linger after a small batch lets the next requests queue up, so one
                 // wake-up serves many (cross-thread wake-ups cost more than the work here).
                 // Not when a request waits for the confirmation (`publish` mode).
+                sink.prepare_batch(batch.iter().map(|j| j.message.topic.as_str())).await;
                 let mut linger = batch.len() < LINGER_BELOW && !draining;
                 for job in batch.drain(..) {
                     linger &= !matches!(job.done, Done::Waiter(_));

@@ -115,39 +115,55 @@ impl KafkaSink {
         }
     }
 
-    async fn ensure_topic(&self, topic: &str) -> Result<(), SinkError> {
-        if !self.create_topics || self.known(topic) {
+    /// Creates the topics among `topics` not known to exist, in one CreateTopics request, so a
+    /// burst of new channels costs one round trip per batch rather than one per channel.
+    /// Topics whose creation failed stay unknown (their `send` retries the creation).
+    pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), SinkError> {
+        if !self.create_topics {
             return Ok(());
         }
-        let new = NewTopic::new(
-            topic,
-            self.partitions,
-            TopicReplication::Fixed(self.replication_factor),
-        );
+        let mut missing: Vec<&str> = topics.iter().copied().filter(|t| !self.known(t)).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|topic| {
+                NewTopic::new(
+                    topic,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication_factor),
+                )
+            })
+            .collect();
         let options = AdminOptions::new()
             .operation_timeout(Some(self.timeout))
             .request_timeout(Some(self.timeout));
         let results = self
             .admin
-            .create_topics([&new], &options)
+            .create_topics(&new, &options)
             .await
             .map_err(|e| classify(&e))?;
+        let mut first_error = None;
         for result in results {
             match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Ok(name) | Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    tracing::info!(topic = %name, sink = "kafka", "topic ready");
+                    self.topics
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name);
+                }
                 Err((name, code)) => {
                     let error = KafkaError::AdminOp(code);
                     tracing::warn!(topic = %name, %error, sink = "kafka", "topic creation failed");
-                    return Err(classify(&error));
+                    first_error.get_or_insert(classify(&error));
                 }
             }
         }
-        tracing::info!(topic, sink = "kafka", "topic ready");
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(topic.to_owned());
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     fn known(&self, topic: &str) -> bool {
@@ -164,7 +180,7 @@ impl KafkaSink {
                 limit: self.max_message,
             });
         }
-        self.ensure_topic(&message.topic).await?;
+        self.ensure_topics(&[message.topic.as_str()]).await?;
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
         for (name, value) in &message.headers {
             headers = headers.insert(Header {

@@ -140,6 +140,18 @@ impl Sink {
         }
     }
 
+    /// Makes sure the destinations of a batch exist before its messages are sent (Kafka:
+    /// one CreateTopics request for all new topics). A failure is left for `send` to report
+    /// per message.
+    pub async fn prepare_batch<'a>(&self, topics: impl Iterator<Item = &'a str>) {
+        if let Sink::Kafka(s) = self {
+            let topics: Vec<&str> = topics.collect();
+            if let Err(error) = s.ensure_topics(&topics).await {
+                tracing::warn!(%error, sink = "kafka", "creating the batch's topics failed");
+            }
+        }
+    }
+
     /// Hands `message` to the client; messages sent by one task reach the broker in call order.
     ///
     /// # Errors
