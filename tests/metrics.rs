@@ -117,9 +117,8 @@ fn urlencode(text: &str) -> String {
 async fn query(port: u16, promql: &str) -> Option<f64> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let path = format!("/api/v1/query?query={}", urlencode(promql));
-    // Prometheus may still be starting: `request` expects a listener.
-    tokio::net::TcpStream::connect(addr).await.ok()?;
-    let r = request(addr, "GET", &path, &[], b"").await;
+    // Prometheus may still be starting.
+    let r = try_request(addr, "GET", &path, &[], b"").await?;
     if r.status != 200 {
         return None;
     }

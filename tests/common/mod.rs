@@ -248,7 +248,7 @@ impl Response {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection.
+/// One HTTP/1.1 request on a fresh connection; panics if the server is not there.
 pub async fn request(
     addr: SocketAddr,
     method: &str,
@@ -256,7 +256,21 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    try_request(addr, method, path, headers, body)
+        .await
+        .unwrap_or_else(|| panic!("no HTTP response from {addr}{path}"))
+}
+
+/// [`request`], or `None` when nothing listens or the connection ends without a response
+/// (a server being killed or still starting).
+pub async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Response> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -265,7 +279,7 @@ pub async fn request(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.expect("write head");
+    stream.write_all(head.as_bytes()).await.ok()?;
     // The server may answer (413) before reading the whole body and close.
     let _ = stream.write_all(body).await;
     let mut raw = Vec::new();
@@ -273,39 +287,35 @@ pub async fn request(
     parse_response(&raw)
 }
 
-fn parse_response(raw: &[u8]) -> Response {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(raw)));
+fn parse_response(raw: &[u8]) -> Option<Response> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
         .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
+        .and_then(|s| s.parse().ok())?;
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
-    Response {
+    Some(Response {
         status,
         headers,
         body: raw[split + 4..].to_vec(),
-    }
+    })
 }
 
 pub async fn post(addr: SocketAddr, body: &[u8]) -> Response {
-    request(
-        addr,
-        "POST",
-        "/webhooks/pubnub",
-        &[("Content-Type", "application/json")],
-        body,
-    )
-    .await
+    request(addr, "POST", "/webhooks/pubnub", JSON, body).await
 }
+
+/// [`post`] that tolerates a server that is gone.
+pub async fn try_post(addr: SocketAddr, body: &[u8]) -> Option<Response> {
+    try_request(addr, "POST", "/webhooks/pubnub", JSON, body).await
+}
+
+const JSON: &[(&str, &str)] = &[("Content-Type", "application/json")];
 
 /// The value of one sample line of `/metrics`, e.g. `hookbus_duplicates_total{action="join"}`.
 pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
