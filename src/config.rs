@@ -397,7 +397,7 @@ impl Config {
         if self.dedup.max_entries == 0 {
             return Err(invalid("dedup.max_entries", "must be greater than 0"));
         }
-        crate::route::Router::new(&self.routing).map_err(|e| match e {
+        let router = crate::route::Router::new(&self.routing).map_err(|e| match e {
             crate::route::TemplateError::DeadLetter(m) => invalid("routing.dead_letter", m),
             other => invalid("routing.template", other.to_string()),
         })?;
@@ -424,10 +424,7 @@ impl Config {
                         "must be a non-empty name of letters, digits, `-` and `_`",
                     ));
                 }
-                if crate::route::Router::new(&self.routing)
-                    .map(|r| r.stream_subjects().is_empty())
-                    .unwrap_or(true)
-                {
+                if router.stream_subjects().is_empty() {
                     return Err(invalid(
                         "routing.template",
                         "JetStream needs a literal first token, like `presence.{channel}`",

@@ -56,6 +56,11 @@ pub struct Ingress {
 }
 
 impl Ingress {
+    /// Whether requests must present `auth.token`.
+    pub fn token_required(&self) -> bool {
+        !self.auth.token.is_empty()
+    }
+
     /// Constant-time comparison of the presented token with `auth.token`.
     pub fn authorized(&self, presented: Option<&[u8]>) -> bool {
         if self.auth.token.is_empty() {

@@ -131,13 +131,15 @@ async fn handle(ingress: &Ingress, req: Request<Incoming>) -> Result<Accepted, I
     if req.method() != Method::POST {
         return Err(IngressError::MethodNotAllowed);
     }
-    let presented = req
-        .headers()
-        .get(TOKEN_HEADER)
-        .map(|v| v.as_bytes().to_vec())
-        .or_else(|| query_token(req.uri().query()));
-    if !ingress.authorized(presented.as_deref()) {
-        return Err(IngressError::Unauthorized);
+    if ingress.token_required() {
+        let presented = req
+            .headers()
+            .get(TOKEN_HEADER)
+            .map(|v| v.as_bytes().to_vec())
+            .or_else(|| query_token(req.uri().query()));
+        if !ingress.authorized(presented.as_deref()) {
+            return Err(IngressError::Unauthorized);
+        }
     }
     let limit = ingress.max_body_bytes;
     let declared = req

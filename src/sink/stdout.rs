@@ -54,32 +54,28 @@ impl StdoutSink {
     }
 }
 
+/// One line; the event payload is already JSON and goes in as is (no parse and re-encode).
 fn render(message: &Message) -> Vec<u8> {
     let headers: serde_json::Map<String, serde_json::Value> = message
         .headers
         .iter()
         .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String(v.clone())))
         .collect();
-    let mut line = serde_json::Map::new();
-    line.insert("subject".to_owned(), message.topic.clone().into());
-    line.insert("headers".to_owned(), headers.into());
-    let body = if message.is_event {
-        serde_json::from_slice(&message.payload).ok()
+    let mut line = Vec::with_capacity(message.payload.len() + 256);
+    line.extend_from_slice(b"{\"subject\":");
+    // Serializing a str or a map of strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut line, &message.topic);
+    line.extend_from_slice(b",\"headers\":");
+    let _ = serde_json::to_writer(&mut line, &headers);
+    if message.is_event {
+        line.extend_from_slice(b",\"event\":");
+        line.extend_from_slice(&message.payload);
     } else {
-        None
-    };
-    match body {
-        Some(event) => line.insert("event".to_owned(), event),
-        None => line.insert(
-            "body".to_owned(),
-            String::from_utf8_lossy(&message.payload)
-                .into_owned()
-                .into(),
-        ),
-    };
-    let mut out = serde_json::to_vec(&line).unwrap_or_default();
-    out.push(b'\n');
-    out
+        line.extend_from_slice(b",\"body\":");
+        let _ = serde_json::to_writer(&mut line, &String::from_utf8_lossy(&message.payload));
+    }
+    line.extend_from_slice(b"}\n");
+    line
 }
 
 fn write_lines(rx: mpsc::Receiver<Line>) {
@@ -102,5 +98,35 @@ fn write_lines(rx: mpsc::Receiver<Line>) {
         for done in waiting.drain(..) {
             let _ = done.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_json_with_the_event_embedded() {
+        let mut message = Message {
+            topic: "presence.room_2Elobby.join".to_owned(),
+            key: None,
+            headers: vec![(crate::sink::HEADER_CHANNEL, "room.\"lobby\"".to_owned())],
+            payload: bytes::Bytes::from_static(br#"{"id":"x","n":1}"#),
+            msg_id: None,
+            is_event: true,
+        };
+        let line: serde_json::Value = serde_json::from_slice(&render(&message)).unwrap();
+        assert_eq!(
+            line,
+            serde_json::json!({
+                "subject": "presence.room_2Elobby.join",
+                "headers": {"hookbus-channel": "room.\"lobby\""},
+                "event": {"id": "x", "n": 1}
+            })
+        );
+        message.is_event = false;
+        message.payload = bytes::Bytes::from_static(b"not json \xff");
+        let line: serde_json::Value = serde_json::from_slice(&render(&message)).unwrap();
+        assert_eq!(line["body"], "not json \u{fffd}");
     }
 }

@@ -58,6 +58,20 @@ struct BatchOut {
     lost: Option<(Range<u64>, &'static str)>,
 }
 
+impl BatchOut {
+    /// The records read so far, then the rest of the segment (`lost`) skipped as unreadable.
+    fn skipping(records: Vec<Record>, lost: Range<u64>, reason: &'static str) -> BatchOut {
+        BatchOut {
+            records,
+            cursor: Cursor {
+                seq: lost.end,
+                at: None,
+            },
+            lost: Some((lost, reason)),
+        }
+    }
+}
+
 impl SpoolReader {
     pub(super) fn new(core: Arc<Core>, committed: watch::Receiver<u64>) -> SpoolReader {
         let seq = core.lock().low;
@@ -195,17 +209,8 @@ fn read_batch(
                 },
                 // Deleted because fully confirmed (a rewind raced it), or removed by hand.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    let lost = Some((seq..seg.end_seq, "segment file missing"));
-                    let cursor = Cursor {
-                        seq: seg.end_seq,
-                        at: None,
-                    };
                     return Ok((
-                        BatchOut {
-                            records,
-                            cursor,
-                            lost,
-                        },
+                        BatchOut::skipping(records, seq..seg.end_seq, "segment file missing"),
                         None,
                     ));
                 }
@@ -253,17 +258,8 @@ fn read_batch(
         }
         drop(reader);
         if let Some(reason) = invalid {
-            let lost = Some((at_seq..seg.end_seq, reason));
-            let cursor = Cursor {
-                seq: seg.end_seq,
-                at: None,
-            };
             return Ok((
-                BatchOut {
-                    records,
-                    cursor,
-                    lost,
-                },
+                BatchOut::skipping(records, at_seq..seg.end_seq, reason),
                 None,
             ));
         }
