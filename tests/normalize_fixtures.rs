@@ -1,4 +1,4 @@
-//! The public `normalize` API as other modules use it: every shared fixture normalizes, every
+//! The public `normalize` API as other modules use it: every corpus fixture normalizes, every
 //! bad input is rejected, and every event validates against the published
 //! `docs/event.schema.json` (checked by a minimal validator for the keywords that file uses).
 
@@ -20,9 +20,9 @@ fn public_api_shape() {
     assert_eq!(Format::ALL.len(), 3);
 }
 
-fn shared(dir: &str) -> Vec<PathBuf> {
+fn corpus(dir: &str) -> Vec<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/pubnub")
+        .join("tests/fixtures/pubnub")
         .join(dir);
     let mut files: Vec<PathBuf> = fs::read_dir(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -41,7 +41,7 @@ fn event_schema() -> Value {
 #[test]
 fn fixtures_normalize_and_validate_against_the_published_schema() {
     let schema = event_schema();
-    for path in shared("fixtures") {
+    for path in corpus("fixtures") {
         let body = fs::read(&path).unwrap();
         let events = normalize(&body, 1_718_035_200_456)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -58,7 +58,7 @@ fn fixtures_normalize_and_validate_against_the_published_schema() {
 
 #[test]
 fn bad_inputs_are_rejected() {
-    for path in shared("bad") {
+    for path in corpus("bad") {
         let body = fs::read(&path).unwrap();
         let error = normalize(&body, 0).expect_err(&path.display().to_string());
         assert!(!error.to_string().is_empty());

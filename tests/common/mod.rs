@@ -11,8 +11,8 @@ use hookbus::app::{self, Running};
 use hookbus::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/pubnub/fixtures");
-pub const BAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/pubnub/bad");
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pubnub/fixtures");
+pub const BAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pubnub/bad");
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {

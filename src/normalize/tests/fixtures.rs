@@ -1,16 +1,16 @@
-//! Every file in `shared/pubnub/fixtures` with the full expected events (every field), and
-//! every file in `shared/pubnub/bad` with its exact error. A new file without a row fails.
+//! Every file in `tests/fixtures/pubnub/fixtures` with the full expected events (every field), and
+//! every file in `tests/fixtures/pubnub/bad` with its exact error. A new file without a row fails.
 
 use serde_json::{Value, json};
 
 use super::super::{Event, NormalizeError, SCHEMA, normalize};
 use super::{RECEIVED, SUB, files_in};
 
-macro_rules! shared {
+macro_rules! corpus {
     ($dir:literal, $name:literal) => {
         (
             $name,
-            &include_bytes!(concat!("../../../../shared/pubnub/", $dir, "/", $name))[..],
+            &include_bytes!(concat!("../../../tests/fixtures/pubnub/", $dir, "/", $name))[..],
         )
     };
 }
@@ -20,14 +20,14 @@ macro_rules! shared {
 fn fixture_table() -> Vec<((&'static str, &'static [u8]), Value)> {
     vec![
         (
-            shared!("fixtures", "ena-active.json"),
+            corpus!("fixtures", "ena-active.json"),
             json!([{"id": "9d2c0001-aaaa-4bbb-8ccc-dddddddddddd", "format": "events-and-actions",
                 "sub_key": SUB, "channel": "room.lobby", "action": "active", "uuid": null,
                 "occupancy": null, "timestamp": 1_718_035_200, "timestamp_ms": 1_718_035_200_004_i64,
                 "state": null, "delta": null, "here_now_refresh": false}]),
         ),
         (
-            shared!("fixtures", "ena-batch.json"),
+            corpus!("fixtures", "ena-batch.json"),
             json!([
                 {"id": "b0000001-0000-4000-8000-000000000001", "format": "events-and-actions",
                  "sub_key": SUB, "channel": "room.1", "action": "join", "uuid": "u-1",
@@ -44,14 +44,14 @@ fn fixture_table() -> Vec<((&'static str, &'static [u8]), Value)> {
             ]),
         ),
         (
-            shared!("fixtures", "ena-inactive.json"),
+            corpus!("fixtures", "ena-inactive.json"),
             json!([{"id": "9d2c0002-aaaa-4bbb-8ccc-dddddddddddd", "format": "events-and-actions",
                 "sub_key": SUB, "channel": "room.lobby", "action": "inactive", "uuid": null,
                 "occupancy": null, "timestamp": 1_718_035_500, "timestamp_ms": 1_718_035_500_004_i64,
                 "state": null, "delta": null, "here_now_refresh": false}]),
         ),
         (
-            shared!("fixtures", "ena-interval.json"),
+            corpus!("fixtures", "ena-interval.json"),
             json!([{"id": "71aa0000-0000-4000-8000-000000000001", "format": "events-and-actions",
                 "sub_key": SUB, "channel": "stadium.main", "action": "interval", "uuid": null,
                 "occupancy": 1250, "timestamp": 1_718_035_210, "timestamp_ms": 1_718_035_210_002_i64,
@@ -59,14 +59,14 @@ fn fixture_table() -> Vec<((&'static str, &'static [u8]), Value)> {
                 "here_now_refresh": false}]),
         ),
         (
-            shared!("fixtures", "ena-join.json"),
+            corpus!("fixtures", "ena-join.json"),
             json!([{"id": "5b0e7c1e-2a8f-4d0b-9c55-0a4f1e2d3c4b", "format": "events-and-actions",
                 "sub_key": SUB, "channel": "room.lobby", "action": "join", "uuid": "user-7f3a",
                 "occupancy": 3, "timestamp": 1_718_035_200, "timestamp_ms": 1_718_035_200_123_i64,
                 "state": null, "delta": null, "here_now_refresh": false}]),
         ),
         (
-            shared!("fixtures", "ena-left.json"),
+            corpus!("fixtures", "ena-left.json"),
             // No item occupancy: the inner data's "2" is used.
             json!([{"id": "0d7a6b9e-11aa-4c1b-8f00-3e5d2c1b0a99", "format": "events-and-actions",
                 "sub_key": SUB, "channel": "room.lobby", "action": "leave", "uuid": "user-7f3a",
@@ -74,7 +74,7 @@ fn fixture_table() -> Vec<((&'static str, &'static [u8]), Value)> {
                 "state": null, "delta": null, "here_now_refresh": false}]),
         ),
         (
-            shared!("fixtures", "ena-state-change.json"),
+            corpus!("fixtures", "ena-state-change.json"),
             // data.data arrives JSON-encoded in a string and is decoded once.
             json!([{"id": "c0ffee00-1111-4222-8333-444455556666", "format": "events-and-actions",
                 "sub_key": SUB, "channel": "room.lobby", "action": "state-change",
@@ -83,28 +83,28 @@ fn fixture_table() -> Vec<((&'static str, &'static [u8]), Value)> {
                 "here_now_refresh": false}]),
         ),
         (
-            shared!("fixtures", "ena-timeout.json"),
+            corpus!("fixtures", "ena-timeout.json"),
             json!([{"id": "a1b2c3d4-0000-4000-8000-00000000beef", "format": "events-and-actions",
                 "sub_key": SUB, "channel": "room.lobby", "action": "timeout", "uuid": "device-42",
                 "occupancy": 1, "timestamp": 1_718_035_600, "timestamp_ms": 1_718_035_600_001_i64,
                 "state": null, "delta": null, "here_now_refresh": false}]),
         ),
         (
-            shared!("fixtures", "g1-active.json"),
+            corpus!("fixtures", "g1-active.json"),
             json!([{"id": "4c17439763c3f1a2ef82f54dab9c15b1", "format": "g1", "sub_key": SUB,
                 "channel": "room.lobby", "action": "active", "uuid": null, "occupancy": null,
                 "timestamp": 1_718_035_200, "timestamp_ms": null, "state": null, "delta": null,
                 "here_now_refresh": false}]),
         ),
         (
-            shared!("fixtures", "g1-inactive.json"),
+            corpus!("fixtures", "g1-inactive.json"),
             json!([{"id": "1a1b4d204e4f848a85a5ec0677f58b98", "format": "g1", "sub_key": SUB,
                 "channel": "room.lobby", "action": "inactive", "uuid": null, "occupancy": null,
                 "timestamp": 1_718_039_999, "timestamp_ms": null, "state": null, "delta": null,
                 "here_now_refresh": false}]),
         ),
         (
-            shared!("fixtures", "g1-interval-deltas.json"),
+            corpus!("fixtures", "g1-interval-deltas.json"),
             json!([{"id": "7f95d2186094b4507e4a663d83c1c7fb", "format": "g1", "sub_key": SUB,
                 "channel": "stadium", "action": "interval", "uuid": null, "occupancy": 57,
                 "timestamp": 1_718_035_230, "timestamp_ms": null, "state": null,
@@ -112,14 +112,14 @@ fn fixture_table() -> Vec<((&'static str, &'static [u8]), Value)> {
                 "here_now_refresh": false}]),
         ),
         (
-            shared!("fixtures", "g1-interval-refresh.json"),
+            corpus!("fixtures", "g1-interval-refresh.json"),
             json!([{"id": "e3abdb316a24d2ebe75f9053eeae1b0d", "format": "g1", "sub_key": SUB,
                 "channel": "stadium", "action": "interval", "uuid": null, "occupancy": 1203,
                 "timestamp": 1_718_035_240, "timestamp_ms": null, "state": null, "delta": null,
                 "here_now_refresh": true}]),
         ),
         (
-            shared!("fixtures", "g1-join.json"),
+            corpus!("fixtures", "g1-join.json"),
             // The data object sent with a join is the user's state.
             json!([{"id": "1144969e37505642e5322010fdee9820", "format": "g1", "sub_key": SUB,
                 "channel": "lacrosse", "action": "join", "uuid": "1234-5678-90ab-cdef",
@@ -127,14 +127,14 @@ fn fixture_table() -> Vec<((&'static str, &'static [u8]), Value)> {
                 "state": {"foo": "bar"}, "delta": null, "here_now_refresh": false}]),
         ),
         (
-            shared!("fixtures", "g1-leave.json"),
+            corpus!("fixtures", "g1-leave.json"),
             json!([{"id": "f95dfd1729233a862de371c88a34da9f", "format": "g1", "sub_key": SUB,
                 "channel": "lacrosse", "action": "leave", "uuid": "1234-5678-90ab-cdef",
                 "occupancy": 0, "timestamp": 1_440_568_390, "timestamp_ms": null, "state": null,
                 "delta": null, "here_now_refresh": false}]),
         ),
         (
-            shared!("fixtures", "g1-state-change.json"),
+            corpus!("fixtures", "g1-state-change.json"),
             json!([{"id": "c332a26778f8f924e51fd774df6020ef", "format": "g1", "sub_key": SUB,
                 "channel": "room.lobby", "action": "state-change", "uuid": "user-7f3a",
                 "occupancy": 3, "timestamp": 1_718_035_260, "timestamp_ms": null,
@@ -142,7 +142,7 @@ fn fixture_table() -> Vec<((&'static str, &'static [u8]), Value)> {
                 "here_now_refresh": false}]),
         ),
         (
-            shared!("fixtures", "g1-timeout.json"),
+            corpus!("fixtures", "g1-timeout.json"),
             // `{}` stays `{}`.
             json!([{"id": "3205792f65aff98c68ad7851a401cc7f", "format": "g1", "sub_key": SUB,
                 "channel": "room.lobby", "action": "timeout", "uuid": "device-42",
@@ -182,7 +182,7 @@ fn every_fixture_normalizes_to_its_expected_events() {
 fn every_bad_input_is_rejected_with_a_clear_message() {
     let table = [
         (
-            shared!("bad", "array.json"),
+            corpus!("bad", "array.json"),
             NormalizeError::NotAnObject {
                 what: "body",
                 found: "an array",
@@ -190,19 +190,19 @@ fn every_bad_input_is_rejected_with_a_clear_message() {
             "body is not a JSON object (found an array)",
         ),
         (
-            shared!("bad", "binary.bin"),
+            corpus!("bad", "binary.bin"),
             NormalizeError::InvalidUtf8 { offset: 0 },
             "body is not valid UTF-8 (first invalid byte at offset 0)",
         ),
         (
-            shared!("bad", "empty-channel.json"),
+            corpus!("bad", "empty-channel.json"),
             NormalizeError::Empty {
                 field: "channel".into(),
             },
             "channel is empty",
         ),
         (
-            shared!("bad", "form-encoded.txt"),
+            corpus!("bad", "form-encoded.txt"),
             NormalizeError::InvalidJson {
                 line: 1,
                 column: 1,
@@ -211,7 +211,7 @@ fn every_bad_input_is_rejected_with_a_clear_message() {
             "invalid JSON at line 1 column 1: expected value",
         ),
         (
-            shared!("bad", "truncated.json"),
+            corpus!("bad", "truncated.json"),
             NormalizeError::InvalidJson {
                 line: 1,
                 column: 35,
@@ -220,7 +220,7 @@ fn every_bad_input_is_rejected_with_a_clear_message() {
             "invalid JSON at line 1 column 35: EOF while parsing an object",
         ),
         (
-            shared!("bad", "unknown-action.json"),
+            corpus!("bad", "unknown-action.json"),
             NormalizeError::UnknownAction("teleport".into()),
             "unknown action \"teleport\"",
         ),

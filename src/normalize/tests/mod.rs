@@ -16,9 +16,10 @@ const RECEIVED: u64 = 1_718_035_200_456;
 /// The fixtures' subscribe key.
 const SUB: &str = "sub-c-7d1e0c2a-0000-4000-8000-000000000001";
 
-/// Every file of a shared directory, so that a new fixture without an expectation fails.
+/// Every file of a corpus directory (`tests/fixtures/pubnub/{dir}`), so that a new fixture
+/// without an expectation fails.
 pub(super) fn files_in(dir: &str) -> Vec<String> {
-    let path = format!("{}/../shared/pubnub/{dir}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/fixtures/pubnub/{dir}", env!("CARGO_MANIFEST_DIR"));
     let mut names: Vec<String> = std::fs::read_dir(&path)
         .unwrap_or_else(|e| panic!("{path}: {e}"))
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
