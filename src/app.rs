@@ -11,11 +11,13 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::claim::Claims;
 use crate::config::{AckMode, Config};
-use crate::dedup::SharedDedup;
+use crate::faults::Faults;
+use crate::health::Health;
 use crate::ingress::{self, Acceptor, AdminState, Ingress};
 use crate::metrics::Metrics;
-use crate::publisher::{self, Job, PublisherConfig, Source};
+use crate::publisher::{self, PublisherConfig, Source};
 use crate::route::Router;
 use crate::shutdown::Shutdown;
 use crate::sink::Sink;
@@ -63,6 +65,14 @@ impl Running {
 /// Unusable configuration at run time: ports in use, spool directory not writable, invalid
 /// client settings.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with(config, Faults::none()).await
+}
+
+/// [`start`] with faults a test injects while it runs.
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Running> {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(
         &registry,
@@ -77,15 +87,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             &config.nats,
             &config.kafka,
             config.dedup.window,
-            router.stream_subjects(),
+            &router,
         )
         .await
         .context("creating the sink client")?,
     );
-    let dedup = Arc::new(SharedDedup::new(
-        config.dedup.window,
-        config.dedup.max_entries,
-    ));
+    let claims = Arc::new(Claims::new(config.dedup.window, config.dedup.max_entries));
+    let health = Health::new();
 
     let (acceptor, source, ready): (Acceptor, Source, Readiness) = match config.ack.mode {
         AckMode::Spool => {
@@ -98,8 +106,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let spool = tokio::task::spawn_blocking(move || Spool::open(spool_config))
                 .await?
                 .with_context(|| format!("opening spool.dir {}", config.spool.dir.display()))?;
-            restore_dedup(&spool, &dedup, config.dedup.window).await?;
-            let reader = spool.reader();
+            restore_dedup(&spool, &claims, config.dedup.window).await?;
             // Ready while a burst of large requests still fits: 5% of the spool, ≥ 16 MiB.
             let headroom = (config.spool.max_bytes / 20)
                 .max(16 * 1024 * 1024)
@@ -112,11 +119,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     Err("spool nearly full".to_owned())
                 }
             });
-            (
-                Acceptor::Spool(spool.clone()),
-                Source::Spool(spool, reader),
-                ready,
-            )
+            (Acceptor::Spool(spool.clone()), Source::Spool(spool), ready)
         }
         mode => {
             let (queue, rx) = publisher::queue(config.ack.queue_capacity);
@@ -144,7 +147,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     };
     let spool = match &source {
-        Source::Spool(spool, _) => Some(spool.clone()),
+        Source::Spool(spool) => Some(spool.clone()),
         Source::Queue(_) => None,
     };
 
@@ -160,18 +163,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shutdown = Shutdown::new();
     let ingress_state = Arc::new(Ingress {
         router: router.clone(),
-        dedup,
+        claims,
         metrics: metrics.clone(),
         acceptor,
         auth: config.auth.clone(),
         max_body_bytes: config.http.max_body_bytes,
         retry_after: config.ack.retry_after,
+        pending_wait: config.ack.publish_timeout,
         sink: sink.clone(),
         dead_letter_dir: config.spool.dir.join("dead-letters"),
+        faults: faults.clone(),
     });
     let admin_state = Arc::new(AdminState {
         registry,
         ready,
+        health: health.clone(),
         draining: shutdown.clone(),
     });
 
@@ -186,15 +192,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let publisher_drain = Shutdown::new();
     let publisher_config = PublisherConfig {
         max_in_flight: config.sink.max_in_flight,
-        timeout: config.sink.timeout,
         max_backoff: config.sink.max_backoff,
         dead_letter: router.dead_letter().to_owned(),
+        overflow: router.overflow_names().to_vec(),
         dead_letter_dir: config.spool.dir.join("dead-letters"),
+    };
+    let context = publisher::Context {
+        sink: sink.clone(),
+        metrics: metrics.clone(),
+        health,
+        faults,
     };
     let mut publisher = tokio::spawn(publisher::run(
         source,
-        sink.clone(),
-        metrics.clone(),
+        context,
         publisher_config,
         publisher_drain.clone(),
     ));
@@ -251,27 +262,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 }
 
 /// Re-remembers the ids accepted within the dedup window, so a PubNub retry that arrives
-/// after a restart is still recognized.
+/// after a restart is still recognized. Streams the spool: memory grows with the dedup table
+/// only, never with the records read.
 async fn restore_dedup(
     spool: &Spool,
-    dedup: &Arc<SharedDedup>,
+    claims: &Arc<Claims>,
     window: Duration,
 ) -> anyhow::Result<()> {
     let now = publisher::now_ms();
     let since = now.saturating_sub(window.as_millis() as u64);
     let spool = spool.clone();
-    let records = tokio::task::spawn_blocking(move || spool.scan_since(since))
-        .await?
-        .context("scanning the spool for recent event ids")?;
-    let mut restored = 0usize;
-    for record in records {
-        if let Ok(job) = Job::decode(record.seq, record.payload)
-            && let Some(id) = &job.message.msg_id
-        {
-            dedup.restore(dedup.key(id), record.appended_ms, now);
-            restored += 1;
-        }
-    }
+    let claims = claims.clone();
+    let restored = tokio::task::spawn_blocking(move || {
+        let mut restored = 0usize;
+        spool.scan_since(since, |appended_ms, payload| {
+            if let Some(id) = publisher::msg_id_of(payload) {
+                claims.restore(claims.key(id), appended_ms, now);
+                restored += 1;
+            }
+        })?;
+        Ok::<_, crate::spool::SpoolError>(restored)
+    })
+    .await?
+    .context("scanning the spool for recent event ids")?;
     if restored > 0 {
         tracing::info!(restored, "dedup ids restored from the spool");
     }

@@ -6,17 +6,24 @@
 //! - [`ingress`]: the hyper server: routes, auth, body limit, and the one error → status map.
 //! - [`normalize`]: pure; request bytes → `Vec<Event>` for every PubNub generation.
 //! - [`dedup`]: pure; the bounded two-phase id set that absorbs PubNub retries.
+//! - [`claim`]: the dedup set as the async side uses it: owners, waiting retries.
 //! - [`route`]: pure; event → topic/subject name, headers and key; the escaping rules.
 //! - [`spool`]: the write-ahead log behind `ack.mode = "spool"`.
 //! - [`publisher`]: moves accepted events from the queue or spool to the sink, in order.
 //! - [`sink`]: Kafka, NATS (JetStream) and stdout producers.
 //! - [`metrics`]: the Prometheus handles of DESIGN §9, registered into a passed-in registry.
 //! - [`shutdown`]: signal handling and the readiness latch.
+//! - [`health`]: the liveness latch behind `/healthz`.
+//! - [`faults`]: faults tests inject to prove recovery (never fire in production).
 //! - [`app`]: wiring only.
 
 pub mod app;
+pub mod claim;
 pub mod config;
 pub mod dedup;
+#[doc(hidden)]
+pub mod faults;
+pub mod health;
 pub mod ingress;
 pub mod metrics;
 pub mod normalize;

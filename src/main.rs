@@ -59,7 +59,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match Config::load(&cli.config) {
+    let config = match Config::load(&cli.config).and_then(|config| {
+        hookbus::sink::check(&config.sink, &config.nats, &config.kafka).map(|()| config)
+    }) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("hookbus: invalid configuration: {error}");
@@ -123,12 +125,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr (stdout belongs to the stdout sink); `RUST_LOG` filters,
-/// `HOOKBUS_LOG_FORMAT=json` switches to JSON lines.
+/// `HOOKBUS_LOG_FORMAT=json` switches to JSON lines. Colours only when stderr is a terminal, so
+/// container logs and files hold plain text.
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if std::env::var("HOOKBUS_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();

@@ -10,8 +10,10 @@ use prometheus::{
 
 use crate::normalize::{Action, Format};
 
-/// Every status code the ingress answers with.
-pub const HTTP_CODES: [u16; 9] = [200, 400, 401, 403, 404, 405, 413, 500, 503];
+/// Every status code the ingress answers with, and 499: the client left before the answer.
+pub const HTTP_CODES: [u16; 10] = [200, 400, 401, 403, 404, 405, 413, 499, 500, 503];
+/// `hookbus_publisher_errors_total{kind}`: a spool read that failed, a panic in the sink.
+pub const PUBLISHER_ERROR_KINDS: [&str; 2] = ["spool_read", "panic"];
 /// `hookbus_publish_errors_total{kind}`.
 pub const PUBLISH_ERROR_KINDS: [&str; 5] = [
     "timeout",
@@ -50,6 +52,10 @@ pub struct Metrics {
     pub acks_before_durable: IntCounter,
     pub config_warnings: IntCounter,
     pub queue_events: IntGauge,
+    pub publisher_restarts: IntCounter,
+    pub spool_corrupt_records: IntCounter,
+    publisher_errors_by: Vec<IntCounter>,
+    overflow_by: Vec<IntCounter>,
     /// Per-code counters resolved once, indexed like [`HTTP_CODES`].
     http_by_code: Vec<IntCounter>,
     /// The hot-path series, resolved once: `[format * 7 + action]`, `[action]`, `[kind]`…
@@ -198,6 +204,42 @@ impl Metrics {
             &["sink"],
         )?;
         registry.register(Box::new(broker_duplicates.clone()))?;
+        let publisher_restarts = IntCounter::new(
+            "hookbus_publisher_restarts_total",
+            "Times the publisher loop panicked and was restarted from the last confirmed position.",
+        )?;
+        let publisher_errors = IntCounterVec::new(
+            Opts::new(
+                "hookbus_publisher_errors_total",
+                "Errors inside the publisher: spool reads that failed (retried), sink panics \
+                 (the message is retried).",
+            ),
+            &["kind"],
+        )?;
+        let spool_corrupt_records = IntCounter::new(
+            "hookbus_spool_corrupt_records_total",
+            "Spool records found damaged (checksum) with valid records after them; their bytes \
+             are kept in spool.dir/corrupt/.",
+        )?;
+        registry.register(Box::new(publisher_restarts.clone()))?;
+        registry.register(Box::new(publisher_errors.clone()))?;
+        registry.register(Box::new(spool_corrupt_records.clone()))?;
+        let overflow_events = IntCounterVec::new(
+            Opts::new(
+                "hookbus_overflow_events_total",
+                "Events sent to routing.overflow because their topic would exceed kafka.max_topics.",
+            ),
+            &["action"],
+        )?;
+        registry.register(Box::new(overflow_events.clone()))?;
+        let overflow_by = Action::ALL
+            .iter()
+            .map(|a| overflow_events.with_label_values(&[a.as_str()]))
+            .collect();
+        let publisher_errors_by = PUBLISHER_ERROR_KINDS
+            .iter()
+            .map(|k| publisher_errors.with_label_values(&[k]))
+            .collect();
 
         build_info.with_label_values(&[version]).set(1);
         let http_by_code = HTTP_CODES
@@ -243,6 +285,10 @@ impl Metrics {
             acks_before_durable,
             config_warnings,
             queue_events,
+            publisher_restarts,
+            spool_corrupt_records,
+            publisher_errors_by,
+            overflow_by,
             http_by_code,
             received_by,
             duplicates_by,
@@ -294,6 +340,17 @@ impl Metrics {
     pub fn dead_letter(&self, reason: &str) {
         if let Some(i) = DEAD_LETTER_REASONS.iter().position(|r| *r == reason) {
             self.dead_letters_by[i].inc();
+        }
+    }
+
+    pub fn overflow(&self, action: Action) {
+        self.overflow_by[action as usize].inc();
+    }
+
+    /// `kind` is one of [`PUBLISHER_ERROR_KINDS`].
+    pub fn publisher_error(&self, kind: &str) {
+        if let Some(i) = PUBLISHER_ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.publisher_errors_by[i].inc();
         }
     }
 

@@ -10,7 +10,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::config::RoutingConfig;
-use crate::normalize::Event;
+use crate::normalize::{Action, Event};
 
 /// Longest valid Kafka topic name; NATS has no smaller limit.
 pub const MAX_NAME_BYTES: usize = 249;
@@ -36,6 +36,12 @@ pub enum TemplateError {
     TooLong,
     #[error("{0}")]
     DeadLetter(String),
+    #[error("placeholder `{{{0}}}` is not allowed here")]
+    NotAllowed(String),
+    #[error("rule {0}: {1}")]
+    Rule(usize, String),
+    #[error("{0}")]
+    Overflow(String),
 }
 
 /// A name rendered from an event that no broker would accept.
@@ -53,36 +59,46 @@ enum Slot {
     Source,
 }
 
+impl Slot {
+    fn name(self) -> &'static str {
+        match self {
+            Slot::Channel => "channel",
+            Slot::Action => "action",
+            Slot::SubKey => "sub_key",
+            Slot::Source => "source",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Part {
     Literal(String),
     Slot(Slot),
 }
 
-/// Compiled `routing` section.
+/// One compiled template.
 #[derive(Debug, Clone)]
-pub struct Router {
+struct Template {
     parts: Vec<Part>,
-    dead_letter: String,
 }
 
-impl Router {
-    /// Compiles the template and checks that it and the dead-letter name render valid names.
-    ///
-    /// # Errors
-    /// Unknown or repeated placeholders, literal characters outside `[A-Za-z0-9._-]`, empty
-    /// `.`-tokens (invalid NATS subjects), or a template too long to leave room for a channel.
-    pub fn new(config: &RoutingConfig) -> Result<Router, TemplateError> {
-        let parts = parse_template(&config.template)?;
+impl Template {
+    /// Compiles `text` and checks that it renders valid names; `allowed` lists the placeholders
+    /// it may use.
+    fn new(text: &str, allowed: &[Slot]) -> Result<Template, TemplateError> {
+        let parts = parse_template(text)?;
         let mut probe = String::new();
         for part in &parts {
             match part {
                 Part::Literal(text) => probe.push_str(text),
+                Part::Slot(slot) if !allowed.contains(slot) => {
+                    return Err(TemplateError::NotAllowed(slot.name().to_owned()));
+                }
                 // Every placeholder renders to at least one safe character.
                 Part::Slot(_) => probe.push('x'),
             }
         }
-        check_literal(&probe).map_err(|_| TemplateError::BadLiteral(config.template.clone()))?;
+        check_literal(&probe).map_err(|_| TemplateError::BadLiteral(text.to_owned()))?;
         let fixed: usize = parts
             .iter()
             .map(|p| match p {
@@ -96,36 +112,10 @@ impl Router {
         if fixed > MAX_NAME_BYTES {
             return Err(TemplateError::TooLong);
         }
-        check_literal(&config.dead_letter).map_err(|_| {
-            TemplateError::DeadLetter(format!(
-                "{:?} is not a valid topic and subject: letters, digits, `.`, `-`, `_`, \
-                 no empty `.`-token, at most 249 bytes",
-                config.dead_letter
-            ))
-        })?;
-        Ok(Router {
-            parts,
-            dead_letter: config.dead_letter.clone(),
-        })
+        Ok(Template { parts })
     }
 
-    /// Renders the destination name of `event`.
-    ///
-    /// # Errors
-    /// Only when a `{sub_key}` is so long that even an empty channel would not fit.
-    pub fn name(&self, event: &Event) -> Result<String, RouteError> {
-        let mut out = String::with_capacity(64);
-        self.render(
-            &event.channel,
-            event.action.as_str(),
-            event.sub_key.as_deref(),
-            &mut out,
-        )?;
-        Ok(out)
-    }
-
-    /// Renders into `out` (cleared first), so a caller can reuse one buffer.
-    pub fn render(
+    fn render(
         &self,
         channel: &str,
         action: &str,
@@ -171,35 +161,210 @@ impl Router {
         Ok(())
     }
 
+    /// The JetStream subject covering every name this template renders: `prefix.>` from its
+    /// literal first tokens, or the name itself when it has no placeholder.
+    fn subject(&self) -> Option<String> {
+        let Some(Part::Literal(first)) = self.parts.first() else {
+            return None;
+        };
+        if self.parts.len() == 1 {
+            return Some(first.clone());
+        }
+        let dot = first.rfind('.')?;
+        Some(format!("{}>", &first[..=dot]))
+    }
+}
+
+/// A channel glob of `[[routing.rules]]`: `*` matches any run of characters (dots included),
+/// `?` exactly one character; everything else matches itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Glob(Vec<char>);
+
+impl Glob {
+    pub fn new(pattern: &str) -> Glob {
+        Glob(pattern.chars().collect())
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        let text: Vec<char> = text.chars().collect();
+        let (pattern, mut p, mut t) = (&self.0, 0, 0);
+        // The last `*` seen and where the text stood then: on a mismatch, let it eat one more.
+        let mut star: Option<(usize, usize)> = None;
+        while t < text.len() {
+            match pattern.get(p) {
+                Some('*') => {
+                    star = Some((p, t));
+                    p += 1;
+                }
+                Some('?') => {
+                    p += 1;
+                    t += 1;
+                }
+                Some(&c) if c == text[t] => {
+                    p += 1;
+                    t += 1;
+                }
+                _ => match star {
+                    Some((sp, st)) => {
+                        p = sp + 1;
+                        t = st + 1;
+                        star = Some((sp, st + 1));
+                    }
+                    None => return false,
+                },
+            }
+        }
+        pattern[p..].iter().all(|&c| c == '*')
+    }
+}
+
+/// Compiled `routing` section.
+#[derive(Debug, Clone)]
+pub struct Router {
+    default: Template,
+    rules: Vec<(Glob, Template)>,
+    /// The overflow destination per action, in `Action::ALL` order.
+    overflow: Vec<String>,
+    dead_letter: String,
+}
+
+/// Which template named a channel (for `hookbus topic`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matched {
+    /// `[[routing.rules]]` entry `n` (0-based).
+    Rule(usize),
+    /// `routing.template`.
+    Default,
+}
+
+impl Router {
+    /// Compiles the templates and checks that they, the rules, the overflow and the dead-letter
+    /// name render valid names.
+    ///
+    /// # Errors
+    /// Unknown or repeated placeholders, literal characters outside `[A-Za-z0-9._-]`, empty
+    /// `.`-tokens (invalid NATS subjects), a template too long to leave room for a channel, an
+    /// empty rule glob, an overflow template with `{channel}` or `{sub_key}`.
+    pub fn new(config: &RoutingConfig) -> Result<Router, TemplateError> {
+        const ALL: [Slot; 4] = [Slot::Channel, Slot::Action, Slot::SubKey, Slot::Source];
+        let default = Template::new(&config.template, &ALL)?;
+        let mut rules = Vec::with_capacity(config.rules.len());
+        for (i, rule) in config.rules.iter().enumerate() {
+            if rule.channel.is_empty() {
+                return Err(TemplateError::Rule(i, "channel glob is empty".to_owned()));
+            }
+            let template = Template::new(&rule.template, &ALL)
+                .map_err(|e| TemplateError::Rule(i, e.to_string()))?;
+            rules.push((Glob::new(&rule.channel), template));
+        }
+        let overflow_template = Template::new(&config.overflow, &[Slot::Action, Slot::Source])
+            .map_err(|e| TemplateError::Overflow(e.to_string()))?;
+        let mut overflow = Vec::with_capacity(Action::ALL.len());
+        for action in Action::ALL {
+            let mut name = String::new();
+            overflow_template
+                .render("", action.as_str(), None, &mut name)
+                .map_err(|e| TemplateError::Overflow(e.to_string()))?;
+            overflow.push(name);
+        }
+        check_literal(&config.dead_letter).map_err(|_| {
+            TemplateError::DeadLetter(format!(
+                "{:?} is not a valid topic and subject: letters, digits, `.`, `-`, `_`, \
+                 no empty `.`-token, at most 249 bytes",
+                config.dead_letter
+            ))
+        })?;
+        Ok(Router {
+            default,
+            rules,
+            overflow,
+            dead_letter: config.dead_letter.clone(),
+        })
+    }
+
+    /// The first rule whose glob matches `channel`, else the default template.
+    pub fn matched(&self, channel: &str) -> Matched {
+        self.rules
+            .iter()
+            .position(|(glob, _)| glob.matches(channel))
+            .map_or(Matched::Default, Matched::Rule)
+    }
+
+    /// Renders the destination name of `event`.
+    ///
+    /// # Errors
+    /// Only when a `{sub_key}` is so long that even an empty channel would not fit.
+    pub fn name(&self, event: &Event) -> Result<String, RouteError> {
+        let mut out = String::with_capacity(64);
+        self.render(
+            &event.channel,
+            event.action.as_str(),
+            event.sub_key.as_deref(),
+            &mut out,
+        )?;
+        Ok(out)
+    }
+
+    /// Renders into `out` (cleared first), so a caller can reuse one buffer.
+    pub fn render(
+        &self,
+        channel: &str,
+        action: &str,
+        sub_key: Option<&str>,
+        out: &mut String,
+    ) -> Result<(), RouteError> {
+        let template = match self.matched(channel) {
+            Matched::Rule(i) => &self.rules[i].1,
+            Matched::Default => &self.default,
+        };
+        template.render(channel, action, sub_key, out)
+    }
+
+    /// Where an event of `action` goes once `kafka.max_topics` is reached.
+    pub fn overflow(&self, action: Action) -> &str {
+        &self.overflow[action as usize]
+    }
+
+    /// Every overflow destination.
+    pub fn overflow_names(&self) -> &[String] {
+        &self.overflow
+    }
+
     /// The dead-letter destination.
     pub fn dead_letter(&self) -> &str {
         &self.dead_letter
     }
 
-    /// JetStream subjects that cover every rendered name and the dead letter, e.g.
-    /// `["presence.>"]`. Empty when the template has no literal first token.
+    /// JetStream subjects that cover every rendered name, the overflow and the dead letter,
+    /// e.g. `["presence.>"]`. Empty when a template has no literal first token.
     pub fn stream_subjects(&self) -> Vec<String> {
-        let Some(Part::Literal(first)) = self.parts.first() else {
-            return Vec::new();
-        };
-        let prefix = match (first.rfind('.'), self.parts.len()) {
-            (_, 1) => {
-                // No placeholder at all: the template is one fixed subject.
-                let mut subjects = vec![first.clone()];
-                if self.dead_letter != *first {
-                    subjects.push(self.dead_letter.clone());
-                }
-                return subjects;
-            }
-            (Some(dot), _) => &first[..=dot],
-            (None, _) => return Vec::new(),
-        };
-        let wildcard = format!("{prefix}>");
-        let mut subjects = vec![wildcard];
-        if !self.dead_letter.starts_with(prefix) {
-            subjects.push(self.dead_letter.clone());
+        let mut subjects: Vec<String> = Vec::new();
+        let templates = std::iter::once(&self.default).chain(self.rules.iter().map(|(_, t)| t));
+        for template in templates {
+            let Some(subject) = template.subject() else {
+                return Vec::new();
+            };
+            subjects.push(subject);
         }
-        subjects
+        subjects.extend(self.overflow.iter().cloned());
+        subjects.push(self.dead_letter.clone());
+        // Drop what a wider subject already covers (JetStream refuses overlapping subjects),
+        // keeping the first-seen order.
+        let covered = |subject: &str| {
+            subjects.iter().any(|wide| {
+                wide != subject
+                    && wide
+                        .strip_suffix('>')
+                        .is_some_and(|prefix| subject.starts_with(prefix))
+            })
+        };
+        let mut out: Vec<String> = Vec::new();
+        for subject in &subjects {
+            if !covered(subject) && !out.contains(subject) {
+                out.push(subject.clone());
+            }
+        }
+        out
     }
 }
 
@@ -358,7 +523,7 @@ mod tests {
     fn router(template: &str) -> Router {
         Router::new(&RoutingConfig {
             template: template.to_owned(),
-            dead_letter: "presence.dead-letter".to_owned(),
+            ..RoutingConfig::default()
         })
         .unwrap()
     }
@@ -457,6 +622,7 @@ mod tests {
         let cfg = |t: &str, d: &str| RoutingConfig {
             template: t.to_owned(),
             dead_letter: d.to_owned(),
+            ..RoutingConfig::default()
         };
         assert!(matches!(
             Router::new(&cfg("p.{chan}", "dl")),
@@ -483,10 +649,146 @@ mod tests {
         let r = Router::new(&RoutingConfig {
             template: "pn.events.{channel}".to_owned(),
             dead_letter: "dlq.presence".to_owned(),
+            overflow: "pn.events._overflow.{action}".to_owned(),
+            ..RoutingConfig::default()
         })
         .unwrap();
         assert_eq!(r.stream_subjects(), vec!["pn.events.>", "dlq.presence"]);
+        let r = Router::new(&RoutingConfig {
+            template: "pn.events.{channel}".to_owned(),
+            rules: vec![
+                crate::config::RoutingRule {
+                    channel: "chat.*".to_owned(),
+                    template: "chat.presence.{action}".to_owned(),
+                },
+                crate::config::RoutingRule {
+                    channel: "vip.*".to_owned(),
+                    template: "pn.events.vip.{channel}".to_owned(),
+                },
+            ],
+            ..RoutingConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            r.stream_subjects(),
+            vec![
+                "pn.events.>",
+                "chat.presence.>",
+                "presence._overflow.join",
+                "presence._overflow.leave",
+                "presence._overflow.timeout",
+                "presence._overflow.state-change",
+                "presence._overflow.active",
+                "presence._overflow.inactive",
+                "presence._overflow.interval",
+                "presence.dead-letter"
+            ]
+        );
         assert!(router("{channel}.{action}").stream_subjects().is_empty());
+    }
+
+    #[test]
+    fn globs_match_any_run_and_one_character() {
+        for (pattern, text, matches) in [
+            ("chat.*", "chat.room.1", true),
+            ("chat.*", "chat.", true),
+            ("chat.*", "chat", false),
+            ("*.vip", "a.b.vip", true),
+            ("*.vip", "a.b.vip2", false),
+            ("room.?", "room.1", true),
+            ("room.?", "room.é", true),
+            ("room.?", "room.12", false),
+            ("room.?", "room.", false),
+            ("a*b*c", "aXXbYYbc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("*", "", true),
+            ("**", "anything", true),
+            ("lobby", "lobby", true),
+            ("lobby", "Lobby", false),
+        ] {
+            assert_eq!(
+                Glob::new(pattern).matches(text),
+                matches,
+                "{pattern} ~ {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn rules_match_in_order_and_fall_back_to_the_template() {
+        let rule = |channel: &str, template: &str| crate::config::RoutingRule {
+            channel: channel.to_owned(),
+            template: template.to_owned(),
+        };
+        let r = Router::new(&RoutingConfig {
+            rules: vec![
+                rule("chat.vip.*", "presence.vip.{channel}.{action}"),
+                rule("chat.*", "presence.chat.{action}"),
+                rule("chat.vip.gold", "never.{action}"),
+            ],
+            ..RoutingConfig::default()
+        })
+        .unwrap();
+        let name = |channel: &str| {
+            let mut out = String::new();
+            r.render(channel, "join", None, &mut out).unwrap();
+            (r.matched(channel), out)
+        };
+        assert_eq!(
+            name("chat.vip.gold"),
+            (
+                Matched::Rule(0),
+                "presence.vip.chat_2Evip_2Egold.join".to_owned()
+            )
+        );
+        assert_eq!(
+            name("chat.room.7"),
+            (Matched::Rule(1), "presence.chat.join".to_owned())
+        );
+        assert_eq!(
+            name("lobby"),
+            (Matched::Default, "presence.lobby.join".to_owned())
+        );
+        assert_eq!(
+            r.overflow(Action::StateChange),
+            "presence._overflow.state-change"
+        );
+    }
+
+    #[test]
+    fn bad_rules_and_overflow_templates_are_rejected() {
+        let rule = |channel: &str, template: &str| RoutingConfig {
+            rules: vec![crate::config::RoutingRule {
+                channel: channel.to_owned(),
+                template: template.to_owned(),
+            }],
+            ..RoutingConfig::default()
+        };
+        assert!(matches!(
+            Router::new(&rule("", "p.{action}")),
+            Err(TemplateError::Rule(0, _))
+        ));
+        assert!(matches!(
+            Router::new(&rule("a*", "p..{action}")),
+            Err(TemplateError::Rule(0, _))
+        ));
+        assert!(matches!(
+            Router::new(&rule("a*", "p.{chan}")),
+            Err(TemplateError::Rule(0, _))
+        ));
+        let overflow = |t: &str| RoutingConfig {
+            overflow: t.to_owned(),
+            ..RoutingConfig::default()
+        };
+        assert!(matches!(
+            Router::new(&overflow("o.{channel}")),
+            Err(TemplateError::Overflow(_))
+        ));
+        assert!(matches!(
+            Router::new(&overflow("o.{sub_key}")),
+            Err(TemplateError::Overflow(_))
+        ));
+        assert!(Router::new(&overflow("o.{source}.{action}")).is_ok());
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! The request pipeline without HTTP: body bytes → events → duplicates dropped → new events
-//! accepted under the ack mode (queue, spool or broker confirmation). Ids are committed in the
-//! dedup set only once the accept succeeded, and released when it failed, so a retry after a
-//! 503 is published rather than mistaken for a duplicate. Rejected bodies go to the
-//! dead-letter destination before the 400 is sent.
+//! accepted under the ack mode (queue, spool or broker confirmation).
+//!
+//! Each request's pipeline runs in a task of its own ([`Ingress::handle`]): once the body is
+//! read, nothing the client does (giving up, disconnecting) can stop it half-way, so every
+//! claimed id is committed or released by its owner. Ids are committed only once the accept
+//! succeeded, and released when it failed, so a retry after a 503 is published rather than
+//! mistaken for a duplicate; a retry that finds the id still pending waits for the outcome.
+//! Rejected bodies go to the dead-letter destination before the 400 is sent, once per window.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -10,14 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 
 use super::IngressError;
+use crate::claim::{Claims, Found, Held};
 use crate::config::AuthConfig;
-use crate::dedup::{Key, Seen, SharedDedup};
+use crate::dedup::Key;
+use crate::faults::Faults;
 use crate::metrics::Metrics;
 use crate::normalize::{self, Event};
-use crate::publisher::{self, Done, Job, QueueSender};
+use crate::publisher::{self, Done, Job, QueueSender, Ticket};
 use crate::route::Router;
 use crate::sink::{self, Message, Sink};
 use crate::spool::{Spool, SpoolError};
@@ -45,14 +50,17 @@ pub struct Accepted {
 /// Shared state of the webhook listener.
 pub struct Ingress {
     pub router: Router,
-    pub dedup: Arc<SharedDedup>,
+    pub claims: Arc<Claims>,
     pub metrics: Metrics,
     pub acceptor: Acceptor,
     pub auth: AuthConfig,
     pub max_body_bytes: usize,
     pub retry_after: Duration,
+    /// How long a retry waits for an earlier delivery of the same event to be decided.
+    pub pending_wait: Duration,
     pub sink: Arc<Sink>,
     pub dead_letter_dir: PathBuf,
+    pub faults: Faults,
 }
 
 impl Ingress {
@@ -77,13 +85,34 @@ impl Ingress {
         diff == 0
     }
 
-    /// Runs one webhook body through the pipeline.
+    /// Runs one webhook body through the pipeline in a task of its own.
+    ///
+    /// Cancel safe: dropping the returned future (the client left) does not stop the
+    /// pipeline; its events are accepted (or not) exactly as if the client had stayed, and a
+    /// retry learns the outcome.
     ///
     /// # Errors
     /// `InvalidPayload` (after dead-lettering the body), `Forbidden`, or `Unavailable` when
-    /// the events cannot be accepted now (queue or spool full, broker unconfirmed, a retry
-    /// of the same event still in progress).
-    pub async fn handle(&self, body: Bytes, received_ms: u64) -> Result<Accepted, IngressError> {
+    /// the events cannot be accepted now (queue or spool full, broker unconfirmed, an earlier
+    /// delivery of the same event still undecided).
+    pub async fn handle(
+        self: &Arc<Self>,
+        body: Bytes,
+        received_ms: u64,
+    ) -> Result<Accepted, IngressError> {
+        let this = self.clone();
+        match tokio::spawn(async move { this.process(body, received_ms).await }).await {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::error!(%error, "webhook pipeline failed");
+                Err(IngressError::Unavailable(
+                    "internal error while accepting; retry shortly".to_owned(),
+                ))
+            }
+        }
+    }
+
+    async fn process(&self, body: Bytes, received_ms: u64) -> Result<Accepted, IngressError> {
         let events = match normalize::normalize(&body, received_ms) {
             Ok(events) => events,
             Err(error) => {
@@ -127,62 +156,49 @@ impl Ingress {
             self.metrics.event_received(event.format, event.action);
         }
 
-        // Phase one: claim every id as pending, or find it known.
-        let mut claimed: Vec<Key> = Vec::with_capacity(events.len());
-        let mut fresh = Vec::with_capacity(events.len());
+        // The same id twice in one batch counts once; the rest are duplicates.
+        let mut keys = Vec::with_capacity(events.len());
+        let mut unique = Vec::with_capacity(events.len());
         let mut duplicates = Vec::new();
         let mut in_request: HashSet<Key> = HashSet::new();
-        let mut busy = false;
         for (event, job) in events.iter().zip(jobs) {
-            let key = self.dedup.key(&event.id);
+            let key = self.claims.key(&event.id);
             if events.len() > 1 && !in_request.insert(key) {
                 duplicates.push(event.action);
                 continue;
             }
-            match self.dedup.begin(key, received_ms) {
-                Seen::New => {
-                    claimed.push(key);
-                    fresh.push(job);
-                }
-                Seen::Duplicate => duplicates.push(event.action),
-                Seen::Pending => busy = true,
-            }
-        }
-        if busy {
-            self.release(&claimed);
-            return Err(IngressError::Unavailable(
-                "an earlier delivery of this event is still being accepted; retry shortly"
-                    .to_owned(),
-            ));
+            keys.push(key);
+            unique.push((key, event.action, job));
         }
 
-        // Phase two: accept, then commit or release.
+        let mut held = Held::new(&self.claims);
+        let found = self
+            .claims
+            .claim(&keys, publisher::now_ms, self.pending_wait, &mut held)
+            .await
+            .map_err(|pending| {
+                IngressError::Unavailable(format!(
+                    "an earlier delivery of {pending} of these events is still being accepted; \
+                     retry shortly"
+                ))
+            })?;
+        self.faults.accept_gate().await;
+        let mut fresh = Vec::with_capacity(unique.len());
+        for ((key, action, job), found) in unique.into_iter().zip(found) {
+            match found {
+                Found::New => fresh.push((key, job)),
+                Found::Duplicate => duplicates.push(action),
+            }
+        }
         let accepted = fresh.len();
-        match self.accept(fresh).await {
-            Ok(()) => {
-                let now = publisher::now_ms();
-                for key in &claimed {
-                    self.dedup.commit(*key, now);
-                }
-                for action in &duplicates {
-                    self.metrics.duplicate(*action);
-                }
-                Ok(Accepted {
-                    accepted,
-                    duplicates: duplicates.len(),
-                })
-            }
-            Err(error) => {
-                self.release(&claimed);
-                Err(error)
-            }
+        self.accept(fresh, held).await?;
+        for action in &duplicates {
+            self.metrics.duplicate(*action);
         }
-    }
-
-    fn release(&self, keys: &[Key]) {
-        for key in keys {
-            self.dedup.release(*key);
-        }
+        Ok(Accepted {
+            accepted,
+            duplicates: duplicates.len(),
+        })
     }
 
     /// Routes and serializes one event.
@@ -217,7 +233,8 @@ impl Ingress {
     }
 
     /// Keeps a rejected body: published byte-identical to the dead-letter destination, or
-    /// written to `spool.dir/dead-letters/` when larger than the broker accepts.
+    /// written to `spool.dir/dead-letters/` when larger than the broker accepts. The same body
+    /// again within the dedup window (PubNub retrying a 400) is not dead-lettered twice.
     async fn dead_letter(
         &self,
         body: Bytes,
@@ -225,6 +242,22 @@ impl Ingress {
         error: &str,
         received_ms: u64,
     ) -> Result<(), IngressError> {
+        let id = format!("dead-letter:{}", normalize::body_id(&body));
+        let key = self.claims.key(&id);
+        let mut held = Held::new(&self.claims);
+        let found = self
+            .claims
+            .claim(&[key], publisher::now_ms, self.pending_wait, &mut held)
+            .await
+            .map_err(|_| {
+                IngressError::Unavailable(
+                    "an earlier delivery of this body is still being dead-lettered; retry shortly"
+                        .to_owned(),
+                )
+            })?;
+        if found == [Found::Duplicate] {
+            return Ok(());
+        }
         // Leave room for the headers in the broker's message limit.
         if body.len() + 1024 > self.sink.max_message_bytes() {
             let dir = self.dead_letter_dir.clone();
@@ -233,6 +266,7 @@ impl Ingress {
             })
             .await
             .map_err(|e| IngressError::Unavailable(format!("dead-letter write failed: {e}")))?;
+            held.commit_all(publisher::now_ms());
             self.metrics.dead_letter("too_large");
             return Ok(());
         }
@@ -248,7 +282,7 @@ impl Ingress {
                     ),
                 ],
                 payload: body,
-                msg_id: None,
+                msg_id: Some(id),
                 is_event: false,
             },
             action: None,
@@ -256,73 +290,85 @@ impl Ingress {
             event_ms: None,
             done: Done::Nobody,
         };
-        self.accept(vec![job]).await?;
+        self.accept(vec![(key, job)], held).await?;
         self.metrics.dead_letter(reason);
         Ok(())
     }
 
-    /// Accepts `jobs` under the ack mode; all or none.
-    async fn accept(&self, mut jobs: Vec<Job>) -> Result<(), IngressError> {
+    /// Accepts `jobs` (each with its pending key, held in `held`) under the ack mode, all or
+    /// none, and settles their keys: committed on success, released on failure.
+    async fn accept(&self, jobs: Vec<(Key, Job)>, mut held: Held) -> Result<(), IngressError> {
         if jobs.is_empty() {
             return Ok(());
         }
         match &self.acceptor {
             Acceptor::Memory(queue) => {
                 let count = jobs.len();
-                queue.try_send_all(jobs).map_err(|_| {
-                    IngressError::Unavailable("publish queue is full; retry shortly".to_owned())
-                })?;
+                queue
+                    .try_send_all(jobs.into_iter().map(|(_, job)| job).collect())
+                    .map_err(|_| {
+                        IngressError::Unavailable("publish queue is full; retry shortly".to_owned())
+                    })?;
+                held.commit_all(publisher::now_ms());
                 self.metrics.acks_before_durable.inc_by(count as u64);
                 Ok(())
             }
             Acceptor::Spool(spool) => {
-                let records = jobs.iter().map(Job::encode).collect();
-                spool
-                    .append(records)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| match e {
-                        SpoolError::Full => {
-                            IngressError::Unavailable("spool is full; retry shortly".to_owned())
-                        }
-                        other => {
-                            tracing::error!(error = %other, "spool append failed");
-                            IngressError::Unavailable(format!("spool unavailable: {other}"))
-                        }
-                    })
+                let records = jobs.iter().map(|(_, job)| job.encode()).collect();
+                match spool.append(records).await {
+                    Ok(_) => {
+                        held.commit_all(publisher::now_ms());
+                        Ok(())
+                    }
+                    Err(SpoolError::Full) => Err(IngressError::Unavailable(
+                        "spool is full; retry shortly".to_owned(),
+                    )),
+                    Err(other) => {
+                        tracing::error!(error = %other, "spool append failed");
+                        Err(IngressError::Unavailable(format!(
+                            "spool unavailable: {other}"
+                        )))
+                    }
+                }
             }
             Acceptor::Publish { queue, timeout } => {
+                let mut tickets = Vec::with_capacity(jobs.len());
                 let mut waiters = Vec::with_capacity(jobs.len());
-                for job in &mut jobs {
-                    let (tx, rx) = oneshot::channel();
-                    job.done = Done::Waiter(tx);
-                    waiters.push(rx);
+                let mut queued = Vec::with_capacity(jobs.len());
+                for (key, mut job) in jobs {
+                    let (ticket, waiter) = Ticket::new(&self.claims, held.hand_over(key));
+                    job.done = Done::Ticket(ticket.clone());
+                    tickets.push(ticket);
+                    waiters.push(waiter);
+                    queued.push(job);
                 }
-                queue.try_send_all(jobs).map_err(|_| {
+                drop(held);
+                // On failure the jobs come back and are dropped with their tickets, which
+                // releases their ids.
+                queue.try_send_all(queued).map_err(|_| {
                     IngressError::Unavailable("publish queue is full; retry shortly".to_owned())
                 })?;
                 let all = futures::future::join_all(waiters);
-                let results = tokio::time::timeout(*timeout, all).await.map_err(|_| {
-                    IngressError::Unavailable(format!(
-                        "broker did not confirm within {timeout:?}; retry shortly"
-                    ))
-                })?;
-                for result in results {
-                    match result {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => {
-                            return Err(IngressError::Unavailable(format!(
-                                "broker did not confirm: {error}"
-                            )));
-                        }
-                        Err(_) => {
-                            return Err(IngressError::Unavailable(
-                                "shutting down; retry shortly".to_owned(),
-                            ));
-                        }
+                match tokio::time::timeout(*timeout, all).await {
+                    Ok(results) if results.iter().all(Result::is_ok) => Ok(()),
+                    Ok(_) => Err(IngressError::Unavailable(
+                        "shutting down; retry shortly".to_owned(),
+                    )),
+                    Err(_) => {
+                        // Jobs still queued are withdrawn (never sent, ids released); those the
+                        // producer has settle their ids when confirmed, so the retry of one that
+                        // gets stored is a duplicate, never a second publish.
+                        let withdrawn = tickets.iter().filter(|t| t.withdraw()).count();
+                        tracing::debug!(
+                            withdrawn,
+                            pending = tickets.len() - withdrawn,
+                            "publish wait timed out"
+                        );
+                        Err(IngressError::Unavailable(format!(
+                            "broker did not confirm within {timeout:?}; retry shortly"
+                        )))
                     }
                 }
-                Ok(())
             }
         }
     }

@@ -75,8 +75,41 @@ pub async fn serve_webhooks(
     graceful.shutdown().await;
 }
 
-async fn webhook(ingress: &Ingress, req: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
+/// Counts a request whose client left before its answer (hyper drops the service future): as
+/// code 499, as nginx logs it, and in the ack latency histogram with the time it waited.
+struct Answer<'a> {
+    metrics: &'a crate::metrics::Metrics,
+    started: Instant,
+    answered: bool,
+}
+
+impl Answer<'_> {
+    fn record(&mut self, code: u16) {
+        self.answered = true;
+        self.metrics.http_response(code);
+        self.metrics
+            .ack_duration
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.record(CLIENT_CLOSED_REQUEST);
+        }
+    }
+}
+
+/// The `code` counted for a request whose client disconnected before the answer.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+async fn webhook(ingress: &Arc<Ingress>, req: Request<Incoming>) -> Response<Body> {
+    let mut answer = Answer {
+        metrics: &ingress.metrics,
+        started: Instant::now(),
+        answered: false,
+    };
     let result = handle(ingress, req).await;
     let response = match result {
         Ok(accepted) => {
@@ -110,15 +143,11 @@ async fn webhook(ingress: &Ingress, req: Request<Incoming>) -> Response<Body> {
             response
         }
     };
-    ingress.metrics.http_response(response.status().as_u16());
-    ingress
-        .metrics
-        .ack_duration
-        .observe(started.elapsed().as_secs_f64());
+    answer.record(response.status().as_u16());
     response
 }
 
-async fn handle(ingress: &Ingress, req: Request<Incoming>) -> Result<Accepted, IngressError> {
+async fn handle(ingress: &Arc<Ingress>, req: Request<Incoming>) -> Result<Accepted, IngressError> {
     let received_ms = now_ms();
     let path = req.uri().path();
     let is_webhook = path == WEBHOOK_PATH
@@ -206,6 +235,8 @@ pub struct AdminState {
     pub registry: prometheus::Registry,
     /// Readiness as the ack mode defines it (spool headroom, queue room, sink connected).
     pub ready: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    /// Liveness: fails when a component cannot recover (`/healthz` 503).
+    pub health: crate::health::Health,
     pub draining: Shutdown,
 }
 
@@ -265,7 +296,13 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
             );
             r
         }
-        "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
+        "/healthz" => match state.health.check() {
+            Ok(()) => text(StatusCode::OK, "ok\n".to_owned()),
+            Err(reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unhealthy: {reason}\n"),
+            ),
+        },
         "/readyz" => {
             if state.draining.is_draining() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned());

@@ -324,8 +324,9 @@ fn action_from_schema(schema: &str) -> Option<Action> {
     })
 }
 
-/// First 32 lowercase hex chars of SHA-256 of `data`: the G1 event id.
-fn body_id(data: &[u8]) -> String {
+/// First 32 lowercase hex chars of SHA-256 of `data`: the G1 event id, and the key of a
+/// dead-lettered body.
+pub fn body_id(data: &[u8]) -> String {
     hex32(&Sha256::digest(data))
 }
 

@@ -93,6 +93,39 @@ impl Job {
     }
 }
 
+/// The event id (`msg_id`) of an encoded record, read in place: rebuilding the dedup set at
+/// start touches nothing else, so it needs no memory per record.
+pub fn msg_id_of(record: &[u8]) -> Option<&str> {
+    // version, is_event, action, received_ms, event_ms
+    let mut at = 1 + 1 + 1 + 8 + 8;
+    if record.first() != Some(&RECORD_VERSION) {
+        return None;
+    }
+    let skip_str = |at: &mut usize| -> Option<(usize, usize)> {
+        let len = u32::from_be_bytes(record.get(*at..*at + 4)?.try_into().ok()?) as usize;
+        let start = *at + 4;
+        record.get(start..start + len)?;
+        *at = start + len;
+        Some((start, len))
+    };
+    skip_str(&mut at)?; // topic
+    match record.get(at)? {
+        0 => at += 1,
+        _ => {
+            at += 1;
+            skip_str(&mut at)?; // key
+        }
+    }
+    match record.get(at)? {
+        0 => None,
+        _ => {
+            at += 1;
+            let (start, len) = skip_str(&mut at)?;
+            std::str::from_utf8(&record[start..start + len]).ok()
+        }
+    }
+}
+
 fn put_str(out: &mut BytesMut, s: &str) {
     out.put_u32(s.len() as u32);
     out.put_slice(s.as_bytes());
@@ -152,6 +185,7 @@ mod tests {
             event_ms: Some(-5),
             done: Done::Nobody,
         };
+        assert_eq!(msg_id_of(&job.encode()), Some("abc"));
         let back = Job::decode(7, job.encode()).unwrap();
         assert_eq!(back.message.topic, job.message.topic);
         assert_eq!(back.message.key, job.message.key);
@@ -169,6 +203,13 @@ mod tests {
                 Job::decode(1, encoded.slice(..cut)).is_err(),
                 "cut at {cut}"
             );
+            assert!(
+                msg_id_of(&encoded[..cut]).is_none_or(|id| id == "abc"),
+                "cut at {cut}"
+            );
         }
+        let mut dead = job;
+        dead.message.msg_id = None;
+        assert_eq!(msg_id_of(&dead.encode()), None);
     }
 }

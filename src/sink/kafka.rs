@@ -1,6 +1,8 @@
 //! Kafka sink: an rdkafka `FutureProducer` with `acks=all` and idempotence, key = raw channel,
-//! headers of DESIGN §6, and a bounded delivery timeout. Missing topics are created through the
-//! admin API on first use (`kafka.create_topics`) and remembered.
+//! the contract's headers. A message handed to librdkafka stays there until delivered or
+//! refused for good (no local timeout, so nothing is ever re-sent as a new message: partition
+//! order and exactly-once hold). Missing topics are created through the admin API before the
+//! batch that needs them (`kafka.create_topics`), within `kafka.max_topics`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -16,84 +19,178 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{Ack, Confirm, Message, SinkError};
-use crate::config::{KafkaConfig, SinkConfig};
+use crate::config::{ConfigError, KafkaConfig, SinkConfig};
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_MESSAGE: usize = 1_000_000;
 
-/// Tracks broker reachability from librdkafka's error callback.
+/// Tracks broker reachability and fatal producer errors from librdkafka's error callback.
 #[derive(Clone)]
 pub struct UpContext {
     up: Arc<AtomicBool>,
+    fatal: Arc<Mutex<Option<String>>>,
 }
 
 impl ClientContext for UpContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::AllBrokersDown)
-        ) {
-            self.up.store(false, Ordering::Relaxed);
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => self.up.store(false, Ordering::Relaxed),
+            Some(RDKafkaErrorCode::Fatal) => {
+                *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+            }
+            _ => {}
         }
         tracing::warn!(%error, reason, sink = "kafka", "client error");
     }
 }
 
+/// The librdkafka configuration of the sink: idempotent producer with `acks=all`, messages
+/// kept until delivered (`message.timeout.ms = 0`: a message handed to librdkafka is never
+/// timed out and re-sent as a new one), then every `kafka.properties` entry.
+pub(super) fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "0")
+        .set("linger.ms", "2")
+        .set("client.id", "hookbus");
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
+}
+
+/// Builds the client exactly as [`KafkaSink::new`] does, without a broker address, so librdkafka
+/// validates every property and their combination (security protocol, SASL mechanism, TLS
+/// files) without contacting anyone.
+///
+/// # Errors
+/// What librdkafka refuses, naming the property (or `kafka.properties` when it names none).
+pub(super) fn check(config: &KafkaConfig) -> Result<(), ConfigError> {
+    let property = |key: &str| config.properties.get(key).map(String::as_str);
+    let invalid = |key: &str, message: String| ConfigError::InvalidAt {
+        key: format!("kafka.properties.\"{key}\""),
+        message,
+    };
+    let protocol = property("security.protocol").unwrap_or("plaintext");
+    let mechanism = property("sasl.mechanisms").or(property("sasl.mechanism"));
+    if protocol.to_ascii_lowercase().starts_with("sasl") && mechanism.is_none() {
+        return Err(invalid(
+            "sasl.mechanisms",
+            format!(
+                "security.protocol {protocol} needs a SASL mechanism: PLAIN, SCRAM-SHA-256, \
+                 SCRAM-SHA-512 or OAUTHBEARER (GSSAPI/Kerberos is not built in)"
+            ),
+        ));
+    }
+    let mut client = client_config(config);
+    client.set("bootstrap.servers", "");
+    if property("sasl.oauthbearer.method").is_some_and(|m| m.eq_ignore_ascii_case("oidc")) {
+        // librdkafka fetches a token as soon as the client exists: check the URL here and
+        // point the throw-away client at a port nothing listens on.
+        let url = property("sasl.oauthbearer.token.endpoint.url").unwrap_or("");
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(invalid(
+                "sasl.oauthbearer.token.endpoint.url",
+                format!("{url:?} is not an http(s) URL of the OIDC token endpoint"),
+            ));
+        }
+        client.set("sasl.oauthbearer.token.endpoint.url", "http://127.0.0.1:1/");
+    }
+    client
+        .create::<rdkafka::producer::BaseProducer>()
+        .map(drop)
+        .map_err(|error| {
+            let text = error.to_string();
+            let key = config
+                .properties
+                .keys()
+                .filter(|k| text.contains(k.as_str()))
+                .max_by_key(|k| k.len())
+                .map_or_else(
+                    || "kafka.properties".to_owned(),
+                    |k| format!("kafka.properties.\"{k}\""),
+                );
+            ConfigError::InvalidAt { key, message: text }
+        })
+}
+
 pub struct KafkaSink {
     producer: FutureProducer<UpContext>,
-    admin: AdminClient<UpContext>,
-    up: Arc<AtomicBool>,
-    /// Topics known to exist. A std Mutex, held only for a lookup or insert, never across await.
-    topics: Mutex<HashSet<String>>,
-    create_topics: bool,
-    partitions: i32,
-    replication_factor: i32,
+    context: UpContext,
+    topics: Arc<Topics>,
     timeout: Duration,
     max_message: usize,
 }
 
+/// The topics the sink publishes to, and their creation through the admin API.
+///
+/// Topics found at start never count against `kafka.max_topics`; the others (created by
+/// hookbus, or first seen later) are admitted until the cap is reached, and the set of them is
+/// bounded by it. `exempt` names (the overflow and dead-letter topics) are always admitted.
+struct Topics {
+    admin: AdminClient<UpContext>,
+    /// Std mutexes, held only for a lookup or insert, never across an await.
+    existing: Mutex<HashSet<String>>,
+    admitted: Mutex<HashSet<String>>,
+    /// Admitted topics not known to exist yet (created by the next batch).
+    exempt: HashSet<String>,
+    max_topics: usize,
+    create_topics: bool,
+    partitions: i32,
+    replication_factor: i32,
+    timeout: Duration,
+}
+
 impl KafkaSink {
+    /// `exempt`: topics admitted whatever the cap (overflow and dead-letter destinations).
+    ///
     /// # Errors
     /// A `kafka.properties` entry librdkafka rejects.
-    pub fn new(config: &KafkaConfig, sink: &SinkConfig) -> anyhow::Result<KafkaSink> {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", sink.timeout.as_millis().to_string())
-            .set("linger.ms", "2")
-            .set("client.id", "hookbus");
-        for (key, value) in &config.properties {
-            client.set(key, value);
-        }
+    pub fn new(
+        config: &KafkaConfig,
+        sink: &SinkConfig,
+        exempt: HashSet<String>,
+    ) -> anyhow::Result<KafkaSink> {
+        let client = client_config(config);
         let max_message = config
             .properties
             .get("message.max.bytes")
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_MAX_MESSAGE);
-        let up = Arc::new(AtomicBool::new(false));
-        let context = UpContext { up: up.clone() };
+        let context = UpContext {
+            up: Arc::new(AtomicBool::new(false)),
+            fatal: Arc::new(Mutex::new(None)),
+        };
         let producer = client
             .create_with_context(context.clone())
             .map_err(|e| anyhow::anyhow!("kafka producer: {e}"))?;
         let admin = client
-            .create_with_context(context)
+            .create_with_context(context.clone())
             .map_err(|e| anyhow::anyhow!("kafka admin client: {e}"))?;
         Ok(KafkaSink {
             producer,
-            admin,
-            up,
-            topics: Mutex::new(HashSet::new()),
-            create_topics: config.create_topics,
-            partitions: config.partitions,
-            replication_factor: config.replication_factor,
+            context,
+            topics: Arc::new(Topics {
+                admin,
+                existing: Mutex::new(HashSet::new()),
+                admitted: Mutex::new(HashSet::new()),
+                exempt,
+                max_topics: config.max_topics,
+                create_topics: config.create_topics,
+                partitions: config.partitions,
+                replication_factor: config.replication_factor,
+                timeout: sink.timeout,
+            }),
             timeout: sink.timeout,
             max_message,
         })
     }
 
-    /// Fetches cluster metadata once, which proves the brokers are reachable.
+    /// Fetches cluster metadata once: proves the brokers are reachable and records the topics
+    /// that exist at start.
     pub async fn prepare(&self) -> Result<Vec<String>, SinkError> {
         let producer = self.producer.clone();
         let timeout = self.timeout;
@@ -103,31 +200,152 @@ impl KafkaSink {
                 .map_err(|e| SinkError::Retriable(e.to_string()))?;
         match result {
             Ok(metadata) => {
-                self.up.store(true, Ordering::Relaxed);
+                self.context.up.store(true, Ordering::Relaxed);
+                let names: HashSet<String> = metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.error().is_none())
+                    .map(|t| t.name().to_owned())
+                    .collect();
                 tracing::info!(
                     brokers = metadata.brokers().len(),
+                    topics = names.len(),
                     sink = "kafka",
                     "connected"
                 );
+                self.topics.lock_existing().extend(names);
                 Ok(Vec::new())
             }
             Err(e) => Err(classify(&e)),
         }
     }
 
-    /// Creates the topics among `topics` not known to exist, in one CreateTopics request, so a
-    /// burst of new channels costs one round trip per batch rather than one per channel.
-    /// Topics whose creation failed stay unknown (their `send` retries the creation).
-    pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), SinkError> {
-        if !self.create_topics {
-            return Ok(());
+    /// Whether `topic` may be published to: it existed at start, was admitted before, is
+    /// exempt, or the cap still has room (then it is admitted now). `false`: publish to the
+    /// overflow destination instead.
+    pub fn admit(&self, topic: &str) -> bool {
+        let topics = &self.topics;
+        if topics.exempt.contains(topic) || topics.lock_existing().contains(topic) {
+            return true;
         }
-        let mut missing: Vec<&str> = topics.iter().copied().filter(|t| !self.known(t)).collect();
+        let mut admitted = topics.lock_admitted();
+        if admitted.contains(topic) {
+            return true;
+        }
+        if admitted.len() >= topics.max_topics {
+            return false;
+        }
+        admitted.insert(topic.to_owned());
+        true
+    }
+
+    /// Creates the topics among `topics` not known to exist, in one CreateTopics request, so a
+    /// burst of new channels costs one round trip per batch. `None` when all are known.
+    /// A failed creation is logged, not returned: the messages are produced anyway (the topic
+    /// may exist, or the cluster may create it), and librdkafka reports a missing topic.
+    pub fn prepare_batch<'a>(
+        &self,
+        topics: impl Iterator<Item = &'a str>,
+    ) -> Option<BoxFuture<'static, ()>> {
+        if !self.topics.create_topics {
+            return None;
+        }
+        let mut missing: Vec<String> = {
+            let existing = self.topics.lock_existing();
+            topics
+                .filter(|t| !existing.contains(*t))
+                .map(str::to_owned)
+                .collect()
+        };
+        if missing.is_empty() {
+            return None;
+        }
         missing.sort_unstable();
         missing.dedup();
-        if missing.is_empty() {
-            return Ok(());
+        let topics = self.topics.clone();
+        Some(Box::pin(async move { topics.create(missing).await }))
+    }
+
+    pub async fn send(&self, message: &Message) -> Result<Confirm, SinkError> {
+        if message.payload.len() > self.max_message {
+            return Err(SinkError::TooLarge {
+                size: message.payload.len(),
+                limit: self.max_message,
+            });
         }
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (name, value) in &message.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::to(&message.topic)
+            .payload(message.payload.as_ref())
+            .headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_bytes());
+        }
+        // Waiting for room in librdkafka's queue happens here, in this message's future.
+        let delivery = loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => return Err(classify(&error)),
+            }
+        };
+        let up = self.context.up.clone();
+        Ok(Box::pin(async move {
+            match delivery.await {
+                Ok(Ok(_)) => {
+                    up.store(true, Ordering::Relaxed);
+                    Ok(Ack::default())
+                }
+                Ok(Err((error, _))) => Err(classify(&error)),
+                Err(_canceled) => Err(SinkError::Retriable("producer shut down".to_owned())),
+            }
+        }))
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.context.up.load(Ordering::Relaxed)
+    }
+
+    /// A fatal producer error (the idempotent producer cannot go on): the process must restart.
+    pub fn fatal(&self) -> Option<String> {
+        self.context
+            .fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message
+    }
+
+    pub async fn flush(&self, timeout: Duration) {
+        let producer = self.producer.clone();
+        let result = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        if let Ok(Err(error)) = result {
+            tracing::warn!(%error, sink = "kafka", "flush did not finish");
+        }
+    }
+}
+
+impl Topics {
+    fn lock_existing(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.existing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_admitted(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.admitted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn create(&self, missing: Vec<String>) {
         let new: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|topic| {
@@ -141,108 +359,24 @@ impl KafkaSink {
         let options = AdminOptions::new()
             .operation_timeout(Some(self.timeout))
             .request_timeout(Some(self.timeout));
-        let results = self
-            .admin
-            .create_topics(&new, &options)
-            .await
-            .map_err(|e| classify(&e))?;
-        let mut first_error = None;
+        let results = match self.admin.create_topics(&new, &options).await {
+            Ok(results) => results,
+            Err(error) => {
+                tracing::warn!(%error, topics = missing.len(), sink = "kafka", "creating topics failed; producing anyway");
+                return;
+            }
+        };
         for result in results {
             match result {
                 Ok(name) | Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
                     tracing::info!(topic = %name, sink = "kafka", "topic ready");
-                    self.topics
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(name);
+                    self.lock_existing().insert(name);
                 }
                 Err((name, code)) => {
                     let error = KafkaError::AdminOp(code);
-                    tracing::warn!(topic = %name, %error, sink = "kafka", "topic creation failed");
-                    first_error.get_or_insert(classify(&error));
+                    tracing::warn!(topic = %name, %error, sink = "kafka", "topic creation failed; producing anyway");
                 }
             }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    fn known(&self, topic: &str) -> bool {
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(topic)
-    }
-
-    pub async fn send(&self, message: &Message) -> Result<Confirm, SinkError> {
-        if message.payload.len() > self.max_message {
-            return Err(SinkError::TooLarge {
-                size: message.payload.len(),
-                limit: self.max_message,
-            });
-        }
-        self.ensure_topics(&[message.topic.as_str()]).await?;
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-        for (name, value) in &message.headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut record = FutureRecord::to(&message.topic)
-            .payload(message.payload.as_ref())
-            .headers(headers);
-        if let Some(key) = &message.key {
-            record = record.key(key.as_bytes());
-        }
-        let delivery = loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => break delivery,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(SinkError::Timeout(self.timeout));
-                    }
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((error, _)) => return Err(classify(&error)),
-            }
-        };
-        let up = self.up.clone();
-        let timeout = self.timeout;
-        Ok(Box::pin(async move {
-            match delivery.await {
-                Ok(Ok(_)) => {
-                    up.store(true, Ordering::Relaxed);
-                    Ok(Ack::default())
-                }
-                Ok(Err((error, _))) => Err(match classify(&error) {
-                    SinkError::Retriable(_)
-                        if error.rdkafka_error_code()
-                            == Some(RDKafkaErrorCode::MessageTimedOut) =>
-                    {
-                        SinkError::Timeout(timeout)
-                    }
-                    other => other,
-                }),
-                Err(_canceled) => Err(SinkError::Retriable("producer shut down".to_owned())),
-            }
-        }))
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    pub fn max_message_bytes(&self) -> usize {
-        self.max_message
-    }
-
-    pub async fn flush(&self, timeout: Duration) {
-        let producer = self.producer.clone();
-        let result = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
-        if let Ok(Err(error)) = result {
-            tracing::warn!(%error, sink = "kafka", "flush did not finish");
         }
     }
 }

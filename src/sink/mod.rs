@@ -6,18 +6,21 @@
 mod kafka;
 mod nats;
 mod stdout;
+mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 
 pub use kafka::KafkaSink;
 pub use nats::NatsSink;
 pub use stdout::StdoutSink;
 
-use crate::config::{KafkaConfig, NatsConfig, SinkConfig, SinkKind};
+use crate::config::{ConfigError, KafkaConfig, NatsConfig, SinkConfig, SinkKind};
+use crate::route::Router;
 
 /// Header names of DESIGN §6.
 pub const HEADER_EVENT_ID: &str = "hookbus-event-id";
@@ -89,6 +92,24 @@ impl SinkError {
 /// Resolves when the broker has confirmed (or refused) one sent message.
 pub type Confirm = Pin<Box<dyn Future<Output = Result<Ack, SinkError>> + Send>>;
 
+/// What `--check` adds to the config file's own validation for the configured sink, without
+/// contacting a broker: the Kafka client is built exactly as the sink builds it (librdkafka
+/// validates every property and the TLS files it names), NATS URLs parse, and every TLS, NKey
+/// and credentials file exists and parses.
+///
+/// # Errors
+/// The first problem, naming its key.
+pub fn check(sink: &SinkConfig, nats: &NatsConfig, kafka: &KafkaConfig) -> Result<(), ConfigError> {
+    match sink.kind {
+        SinkKind::Nats => {
+            nats::server_addrs(nats)?;
+            nats::options(nats).map(drop)
+        }
+        SinkKind::Kafka => kafka::check(kafka),
+        SinkKind::Stdout => Ok(()),
+    }
+}
+
 /// The configured producer.
 pub enum Sink {
     Nats(Box<NatsSink>),
@@ -107,13 +128,21 @@ impl Sink {
         nats: &NatsConfig,
         kafka: &KafkaConfig,
         dedup_window: Duration,
-        stream_subjects: Vec<String>,
+        router: &Router,
     ) -> anyhow::Result<Sink> {
         Ok(match sink.kind {
             SinkKind::Nats => Sink::Nats(Box::new(
-                NatsSink::connect(nats, sink, dedup_window, stream_subjects).await?,
+                NatsSink::connect(nats, sink, dedup_window, router.stream_subjects()).await?,
             )),
-            SinkKind::Kafka => Sink::Kafka(KafkaSink::new(kafka, sink)?),
+            SinkKind::Kafka => {
+                let exempt = router
+                    .overflow_names()
+                    .iter()
+                    .cloned()
+                    .chain([router.dead_letter().to_owned()])
+                    .collect();
+                Sink::Kafka(KafkaSink::new(kafka, sink, exempt)?)
+            }
             SinkKind::Stdout => Sink::Stdout(StdoutSink::new()),
         })
     }
@@ -140,23 +169,41 @@ impl Sink {
         }
     }
 
-    /// Makes sure the destinations of a batch exist before its messages are sent (Kafka:
-    /// one CreateTopics request for all new topics). A failure is left for `send` to report
-    /// per message.
-    pub async fn prepare_batch<'a>(&self, topics: impl Iterator<Item = &'a str>) {
-        if let Sink::Kafka(s) = self {
-            let topics: Vec<&str> = topics.collect();
-            if let Err(error) = s.ensure_topics(&topics).await {
-                tracing::warn!(%error, sink = "kafka", "creating the batch's topics failed");
-            }
+    /// Whether a message may go to `topic`; `false` once `kafka.max_topics` topics beyond
+    /// those existing at start are in use (the caller sends it to the overflow destination).
+    pub fn admit(&self, topic: &str) -> bool {
+        match self {
+            Sink::Kafka(s) => s.admit(topic),
+            Sink::Nats(_) | Sink::Stdout(_) => true,
         }
     }
 
-    /// Hands `message` to the client; messages sent by one task reach the broker in call order.
+    /// What must happen before a batch's messages are sent, as a future each of them awaits
+    /// (Kafka: one CreateTopics request for its new topics); `None` when nothing must.
+    pub fn prepare_batch<'a>(
+        &self,
+        topics: impl Iterator<Item = &'a str>,
+    ) -> Option<BoxFuture<'static, ()>> {
+        match self {
+            Sink::Kafka(s) => s.prepare_batch(topics),
+            Sink::Nats(_) | Sink::Stdout(_) => None,
+        }
+    }
+
+    /// An error the client cannot recover from (a fatal Kafka producer error): the process
+    /// must restart.
+    pub fn fatal(&self) -> Option<String> {
+        match self {
+            Sink::Kafka(s) => s.fatal(),
+            Sink::Nats(_) | Sink::Stdout(_) => None,
+        }
+    }
+
+    /// Hands `message` to the client, waiting for room in the client's queue, and returns the
+    /// future of its confirmation. Messages handed in sequence reach the broker in that order.
     ///
     /// # Errors
-    /// The message was not accepted by the client (too large, client queue full past the
-    /// timeout, topic creation refused).
+    /// The client refused the message (too large, not connected).
     pub async fn send(&self, message: &Message) -> Result<Confirm, SinkError> {
         match self {
             Sink::Nats(s) => s.send(message).await,

@@ -137,6 +137,52 @@ fn parse_header(h: &[u8; HEADER_LEN as usize]) -> (u32, u32, u64, u64) {
     (u32_at(0), u32_at(4), u64_at(8), u64_at(16))
 }
 
+/// The first valid record in `bytes` (the rest of a segment after a damaged record): its offset
+/// and seq. A candidate needs a seq above `after_seq` that the bytes left could still reach, a
+/// length that fits, and a matching checksum, so random bytes are taken for a record about
+/// once in 2^32 tries. `None` when nothing valid follows (a torn tail, or zeros).
+pub(super) fn next_valid(bytes: &[u8], after_seq: u64) -> Option<(usize, u64)> {
+    let header_len = HEADER_LEN as usize;
+    let seq_bound = after_seq.saturating_add((bytes.len() / header_len) as u64 + 1);
+    let mut at = 0;
+    while at + header_len <= bytes.len() {
+        let header: &[u8; HEADER_LEN as usize] = bytes[at..at + header_len]
+            .try_into()
+            .unwrap_or(&[0; HEADER_LEN as usize]);
+        let (crc, len, seq, _) = parse_header(header);
+        let end = at + header_len + len as usize;
+        if seq > after_seq && seq <= seq_bound && crc != 0 && end <= bytes.len() {
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&header[4..]);
+            hasher.update(&bytes[at + header_len..end]);
+            if hasher.finalize() == crc {
+                return Some((at, seq));
+            }
+        }
+        at += 1;
+    }
+    None
+}
+
+/// Where the bytes of damaged records are kept for inspection, inside the spool directory.
+pub(super) const CORRUPT_DIR: &str = "corrupt";
+
+/// Copies damaged bytes to `dir/corrupt/<segment>-<offset>.bin` (best effort: the records are
+/// lost either way; the copy is for whoever investigates).
+pub(super) fn keep_corrupt(
+    dir: &Path,
+    segment: &Path,
+    offset: u64,
+    bytes: &[u8],
+) -> Option<std::path::PathBuf> {
+    let name = segment.file_name()?.to_string_lossy().into_owned();
+    let aside = dir.join(CORRUPT_DIR).join(format!("{name}-{offset}.bin"));
+    std::fs::create_dir_all(dir.join(CORRUPT_DIR))
+        .and_then(|()| std::fs::write(&aside, bytes))
+        .ok()?;
+    Some(aside)
+}
+
 pub(super) fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}{SEGMENT_SUFFIX}")
 }

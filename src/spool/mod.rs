@@ -100,6 +100,8 @@ pub struct SpoolStats {
     pub bytes: u64,
     /// Append time of the lowest unconfirmed record (to ~100 ms); `None` when nothing is pending.
     pub oldest_unconfirmed_ms: Option<u64>,
+    /// Records lost to corruption since open (damaged bytes kept in `corrupt/`).
+    pub corrupt_records: u64,
 }
 
 /// State shared by the handles, the writer thread and the reader.
@@ -113,6 +115,7 @@ struct Core {
     oldest_ms: AtomicU64,
     /// Number of data-file fsyncs (`fdatasync`) done by the writer.
     syncs: AtomicU64,
+    corrupt_records: AtomicU64,
     closed: AtomicBool,
     failed: AtomicBool,
 }
@@ -179,6 +182,7 @@ impl Spool {
             bytes: AtomicU64::new(0),
             oldest_ms: AtomicU64::new(u64::MAX),
             syncs: AtomicU64::new(0),
+            corrupt_records: AtomicU64::new(recovered.corrupt_records),
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             state: Mutex::new(state),
@@ -263,13 +267,18 @@ impl Spool {
         }
     }
 
-    /// Records still on disk appended at or after `since_ms` (confirmed or not), oldest
-    /// first — to rebuild the dedup set at start. Blocking; holds every such payload in memory.
+    /// Visits every record still on disk appended at or after `since_ms` (confirmed or not),
+    /// oldest first, with its append time and payload — to rebuild the dedup set at start.
+    /// Blocking; holds one record in memory at a time.
     ///
     /// # Errors
     /// `Io` when a segment cannot be read.
-    pub fn scan_since(&self, since_ms: u64) -> Result<Vec<Record>, SpoolError> {
-        reader::scan_since(&self.inner.core, since_ms)
+    pub fn scan_since(
+        &self,
+        since_ms: u64,
+        visit: impl FnMut(u64, &[u8]),
+    ) -> Result<(), SpoolError> {
+        reader::scan_since(&self.inner.core, since_ms, visit)
     }
 
     /// Gauges for metrics (atomics only).
@@ -280,6 +289,7 @@ impl Spool {
             pending_events: core.pending.load(Ordering::Relaxed),
             bytes: core.bytes.load(Ordering::Relaxed),
             oldest_unconfirmed_ms: (oldest != u64::MAX).then_some(oldest),
+            corrupt_records: core.corrupt_records.load(Ordering::Relaxed),
         }
     }
 

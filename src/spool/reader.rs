@@ -56,6 +56,8 @@ struct BatchOut {
     cursor: Cursor,
     /// Committed seqs that could not be read and were skipped.
     lost: Option<(Range<u64>, &'static str)>,
+    /// Of `lost`, the seqs damaged with valid records after them (corruption, not a tear).
+    corrupt: u64,
 }
 
 impl BatchOut {
@@ -68,6 +70,7 @@ impl BatchOut {
                 at: None,
             },
             lost: Some((lost, reason)),
+            corrupt: 0,
         }
     }
 }
@@ -91,8 +94,9 @@ impl SpoolReader {
     /// # Errors
     /// `Closed` once the spool is closed and every committed record was returned; `Io` when a
     /// segment cannot be read (the position is kept, so calling again retries). A record
-    /// whose checksum fails here is logged as data loss and skipped with the rest of its
-    /// segment.
+    /// whose checksum fails here is logged as data loss and skipped; reading resumes at the
+    /// next valid record of its segment (the damaged bytes are kept in `corrupt/`). Records
+    /// above the first unconfirmed one that were confirmed already are not yielded again.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, SpoolError> {
         if max == 0 {
             return Ok(Vec::new());
@@ -102,8 +106,9 @@ impl SpoolReader {
             let plan = self.plan();
             let cursor = self.cursor;
             let file = self.file.take();
+            let dir = self.core.config.dir.clone();
             let (out, file) =
-                tokio::task::spawn_blocking(move || read_batch(&plan, cursor, file, max))
+                tokio::task::spawn_blocking(move || read_batch(&dir, &plan, cursor, file, max))
                     .await
                     .map_err(io::Error::other)??;
             self.cursor = out.cursor;
@@ -121,19 +126,20 @@ impl SpoolReader {
                 state.mark_lost(range);
                 self.core.publish(&state);
             }
-            if !out.records.is_empty() {
-                return Ok(out.records);
+            if out.corrupt > 0 {
+                self.core
+                    .corrupt_records
+                    .fetch_add(out.corrupt, std::sync::atomic::Ordering::Relaxed);
+            }
+            let mut records = out.records;
+            {
+                let state = self.core.lock();
+                records.retain(|r| !state.is_done(r.seq));
+            }
+            if !records.is_empty() {
+                return Ok(records);
             }
         }
-    }
-
-    /// Re-positions the reader at the lowest unconfirmed seq (after a failed publish, to
-    /// retry). Records above it that were already confirmed are yielded again.
-    pub fn rewind(&mut self) {
-        self.cursor = Cursor {
-            seq: self.core.lock().low,
-            at: None,
-        };
     }
 
     async fn wait_committed(&mut self) -> Result<(), SpoolError> {
@@ -181,6 +187,7 @@ impl std::fmt::Debug for SpoolReader {
 
 /// Blocking: reads up to `max` records from `cursor` through the planned segments.
 fn read_batch(
+    dir: &std::path::Path,
     plan: &[SegmentView],
     mut cursor: Cursor,
     mut file: Option<OpenSegment>,
@@ -207,7 +214,8 @@ fn read_batch(
                     first_seq: seg.first_seq,
                     file: f,
                 },
-                // Deleted because fully confirmed (a rewind raced it), or removed by hand.
+                // Deleted because fully confirmed (a reader behind the watermark raced it), or
+                // removed by hand.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Ok((
                         BatchOut::skipping(records, seq..seg.end_seq, "segment file missing"),
@@ -258,10 +266,34 @@ fn read_batch(
         }
         drop(reader);
         if let Some(reason) = invalid {
-            return Ok((
-                BatchOut::skipping(records, at_seq..seg.end_seq, reason),
-                None,
-            ));
+            let mut rest = vec![0u8; (seg.bytes.saturating_sub(offset)) as usize];
+            let resumed = (&open.file)
+                .seek(SeekFrom::Start(offset))
+                .and_then(|_| io::Read::read_exact(&mut &open.file, &mut rest))
+                .ok()
+                .and_then(|()| format::next_valid(&rest, at_seq.saturating_sub(1)));
+            let Some((at, next_seq)) = resumed else {
+                return Ok((
+                    BatchOut::skipping(records, at_seq..seg.end_seq, reason),
+                    None,
+                ));
+            };
+            let aside = format::keep_corrupt(dir, &seg.path, offset, &rest[..at]);
+            error!(
+                segment = %seg.path.display(), offset, damaged_bytes = at, reason,
+                lost_from_seq = at_seq, lost_to_seq = next_seq, kept = ?aside,
+                "spool: corrupt records; reading resumes at the next valid record"
+            );
+            let out = BatchOut {
+                records,
+                cursor: Cursor {
+                    seq: next_seq,
+                    at: Some((seg.first_seq, offset + at as u64)),
+                },
+                lost: Some((at_seq..next_seq, reason)),
+                corrupt: next_seq - at_seq,
+            };
+            return Ok((out, Some(open)));
         }
         cursor = Cursor {
             seq: at_seq,
@@ -273,12 +305,17 @@ fn read_batch(
         records,
         cursor,
         lost: None,
+        corrupt: 0,
     };
     Ok((out, file))
 }
 
-/// Every committed record appended at or after `since_ms`, oldest first.
-pub(super) fn scan_since(core: &Core, since_ms: u64) -> Result<Vec<Record>, SpoolError> {
+/// Visits every committed record appended at or after `since_ms`, oldest first.
+pub(super) fn scan_since(
+    core: &Core,
+    since_ms: u64,
+    mut visit: impl FnMut(u64, &[u8]),
+) -> Result<(), SpoolError> {
     let views: Vec<SegmentView> = {
         let state = core.lock();
         state
@@ -306,7 +343,6 @@ pub(super) fn scan_since(core: &Core, since_ms: u64) -> Result<Vec<Record>, Spoo
             })
             .collect()
     };
-    let mut out = Vec::new();
     for seg in views {
         let file = match File::open(&seg.path) {
             Ok(file) => file,
@@ -322,7 +358,7 @@ pub(super) fn scan_since(core: &Core, since_ms: u64) -> Result<Vec<Record>, Spoo
                     offset += len;
                     seq += 1;
                     if record.appended_ms >= since_ms {
-                        out.push(record);
+                        visit(record.appended_ms, &record.payload);
                     }
                 }
                 Ok(Decoded::End | Decoded::Unwritten | Decoded::Invalid(_)) => {
@@ -338,5 +374,5 @@ pub(super) fn scan_since(core: &Core, since_ms: u64) -> Result<Vec<Record>, Spoo
         }
         debug_assert!(seq >= seg.first_seq);
     }
-    Ok(out)
+    Ok(())
 }

@@ -1,10 +1,15 @@
 //! Opening an existing spool directory: reads the checkpoint, validates every segment record
-//! by record, truncates what is torn or corrupt, and rebuilds the in-memory [`State`].
-//! Runs once, before the writer thread starts, under the directory lock.
+//! by record, and rebuilds the in-memory [`State`]. Runs once, before the writer thread
+//! starts, under the directory lock.
+//!
+//! A bad record with nothing valid after it is a torn tail (a crash mid-write): it is cut off.
+//! A bad record *followed by valid ones* is corruption, not a tear: the damaged bytes are kept
+//! in `corrupt/`, counted and logged as an error, and the valid records after them are split
+//! into a segment of their own so they are still published.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use tracing::{error, info, warn};
@@ -28,6 +33,8 @@ pub(super) struct Recovered {
     pub(super) active: ActiveInit,
     /// The watermark read from the checkpoint file (or implied when it is missing).
     pub(super) checkpoint: u64,
+    /// Records lost to corruption (not to a torn tail) found while opening.
+    pub(super) corrupt_records: u64,
 }
 
 pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
@@ -53,8 +60,9 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
     names.sort_unstable();
 
     let mut segments: VecDeque<SegmentMeta> = VecDeque::new();
-    let count = names.len();
-    for (i, (first_seq, path)) in names.into_iter().enumerate() {
+    let mut todo: VecDeque<(u64, PathBuf)> = names.into();
+    let mut corrupt_records = 0;
+    while let Some((first_seq, path)) = todo.pop_front() {
         if let Some(prev) = segments.back()
             && first_seq < prev.end_seq
         {
@@ -67,9 +75,18 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
                 ),
             ));
         }
-        let is_last = i + 1 == count;
-        let meta = scan_segment(path, first_seq, is_last)?;
-        if meta.end_seq == meta.first_seq && !is_last {
+        let is_last = todo.is_empty();
+        let (meta, split) = scan_segment(dir, path, first_seq, is_last)?;
+        if let Some(split) = split {
+            corrupt_records += split.first_seq - meta.end_seq;
+            if todo
+                .front()
+                .is_none_or(|(first, _)| *first != split.first_seq)
+            {
+                todo.push_front((split.first_seq, split.path));
+            }
+        }
+        if meta.end_seq == meta.first_seq && !todo.is_empty() {
             fs::remove_file(&meta.path)?;
             continue;
         }
@@ -151,6 +168,7 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
         checkpoint: state.low,
         state,
         active,
+        corrupt_records,
     })
 }
 
@@ -175,8 +193,21 @@ fn read_checkpoint(dir: &Path) -> Option<u64> {
     }
 }
 
-/// Validates every record of one segment and truncates the file at the first bad one.
-fn scan_segment(path: PathBuf, first_seq: u64, is_last: bool) -> io::Result<SegmentMeta> {
+/// Valid records found after corruption, moved to a segment file of their own.
+struct Split {
+    first_seq: u64,
+    path: PathBuf,
+}
+
+/// Validates every record of one segment. At the first bad record the file is cut there; when
+/// valid records follow the damage, they are first copied to a new segment file (returned) and
+/// the damaged bytes kept aside.
+fn scan_segment(
+    dir: &Path,
+    path: PathBuf,
+    first_seq: u64,
+    is_last: bool,
+) -> io::Result<(SegmentMeta, Option<Split>)> {
     let file = File::options().read(true).write(true).open(&path)?;
     let len = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 20, &file);
@@ -205,32 +236,60 @@ fn scan_segment(path: PathBuf, first_seq: u64, is_last: bool) -> io::Result<Segm
         }
     };
     drop(reader);
+    let mut split = None;
     if let Some(reason) = invalid {
-        let dropped_bytes = len - offset;
-        if is_last {
-            warn!(
-                segment = %path.display(), offset, dropped_bytes, reason,
-                "spool: discarding the torn or corrupt tail of the log"
-            );
-        } else {
-            error!(
-                segment = %path.display(), offset, dropped_bytes, reason, first_lost_seq = seq,
+        let mut rest = Vec::new();
+        (&file).seek(SeekFrom::Start(offset))?;
+        (&file).read_to_end(&mut rest)?;
+        // A valid record of the expected seq may follow junk, except at the very start of the
+        // file (it would split into a segment of the same name).
+        let after = if seq == first_seq { seq } else { seq - 1 };
+        match format::next_valid(&rest, after) {
+            Some((at, next_seq)) => {
+                let aside = format::keep_corrupt(dir, &path, offset, &rest[..at]);
+                error!(
+                    segment = %path.display(), offset, damaged_bytes = at, reason,
+                    lost_from_seq = seq, lost_to_seq = next_seq, kept = ?aside,
+                    "spool: corrupt records inside the log; the valid records after them are kept"
+                );
+                let new_path = dir.join(format::segment_name(next_seq));
+                if !new_path.exists() {
+                    let tmp = new_path.with_extension("split");
+                    let mut out = File::create(&tmp)?;
+                    out.write_all(&rest[at..])?;
+                    out.sync_all()?;
+                    fs::rename(&tmp, &new_path)?;
+                    format::sync_dir(dir)?;
+                }
+                split = Some(Split {
+                    first_seq: next_seq,
+                    path: new_path,
+                });
+            }
+            None if is_last => warn!(
+                segment = %path.display(), offset, dropped_bytes = len - offset, reason,
+                "spool: discarding the torn tail of the log"
+            ),
+            None => error!(
+                segment = %path.display(), offset, dropped_bytes = len - offset, reason,
+                first_lost_seq = seq,
                 "spool: corrupt record inside the log; the rest of this segment is lost"
-            );
+            ),
         }
     }
     if offset != len {
         file.set_len(offset)?;
         file.sync_all()?;
     }
-    Ok(SegmentMeta {
+    let meta = SegmentMeta {
         first_seq,
         end_seq: seq,
         bytes: offset,
         last_ms,
         index,
         path,
-    })
+    };
+    Ok((meta, split))
 }
 
 /// Whether any byte from `offset` to the end of `file` is not zero.

@@ -80,6 +80,14 @@ impl RangeSet {
         (range.end - range.start) - already
     }
 
+    /// Whether `seq` is in the set.
+    pub(super) fn contains(&self, seq: u64) -> bool {
+        self.ranges
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, &end)| seq < end)
+    }
+
     /// Removes and returns the end of the range starting exactly at `seq`.
     fn take_starting_at(&mut self, seq: u64) -> Option<u64> {
         self.ranges.remove(&seq)
@@ -105,6 +113,11 @@ pub(super) struct State {
 }
 
 impl State {
+    /// Whether `seq` is confirmed (or lost) already.
+    pub(super) fn is_done(&self, seq: u64) -> bool {
+        seq < self.low || self.done_above.contains(seq)
+    }
+
     /// Records that `seq` was published. Returns whether the watermark or the count changed.
     pub(super) fn confirm(&mut self, seq: u64) -> bool {
         if seq < self.low || seq >= self.committed_next {

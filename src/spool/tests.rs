@@ -46,6 +46,24 @@ async fn read_n(reader: &mut SpoolReader, n: usize) -> Vec<Record> {
     out
 }
 
+/// What [`Spool::scan_since`] visits: (append time, payload) in order.
+fn scan(spool: &Spool, since: u64) -> Vec<(u64, Bytes)> {
+    let mut out = Vec::new();
+    spool
+        .scan_since(since, |appended_ms, payload| {
+            out.push((appended_ms, Bytes::copy_from_slice(payload)))
+        })
+        .expect("scan");
+    out
+}
+
+fn visited(records: &[Record]) -> Vec<(u64, Bytes)> {
+    records
+        .iter()
+        .map(|r| (r.appended_ms, r.payload.clone()))
+        .collect()
+}
+
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<_> = fs::read_dir(dir)
         .expect("dir")
@@ -120,11 +138,12 @@ fn append_read_confirm_in_order() {
         spool.confirm(0);
         assert_eq!(spool.stats().pending_events, 2);
         assert_eq!(spool.low(), 1);
-        reader.rewind();
-        let again = read_n(&mut reader, 3).await;
+        let mut reader = spool.reader();
+        let again = read_n(&mut reader, 2).await;
         assert_eq!(
             again.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            vec![1, 2, 3]
+            vec![1, 3],
+            "a new reader starts at the watermark and skips what was confirmed"
         );
         spool.confirm(1);
         spool.confirm(3);
@@ -427,7 +446,7 @@ fn crash_leaves_a_preallocated_tail_that_recovery_reads_as_unwritten() {
 }
 
 #[test]
-fn corrupt_checksum_stops_recovery_at_the_bad_record() {
+fn corruption_followed_by_valid_records_keeps_them_and_the_damaged_bytes() {
     rt().block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(config(dir.path())).expect("open");
@@ -443,21 +462,39 @@ fn corrupt_checksum_stops_recovery_at_the_bad_record() {
         fs::write(&seg, &bytes).expect("write");
 
         let spool = Spool::open(config(dir.path())).expect("reopen");
-        assert_eq!(spool.stats().bytes, third);
-        assert_eq!(spool.stats().pending_events, 2);
+        let stats = spool.stats();
+        assert_eq!((stats.pending_events, stats.corrupt_records), (4, 1));
         let mut reader = spool.reader();
-        let records = read_n(&mut reader, 2).await;
+        let records = read_n(&mut reader, 4).await;
         assert_eq!(
             records.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            vec![0, 1]
+            vec![0, 1, 3, 4],
+            "the records after the damage are kept"
         );
-        assert_eq!(spool.append(vec![payload(2)]).await.expect("append"), 2..3);
+        for r in &records {
+            assert_eq!(r.payload, payload(r.seq));
+            spool.confirm(r.seq);
+        }
+        assert_eq!(spool.stats().pending_events, 0);
+        let kept: Vec<_> = fs::read_dir(dir.path().join(format::CORRUPT_DIR))
+            .expect("corrupt dir")
+            .map(|e| fs::read(e.expect("entry").path()).expect("kept bytes"))
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].len() as u64, format::record_len(payload(2).len()));
+        assert_eq!(spool.append(vec![payload(5)]).await.expect("append"), 5..6);
+        spool.close().await.expect("close");
+
+        // Opening again finds a clean log: nothing is counted twice or replayed.
+        let spool = Spool::open(config(dir.path())).expect("third open");
+        assert_eq!(spool.stats().corrupt_records, 0);
+        assert_eq!(spool.stats().pending_events, 1);
         spool.close().await.expect("close");
     });
 }
 
 #[test]
-fn corruption_inside_an_older_segment_loses_the_rest_of_it_only() {
+fn corruption_inside_an_older_segment_loses_only_the_damaged_record() {
     rt().block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = config(dir.path());
@@ -476,19 +513,73 @@ fn corruption_inside_an_older_segment_loses_the_rest_of_it_only() {
         fs::write(&segs[0], &bytes).expect("write");
 
         let spool = Spool::open(cfg).expect("reopen");
-        assert_eq!(spool.stats().pending_events, 7, "seqs 1 and 2 are lost");
+        assert_eq!(spool.stats().pending_events, 8, "only seq 1 is lost");
+        assert_eq!(spool.stats().corrupt_records, 1);
         let mut reader = spool.reader();
-        let records = read_n(&mut reader, 7).await;
+        let records = read_n(&mut reader, 8).await;
         assert_eq!(
             records.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            vec![0, 3, 4, 5, 6, 7, 8]
+            vec![0, 2, 3, 4, 5, 6, 7, 8]
         );
         for r in &records {
+            assert_eq!(r.payload, body(r.seq));
             spool.confirm(r.seq);
         }
         assert_eq!(spool.stats().pending_events, 0);
         assert_eq!(spool.low(), 9);
         assert_eq!(spool.append(vec![payload(9)]).await.expect("append"), 9..10);
+        spool.close().await.expect("close");
+    });
+}
+
+#[test]
+fn damage_after_commit_is_skipped_by_the_reader_which_resumes_after_it() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(config(dir.path())).expect("open");
+        for i in 0..6 {
+            spool.append(vec![payload(i)]).await.expect("append");
+        }
+        let seg = segments(dir.path()).pop().expect("segment");
+        let offset: u64 = (0..3).map(|i| format::record_len(payload(i).len())).sum();
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut file = fs::OpenOptions::new().write(true).open(&seg).expect("open");
+            file.seek(SeekFrom::Start(offset + format::HEADER_LEN))
+                .expect("seek");
+            file.write_all(b"XX").expect("damage record 3");
+        }
+        let mut reader = spool.reader();
+        let records = read_n(&mut reader, 5).await;
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![0, 1, 2, 4, 5]
+        );
+        assert_eq!(spool.stats().corrupt_records, 1);
+        for r in &records {
+            spool.confirm(r.seq);
+        }
+        assert_eq!(spool.stats().pending_events, 0);
+        spool.close().await.expect("close");
+    });
+}
+
+#[test]
+fn confirmed_records_are_not_read_again_by_a_new_reader() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(config(dir.path())).expect("open");
+        for i in 0..5 {
+            spool.append(vec![payload(i)]).await.expect("append");
+        }
+        spool.confirm(1);
+        spool.confirm(3);
+        let mut reader = spool.reader();
+        let records = read_n(&mut reader, 3).await;
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![0, 2, 4]
+        );
         spool.close().await.expect("close");
     });
 }
@@ -630,7 +721,7 @@ fn reader_behind_the_watermark_skips_deleted_segments() {
             .expect("append");
         let mut reader = spool.reader();
         let first = read_n(&mut reader, 4).await;
-        reader.rewind();
+        let mut reader = spool.reader();
         for r in &first {
             spool.confirm(r.seq);
         }
@@ -662,27 +753,21 @@ fn retain_keeps_confirmed_segments_for_scan_since() {
         spool.checkpoint().await.expect("checkpoint");
         assert_eq!(spool.stats().pending_events, 0);
         assert!(segments(dir.path()).len() >= 5, "kept for retain");
-        let all = spool.scan_since(0).expect("scan");
-        assert_eq!(all, records);
+        assert_eq!(scan(&spool, 0), visited(&records));
         let since = records[2].appended_ms;
         let want: Vec<Record> = records
             .iter()
             .filter(|r| r.appended_ms >= since)
             .cloned()
             .collect();
-        assert_eq!(spool.scan_since(since).expect("scan"), want);
+        assert_eq!(scan(&spool, since), visited(&want));
         assert_eq!(want.last().map(|r| r.seq), Some(4));
-        assert!(
-            spool
-                .scan_since(records[4].appended_ms + 1)
-                .expect("scan")
-                .is_empty()
-        );
+        assert!(scan(&spool, records[4].appended_ms + 1).is_empty());
         spool.close().await.expect("close");
 
         let spool = Spool::open(cfg).expect("reopen");
         assert_eq!(spool.stats().pending_events, 0);
-        assert_eq!(spool.scan_since(0).expect("scan"), records);
+        assert_eq!(scan(&spool, 0), visited(&records));
         spool.close().await.expect("close");
     });
 }
@@ -713,7 +798,7 @@ enum Op {
     Append(Vec<usize>),
     /// Read up to n; confirm those whose bit is set in the mask, in reverse order.
     ReadConfirm(usize, u32),
-    Rewind,
+    NewReader,
     Checkpoint,
     Reopen {
         crash: bool,
@@ -724,7 +809,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => prop::collection::vec(0usize..300, 1..4).prop_map(Op::Append),
         4 => (1usize..6, any::<u32>()).prop_map(|(n, m)| Op::ReadConfirm(n, m)),
-        1 => Just(Op::Rewind),
+        1 => Just(Op::NewReader),
         1 => Just(Op::Checkpoint),
         1 => any::<bool>().prop_map(|crash| Op::Reopen { crash }),
     ]
@@ -741,7 +826,7 @@ fn body(seq: u64, len: usize) -> Bytes {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
 
-    /// Whatever the interleaving of appends, out-of-order confirms, rewinds and clean or
+    /// Whatever the interleaving of appends, out-of-order confirms, new readers and clean or
     /// crashing restarts: every acknowledged unconfirmed record is read back exactly once per
     /// pass, in order, with its bytes; seqs are never reused.
     #[test]
@@ -775,17 +860,18 @@ proptest! {
                         next_seq += lens.len() as u64;
                     }
                     Op::ReadConfirm(n, mask) => {
-                        let low = model_low(&acked, &confirmed, next_seq);
-                        if acked.range(next_read.max(low)..).next().is_none() {
+                        // A reader yields the unconfirmed records from where it stands.
+                        let unread: Vec<u64> = acked
+                            .range(next_read..)
+                            .map(|(s, _)| *s)
+                            .filter(|s| !confirmed.contains(s))
+                            .collect();
+                        if unread.is_empty() {
                             continue;
                         }
                         let batch = tokio::time::timeout(WAIT, reader.next_batch(n)).await.expect("no hang").expect("read");
                         assert!(!batch.is_empty() && batch.len() <= n);
-                        // After a rewind, confirmed records below the watermark may have been
-                        // deleted meanwhile: skipping those (and only those) is fine.
-                        let first = batch[0].seq;
-                        assert!(acked.range(next_read..first).all(|(s, _)| *s < low), "skipped an unconfirmed record");
-                        let want: Vec<u64> = acked.range(first..).take(batch.len()).map(|(s, _)| *s).collect();
+                        let want: Vec<u64> = unread.iter().take(batch.len()).copied().collect();
                         assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), want);
                         for r in &batch {
                             assert_eq!(&r.payload, &acked[&r.seq]);
@@ -798,8 +884,8 @@ proptest! {
                             }
                         }
                     }
-                    Op::Rewind => {
-                        reader.rewind();
+                    Op::NewReader => {
+                        reader = spool.reader();
                         next_read = model_low(&acked, &confirmed, next_seq);
                         assert_eq!(spool.low(), next_read);
                     }
@@ -825,8 +911,12 @@ proptest! {
             }
             // Drain what is left: exactly the acked records at or after the watermark.
             let low = spool.low();
-            reader.rewind();
-            let rest: Vec<u64> = acked.range(low..).map(|(s, _)| *s).collect();
+            let mut reader = spool.reader();
+            let rest: Vec<u64> = acked
+                .range(low..)
+                .map(|(s, _)| *s)
+                .filter(|s| !confirmed.contains(s))
+                .collect();
             let records = read_n(&mut reader, rest.len()).await;
             assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), rest);
             assert!(records.iter().all(|r| r.payload == acked[&r.seq]));

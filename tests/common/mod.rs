@@ -2,6 +2,10 @@
 //! in-process on port 0, a minimal HTTP/1.1 client, and condition waits with deadlines.
 #![allow(dead_code)]
 
+pub mod kafka;
+pub mod nats_jwt;
+pub mod pki;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +15,10 @@ use hookbus::app::{self, Running};
 use hookbus::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pubnub/fixtures");
+pub const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/pubnub/fixtures"
+);
 pub const BAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pubnub/bad");
 
 /// A port nobody listens on right now.
@@ -48,14 +55,27 @@ fn wait_port(port: u16, within: Duration, what: &str) {
 pub struct NatsServer {
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Extra server config (TLS, authorization); `None` runs with flags only.
+    conf: Option<String>,
     child: Option<Child>,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_inner(None)
+    }
+
+    /// A server whose config file holds `conf` (e.g. a `tls {…}` or `authorization {…}` block)
+    /// after the listen address and the JetStream store.
+    pub fn start_with(conf: &str) -> NatsServer {
+        NatsServer::start_inner(Some(conf.to_owned()))
+    }
+
+    fn start_inner(conf: Option<String>) -> NatsServer {
         let mut server = NatsServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
+            conf,
             child: None,
         };
         server.restart();
@@ -66,30 +86,77 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's log (config errors, TLS handshake failures).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
     /// Starts (again) on the same port and store.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path())
+        let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log file");
+        let mut command = Command::new("nats-server");
+        match &self.conf {
+            Some(conf) => {
+                let file = self.dir.path().join("nats.conf");
+                let text = format!(
+                    "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{conf}\n",
+                    self.port,
+                    self.dir.path().join("js").display().to_string()
+                );
+                std::fs::write(&file, text).expect("nats.conf");
+                command.arg("-c").arg(file);
+            }
+            None => {
+                command
+                    .args([
+                        "-a",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-js",
+                        "-sd",
+                    ])
+                    .arg(self.dir.path());
+            }
+        }
+        let child = command
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("nats-server on PATH (scripts/setup installs it)");
         self.child = Some(child);
-        wait_port(self.port, Duration::from_secs(10), "nats-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not open port {}:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn stop(&mut self) {
         stop_child(&mut self.child);
     }
+
+    /// SIGSTOP: the process keeps its sockets but answers nothing (a stalled broker).
+    pub fn pause(&self) {
+        signal_child(self.child.as_ref(), SIGSTOP);
+    }
+
+    /// SIGCONT after [`NatsServer::pause`].
+    pub fn resume(&self) {
+        signal_child(self.child.as_ref(), SIGCONT);
+    }
+}
+
+fn signal_child(child: Option<&Child>, signal: i32) {
+    let pid = child.expect("running").id() as i32;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { kill(pid, signal) }, 0, "kill({pid}, {signal})");
 }
 
 fn stop_child(child: &mut Option<Child>) {
@@ -163,6 +230,15 @@ impl Tansu {
 
     pub fn stop(&mut self) {
         stop_child(&mut self.child);
+    }
+
+    /// SIGSTOP: the broker keeps its sockets but answers nothing.
+    pub fn pause(&self) {
+        signal_child(self.child.as_ref(), SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        signal_child(self.child.as_ref(), SIGCONT);
     }
 }
 
@@ -430,8 +506,13 @@ pub struct Process {
 
 impl Process {
     /// Writes `extra` TOML (merged over free ports and `spool_dir`) and starts the binary;
-    /// returns once `/healthz` answers.
+    /// returns once `/healthz` answers. Its stderr goes to [`Process::log`].
     pub async fn spawn(spool_dir: &Path, extra: &str) -> Process {
+        Process::spawn_with_env(spool_dir, extra, &[]).await
+    }
+
+    /// [`Process::spawn`] with extra environment variables.
+    pub async fn spawn_with_env(spool_dir: &Path, extra: &str, envs: &[(&str, &str)]) -> Process {
         let (http, admin) = (free_port(), free_port());
         let text = config_text(
             spool_dir,
@@ -441,11 +522,14 @@ impl Process {
         );
         let config_path = spool_dir.with_extension("toml");
         std::fs::write(&config_path, text).expect("config");
+        let log = std::fs::File::create(spool_dir.with_extension("log")).expect("log file");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "warn")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .expect("hookbus binary");
@@ -465,6 +549,24 @@ impl Process {
         }
     }
 
+    /// What the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.config_path.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_log(&self, needle: &str, within: Duration) -> String {
+        wait_for(
+            &format!("{needle:?} in the hookbus log"),
+            within,
+            || async {
+                let log = self.log();
+                log.contains(needle).then_some(log)
+            },
+        )
+        .await
+    }
+
     pub fn signal(&self, signal: i32) {
         let pid = self.child.id().expect("running") as i32;
         // SAFETY: kill(2) on our own child's pid.
@@ -474,6 +576,8 @@ impl Process {
 
 pub const SIGKILL: i32 = 9;
 pub const SIGTERM: i32 = 15;
+pub const SIGCONT: i32 = 18;
+pub const SIGSTOP: i32 = 19;
 
 unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;

@@ -1,6 +1,9 @@
 //! The `config.toml` file: one struct per section, deserialized strictly (unknown keys are
 //! errors) and then validated. Each component receives its own section, never the whole
-//! `Config`. Nothing here touches the network or the file system beyond reading the file.
+//! `Config`. Nothing here touches the network; the file system only to read the file and the
+//! `${file:…}` secrets it references ([`refs`]).
+
+pub mod refs;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,6 +27,20 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    /// Like `Invalid`, for keys known only at run time (`kafka.properties."sasl.password"`).
+    #[error("invalid value for `{key}`: {message}")]
+    InvalidAt { key: String, message: String },
+}
+
+impl ConfigError {
+    /// The dotted key at fault, when the error names one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::InvalidAt { key, .. } => Some(key),
+            _ => None,
+        }
+    }
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -186,6 +203,22 @@ pub struct RoutingConfig {
     pub template: String,
     /// Topic/subject that receives rejected raw bodies.
     pub dead_letter: String,
+    /// Where events go once `kafka.max_topics` is reached; `{action}` and `{source}` only.
+    pub overflow: String,
+    /// Per-channel templates; the first whose glob matches the raw channel wins.
+    pub rules: Vec<RoutingRule>,
+    /// Add the CloudEvents 1.0 binary-mode headers to every event message.
+    pub cloudevents: bool,
+}
+
+/// One `[[routing.rules]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingRule {
+    /// Glob on the raw channel name: `*` any run of characters, `?` one character.
+    pub channel: String,
+    /// The template for matching channels (same placeholders as `routing.template`).
+    pub template: String,
 }
 
 impl Default for RoutingConfig {
@@ -193,6 +226,9 @@ impl Default for RoutingConfig {
         RoutingConfig {
             template: "presence.{channel}.{action}".to_owned(),
             dead_letter: "presence.dead-letter".to_owned(),
+            overflow: "presence._overflow.{action}".to_owned(),
+            rules: Vec::new(),
+            cloudevents: false,
         }
     }
 }
@@ -243,6 +279,7 @@ impl Default for SinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
+    /// One server URL or several, comma-separated (`nats://`, `tls://`).
     pub url: String,
     /// Publish through JetStream with `Nats-Msg-Id` and await the PubAck.
     pub jetstream: bool,
@@ -250,9 +287,22 @@ pub struct NatsConfig {
     pub stream: String,
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
-    /// Optional credentials; also from env `HOOKBUS_NATS_USER` / `HOOKBUS_NATS_PASSWORD`.
+    /// User and password; also from env `HOOKBUS_NATS_USER` / `HOOKBUS_NATS_PASSWORD`.
     pub user: String,
     pub password: String,
+    /// Token authentication; also from env `HOOKBUS_NATS_TOKEN`.
+    pub token: String,
+    /// File holding an NKey user seed (`SU…`).
+    pub nkey_seed_file: PathBuf,
+    /// JWT credentials file (`.creds`, as written by `nsc`).
+    pub credentials_file: PathBuf,
+    /// PEM file of the CA(s) that sign the servers' certificates (default: the system roots).
+    pub tls_ca_file: PathBuf,
+    /// PEM client certificate (chain) and its private key, for servers that verify clients.
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    /// Refuse to connect without TLS (also implied by a `tls://` URL or any `tls_*` file).
+    pub require_tls: bool,
 }
 
 impl Default for NatsConfig {
@@ -264,7 +314,24 @@ impl Default for NatsConfig {
             connect_timeout: Duration::from_secs(5),
             user: String::new(),
             password: String::new(),
+            token: String::new(),
+            nkey_seed_file: PathBuf::new(),
+            credentials_file: PathBuf::new(),
+            tls_ca_file: PathBuf::new(),
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            require_tls: false,
         }
+    }
+}
+
+impl NatsConfig {
+    /// Whether the connection must use TLS.
+    pub fn tls(&self) -> bool {
+        self.require_tls
+            || !self.tls_ca_file.as_os_str().is_empty()
+            || !self.tls_cert_file.as_os_str().is_empty()
+            || self.url.split(',').any(|u| u.trim().starts_with("tls://"))
     }
 }
 
@@ -276,8 +343,59 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     pub partitions: i32,
     pub replication_factor: i32,
+    /// Topics hookbus may publish to beyond those existing at start; past it, events go to
+    /// `routing.overflow`.
+    pub max_topics: usize,
     /// Passed to librdkafka as is (e.g. `"security.protocol" = "SASL_SSL"`).
     pub properties: BTreeMap<String, String>,
+}
+
+/// librdkafka properties hookbus sets itself because the exactly-once promise depends on them.
+const KAFKA_FIXED: [(&str, &str); 6] = [
+    ("bootstrap.servers", "set kafka.brokers instead"),
+    ("metadata.broker.list", "set kafka.brokers instead"),
+    (
+        "enable.idempotence",
+        "hookbus needs the idempotent producer: a broker retry must never store a message twice",
+    ),
+    (
+        "acks",
+        "hookbus needs acks=all: a message is confirmed only once every in-sync replica has it",
+    ),
+    (
+        "message.timeout.ms",
+        "hookbus keeps every message with the producer until it is delivered (0 = never time \
+         out): a timed-out message may be stored, and sending it again would duplicate it",
+    ),
+    (
+        "delivery.timeout.ms",
+        "hookbus keeps every message with the producer until it is delivered (0 = never time \
+         out): a timed-out message may be stored, and sending it again would duplicate it",
+    ),
+];
+
+impl KafkaConfig {
+    /// Refuses properties that would break delivery guarantees (with the accepted values).
+    fn validate_properties(&self) -> Result<(), ConfigError> {
+        for (key, why) in KAFKA_FIXED {
+            let Some(value) = self.properties.get(key) else {
+                continue;
+            };
+            let harmless = match key {
+                "enable.idempotence" => value == "true",
+                "acks" => value == "all" || value == "-1",
+                "message.timeout.ms" | "delivery.timeout.ms" => value == "0",
+                _ => false,
+            };
+            if !harmless {
+                return Err(ConfigError::InvalidAt {
+                    key: format!("kafka.properties.\"{key}\""),
+                    message: why.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for KafkaConfig {
@@ -287,6 +405,7 @@ impl Default for KafkaConfig {
             create_topics: true,
             partitions: 3,
             replication_factor: 1,
+            max_topics: 1000,
             properties: BTreeMap::new(),
         }
     }
@@ -340,12 +459,24 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses and validates TOML text (no environment overrides).
+    /// Parses TOML text, expands `${VAR}` / `${file:PATH}` references from the process
+    /// environment and file system, and validates (no `HOOKBUS_*` environment overrides).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Config::parse_with(text, &refs::Resolver::system())
+    }
+
+    /// [`Config::parse`] with references resolved by `resolver`.
+    pub fn parse_with(text: &str, resolver: &refs::Resolver<'_>) -> Result<Config, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
             path: PathBuf::from("config"),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        refs::expand(&mut table, resolver)?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -362,6 +493,54 @@ impl Config {
         if let Ok(password) = std::env::var("HOOKBUS_NATS_PASSWORD") {
             self.nats.password = password;
         }
+        if let Ok(token) = std::env::var("HOOKBUS_NATS_TOKEN") {
+            self.nats.token = token;
+        }
+    }
+
+    /// One NATS authentication method at most, and TLS files that come in pairs.
+    fn validate_nats_auth(&self) -> Result<(), ConfigError> {
+        let n = &self.nats;
+        let methods: Vec<&'static str> = [
+            (
+                !n.user.is_empty() || !n.password.is_empty(),
+                "nats.user/nats.password",
+            ),
+            (!n.token.is_empty(), "nats.token"),
+            (
+                !n.nkey_seed_file.as_os_str().is_empty(),
+                "nats.nkey_seed_file",
+            ),
+            (
+                !n.credentials_file.as_os_str().is_empty(),
+                "nats.credentials_file",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if methods.len() > 1 {
+            return Err(invalid(
+                "nats.credentials_file",
+                format!(
+                    "set one NATS authentication method, not {}",
+                    methods.join(" and ")
+                ),
+            ));
+        }
+        if n.user.is_empty() != n.password.is_empty() {
+            return Err(invalid(
+                "nats.password",
+                "nats.user and nats.password go together",
+            ));
+        }
+        if n.tls_cert_file.as_os_str().is_empty() != n.tls_key_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "nats.tls_key_file",
+                "nats.tls_cert_file and nats.tls_key_file go together",
+            ));
+        }
+        Ok(())
     }
 
     /// Checks values that types alone do not constrain, naming the key at fault.
@@ -399,6 +578,11 @@ impl Config {
         }
         let router = crate::route::Router::new(&self.routing).map_err(|e| match e {
             crate::route::TemplateError::DeadLetter(m) => invalid("routing.dead_letter", m),
+            crate::route::TemplateError::Overflow(m) => invalid("routing.overflow", m),
+            crate::route::TemplateError::Rule(i, m) => ConfigError::InvalidAt {
+                key: format!("routing.rules[{i}]"),
+                message: m,
+            },
             other => invalid("routing.template", other.to_string()),
         })?;
         if self.sink.max_in_flight == 0 {
@@ -411,6 +595,7 @@ impl Config {
             if self.nats.url.is_empty() {
                 return Err(invalid("nats.url", "must not be empty"));
             }
+            self.validate_nats_auth()?;
             if self.nats.jetstream {
                 if self.nats.stream.is_empty()
                     || !self
@@ -442,6 +627,10 @@ impl Config {
             if self.kafka.replication_factor < 1 {
                 return Err(invalid("kafka.replication_factor", "must be at least 1"));
             }
+            if self.kafka.max_topics == 0 || self.kafka.max_topics > 1_000_000 {
+                return Err(invalid("kafka.max_topics", "must be between 1 and 1000000"));
+            }
+            self.kafka.validate_properties()?;
         }
         if self.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be greater than 0"));
@@ -473,7 +662,7 @@ mod tests {
 
     #[test]
     fn shipped_config_toml_is_valid() {
-        let text = include_str!("../config.toml");
+        let text = include_str!("../../config.toml");
         Config::parse(text).unwrap();
     }
 

@@ -1,0 +1,484 @@
+//! The publishing loop of [`super::run`]: takes jobs from the source, starts one future per
+//! message, settles their outcomes. It never awaits the broker itself; every wait (the
+//! predecessor's hand-off, topic creation, client capacity, the confirmation) lives in the
+//! message's own future, so the loop always services confirmations, gauges and the drain.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, Shared};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{Context, Done, Job, PublisherConfig, now_ms, write_dead_letter_file};
+use crate::sink::{self, Ack, Message, SinkError};
+use crate::spool::Spool;
+
+/// Batches smaller than this are followed by [`LINGER`].
+const LINGER_BELOW: usize = 64;
+/// Pause after a small batch, so one wake-up serves many requests (tokio rounds it to 1 ms).
+const LINGER: Duration = Duration::from_micros(500);
+/// First pause before re-sending failed messages; doubles up to `sink.max_backoff`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The source, as the loop reads it.
+pub(super) enum Jobs<'a> {
+    /// The in-memory queue: closed when the drain starts, done when empty.
+    Queue(&'a mut mpsc::Receiver<Job>),
+    /// Jobs read from the spool: done when the drain started and nothing is pending.
+    Spool(&'a mut mpsc::Receiver<Job>),
+}
+
+enum Outcome {
+    /// The request withdrew the job before it was sent.
+    Withdrawn,
+    /// The broker's answer.
+    Sent(Result<Ack, SinkError>),
+    /// Kept on disk: nothing on the broker can take it.
+    Filed,
+}
+
+type Flight = Pin<Box<dyn Future<Output = (u64, Job, Outcome)> + Send>>;
+type Prepared = Shared<BoxFuture<'static, ()>>;
+
+pub(super) struct Pipeline<'a> {
+    context: &'a Context,
+    config: &'a PublisherConfig,
+    spool: Option<Spool>,
+    in_flight: FuturesUnordered<Flight>,
+    marks: Watermark,
+    /// Failed messages waiting to be sent again, by accept order (their mark).
+    retry: BTreeMap<u64, Job>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// Resolves when the last started message was handed to the client.
+    last_handed: Option<oneshot::Receiver<()>>,
+}
+
+impl<'a> Pipeline<'a> {
+    pub(super) fn new(
+        context: &'a Context,
+        config: &'a PublisherConfig,
+        spool: Option<Spool>,
+    ) -> Self {
+        Pipeline {
+            context,
+            config,
+            spool,
+            in_flight: FuturesUnordered::new(),
+            marks: Watermark::default(),
+            retry: BTreeMap::new(),
+            retry_at: None,
+            backoff: FIRST_BACKOFF,
+            last_handed: None,
+        }
+    }
+
+    pub(super) async fn run(mut self, jobs: Jobs<'_>, drain: &crate::shutdown::Shutdown) {
+        let (rx, from_queue) = match jobs {
+            Jobs::Queue(rx) => (rx, true),
+            Jobs::Spool(rx) => (rx, false),
+        };
+        let sink = self.context.sink.clone();
+        let metrics = self.context.metrics.clone();
+        let max_backoff = self.config.max_backoff;
+        let mut prepare = Box::pin(prepare(sink.clone(), metrics.clone(), max_backoff));
+        let mut prepared = false;
+        let mut batch = Vec::with_capacity(256);
+        let mut gauges = tokio::time::interval(Duration::from_millis(500));
+        let linger = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(linger);
+        let mut lingering = false;
+        let retry_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(retry_timer);
+        let drain_started = drain.wait();
+        tokio::pin!(drain_started);
+        let mut draining = false;
+        let mut source_done = false;
+        loop {
+            let idle = self.in_flight.is_empty() && self.retry.is_empty();
+            if idle && source_done {
+                break;
+            }
+            if draining
+                && idle
+                && !from_queue
+                && self
+                    .spool
+                    .as_ref()
+                    .is_some_and(|s| s.stats().pending_events == 0)
+            {
+                break;
+            }
+            if let Some(at) = self.retry_at {
+                retry_timer.as_mut().reset(at);
+            }
+            let room = self
+                .config
+                .max_in_flight
+                .saturating_sub(self.in_flight.len());
+            let take = prepared && room > 0 && self.retry.is_empty() && !lingering && !source_done;
+            tokio::select! {
+                biased;
+                Some((mark, job, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.settle(mark, job, outcome);
+                }
+                () = &mut drain_started, if !draining => {
+                    draining = true;
+                    if from_queue {
+                        rx.close();
+                    }
+                }
+                () = &mut prepare, if !prepared => {
+                    prepared = true;
+                }
+                () = &mut retry_timer, if self.retry_at.is_some() => {
+                    if sink.is_up() {
+                        self.retry_at = None;
+                        self.resend();
+                    } else {
+                        // Re-sending into a client that is reconnecting only piles up copies.
+                        self.retry_at = Some(Instant::now() + self.backoff);
+                    }
+                }
+                () = &mut linger, if lingering => {
+                    lingering = false;
+                }
+                taken = rx.recv_many(&mut batch, room.min(256)), if take => {
+                    // 0: the queue is closed and empty (or the spool feeder stopped).
+                    source_done = taken == 0;
+                    let mut waited_on = false;
+                    for job in &mut batch {
+                        waited_on |= matches!(job.done, Done::Ticket(_));
+                        self.overflow(job);
+                    }
+                    let topics = batch.iter().map(|j| j.message.topic.as_str());
+                    let ready = sink.prepare_batch(topics).map(FutureExt::shared);
+                    let small = batch.len() < LINGER_BELOW;
+                    for job in batch.drain(..) {
+                        let mark = self.marks.open(job.received_ms);
+                        self.launch(job, mark, ready.clone());
+                    }
+                    // A short linger after a small batch lets the next requests queue up, so
+                    // one wake-up serves many (cross-thread wake-ups cost more than the work
+                    // here). Not when a request waits for the confirmation (`publish` mode).
+                    if small && !draining && !waited_on {
+                        lingering = true;
+                        linger.as_mut().reset(Instant::now() + LINGER);
+                    }
+                }
+                _ = gauges.tick() => {
+                    self.gauges(rx.len());
+                }
+            }
+        }
+        self.gauges(rx.len());
+    }
+
+    /// Sends an event whose topic is over `kafka.max_topics` to the overflow destination.
+    fn overflow(&self, job: &mut Job) {
+        if let Some(action) = job.action
+            && !self.context.sink.admit(&job.message.topic)
+        {
+            job.message
+                .topic
+                .clone_from(&self.config.overflow[action as usize]);
+            self.context.metrics.overflow(action);
+        }
+    }
+
+    /// Starts the future of one message: it waits for its predecessor's hand-off (order), for
+    /// the batch's topics (Kafka), then hands the message to the client and awaits the
+    /// confirmation. Panics inside the sink fail only this message.
+    fn launch(&mut self, job: Job, mark: u64, ready: Option<Prepared>) {
+        let (handed, handed_rx) = oneshot::channel::<()>();
+        let after = self.last_handed.replace(handed_rx);
+        let sink = self.context.sink.clone();
+        let faults = self.context.faults.clone();
+        let metrics = self.context.metrics.clone();
+        self.in_flight.push(Box::pin(async move {
+            if let Some(after) = after {
+                let _ = after.await;
+            }
+            if let Some(ready) = ready {
+                ready.await;
+            }
+            if let Done::Ticket(ticket) = &job.done
+                && !ticket.start()
+            {
+                return (mark, job, Outcome::Withdrawn);
+            }
+            let sent = AssertUnwindSafe(async {
+                faults.maybe_panic_in_sink();
+                sink.send(&job.message).await
+            })
+            .catch_unwind()
+            .await;
+            drop(handed);
+            let result = match sent {
+                Ok(Ok(confirm)) => AssertUnwindSafe(confirm)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| Err(panicked(&metrics, &panic))),
+                Ok(Err(error)) => Err(error),
+                Err(panic) => Err(panicked(&metrics, &panic)),
+            };
+            (mark, job, Outcome::Sent(result))
+        }));
+    }
+
+    /// Keeps `job`'s payload on disk (off the runtime); its mark stays open until written.
+    fn file(&mut self, job: Job, mark: u64, reason: &'static str) {
+        let dir = self.config.dead_letter_dir.clone();
+        self.in_flight.push(Box::pin(async move {
+            let payload = job.message.payload.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || write_dead_letter_file(&dir, &payload, reason))
+                    .await;
+            (mark, job, Outcome::Filed)
+        }));
+    }
+
+    fn settle(&mut self, mark: u64, job: Job, outcome: Outcome) {
+        self.context.faults.maybe_panic_in_publisher();
+        let metrics = &self.context.metrics;
+        let error = match outcome {
+            Outcome::Withdrawn => {
+                self.marks.close(mark);
+                return;
+            }
+            Outcome::Filed => {
+                self.finish(job.done);
+                self.marks.close(mark);
+                return;
+            }
+            Outcome::Sent(Ok(ack)) => {
+                let now = now_ms();
+                if ack.duplicate {
+                    // Stored before by another replica or a pre-crash attempt: not new.
+                    metrics.broker_duplicate();
+                } else if let Some(action) = job.action {
+                    let seconds = now.saturating_sub(job.received_ms) as f64 / 1000.0;
+                    metrics.published(action, seconds);
+                    if let Some(event_ms) = job.event_ms {
+                        let lag = (now as i64).saturating_sub(event_ms).max(0);
+                        metrics.event_lag.observe(lag as f64 / 1000.0);
+                    }
+                }
+                self.finish(job.done);
+                self.marks.close(mark);
+                self.backoff = FIRST_BACKOFF;
+                return;
+            }
+            Outcome::Sent(Err(error)) => error,
+        };
+        metrics.publish_error(error.kind());
+        let sink_name = self.context.sink.name();
+        if error.is_retriable() {
+            if self.retry.is_empty() && self.retry_at.is_none() {
+                tracing::warn!(%error, sink = sink_name, delay = ?self.backoff, "publish failed; retrying in accept order");
+            } else {
+                tracing::debug!(%error, sink = sink_name, "publish failed; retrying");
+            }
+            self.retry.insert(mark, job);
+            if self.retry_at.is_none() {
+                self.retry_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(self.config.max_backoff.max(FIRST_BACKOFF));
+            }
+            return;
+        }
+        let reason = if matches!(error, SinkError::TooLarge { .. }) {
+            "too_large"
+        } else {
+            "publish_failed"
+        };
+        metrics.dead_letter(reason);
+        if job.message.topic == self.config.dead_letter || reason == "too_large" {
+            // Nowhere on the broker to put it: keep it on disk.
+            self.file(job, mark, reason);
+            return;
+        }
+        tracing::warn!(%error, sink = sink_name, topic = %job.message.topic, "broker refused message; dead-lettering");
+        let dead = dead_letter_job(job, reason, &error.to_string(), &self.config.dead_letter);
+        self.launch(dead, mark, None);
+    }
+
+    /// Sends every failed message again, in accept order, ahead of anything taken later.
+    fn resend(&mut self) {
+        let jobs: Vec<(u64, Job)> = std::mem::take(&mut self.retry).into_iter().collect();
+        let sink = self.context.sink.clone();
+        let ready = sink
+            .prepare_batch(jobs.iter().map(|(_, j)| j.message.topic.as_str()))
+            .map(FutureExt::shared);
+        for (mark, job) in jobs {
+            self.launch(job, mark, ready.clone());
+        }
+    }
+
+    fn finish(&self, done: Done) {
+        match done {
+            Done::Nobody => {}
+            Done::Ticket(ticket) => ticket.settle(),
+            Done::Spool(seq) => {
+                if let Some(spool) = &self.spool {
+                    spool.confirm(seq);
+                }
+            }
+        }
+    }
+
+    fn gauges(&self, queued: usize) {
+        let metrics = &self.context.metrics;
+        metrics.set_sink_up(self.context.sink.is_up());
+        if let Some(fatal) = self.context.sink.fatal() {
+            self.context.health.fail(format!(
+                "the {} producer failed for good: {fatal}",
+                self.context.sink.name()
+            ));
+        }
+        metrics.queue_events.set(queued as i64);
+        if let Some(spool) = &self.spool {
+            let stats = spool.stats();
+            let counted = metrics.spool_corrupt_records.get();
+            if stats.corrupt_records > counted {
+                metrics
+                    .spool_corrupt_records
+                    .inc_by(stats.corrupt_records - counted);
+            }
+            metrics
+                .spool_pending_events
+                .set(stats.pending_events as i64);
+            metrics.spool_bytes.set(stats.bytes as i64);
+            let age = stats
+                .oldest_unconfirmed_ms
+                .map_or(0, |ms| now_ms().saturating_sub(ms));
+            metrics.oldest_unpublished_age.set(age as f64 / 1000.0);
+        } else {
+            metrics
+                .spool_pending_events
+                .set((self.marks.len() + queued) as i64);
+            let age = self
+                .marks
+                .oldest_ms()
+                .map_or(0, |ms| now_ms().saturating_sub(ms));
+            metrics.oldest_unpublished_age.set(age as f64 / 1000.0);
+        }
+    }
+}
+
+fn panicked(metrics: &crate::metrics::Metrics, panic: &Box<dyn std::any::Any + Send>) -> SinkError {
+    let message = super::panic_message(panic);
+    metrics.publisher_error("panic");
+    tracing::error!(panic = %message, "the sink panicked; the message is retried");
+    SinkError::Retriable(format!("the sink panicked: {message}"))
+}
+
+/// Broker-side setup (JetStream stream, Kafka metadata), retried with backoff until it works.
+async fn prepare(
+    sink: std::sync::Arc<crate::sink::Sink>,
+    metrics: crate::metrics::Metrics,
+    max_backoff: Duration,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match sink.prepare().await {
+            Ok(warnings) => {
+                for warning in warnings {
+                    metrics.config_warnings.inc();
+                    tracing::warn!(sink = sink.name(), "{warning}");
+                }
+                metrics.set_sink_up(sink.is_up());
+                return;
+            }
+            Err(error) => {
+                metrics.set_sink_up(false);
+                tracing::warn!(%error, sink = sink.name(), ?backoff, "broker not ready; retrying");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(max_backoff.max(Duration::from_millis(100)));
+    }
+}
+
+/// The dead letter replacing `job`, which inherits its completion.
+fn dead_letter_job(job: Job, reason: &str, error: &str, dead_letter: &str) -> Job {
+    Job {
+        message: Message {
+            topic: dead_letter.to_owned(),
+            key: job.message.key,
+            headers: vec![
+                (sink::HEADER_DEAD_LETTER_REASON, reason.to_owned()),
+                (sink::HEADER_DEAD_LETTER_ERROR, error.to_owned()),
+            ],
+            payload: job.message.payload,
+            msg_id: job.message.msg_id.map(|id| format!("dead-letter:{id}")),
+            is_event: false,
+        },
+        action: None,
+        received_ms: job.received_ms,
+        event_ms: None,
+        done: job.done,
+    }
+}
+
+/// Tracks the oldest unconfirmed job among those taken from the source.
+#[derive(Default)]
+struct Watermark {
+    next: u64,
+    open: VecDeque<(u64, u64)>,
+    done: HashSet<u64>,
+}
+
+impl Watermark {
+    fn open(&mut self, received_ms: u64) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.open.push_back((id, received_ms));
+        id
+    }
+
+    fn close(&mut self, id: u64) {
+        self.done.insert(id);
+        while let Some(&(front, _)) = self.open.front() {
+            if !self.done.remove(&front) {
+                break;
+            }
+            self.open.pop_front();
+        }
+    }
+
+    fn oldest_ms(&self) -> Option<u64> {
+        self.open.front().map(|&(_, ms)| ms)
+    }
+
+    fn len(&self) -> usize {
+        self.open.len() - self.done.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_tracks_oldest_open() {
+        let mut w = Watermark::default();
+        let a = w.open(10);
+        let b = w.open(20);
+        let c = w.open(30);
+        assert_eq!(w.oldest_ms(), Some(10));
+        w.close(b);
+        assert_eq!(w.oldest_ms(), Some(10));
+        assert_eq!(w.len(), 2);
+        w.close(a);
+        assert_eq!(w.oldest_ms(), Some(30));
+        w.close(c);
+        assert_eq!(w.oldest_ms(), None);
+        assert_eq!(w.len(), 0);
+    }
+}
