@@ -82,17 +82,14 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
     .context("registering metrics")?;
     let router = Router::new(&config.routing).context("routing.template")?;
     let sink = Arc::new(
-        Sink::connect(
-            &config.sink,
-            &config.nats,
-            &config.kafka,
-            config.dedup.window,
-            &router,
-        )
-        .await
-        .context("creating the sink client")?,
+        Sink::connect(&config.sink, &config.nats, &config.kafka, &router)
+            .await
+            .context("creating the sink client")?,
     );
     let claims = Arc::new(Claims::new(config.dedup.window, config.dedup.max_entries));
+    metrics
+        .spool_capacity_bytes
+        .set(config.spool.max_bytes as i64);
     let health = Health::new();
 
     let (acceptor, source, ready): (Acceptor, Source, Readiness) = match config.ack.mode {
@@ -163,7 +160,7 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
     let shutdown = Shutdown::new();
     let ingress_state = Arc::new(Ingress {
         router: router.clone(),
-        claims,
+        claims: claims.clone(),
         metrics: metrics.clone(),
         acceptor,
         auth: config.auth.clone(),
@@ -200,9 +197,16 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
     let context = publisher::Context {
         sink: sink.clone(),
         metrics: metrics.clone(),
-        health,
+        health: health.clone(),
         faults,
     };
+    let gauges = tokio::spawn(observe(
+        metrics.clone(),
+        sink.clone(),
+        claims.clone(),
+        spool.clone(),
+        health.clone(),
+    ));
     let mut publisher = tokio::spawn(publisher::run(
         source,
         context,
@@ -247,6 +251,7 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
         if let Some(spool) = &spool {
             spool.close().await.context("closing the spool")?;
         }
+        gauges.abort();
         admin_stop.trigger();
         let _ = admin_task.await;
         tracing::info!("stopped");
@@ -259,6 +264,55 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
         shutdown,
         task,
     })
+}
+
+/// Keeps the gauges of what the process holds up to date, twice a second, independently of
+/// the publisher (so they tell the truth while it stalls): sink connection, spool usage, the
+/// dedup set. Marks the process unhealthy on a fatal producer error.
+async fn observe(
+    metrics: Metrics,
+    sink: Arc<Sink>,
+    claims: Arc<Claims>,
+    spool: Option<Spool>,
+    health: Health,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let now = publisher::now_ms();
+        metrics.set_sink_up(sink.is_up());
+        if let Some(fatal) = sink.fatal() {
+            health.fail(format!(
+                "the {} producer failed for good: {fatal}",
+                sink.name()
+            ));
+        }
+        metrics.dedup_entries.set(claims.len() as i64);
+        metrics
+            .dedup_window
+            .set(claims.effective_window_ms(now) as f64 / 1000.0);
+        if let Some(spool) = &spool {
+            let stats = spool.stats();
+            metrics
+                .spool_pending_events
+                .set(stats.pending_events as i64);
+            metrics.spool_bytes.set(stats.bytes as i64);
+            metrics
+                .spool_unpublished_bytes
+                .set(stats.unpublished_bytes as i64);
+            metrics.spool_retained_bytes.set(stats.retained() as i64);
+            let age = stats
+                .oldest_unconfirmed_ms
+                .map_or(0, |ms| now.saturating_sub(ms));
+            metrics.oldest_unpublished_age.set(age as f64 / 1000.0);
+            let counted = metrics.spool_corrupt_records.get();
+            if stats.corrupt_records > counted {
+                metrics
+                    .spool_corrupt_records
+                    .inc_by(stats.corrupt_records - counted);
+            }
+        }
+    }
 }
 
 /// Re-remembers the ids accepted within the dedup window, so a PubNub retry that arrives

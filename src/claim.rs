@@ -109,6 +109,12 @@ impl Claims {
         self.dedup.restore(key, committed_at_ms, now_ms);
     }
 
+    /// How far back duplicates are recognized now (shorter than `dedup.window` when
+    /// `dedup.max_entries` is reached).
+    pub fn effective_window_ms(&self, now_ms: u64) -> u64 {
+        self.dedup.effective_window_ms(now_ms)
+    }
+
     /// Committed ids remembered now.
     pub fn len(&self) -> usize {
         self.dedup.len()

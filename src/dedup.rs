@@ -130,6 +130,19 @@ impl Dedup {
         self.evicted
     }
 
+    /// How far back this set remembers at `now_ms`: the whole window while it has room; once
+    /// full, the age of the oldest id (evicting older ones shrank the window).
+    pub fn effective_window_ms(&mut self, now_ms: u64) -> u64 {
+        self.expire(now_ms);
+        if self.committed.len() < self.max_entries {
+            return self.window_ms;
+        }
+        self.expiry.front().map_or(self.window_ms, |&(_, expires)| {
+            let committed_at = expires.saturating_sub(self.window_ms);
+            now_ms.saturating_sub(committed_at).min(self.window_ms)
+        })
+    }
+
     fn expire(&mut self, now_ms: u64) {
         while let Some(&(key, expires)) = self.expiry.front() {
             if expires > now_ms {
@@ -193,6 +206,19 @@ impl SharedDedup {
 
     pub fn restore(&self, key: Key, committed_at_ms: u64, now_ms: u64) {
         self.shard(key).restore(key, committed_at_ms, now_ms);
+    }
+
+    /// The shortest effective window of any shard (see [`Dedup::effective_window_ms`]).
+    pub fn effective_window_ms(&self, now_ms: u64) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .effective_window_ms(now_ms)
+            })
+            .min()
+            .unwrap_or(0)
     }
 
     /// Committed ids remembered now, over all shards.
@@ -287,6 +313,27 @@ mod tests {
         assert_eq!(d.len(), 3);
         assert!(d.expiry.len() <= 3);
         assert!(d.pending.is_empty());
+    }
+
+    #[test]
+    fn effective_window_shrinks_only_when_full() {
+        let mut d = Dedup::new(Duration::from_secs(600), 3);
+        assert_eq!(d.effective_window_ms(0), 600_000);
+        for (k, at) in [(1, 1_000), (2, 2_000)] {
+            d.begin(k, at);
+            d.commit(k, at);
+        }
+        assert_eq!(
+            d.effective_window_ms(5_000),
+            600_000,
+            "room left: the whole window"
+        );
+        for (k, at) in [(3, 3_000), (4, 4_000)] {
+            d.begin(k, at);
+            d.commit(k, at);
+        }
+        // Full: id 1 was evicted, the oldest remembered was committed at 2 s.
+        assert_eq!(d.effective_window_ms(10_000), 8_000);
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub struct Metrics {
     pub config_warnings: IntCounter,
     pub queue_events: IntGauge,
     pub publisher_restarts: IntCounter,
+    pub spool_unpublished_bytes: IntGauge,
+    pub spool_retained_bytes: IntGauge,
+    pub spool_capacity_bytes: IntGauge,
+    pub dedup_entries: IntGauge,
+    pub dedup_window: prometheus::Gauge,
     pub spool_corrupt_records: IntCounter,
     publisher_errors_by: Vec<IntCounter>,
     overflow_by: Vec<IntCounter>,
@@ -222,6 +227,42 @@ impl Metrics {
              are kept in spool.dir/corrupt/.",
         )?;
         registry.register(Box::new(publisher_restarts.clone()))?;
+        let spool_unpublished_bytes = IntGauge::new(
+            "hookbus_spool_unpublished_bytes",
+            "Spool bytes from the first unpublished record on: what a broker outage piled up. \
+             Appends get 503 when this reaches hookbus_spool_capacity_bytes.",
+        )?;
+        let spool_retained_bytes = IntGauge::new(
+            "hookbus_spool_retained_bytes",
+            "Spool bytes already published, kept to rebuild the dedup set after a restart and \
+             deleted whenever the space is needed.",
+        )?;
+        let spool_capacity_bytes = IntGauge::new(
+            "hookbus_spool_capacity_bytes",
+            "spool.max_bytes: the disk the spool may use.",
+        )?;
+        let dedup_entries = IntGauge::new(
+            "hookbus_dedup_entries",
+            "Event ids remembered for duplicate detection (at most dedup.max_entries).",
+        )?;
+        let dedup_window = prometheus::Gauge::new(
+            "hookbus_dedup_window_seconds",
+            "How far back retries are recognized now: dedup.window, or less once \
+             dedup.max_entries is reached (the oldest ids are forgotten first).",
+        )?;
+        for gauge in [
+            &spool_unpublished_bytes,
+            &spool_retained_bytes,
+            &spool_capacity_bytes,
+            &dedup_entries,
+        ] {
+            registry.register(Box::new(gauge.clone()))?;
+        }
+        registry.register(Box::new(dedup_window.clone()))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         registry.register(Box::new(publisher_errors.clone()))?;
         registry.register(Box::new(spool_corrupt_records.clone()))?;
         let overflow_events = IntCounterVec::new(
@@ -286,6 +327,11 @@ impl Metrics {
             config_warnings,
             queue_events,
             publisher_restarts,
+            spool_unpublished_bytes,
+            spool_retained_bytes,
+            spool_capacity_bytes,
+            dedup_entries,
+            dedup_window,
             spool_corrupt_records,
             publisher_errors_by,
             overflow_by,

@@ -180,12 +180,16 @@ async fn bad_input_gets_400_and_a_byte_identical_dead_letter() {
 }
 
 #[tokio::test]
-async fn stream_is_created_with_dedup_window_and_subjects() {
+async fn stream_is_created_with_the_configured_retention_and_subjects() {
     let nats = NatsServer::start();
     let spool = tempfile::tempdir().unwrap();
     let hookbus = start(config(
         spool.path(),
-        &format!("[ack]\nmode = \"memory\"\n[dedup]\nwindow = \"7m\"\n[nats]\nurl = \"{}\"\nstream = \"PN_TEST\"", nats.url()),
+        &format!(
+            "[ack]\nmode = \"memory\"\n[nats]\nurl = \"{}\"\nstream = \"PN_TEST\"\n\
+             duplicate_window = \"7m\"\nmax_age = \"3h\"\nmax_bytes = 123456789\nstorage = \"memory\"",
+            nats.url()
+        ),
     ))
     .await;
     let url = nats.url();
@@ -199,12 +203,24 @@ async fn stream_is_created_with_dedup_window_and_subjects() {
     })
     .await;
     assert_eq!(info.config.duplicate_window, Duration::from_secs(420));
-    assert_eq!(info.config.subjects, vec!["presence.>".to_owned()]);
+    assert_eq!(info.config.max_age, Duration::from_secs(3 * 3600));
+    assert_eq!(info.config.max_bytes, 123_456_789);
+    assert_eq!(info.config.storage, jetstream::stream::StorageType::Memory);
+    assert_eq!(info.config.num_replicas, 1);
+    assert_eq!(
+        info.config.subjects,
+        vec!["presence.>".to_owned()],
+        "the overflow and dead-letter subjects fall under presence.>"
+    );
+    assert_eq!(
+        metric(hookbus.admin_addr, "hookbus_config_warnings_total").await,
+        0.0
+    );
     hookbus.stop().await.unwrap();
 }
 
 #[tokio::test]
-async fn existing_stream_with_short_duplicate_window_is_warned_about() {
+async fn existing_stream_with_other_settings_is_left_alone_and_warned_about() {
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     js.create_stream(jetstream::stream::Config {
@@ -222,9 +238,17 @@ async fn existing_stream_with_short_duplicate_window_is_warned_about() {
     ))
     .await;
     let admin = hookbus.admin_addr;
-    wait_for("config warning", SECS, || async move {
-        (metric(admin, "hookbus_config_warnings_total").await >= 1.0).then_some(())
+    // duplicate_window, max_age and max_bytes differ from the configuration.
+    wait_for("config warnings", SECS, || async move {
+        (metric(admin, "hookbus_config_warnings_total").await >= 3.0).then_some(())
     })
     .await;
+    let mut stream = js.get_stream("PRESENCE").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(
+        info.config.duplicate_window,
+        Duration::from_secs(60),
+        "left as it was"
+    );
     hookbus.stop().await.unwrap();
 }

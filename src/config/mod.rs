@@ -303,6 +303,26 @@ pub struct NatsConfig {
     pub tls_key_file: PathBuf,
     /// Refuse to connect without TLS (also implied by a `tls://` URL or any `tls_*` file).
     pub require_tls: bool,
+    /// Settings of the stream hookbus creates (an existing stream is left as it is).
+    /// Oldest messages are dropped past this age; `0s` keeps them for ever.
+    #[serde(deserialize_with = "duration")]
+    pub max_age: Duration,
+    /// Oldest messages are dropped past this size; 0 = no limit.
+    pub max_bytes: u64,
+    pub storage: StreamStorage,
+    /// Stream replicas on a clustered JetStream (1–5).
+    pub replicas: usize,
+    /// How long the stream remembers a `Nats-Msg-Id` to drop a repeat.
+    #[serde(deserialize_with = "duration")]
+    pub duplicate_window: Duration,
+}
+
+/// Where JetStream keeps the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamStorage {
+    File,
+    Memory,
 }
 
 impl Default for NatsConfig {
@@ -321,6 +341,11 @@ impl Default for NatsConfig {
             tls_cert_file: PathBuf::new(),
             tls_key_file: PathBuf::new(),
             require_tls: false,
+            max_age: Duration::from_secs(24 * 3600),
+            max_bytes: 10 * 1024 * 1024 * 1024,
+            storage: StreamStorage::File,
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
         }
     }
 }
@@ -597,6 +622,23 @@ impl Config {
             }
             self.validate_nats_auth()?;
             if self.nats.jetstream {
+                if !(1..=5).contains(&self.nats.replicas) {
+                    return Err(invalid("nats.replicas", "must be between 1 and 5"));
+                }
+                if self.nats.duplicate_window <= self.sink.timeout {
+                    return Err(invalid(
+                        "nats.duplicate_window",
+                        "must be longer than sink.timeout: a message whose PubAck timed out is \
+                         sent again with the same Nats-Msg-Id, and only the stream's duplicate \
+                         window keeps the copy out",
+                    ));
+                }
+                if !self.nats.max_age.is_zero() && self.nats.max_age < self.nats.duplicate_window {
+                    return Err(invalid(
+                        "nats.max_age",
+                        "must be 0s (no limit) or at least nats.duplicate_window",
+                    ));
+                }
                 if self.nats.stream.is_empty()
                     || !self
                         .nats

@@ -332,33 +332,11 @@ impl<'a> Pipeline<'a> {
         }
     }
 
+    /// What only the loop knows; the spool, dedup and sink gauges are the app's.
     fn gauges(&self, queued: usize) {
         let metrics = &self.context.metrics;
-        metrics.set_sink_up(self.context.sink.is_up());
-        if let Some(fatal) = self.context.sink.fatal() {
-            self.context.health.fail(format!(
-                "the {} producer failed for good: {fatal}",
-                self.context.sink.name()
-            ));
-        }
         metrics.queue_events.set(queued as i64);
-        if let Some(spool) = &self.spool {
-            let stats = spool.stats();
-            let counted = metrics.spool_corrupt_records.get();
-            if stats.corrupt_records > counted {
-                metrics
-                    .spool_corrupt_records
-                    .inc_by(stats.corrupt_records - counted);
-            }
-            metrics
-                .spool_pending_events
-                .set(stats.pending_events as i64);
-            metrics.spool_bytes.set(stats.bytes as i64);
-            let age = stats
-                .oldest_unconfirmed_ms
-                .map_or(0, |ms| now_ms().saturating_sub(ms));
-            metrics.oldest_unpublished_age.set(age as f64 / 1000.0);
-        } else {
+        if self.spool.is_none() {
             metrics
                 .spool_pending_events
                 .set((self.marks.len() + queued) as i64);

@@ -127,12 +127,11 @@ impl Sink {
         sink: &SinkConfig,
         nats: &NatsConfig,
         kafka: &KafkaConfig,
-        dedup_window: Duration,
         router: &Router,
     ) -> anyhow::Result<Sink> {
         Ok(match sink.kind {
             SinkKind::Nats => Sink::Nats(Box::new(
-                NatsSink::connect(nats, sink, dedup_window, router.stream_subjects()).await?,
+                NatsSink::connect(nats, sink, router.stream_subjects()).await?,
             )),
             SinkKind::Kafka => {
                 let exempt = router

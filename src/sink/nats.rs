@@ -1,6 +1,7 @@
-//! NATS sink: core publish, or JetStream (default) with `Nats-Msg-Id` = event id and an
-//! awaited PubAck, so the stream drops the copies a retry or a replay would add. The stream is
-//! created if missing with `duplicate_window` = `dedup.window`.
+//! NATS sink: JetStream (default) with `Nats-Msg-Id` = event id and an awaited PubAck, so the
+//! stream drops the copy a re-send after an ambiguous timeout would add; or core publish,
+//! confirmed by a round trip through the server. The stream is created if missing with the
+//! configured retention, duplicate window, storage and replicas.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::{HeaderMap, HeaderName, HeaderValue, ServerAddr};
 
 use super::{Ack, Confirm, Message, SinkError};
-use crate::config::{ConfigError, NatsConfig, SinkConfig};
+use crate::config::{ConfigError, NatsConfig, SinkConfig, StreamStorage};
 
 /// NATS' default `max_payload`, used until the server has said otherwise.
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
@@ -25,7 +26,6 @@ pub struct NatsSink {
     jetstream: Option<jetstream::Context>,
     stream: String,
     subjects: Vec<String>,
-    dedup_window: Duration,
     timeout: Duration,
 }
 
@@ -37,7 +37,6 @@ impl NatsSink {
     pub async fn connect(
         config: &NatsConfig,
         sink: &SinkConfig,
-        dedup_window: Duration,
         subjects: Vec<String>,
     ) -> anyhow::Result<NatsSink> {
         let addrs = server_addrs(config)?;
@@ -71,7 +70,6 @@ impl NatsSink {
             jetstream,
             stream: config.stream.clone(),
             subjects,
-            dedup_window,
             timeout: sink.timeout,
         })
     }
@@ -106,8 +104,9 @@ impl NatsSink {
         ))
     }
 
-    /// Creates the stream if missing; warns when an existing one has a shorter duplicate window
-    /// than `dedup.window` or does not cover our subjects.
+    /// Creates the stream if missing, with the configured retention; an existing stream is
+    /// left alone, and each setting that differs from the configuration (or subject it does
+    /// not cover) is returned as a warning.
     pub async fn prepare(&self) -> Result<Vec<String>, SinkError> {
         if !self.wait_connected().await {
             return Err(self.diagnose().await);
@@ -115,35 +114,82 @@ impl NatsSink {
         let Some(js) = &self.jetstream else {
             return Ok(Vec::new());
         };
-        let mut warnings = Vec::new();
-        let config = stream::Config {
+        let c = &self.config;
+        let wanted = stream::Config {
             name: self.stream.clone(),
             subjects: self.subjects.clone(),
-            duplicate_window: self.dedup_window,
-            storage: stream::StorageType::File,
+            duplicate_window: c.duplicate_window,
+            max_age: c.max_age,
+            max_bytes: if c.max_bytes == 0 {
+                -1
+            } else {
+                c.max_bytes as i64
+            },
+            num_replicas: c.replicas,
+            storage: match c.storage {
+                StreamStorage::File => stream::StorageType::File,
+                StreamStorage::Memory => stream::StorageType::Memory,
+            },
             ..Default::default()
         };
         // Returns the existing stream untouched when there is one: its owner's settings win.
-        let mut existing = js.get_or_create_stream(config).await.map_err(|e| {
+        let mut existing = js.get_or_create_stream(wanted.clone()).await.map_err(|e| {
             SinkError::Retriable(format!("get or create stream {}: {e}", self.stream))
         })?;
         let info = existing
             .info()
             .await
             .map_err(|e| SinkError::Retriable(format!("stream info: {e}")))?;
-        if info.config.duplicate_window < self.dedup_window {
+        let have = &info.config;
+        let mut warnings = Vec::new();
+        let mut differs = |setting: &str, have: String, want: String| {
+            if have != want {
+                warnings.push(format!(
+                    "JetStream stream {} has {setting} {have}, the config says {want}; \
+                     hookbus leaves an existing stream as it is",
+                    self.stream
+                ));
+            }
+        };
+        differs(
+            "duplicate_window",
+            format!("{:?}", have.duplicate_window),
+            format!("{:?}", wanted.duplicate_window),
+        );
+        differs(
+            "max_age",
+            format!("{:?}", have.max_age),
+            format!("{:?}", wanted.max_age),
+        );
+        differs(
+            "max_bytes",
+            have.max_bytes.to_string(),
+            wanted.max_bytes.to_string(),
+        );
+        differs(
+            "replicas",
+            have.num_replicas.to_string(),
+            wanted.num_replicas.to_string(),
+        );
+        differs(
+            "storage",
+            format!("{:?}", have.storage),
+            format!("{:?}", wanted.storage),
+        );
+        if have.duplicate_window <= self.timeout {
             warnings.push(format!(
-                "JetStream stream {} has duplicate_window {:?}, shorter than dedup.window {:?}: \
-                 replays and retries older than that are not deduplicated by the broker",
-                self.stream, info.config.duplicate_window, self.dedup_window
+                "JetStream stream {} has duplicate_window {:?}, not longer than sink.timeout \
+                 {:?}: a message re-sent after a PubAck timeout may be stored twice",
+                self.stream, have.duplicate_window, self.timeout
             ));
         }
         for subject in &self.subjects {
-            let covered = info
-                .config
-                .subjects
-                .iter()
-                .any(|s| s == subject || s == ">");
+            let covered = have.subjects.iter().any(|s| {
+                s == subject
+                    || s == ">"
+                    || s.strip_suffix('>')
+                        .is_some_and(|prefix| subject.starts_with(prefix))
+            });
             if !covered {
                 warnings.push(format!(
                     "JetStream stream {} does not list subject {subject}: publishes there fail",

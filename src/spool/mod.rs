@@ -91,6 +91,14 @@ pub struct Record {
     pub payload: Bytes,
 }
 
+impl SpoolStats {
+    /// Bytes on disk of records already published, kept for the dedup rebuild (`retain`) and
+    /// deleted whenever the space is needed.
+    pub fn retained(&self) -> u64 {
+        self.bytes.saturating_sub(self.unpublished_bytes)
+    }
+}
+
 /// Gauges for metrics; read from atomics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpoolStats {
@@ -98,6 +106,8 @@ pub struct SpoolStats {
     pub pending_events: u64,
     /// Bytes of all segment files on disk (committed data).
     pub bytes: u64,
+    /// Of `bytes`, those from the first unpublished record on (see [`SpoolStats::retained`]).
+    pub unpublished_bytes: u64,
     /// Append time of the lowest unconfirmed record (to ~100 ms); `None` when nothing is pending.
     pub oldest_unconfirmed_ms: Option<u64>,
     /// Records lost to corruption since open (damaged bytes kept in `corrupt/`).
@@ -111,6 +121,7 @@ struct Core {
     state: Mutex<State>,
     pending: AtomicU64,
     bytes: AtomicU64,
+    unpublished_bytes: AtomicU64,
     /// `u64::MAX` stands for `None`.
     oldest_ms: AtomicU64,
     /// Number of data-file fsyncs (`fdatasync`) done by the writer.
@@ -131,6 +142,8 @@ impl Core {
     fn publish(&self, state: &State) {
         self.pending.store(state.pending, Ordering::Relaxed);
         self.bytes.store(state.used_bytes, Ordering::Relaxed);
+        self.unpublished_bytes
+            .store(state.unpublished_bytes(), Ordering::Relaxed);
         let oldest = state.oldest_unconfirmed_ms().unwrap_or(u64::MAX);
         self.oldest_ms.store(oldest, Ordering::Relaxed);
     }
@@ -180,6 +193,7 @@ impl Spool {
             config,
             pending: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            unpublished_bytes: AtomicU64::new(0),
             oldest_ms: AtomicU64::new(u64::MAX),
             syncs: AtomicU64::new(0),
             corrupt_records: AtomicU64::new(recovered.corrupt_records),
@@ -288,6 +302,7 @@ impl Spool {
         SpoolStats {
             pending_events: core.pending.load(Ordering::Relaxed),
             bytes: core.bytes.load(Ordering::Relaxed),
+            unpublished_bytes: core.unpublished_bytes.load(Ordering::Relaxed),
             oldest_unconfirmed_ms: (oldest != u64::MAX).then_some(oldest),
             corrupt_records: core.corrupt_records.load(Ordering::Relaxed),
         }

@@ -166,6 +166,22 @@ impl State {
         (self.used_bytes + self.reserved_bytes).saturating_sub(self.reclaimable_bytes())
     }
 
+    /// Bytes from the first unconfirmed record to the end of the log (records confirmed out of
+    /// order above it included): what a broker outage has piled up.
+    pub(super) fn unpublished_bytes(&self) -> u64 {
+        if self.low >= self.committed_next {
+            return 0;
+        }
+        let i = self.segment_for(self.low);
+        let Some(seg) = self.segments.get(i) else {
+            return 0;
+        };
+        // The index is sparse: count from the indexed record at or before `low`.
+        let before = seg.position_before(self.low).offset;
+        let rest: u64 = self.segments.iter().skip(i + 1).map(|s| s.bytes).sum();
+        seg.bytes.saturating_sub(before) + rest
+    }
+
     /// Index of the segment that holds (or would hold) `seq`: the first whose end is above it.
     pub(super) fn segment_for(&self, seq: u64) -> usize {
         self.segments.partition_point(|s| s.end_seq <= seq)
