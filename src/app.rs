@@ -24,7 +24,7 @@ use crate::sink::Sink;
 use crate::spool::{Spool, SpoolConfig};
 
 /// Answers `/readyz`: `Err(reason)` when not ready.
-type Readiness = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// A started hookbus.
 pub struct Running {
@@ -109,7 +109,7 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
                 .max(16 * 1024 * 1024)
                 .min(config.spool.max_bytes / 2);
             let probe = spool.clone();
-            let ready = Box::new(move || {
+            let ready: Readiness = Arc::new(move || {
                 if probe.has_headroom(headroom) {
                     Ok(())
                 } else {
@@ -123,7 +123,7 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
             let probe = queue.clone();
             let probe_sink = sink.clone();
             let publish_mode = mode == AckMode::Publish;
-            let ready = Box::new(move || {
+            let ready: Readiness = Arc::new(move || {
                 if probe.capacity() < probe.max_capacity() / 20 {
                     Err("publish queue nearly full".to_owned())
                 } else if publish_mode && !probe_sink.is_up() {
@@ -173,7 +173,7 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
     });
     let admin_state = Arc::new(AdminState {
         registry,
-        ready,
+        ready: ready.clone(),
         health: health.clone(),
         draining: shutdown.clone(),
     });
@@ -200,13 +200,16 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
         health: health.clone(),
         faults,
     };
-    let gauges = tokio::spawn(observe(
-        metrics.clone(),
-        sink.clone(),
-        claims.clone(),
-        spool.clone(),
-        health.clone(),
-    ));
+    let observed = Observed {
+        metrics: metrics.clone(),
+        sink: sink.clone(),
+        claims: claims.clone(),
+        spool: spool.clone(),
+        health: health.clone(),
+        ready,
+        draining: shutdown.clone(),
+    };
+    let gauges = tokio::spawn(observed.run());
     let mut publisher = tokio::spawn(publisher::run(
         source,
         context,
@@ -266,50 +269,60 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
     })
 }
 
-/// Keeps the gauges of what the process holds up to date, twice a second, independently of
-/// the publisher (so they tell the truth while it stalls): sink connection, spool usage, the
-/// dedup set. Marks the process unhealthy on a fatal producer error.
-async fn observe(
+/// What the gauges of [`Observed::run`] look at.
+struct Observed {
     metrics: Metrics,
     sink: Arc<Sink>,
     claims: Arc<Claims>,
     spool: Option<Spool>,
     health: Health,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tick.tick().await;
-        let now = publisher::now_ms();
-        metrics.set_sink_up(sink.is_up());
-        if let Some(fatal) = sink.fatal() {
-            health.fail(format!(
-                "the {} producer failed for good: {fatal}",
-                sink.name()
-            ));
-        }
-        metrics.dedup_entries.set(claims.len() as i64);
-        metrics
-            .dedup_window
-            .set(claims.effective_window_ms(now) as f64 / 1000.0);
-        if let Some(spool) = &spool {
-            let stats = spool.stats();
+    ready: Readiness,
+    draining: Shutdown,
+}
+
+impl Observed {
+    /// Keeps the gauges of what the process holds up to date, twice a second, independently
+    /// of the publisher (so they tell the truth while it stalls): readiness, sink connection,
+    /// spool usage, the dedup set. Marks the process unhealthy on a fatal producer error.
+    async fn run(self) {
+        let metrics = &self.metrics;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let now = publisher::now_ms();
+            let ready = !self.draining.is_draining() && (self.ready)().is_ok();
+            metrics.ready.set(i64::from(ready));
+            metrics.set_sink_up(self.sink.is_up());
+            if let Some(fatal) = self.sink.fatal() {
+                self.health.fail(format!(
+                    "the {} producer failed for good: {fatal}",
+                    self.sink.name()
+                ));
+            }
+            metrics.dedup_entries.set(self.claims.len() as i64);
             metrics
-                .spool_pending_events
-                .set(stats.pending_events as i64);
-            metrics.spool_bytes.set(stats.bytes as i64);
-            metrics
-                .spool_unpublished_bytes
-                .set(stats.unpublished_bytes as i64);
-            metrics.spool_retained_bytes.set(stats.retained() as i64);
-            let age = stats
-                .oldest_unconfirmed_ms
-                .map_or(0, |ms| now.saturating_sub(ms));
-            metrics.oldest_unpublished_age.set(age as f64 / 1000.0);
-            let counted = metrics.spool_corrupt_records.get();
-            if stats.corrupt_records > counted {
+                .dedup_window
+                .set(self.claims.effective_window_ms(now) as f64 / 1000.0);
+            if let Some(spool) = &self.spool {
+                let stats = spool.stats();
                 metrics
-                    .spool_corrupt_records
-                    .inc_by(stats.corrupt_records - counted);
+                    .spool_pending_events
+                    .set(stats.pending_events as i64);
+                metrics.spool_bytes.set(stats.bytes as i64);
+                metrics
+                    .spool_unpublished_bytes
+                    .set(stats.unpublished_bytes as i64);
+                metrics.spool_retained_bytes.set(stats.retained() as i64);
+                let age = stats
+                    .oldest_unconfirmed_ms
+                    .map_or(0, |ms| now.saturating_sub(ms));
+                metrics.oldest_unpublished_age.set(age as f64 / 1000.0);
+                let counted = metrics.spool_corrupt_records.get();
+                if stats.corrupt_records > counted {
+                    metrics
+                        .spool_corrupt_records
+                        .inc_by(stats.corrupt_records - counted);
+                }
             }
         }
     }

@@ -57,6 +57,7 @@ pub struct Metrics {
     pub spool_retained_bytes: IntGauge,
     pub spool_capacity_bytes: IntGauge,
     pub dedup_entries: IntGauge,
+    pub ready: IntGauge,
     pub dedup_window: prometheus::Gauge,
     pub spool_corrupt_records: IntCounter,
     publisher_errors_by: Vec<IntCounter>,
@@ -250,7 +251,12 @@ impl Metrics {
             "How far back retries are recognized now: dedup.window, or less once \
              dedup.max_entries is reached (the oldest ids are forgotten first).",
         )?;
+        let ready = IntGauge::new(
+            "hookbus_ready",
+            "1 while /readyz answers 200 (the pod takes webhooks), 0 while not ready or draining.",
+        )?;
         for gauge in [
+            &ready,
             &spool_unpublished_bytes,
             &spool_retained_bytes,
             &spool_capacity_bytes,
@@ -331,6 +337,7 @@ impl Metrics {
             spool_retained_bytes,
             spool_capacity_bytes,
             dedup_entries,
+            ready,
             dedup_window,
             spool_corrupt_records,
             publisher_errors_by,

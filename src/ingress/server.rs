@@ -234,7 +234,7 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 pub struct AdminState {
     pub registry: prometheus::Registry,
     /// Readiness as the ack mode defines it (spool headroom, queue room, sink connected).
-    pub ready: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
     /// Liveness: fails when a component cannot recover (`/healthz` 503).
     pub health: crate::health::Health,
     pub draining: Shutdown,
