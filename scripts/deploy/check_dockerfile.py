@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Built-in checks of deploy/Dockerfile (run by scripts/check-deploy, standard library only).
 
-Always: the contract of the image (builder rust:1.95-bookworm with cmake, slim/distroless
+Always: the contract of the image (builder rust:1.95-bookworm with cmake, pkg-config and the
+OpenSSL/libcurl/zlib headers, their shared libraries in the runtime, slim/distroless
 final stage, non-root uid 10001, EXPOSE 8080 9090, the hookbus binary and config path) and
 the ignore file. With --lint also a few hadolint rules, used when hadolint itself is not
 available: apt without --no-install-recommends or list cleanup, ADD for local files, `cd` in
@@ -17,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 IGNORE = ROOT / "deploy" / "Dockerfile.dockerignore"
+BUILD_PACKAGES = ["cmake", "pkg-config", "libssl-dev", "libcurl4-openssl-dev", "zlib1g-dev"]
+RUNTIME_PACKAGES = ["libssl3", "libcurl4", "zlib1g", "ca-certificates"]
 
 
 def instructions(text: str) -> list[tuple[int, str, str]]:
@@ -58,9 +61,19 @@ def main() -> int:
     builder = [a for _, op, a in ins[:first_final] if op == "RUN"]
     if not any("cmake" in a for a in builder):
         errors.append("the builder stage must install cmake (librdkafka is built by rdkafka's cmake-build)")
+    # The binary links OpenSSL, libcurl and zlib (librdkafka with TLS, SASL, OIDC): the builder
+    # needs their headers and pkg-config, the runtime their shared libraries.
+    for pkg in BUILD_PACKAGES:
+        if not any(re.search(rf"(^|\s){re.escape(pkg)}(\s|$)", a) for a in builder):
+            errors.append(f"the builder stage must install {pkg} (librdkafka links OpenSSL, libcurl and zlib)")
     if not any("cargo build" in a and "--release" in a for a in builder):
         errors.append("the builder stage must run cargo build --release")
     final_ins = ins[first_final:]
+    final_runs = [a for _, op, a in final_ins if op == "RUN"]
+    if final.startswith("debian:"):
+        for pkg in RUNTIME_PACKAGES:
+            if not any(re.search(rf"(^|\s){re.escape(pkg)}(\s|$)", a) for a in final_runs):
+                errors.append(f"the final stage must install {pkg} (a shared library or the TLS roots of the binary)")
     users = [a for _, op, a in final_ins if op == "USER"]
     if not users or users[-1].split(":")[0] not in ("10001", "hookbus"):
         errors.append("final stage must end with USER 10001 (non-root)")
