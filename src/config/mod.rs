@@ -616,6 +616,14 @@ impl Config {
         if self.sink.timeout.is_zero() {
             return Err(invalid("sink.timeout", "must be greater than 0"));
         }
+        if self.ack.mode == AckMode::Publish && self.sink.timeout <= self.ack.publish_timeout {
+            return Err(invalid(
+                "sink.timeout",
+                "must be longer than ack.publish_timeout in publish mode: a message sent again \
+                 after a confirmation timeout while its request still waits would be a second \
+                 publish of the same event",
+            ));
+        }
         if self.sink.kind == SinkKind::Nats {
             if self.nats.url.is_empty() {
                 return Err(invalid("nats.url", "must not be empty"));

@@ -43,9 +43,12 @@ async fn feed(spool: Spool, tx: mpsc::Sender<Job>, context: Context, max_backoff
     let mut failures = 0u32;
     let mut backoff = Duration::from_millis(50);
     loop {
-        let batch = match context.faults.spool_read_error() {
-            Some(error) => Err(SpoolError::Io(error)),
-            None => reader.next_batch(256).await,
+        let batch = match reader.wait_unread().await {
+            Err(error) => Err(error),
+            Ok(()) => match context.faults.spool_read_error() {
+                Some(error) => Err(SpoolError::Io(error)),
+                None => reader.next_batch(256).await,
+            },
         };
         let records = match batch {
             Ok(records) => records,

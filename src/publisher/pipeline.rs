@@ -127,6 +127,7 @@ impl<'a> Pipeline<'a> {
                 biased;
                 Some((mark, job, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.settle(mark, job, outcome);
+                    self.context.faults.maybe_panic_in_publisher();
                 }
                 () = &mut drain_started, if !draining => {
                     draining = true;
@@ -245,7 +246,6 @@ impl<'a> Pipeline<'a> {
     }
 
     fn settle(&mut self, mark: u64, job: Job, outcome: Outcome) {
-        self.context.faults.maybe_panic_in_publisher();
         let metrics = &self.context.metrics;
         let error = match outcome {
             Outcome::Withdrawn => {

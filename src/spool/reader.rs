@@ -142,6 +142,14 @@ impl SpoolReader {
         }
     }
 
+    /// Waits until a committed record is there to read. Cancel safe.
+    ///
+    /// # Errors
+    /// `Closed` once the spool is closed and every committed record was returned.
+    pub async fn wait_unread(&mut self) -> Result<(), SpoolError> {
+        self.wait_committed().await
+    }
+
     async fn wait_committed(&mut self) -> Result<(), SpoolError> {
         loop {
             if self.cursor.seq < *self.committed.borrow_and_update() {

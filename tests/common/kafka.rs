@@ -134,6 +134,26 @@ pub async fn consume(
     .expect("consumer thread")
 }
 
+/// Creates `topics` (as an operator would, before hookbus starts).
+pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        result.expect("topic created");
+    }
+}
+
 /// Asserts that every id in `ids` is in `records` exactly once, and nothing else is.
 pub fn assert_exactly_once<'a>(records: &[Record], ids: impl IntoIterator<Item = &'a str>) {
     let mut counts = std::collections::HashMap::<&str, usize>::new();

@@ -5,6 +5,7 @@
 pub mod kafka;
 pub mod nats_jwt;
 pub mod pki;
+pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -175,6 +176,7 @@ impl Drop for NatsServer {
 /// A Kafka-compatible `tansu broker` process.
 pub struct Tansu {
     pub port: u16,
+    advertised: Option<u16>,
     dir: tempfile::TempDir,
     storage: String,
     child: Option<Child>,
@@ -192,8 +194,19 @@ impl Tansu {
     }
 
     fn with_storage(storage: &str) -> Tansu {
+        Tansu::advertising(storage, None)
+    }
+
+    /// In-memory storage, with clients sent to `advertised` (a proxy or TLS terminator in
+    /// front of the broker) by its metadata.
+    pub fn behind(advertised: u16) -> Tansu {
+        Tansu::advertising("memory://tansu/", Some(advertised))
+    }
+
+    fn advertising(storage: &str, advertised: Option<u16>) -> Tansu {
         let mut broker = Tansu {
             port: free_port(),
+            advertised,
             dir: tempfile::tempdir().expect("tempdir"),
             storage: storage.to_owned(),
             child: None,
@@ -202,13 +215,15 @@ impl Tansu {
         broker
     }
 
+    /// Where clients bootstrap: the advertised listener.
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised.unwrap_or(self.port))
     }
 
     pub fn restart(&mut self) {
         self.stop();
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let log = std::fs::File::create(self.dir.path().join("tansu.log")).expect("log file");
         let child = Command::new(tansu_bin())
             .args([
@@ -216,7 +231,7 @@ impl Tansu {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", &self.storage])
             .current_dir(self.dir.path())
