@@ -8,7 +8,14 @@ Subcommands, each exits non-zero on the first class of failure it finds and prin
   schema     values.schema.json accepts the good cases and rejects known-bad values
   kube       every rendered manifest and the kustomize base validate against Kubernetes
              OpenAPI schemas (kubernetes-validate, strict); CRD kinds checked structurally
-  sync       the chart's copies of the alerts and the dashboard equal deploy/
+  sync       the chart's copy of the dashboard equals deploy/; deploy/prometheus/alerts.yaml
+             equals the chart's alert rules rendered with the default values (--fix
+             regenerates both)
+  alerts     renders the chart's alert rules in their default, custom (re-thresholded,
+             disabled, relabelled: deploy/prometheus/alerts_custom_values.yaml), all-disabled
+             and ci/*.yaml forms into --out/../rules for promtool; checks every alert has
+             severity, summary, description, a runbook_url whose section exists in
+             docs/runbooks.md, and that overrides and disabling take effect
 Rendered manifests and config.toml files are written under --out for inspection and for
 `hookbus --check`.
 """
@@ -36,9 +43,27 @@ CHART = ROOT / "helm" / "hookbus"
 DEPLOY = ROOT / "deploy"
 KUSTOMIZE = DEPLOY / "kubernetes"
 COPIES = {
-    CHART / "files" / "prometheus" / "alerts.yaml": DEPLOY / "prometheus" / "alerts.yaml",
     CHART / "files" / "grafana" / "hookbus.json": DEPLOY / "grafana" / "hookbus.json",
 }
+# The alert rules: one source in the chart, the plain rule file generated from it.
+RULES_SOURCE = CHART / "files" / "prometheus" / "rules.yaml"
+PLAIN_ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
+CUSTOM_ALERT_VALUES = DEPLOY / "prometheus" / "alerts_custom_values.yaml"
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+PLAIN_HEADER = """\
+# hookbus alerting and recording rules (a Prometheus rule file).
+#
+# GENERATED from helm/hookbus/files/prometheus/rules.yaml, rendered by the Helm chart
+# with its default values (metrics.prometheusRule.rules.* in helm/hookbus/values.yaml):
+# do not edit; change the source and run `scripts/check-deploy --sync`, which fails while
+# this file differs. Tests: alerts_test.yaml (promtool test rules alerts_test.yaml).
+#
+# runbook_url annotations point at docs/runbooks.md relative to the repository root (a
+# placeholder): with the chart set metrics.prometheusRule.runbookBase to the URL of your
+# copy; loading this file as is, replace "docs/runbooks.md#" with that URL.
+# HookbusTargetMissing and HookbusScrapeFailing select the admin targets with job="hookbus"
+# (what a ServiceMonitor of the chart gives them): adjust it to your scrape job.
+"""
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 RELEASE, NAMESPACE = "hookbus", "hookbus"
 
@@ -113,6 +138,62 @@ def render(values: dict[str, Any], namespace: str = NAMESPACE) -> dict[str, str]
     h = helm()
     with h.Chart.load(str(CHART)) as chart:
         return chart.render(values=values, name=RELEASE, namespace=namespace, is_install=True)
+
+
+def alert_groups(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rule groups the chart renders into its PrometheusRule for these values, without
+    metrics.prometheusRule.additionalGroups."""
+    vals = copy.deepcopy(values)
+    pr = vals.setdefault("metrics", {}).setdefault("prometheusRule", {})
+    pr["enabled"] = True
+    pr["additionalGroups"] = []
+    docs = docs_of(render(vals))
+    rules = [d for _, d in docs if d.get("kind") == "PrometheusRule"]
+    if len(rules) != 1:
+        raise RuntimeError(f"expected one PrometheusRule, got {len(rules)}")
+    return rules[0]["spec"]["groups"]
+
+
+class _RuleDumper(yaml.SafeDumper):
+    pass
+
+
+def _str_rep(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else (">" if len(data) > 80 else None)
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_RuleDumper.add_representer(str, _str_rep)
+RULE_KEY_ORDER = ["record", "alert", "expr", "for", "labels", "annotations"]
+ANNOTATION_ORDER = ["summary", "description", "runbook_url"]
+
+
+def rule_file_text(groups: list[dict[str, Any]], header: str = "") -> str:
+    """A Prometheus rule file, keys in the conventional order."""
+    def ordered(d: dict, order: list[str]) -> dict:
+        return {k: d[k] for k in sorted(d, key=lambda k: (order.index(k) if k in order else len(order), k))}
+    out = []
+    for g in groups:
+        rules = []
+        for r in g["rules"]:
+            r = ordered(r, RULE_KEY_ORDER)
+            if "annotations" in r:
+                r["annotations"] = ordered(r["annotations"], ANNOTATION_ORDER)
+            rules.append(r)
+        out.append({"name": g["name"], "rules": rules})
+    body = yaml.dump({"groups": out}, Dumper=_RuleDumper, sort_keys=False, width=96, allow_unicode=True)
+    return header + body
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """Anchors GitHub generates for the headings of a Markdown file."""
+    out = set()
+    for line in markdown.splitlines():
+        m = re.match(r"#{1,6}\s+(.*)", line)
+        if m:
+            text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
+            out.add(text.replace(" ", "-"))
+    return out
 
 
 def docs_of(manifests: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
@@ -341,9 +422,8 @@ def check_workload(f: Failures, name: str, docs: list[tuple[str, dict]], cfg: di
     for pr in by_kind(docs, "PrometheusRule"):
         f.check(pr["apiVersion"] == "monitoring.coreos.com/v1", f"[{name}] PrometheusRule apiVersion")
         groups = pr["spec"]["groups"]
-        shipped = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())["groups"]
-        f.check(groups[: len(shipped)] == shipped,
-                f"[{name}] PrometheusRule groups differ from deploy/prometheus/alerts.yaml")
+        names = [g.get("name") for g in groups]
+        f.check(len(names) == len(set(names)), f"[{name}] PrometheusRule has duplicate group names {names}")
         for g in groups:
             for r in g.get("rules", []):
                 f.check(bool(r.get("expr")) and (("alert" in r) != ("record" in r)),
@@ -594,23 +674,198 @@ def cmd_sync(args: argparse.Namespace) -> None:
         if f.check(same, f"{rel_c} differs from {rel_s} (run: scripts/check-deploy --sync)"):
             digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
             print(f"  ok   {rel_c} == {rel_s} (sha256 {digest})")
-    f.exit("chart copies of deploy/ files")
+    stale = CHART / "files" / "prometheus" / "alerts.yaml"
+    if stale.exists():
+        if args.fix:
+            stale.unlink()
+        f.check(args.fix, f"{stale.relative_to(ROOT)} is obsolete: the chart renders {RULES_SOURCE.relative_to(ROOT)}")
+    # deploy/prometheus/alerts.yaml is generated from the chart's rule source.
+    text = rule_file_text(alert_groups({}), PLAIN_HEADER)
+    rel = PLAIN_ALERTS.relative_to(ROOT)
+    if args.fix:
+        if not PLAIN_ALERTS.exists() or PLAIN_ALERTS.read_text() != text:
+            PLAIN_ALERTS.write_text(text)
+            print(f"  generated {rel} from {RULES_SOURCE.relative_to(ROOT)} (chart defaults)")
+    if f.check(PLAIN_ALERTS.exists() and PLAIN_ALERTS.read_text() == text,
+               f"{rel} differs from the chart's rules rendered with default values "
+               f"(edit {RULES_SOURCE.relative_to(ROOT)}, then run: scripts/check-deploy --sync)"):
+        print(f"  ok   {rel} == chart rules rendered with default values")
+    import values_doc  # noqa: PLC0415 - sibling module
+    if args.fix:
+        values_doc.write()
+    for problem in values_doc.check():
+        f.fail(problem)
+    if not values_doc.check():
+        print(f"  ok   {values_doc.README.relative_to(ROOT)} documents every value of values.yaml with its default")
+    f.exit("generated and copied files")
+
+
+# ---------------------------------------------------------------- alerts
+
+# Alerts whose description cannot carry a meaningful number ($value of absent() is 1).
+NO_VALUE = {"HookbusTargetMissing"}
+
+
+def check_alert_rules(f: Failures, label: str, groups: list[dict[str, Any]], base: str) -> list[str]:
+    """Every alert: severity, summary, description with $value, runbook_url into
+    docs/runbooks.md; no placeholder left. Returns the alert names."""
+    anchors = github_anchors(RUNBOOKS.read_text()) if RUNBOOKS.exists() else set()
+    f.check(RUNBOOKS.exists(), f"{RUNBOOKS.relative_to(ROOT)} is missing")
+    alerts = []
+    for g in groups:
+        for r in g.get("rules", []):
+            text = json.dumps(r)
+            f.check("${" not in text, f"[{label}] {r.get('alert') or r.get('record')}: placeholder left: {text[:200]}")
+            if "record" in r:
+                continue
+            a = r["alert"]
+            alerts.append(a)
+            ann, labels = r.get("annotations") or {}, r.get("labels") or {}
+            f.check(labels.get("severity") in ("critical", "warning", "info"), f"[{label}] {a}: severity {labels.get('severity')!r}")
+            f.check(bool(ann.get("summary")), f"[{label}] {a}: no summary")
+            f.check(bool(ann.get("description")), f"[{label}] {a}: no description")
+            f.check(a in NO_VALUE or "$value" in ann.get("description", ""),
+                    f"[{label}] {a}: the description does not show the number ({{{{ $value }}}})")
+            url = ann.get("runbook_url", "")
+            f.check(url == f"{base}#{a.lower()}", f"[{label}] {a}: runbook_url {url!r} is not {base}#{a.lower()}")
+            f.check(a.lower() in anchors, f"[{label}] {a}: docs/runbooks.md has no section '## {a}'")
+    f.check(len(alerts) == len(set(alerts)), f"[{label}] duplicate alert names")
+    return alerts
+
+
+def rules_of(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
+
+
+def cmd_alerts(args: argparse.Namespace) -> None:
+    f = Failures()
+    out = Path(args.out).parent / "rules"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
+    settings = chart_values["metrics"]["prometheusRule"]["rules"]
+    base = chart_values["metrics"]["prometheusRule"]["runbookBase"]
+    src = yaml.safe_load(RULES_SOURCE.read_text())
+    src_alerts = [r["alert"] for g in src["groups"] for r in g["rules"] if "alert" in r]
+    f.check(sorted(src_alerts) == sorted(settings),
+            f"values.yaml metrics.prometheusRule.rules {sorted(set(settings) ^ set(src_alerts))} "
+            "do not match the alerts of files/prometheus/rules.yaml")
+
+    # Default form: what deploy/prometheus/alerts.yaml holds.
+    default = alert_groups({})
+    (out / "alerts.yaml").write_text(rule_file_text(default))
+    alerts = check_alert_rules(f, "default", default, base)
+    off = sorted(a for a, s in settings.items() if not s.get("enabled", True))
+    f.check(sorted(set(src_alerts) - set(alerts)) == off, f"[default] rendered alerts miss {sorted(set(src_alerts) - set(alerts) - set(off))}")
+    f.check(yaml.safe_load(PLAIN_ALERTS.read_text())["groups"] == default,
+            f"{PLAIN_ALERTS.relative_to(ROOT)} is not the default rendering (run scripts/check-deploy --sync)")
+    print(f"  ok   [default] {len(alerts)} alerts ({len(off)} off by default: {', '.join(off)}), "
+          f"each with severity, summary, description, runbook_url -> docs/runbooks.md")
+
+    # Custom form: overrides take effect exactly where asked.
+    custom_values = yaml.safe_load(CUSTOM_ALERT_VALUES.read_text())
+    custom = alert_groups(custom_values)
+    (out / "alerts_custom.yaml").write_text(rule_file_text(custom))
+    cpr = custom_values["metrics"]["prometheusRule"]
+    check_alert_rules(f, "custom", custom, cpr.get("runbookBase", base))
+    got, dflt = rules_of(custom), rules_of(default)
+    for a, over in cpr.get("rules", {}).items():
+        if over.get("enabled") is False:
+            f.check(a not in got, f"[custom] {a} is disabled but rendered")
+            continue
+        if not f.check(a in got, f"[custom] {a} is enabled but not rendered"):
+            continue
+        r = got[a]
+        if "threshold" in over:
+            th = over["threshold"]
+            num = str(int(th)) if float(th).is_integer() else str(th)
+            f.check(re.search(rf"(?<![\w.]){re.escape(num)}(?![\w.])", r["expr"]) is not None,
+                    f"[custom] {a}: threshold {num} not in expr {r['expr']!r}")
+        if "for" in over:
+            f.check(r.get("for") == over["for"], f"[custom] {a}: for {r.get('for')!r} != {over['for']!r}")
+        if "severity" in over:
+            f.check(r["labels"]["severity"] == over["severity"], f"[custom] {a}: severity not overridden")
+        for k, v in (over.get("labels") or {}).items():
+            f.check(r["labels"].get(k) == v, f"[custom] {a}: label {k}={v} missing")
+    untouched = [a for a in dflt if a in got and a not in cpr.get("rules", {})
+                 and "${selector}" not in json.dumps(rules_of(src["groups"])[a])]
+    for a in untouched:
+        f.check({**got[a], "annotations": {}} == {**dflt[a], "annotations": {}}, f"[custom] {a} changed although not overridden")
+    if "targetSelector" in cpr:
+        f.check(cpr["targetSelector"] in got.get("HookbusTargetMissing", {}).get("expr", ""),
+                "[custom] targetSelector not used by HookbusTargetMissing")
+    print(f"  ok   [custom] {len(got)} alerts: overrides of {', '.join(sorted(cpr.get('rules', {})))} applied, "
+          f"{len(untouched)} others unchanged")
+
+    # Every alert disabled: only the recording rules remain.
+    none = alert_groups({"metrics": {"prometheusRule": {"rules": {a: {"enabled": False} for a in src_alerts}}}})
+    (out / "alerts_disabled.yaml").write_text(rule_file_text(none))
+    f.check(not rules_of(none) and any(r.get("record") for g in none for r in g["rules"]),
+            f"[all disabled] alerts still rendered: {sorted(rules_of(none))}")
+    print("  ok   [all disabled] no alert rendered, recording rules kept")
+
+    # Mistakes are refused at render time.
+    for bad, why in (({"HookbusSpoolFiling": {"threshold": 0.9}}, "names no alert"),
+                     ({"HookbusSinkDown": {"threshold": 1}}, "has no threshold"),
+                     ({"HookbusSpoolFilling": {"severity": "page"}}, "severity")):
+        try:
+            alert_groups({"metrics": {"prometheusRule": {"rules": bad}}})
+            f.fail(f"rules {bad} rendered; expected a refusal ({why})")
+        except Exception as e:  # noqa: BLE001
+            f.check(why in str(e), f"rules {bad} refused for another reason: {' '.join(str(e).split())[:200]}")
+    print("  ok   a misspelt alert, a threshold on an alert without one, an unknown severity: refused")
+
+    # Links inside docs/runbooks.md lead somewhere.
+    if RUNBOOKS.exists():
+        text = RUNBOOKS.read_text()
+        anchors = github_anchors(text)
+        for link in sorted(set(re.findall(r"\]\(#([^)]+)\)", text))):
+            f.check(link in anchors, f"docs/runbooks.md links to #{link}, which is no heading")
+
+    # The promtool tests cover every alert: each fires somewhere (default or custom form),
+    # and the healthy scenario expects silence from every alert that is on by default.
+    fired, healthy = set(), set()
+    for test_file in (DEPLOY / "prometheus" / "alerts_test.yaml", DEPLOY / "prometheus" / "alerts_custom_test.yaml"):
+        for tcase in yaml.safe_load(test_file.read_text())["tests"]:
+            for at in tcase.get("alert_rule_test", []):
+                if at.get("exp_alerts"):
+                    fired.add(at["alertname"])
+                elif tcase["name"] == "healthy":
+                    healthy.add(at["alertname"])
+    f.check(not set(src_alerts) - fired, f"alerts never fired by a promtool test: {sorted(set(src_alerts) - fired)}")
+    f.check(not set(src_alerts) - healthy,
+            f"alerts missing from the 'healthy' promtool test: {sorted(set(src_alerts) - healthy)}")
+    print(f"  ok   promtool tests fire each of the {len(src_alerts)} alerts; the healthy scenario checks all of them")
+
+    # Every ci/*.yaml: the rules it renders (with its additionalGroups), for promtool.
+    for name, values in cases():
+        docs = docs_of(render(values))
+        for pr in by_kind(docs, "PrometheusRule"):
+            slug = name.replace("ci/", "ci-").removesuffix(".yaml")
+            (out / f"{slug}.yaml").write_text(rule_file_text(pr["spec"]["groups"]))
+            check_alert_rules(f, name, [g for g in pr["spec"]["groups"] if g["name"].startswith("hookbus.")],
+                              (values.get("metrics", {}).get("prometheusRule", {}) or {}).get("runbookBase", base))
+            print(f"  ok   [{name}] PrometheusRule rules written for promtool")
+    f.exit("alert rules")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["lint", "render", "schema", "kube", "sync"])
+    p.add_argument("command", choices=["lint", "render", "schema", "kube", "sync", "alerts"])
     p.add_argument("--out", default=str(ROOT / "target" / "check-deploy" / "rendered"))
     p.add_argument("--kube-versions", default="1.31,latest",
                    help="comma-separated Kubernetes versions; 'latest' = newest kubernetes-validate knows")
-    p.add_argument("--fix", action="store_true", help="sync: copy deploy/ files into the chart")
+    p.add_argument("--fix", action="store_true",
+                   help="sync: copy deploy/ files into the chart, generate alerts.yaml and the chart README table")
     args = p.parse_args()
     if "latest" in args.kube_versions:
         from kubernetes_validate import utils as kvu
         args.kube_versions = args.kube_versions.replace("latest", kvu.latest_version())
     args.kube_versions = list(dict.fromkeys(v.strip() for v in args.kube_versions.split(",")))
     os.chdir(ROOT)
-    {"lint": cmd_lint, "render": cmd_render, "schema": cmd_schema, "kube": cmd_kube, "sync": cmd_sync}[args.command](args)
+    {"lint": cmd_lint, "render": cmd_render, "schema": cmd_schema, "kube": cmd_kube, "sync": cmd_sync,
+     "alerts": cmd_alerts}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -198,3 +198,82 @@ replication_factor = {{ $c.kafka.replication_factor | int64 }}
 {{ $key | toJson }} = {{ $value | toString | toJson }}
 {{- end }}
 {{ end }}
+
+{{/* A threshold as PromQL number text: integers without a fraction or exponent. */}}
+{{- define "hookbus.promNumber" -}}
+{{- if kindIs "string" . }}{{ . }}
+{{- else if eq (float64 .) (floor (float64 .)) }}{{ printf "%d" (int64 .) }}
+{{- else }}{{ printf "%v" (float64 .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The alert rule groups, as a YAML list: files/prometheus/rules.yaml with ${threshold},
+${selector}, severity, for, extra labels and runbook_url from metrics.prometheusRule.
+Every alert of the file needs an entry in metrics.prometheusRule.rules and every entry
+there must name an alert of the file, so a typo fails the render instead of being ignored.
+*/}}
+{{- define "hookbus.alertGroups" -}}
+{{- $pr := .Values.metrics.prometheusRule }}
+{{- $src := .Files.Get "files/prometheus/rules.yaml" | fromYaml }}
+{{- if not $src.groups }}
+{{- fail "files/prometheus/rules.yaml is missing or has no groups" }}
+{{- end }}
+{{- $settings := $pr.rules | default dict }}
+{{- $selector := $pr.targetSelector | default (printf "job=%q" (include "hookbus.name" .)) }}
+{{- $base := $pr.runbookBase | default "docs/runbooks.md" }}
+{{- $known := dict }}
+{{- $groups := list }}
+{{- range $g := $src.groups }}
+{{- $rules := list }}
+{{- range $r := $g.rules }}
+{{- if $r.record }}
+{{- $rules = append $rules $r }}
+{{- else }}
+{{- $name := $r.alert }}
+{{- $_ := set $known $name true }}
+{{- if not (hasKey $settings $name) }}
+{{- fail (printf "metrics.prometheusRule.rules.%s is missing (values.yaml lists every alert of files/prometheus/rules.yaml)" $name) }}
+{{- end }}
+{{- $s := index $settings $name | default dict }}
+{{- if ne (toString $s.enabled) "false" }}
+{{- $expr := $r.expr | replace "${selector}" $selector }}
+{{- $th := "" }}
+{{- if contains "${threshold}" $r.expr }}
+{{- if kindIs "invalid" $s.threshold }}
+{{- fail (printf "metrics.prometheusRule.rules.%s.threshold is required" $name) }}
+{{- end }}
+{{- $th = include "hookbus.promNumber" $s.threshold }}
+{{- $expr = $expr | replace "${threshold}" $th }}
+{{- else if not (kindIs "invalid" $s.threshold) }}
+{{- fail (printf "metrics.prometheusRule.rules.%s.threshold is set, but the alert has no threshold" $name) }}
+{{- end }}
+{{- $labels := dict "severity" ($s.severity | default "warning") }}
+{{- range $k, $v := $s.labels | default dict }}
+{{- if ne $k "severity" }}{{ $_ := set $labels $k (toString $v) }}{{ end }}
+{{- end }}
+{{- $annotations := dict }}
+{{- range $k, $v := $r.annotations }}
+{{- $_ := set $annotations $k ($v | replace "${threshold}" $th | replace "${selector}" $selector) }}
+{{- end }}
+{{- $_ := set $annotations "runbook_url" (printf "%s#%s" $base (lower $name)) }}
+{{- $rule := dict "alert" $name "expr" $expr "labels" $labels "annotations" $annotations }}
+{{- $for := toString ($s.for | default "") }}
+{{- if and $for (ne $for "0s") (ne $for "0") }}
+{{- $_ := set $rule "for" $for }}
+{{- end }}
+{{- $rules = append $rules $rule }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $rules }}
+{{- $groups = append $groups (dict "name" $g.name "rules" $rules) }}
+{{- end }}
+{{- end }}
+{{- range $name, $_ := $settings }}
+{{- if not (hasKey $known $name) }}
+{{- fail (printf "metrics.prometheusRule.rules.%s names no alert of files/prometheus/rules.yaml" $name) }}
+{{- end }}
+{{- end }}
+{{- toYaml $groups }}
+{{- end }}
