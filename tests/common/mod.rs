@@ -6,6 +6,7 @@ pub mod kafka;
 pub mod nats_jwt;
 pub mod pki;
 pub mod proxy;
+pub mod stunnel;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -177,6 +178,7 @@ impl Drop for NatsServer {
 pub struct Tansu {
     pub port: u16,
     advertised: Option<u16>,
+    authentication: bool,
     dir: tempfile::TempDir,
     storage: String,
     child: Option<Child>,
@@ -203,10 +205,37 @@ impl Tansu {
         Tansu::advertising("memory://tansu/", Some(advertised))
     }
 
+    /// A broker that requires SASL SCRAM, knowing `user` with `password` (SCRAM-SHA-512):
+    /// SQLite storage, the credential created through the admin API before authentication is
+    /// switched on (tansu keeps SCRAM credentials only in a persistent store).
+    pub fn with_scram_user(advertised: Option<u16>, user: &str, password: &str) -> Tansu {
+        let mut broker = Tansu::advertising("sqlite://tansu.db", None);
+        let python = python();
+        let out = Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/kafka_scram_user.py"
+            ))
+            .args([&broker.brokers(), user, password])
+            .output()
+            .expect("python test client (scripts/setup makes .venv-test)");
+        assert!(
+            out.status.success(),
+            "creating the SCRAM user: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        broker.stop();
+        broker.advertised = advertised;
+        broker.authentication = true;
+        broker.restart();
+        broker
+    }
+
     fn advertising(storage: &str, advertised: Option<u16>) -> Tansu {
         let mut broker = Tansu {
             port: free_port(),
             advertised,
+            authentication: false,
             dir: tempfile::tempdir().expect("tempdir"),
             storage: storage.to_owned(),
             child: None,
@@ -234,6 +263,7 @@ impl Tansu {
                 &advertised,
             ])
             .args(["--storage-engine", &self.storage])
+            .args(self.authentication.then_some("--authentication"))
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(log)
@@ -261,6 +291,11 @@ impl Drop for Tansu {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The Python of the test clients' venv (`scripts/setup` makes it).
+pub fn python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/python")
 }
 
 fn tansu_bin() -> PathBuf {
