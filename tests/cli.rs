@@ -143,3 +143,188 @@ async fn sigterm_drains_and_exits_zero() {
         "every acked event published"
     );
 }
+
+/// `--check` with environment variables set for the references.
+fn check_with_env(text: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap(), "--check"])
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_knows_what_the_broker_clients_will_refuse() {
+    let kafka =
+        |properties: &str| format!("[sink]\nkind = \"kafka\"\n[kafka.properties]\n{properties}");
+    for (text, key) in [
+        (
+            kafka("\"securty.protocol\" = \"SSL\""),
+            "kafka.properties.\"securty.protocol\"",
+        ),
+        (
+            kafka("\"security.protocol\" = \"SASL_SSL\""),
+            "kafka.properties.\"sasl.mechanisms\"",
+        ),
+        (
+            kafka("\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"/nonexistent/ca.pem\""),
+            "kafka.properties.\"ssl.ca.location\"",
+        ),
+        (
+            kafka("\"sasl.password\" = \"${UNSET_FOR_HOOKBUS_TEST}\""),
+            "kafka.properties.\"sasl.password\"",
+        ),
+        (
+            kafka("\"enable.idempotence\" = \"false\""),
+            "kafka.properties.\"enable.idempotence\"",
+        ),
+        (
+            kafka("\"message.timeout.ms\" = \"30000\""),
+            "kafka.properties.\"message.timeout.ms\"",
+        ),
+        (
+            kafka("\"compression.type\" = \"brotli\""),
+            "kafka.properties.\"compression.type\"",
+        ),
+        (
+            "[nats]\ntls_ca_file = \"/nonexistent/ca.pem\"".to_owned(),
+            "nats.tls_ca_file",
+        ),
+        (
+            "[nats]\nnkey_seed_file = \"/nonexistent/seed\"".to_owned(),
+            "nats.nkey_seed_file",
+        ),
+        (
+            "[nats]\ncredentials_file = \"/etc/hostname\"".to_owned(),
+            "nats.credentials_file",
+        ),
+        (
+            "[nats]\ntls_cert_file = \"/etc/hostname\"".to_owned(),
+            "nats.tls_key_file",
+        ),
+        (
+            "[nats]\nurl = \"nats://a:4222,:::bad\"".to_owned(),
+            "nats.url",
+        ),
+        (
+            "[nats]\ntoken = \"t\"\nuser = \"u\"\npassword = \"p\"".to_owned(),
+            "nats.credentials_file",
+        ),
+        (
+            "[auth]\ntoken = \"${file:/nonexistent/token}\"".to_owned(),
+            "auth.token",
+        ),
+        (
+            "[ack]\nmode = \"publish\"\npublish_timeout = \"3s\"\n[sink]\ntimeout = \"2s\""
+                .to_owned(),
+            "sink.timeout",
+        ),
+    ] {
+        let (code, out) = check_with_env(&text, &[]);
+        assert_eq!(code, 64, "{text}\n→ {out}");
+        assert!(
+            out.contains(&format!("`{key}`")),
+            "{key} not named in: {out}"
+        );
+    }
+}
+
+/// A directory standing in for `/etc/hookbus/secrets/`: a CA, a client certificate and key,
+/// an NKey seed and a `.creds` file, all real.
+fn secrets_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ca",
+        "-keyout", "ca.key", "-out", "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=client",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.crt",
+    ]);
+    let user = nkeys::KeyPair::new_user();
+    std::fs::write(dir.path().join("hookbus.nk"), user.seed().unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("hookbus.creds"),
+        common::nats_jwt::Decentralized::new().creds,
+    )
+    .unwrap();
+    dir
+}
+
+/// The ```toml blocks of the README's "Connecting to your brokers" section.
+fn readme_broker_examples() -> Vec<String> {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("\n## Connecting to your brokers\n")
+        .nth(1)
+        .expect("README has the section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    section
+        .split("```toml\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn every_broker_example_in_the_readme_passes_check() {
+    let secrets = secrets_dir();
+    let examples = readme_broker_examples();
+    assert!(examples.len() >= 7, "{} examples", examples.len());
+    let env = [
+        ("KAFKA_API_KEY", "key"),
+        ("KAFKA_API_SECRET", "secret"),
+        ("KAFKA_SASL_PASSWORD", "password"),
+        ("OIDC_CLIENT_SECRET", "secret"),
+        ("NATS_TOKEN", "token"),
+    ];
+    for example in examples {
+        let text = example.replace(
+            "/etc/hookbus/secrets",
+            &secrets.path().display().to_string(),
+        );
+        let (code, out) = check_with_env(&text, &env);
+        assert_eq!(code, 0, "{example}\n→ {out}");
+        // Every reference must be resolved by the environment above: unset, it fails.
+        if text.contains("${") {
+            let (code, out) = check_with_env(&text, &[]);
+            assert_eq!(code, 64, "{example}\n→ {out}");
+            assert!(out.contains("is not set"), "{out}");
+        }
+    }
+}
