@@ -11,6 +11,12 @@ Subcommands, each exits non-zero on the first class of failure it finds and prin
   sync       the chart's copy of the dashboard equals deploy/; deploy/prometheus/alerts.yaml
              equals the chart's alert rules rendered with the default values (--fix
              regenerates both)
+  configcheck --hookbus BIN
+             `hookbus --check` on the config.toml of the default values, every ci/*.yaml
+             and the kustomize base, as the pod would see it: every ${VAR} it references
+             set, every file it names (TLS CA/cert/key, NKey seed, .creds, ${file:...})
+             present: taken from the chart-managed Secret when the values carry it, else
+             generated (openssl, a valid NKey seed and .creds); a config that cannot start fails
   alerts     renders the chart's alert rules in their default, custom (re-thresholded,
              disabled, relabelled: deploy/prometheus/alerts_custom_values.yaml), all-disabled
              and ci/*.yaml forms into --out/../rules for promtool; checks every alert has
@@ -293,7 +299,8 @@ def prestop_seconds(container: dict[str, Any]) -> float | None:
 
 
 def check_workload(f: Failures, name: str, docs: list[tuple[str, dict]], cfg: dict[str, Any],
-                   kustomize: bool = False) -> None:
+                   kustomize: bool = False, values: dict[str, Any] | None = None) -> None:
+    values = values or {}
     workloads = by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
     if not f.check(len(workloads) == 1, f"[{name}] expected one Deployment or StatefulSet, got {len(workloads)}"):
         return
@@ -430,35 +437,249 @@ def check_workload(f: Failures, name: str, docs: list[tuple[str, dict]], cfg: di
                         f"[{name}] PrometheusRule group {g.get('name')}: malformed rule {r}")
     for cm in by_kind(docs, "ConfigMap"):
         if cm["metadata"]["name"].endswith("-dashboard"):
-            f.check(cm["metadata"]["labels"].get("grafana_dashboard") == "1",
-                    f"[{name}] dashboard ConfigMap lacks label grafana_dashboard: \"1\"")
+            want = (values.get("grafanaDashboard") or {}).get("labels", {"grafana_dashboard": "1"}) or {}
+            f.check(all(cm["metadata"]["labels"].get(k) == v for k, v in want.items()),
+                    f"[{name}] dashboard ConfigMap lacks the labels {want}")
             f.check(json.loads(cm["data"]["hookbus.json"]) == json.loads((DEPLOY / "grafana" / "hookbus.json").read_text()),
                     f"[{name}] dashboard ConfigMap differs from deploy/grafana/hookbus.json")
 
 
+SENSITIVE_PROPERTY = re.compile(r"(password|secret|sasl\.jaas|oauthbearer\.config|private|\.pem$|key\.pem)", re.I)
+REFERENCE = re.compile(r"^\$\{[^}]+\}$")
+
+
+def config_strings(cfg: Any, path: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value) of every string in a parsed config.toml."""
+    if isinstance(cfg, dict):
+        return [x for k, v in cfg.items() for x in config_strings(v, f"{path}.{k}" if path else k)]
+    if isinstance(cfg, list):
+        return [x for i, v in enumerate(cfg) for x in config_strings(v, f"{path}[{i}]")]
+    return [(path, cfg)] if isinstance(cfg, str) else []
+
+
+def env_references(cfg: dict[str, Any]) -> set[str]:
+    """Names of the ${VAR} references in config.toml's values (${file:...} excluded)."""
+    return {m for _, s in config_strings(cfg) for m in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", s)}
+
+
+def secret_values(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, value) of every credential the values carry, literal ones only."""
+    out: list[tuple[str, str]] = []
+    sec = values.get("secret", {}) or {}
+    for k in ("authToken", "natsPassword", "natsToken"):  # a user name is no secret
+        if sec.get(k):
+            out.append((f"secret.{k}", str(sec[k])))
+    for k, v in (sec.get("env") or {}).items():
+        out.append((f"secret.env.{k}", str(v)))
+    for k, v in ((values.get("secretFiles") or {}).get("files") or {}).items():
+        out.append((f"secretFiles.files.{k}", str(v)))
+    cfg = values.get("config", {}) or {}
+    for k, v in ((cfg.get("kafka") or {}).get("properties") or {}).items():
+        if SENSITIVE_PROPERTY.search(k) and not REFERENCE.match(str(v)):
+            out.append((f"config.kafka.properties.{k}", str(v)))
+    nats = cfg.get("nats") or {}
+    if nats.get("token") and not REFERENCE.match(str(nats["token"])):
+        out.append(("config.nats.token", str(nats["token"])))
+    for i, tok in enumerate((cfg.get("auth") or {}).get("tokens") or []):
+        if not REFERENCE.match(str(tok)):
+            out.append((f"config.auth.tokens[{i}]", str(tok)))
+    shared = str((cfg.get("dedup") or {}).get("shared") or "")
+    if re.match(r"^rediss?://[^/@]*:[^/@]+@", shared):
+        out.append(("config.dedup.shared (password in the URL)", shared))
+    return [(w, v) for w, v in out if len(v) >= 4]
+
+
 def check_secrets(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[str, dict]]) -> None:
-    """Credentials live in Secrets and reach the pod as env; none sits in a ConfigMap."""
-    for cm in by_kind(docs, "ConfigMap"):
-        text = json.dumps(cm.get("data", {}))
-        f.check("sasl.password" not in text, f"[{name}] ConfigMap {cm['metadata']['name']} holds sasl.password")
-        sec = values.get("secret", {})
-        for v in (sec.get("authToken"), sec.get("natsPassword")):
-            f.check(not v or v not in text, f"[{name}] ConfigMap {cm['metadata']['name']} holds a secret value")
+    """Credentials live in Secrets and reach the pod as env or files; none sits in any
+    other object (ConfigMap, pod spec, annotations...)."""
+    for where, value in secret_values(values):
+        for _, d in docs:
+            if d.get("kind") == "Secret":
+                continue
+            blob = json.dumps(d)
+            if value in blob or (len(value) > 40 and value.strip().splitlines()[0] in blob):
+                f.fail(f"[{name}] {d['kind']}/{d['metadata']['name']} holds the value of {where} (only Secrets may)")
+    cfg_obj = next((d for _, d in docs if d.get("kind") in ("ConfigMap", "Secret")
+                    and "config.toml" in (d.get("data") or d.get("stringData") or {})), None)
+    if cfg_obj is not None and cfg_obj["kind"] == "ConfigMap":
+        for k, v in (((values.get("config") or {}).get("kafka") or {}).get("properties") or {}).items():
+            if SENSITIVE_PROPERTY.search(k):
+                f.check(REFERENCE.match(str(v)) is not None,
+                        f"[{name}] config.kafka.properties.{k} is a literal in a ConfigMap: reference it as \"${{VAR}}\" "
+                        "(secret.existingSecret / secret.env) or set configAsSecret")
     wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
     c = wl["spec"]["template"]["spec"]["containers"][0]
     refs = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
-    sec = values.get("secret", {})
+    sec = values.get("secret", {}) or {}
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
     if sec.get("existingSecret"):
         f.check(refs == [sec["existingSecret"]], f"[{name}] envFrom does not use secret.existingSecret")
-    elif sec.get("authToken") or sec.get("natsUser") or sec.get("natsPassword"):
-        secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+        f.check(sec["existingSecret"] not in secrets, f"[{name}] the chart renders the existing Secret itself")
+        text = (cfg_obj.get("data") or cfg_obj.get("stringData") or {}).get("config.toml", "") if cfg_obj else ""
+        env_refs = sorted(env_references(tomllib.loads(text))) if text else []
+        if cfg_obj is not None and cfg_obj["kind"] == "ConfigMap" and env_refs:
+            print(f"  ok   [{name}] existingSecret: the ConfigMap holds only references ({', '.join('${' + r + '}' for r in env_refs)}),"
+                  " no secret value outside a Secret")
+    elif any(sec.get(k) for k in ("authToken", "natsUser", "natsPassword", "natsToken", "env")):
         if f.check(len(refs) == 1 and refs[0] in secrets, f"[{name}] envFrom does not reference the chart Secret"):
             keys = set(secrets[refs[0]].get("data", {}))
-            for val, key in ((sec.get("authToken"), "HOOKBUS_AUTH_TOKEN"), (sec.get("natsUser"), "HOOKBUS_NATS_USER"),
-                             (sec.get("natsPassword"), "HOOKBUS_NATS_PASSWORD")):
-                f.check(not val or key in keys, f"[{name}] Secret lacks {key}")
+            for key, env in (("authToken", "HOOKBUS_AUTH_TOKEN"), ("natsUser", "HOOKBUS_NATS_USER"),
+                             ("natsPassword", "HOOKBUS_NATS_PASSWORD"), ("natsToken", "HOOKBUS_NATS_TOKEN")):
+                f.check(not sec.get(key) or env in keys, f"[{name}] Secret lacks {env}")
+            for env in sec.get("env") or {}:
+                f.check(env in keys, f"[{name}] Secret lacks secret.env.{env}")
     else:
         f.check(not refs, f"[{name}] envFrom references a Secret although none is configured")
+
+
+QUANTITY = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+MIB = 2**20
+
+
+def quantity_bytes(q: Any) -> int:
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?", str(q).strip())
+    if not m:
+        raise ValueError(f"not a quantity: {q!r}")
+    return int(float(m.group(1)) * QUANTITY[m.group(2) or ""])
+
+
+def spool_budget(cfg: dict[str, Any]) -> int:
+    s = cfg["spool"]
+    return s["max_bytes"] + s.get("segment_bytes", 64 * MIB) + s.get("dead_letter_max_bytes", 100 * MIB)
+
+
+def merged(values: dict[str, Any]) -> dict[str, Any]:
+    """values.yaml with these values merged over it (as Helm does, nulls delete)."""
+    def merge(a: Any, b: Any) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = dict(a)
+            for k, v in b.items():
+                if v is None:
+                    out[k] = None
+                else:
+                    out[k] = merge(a.get(k), v)
+            return out
+        return copy.deepcopy(b)
+    return merge(yaml.safe_load((CHART / "values.yaml").read_text()), values)
+
+
+def check_guard_rails(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[str, dict]],
+                      cfg: dict[str, Any]) -> None:
+    """The chart's guard rails and defaults, on a rendering that passed."""
+    v = merged(values)
+    dns1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+    for _, d in docs:
+        md = d.get("metadata", {})
+        if d.get("kind") == "Service":
+            f.check(len(md["name"]) <= 63 and dns1035.fullmatch(md["name"]) is not None,
+                    f"[{name}] Service name {md['name']!r} is not a DNS label of at most 63 characters")
+        for k, lv in (md.get("labels") or {}).items():
+            f.check(len(str(lv)) <= 63, f"[{name}] {d['kind']}/{md.get('name')} label {k} longer than 63")
+    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    spec = wl["spec"]["template"]["spec"]
+    for c in spec.get("containers", []) + spec.get("initContainers", []):
+        paths = [m["mountPath"] for m in c.get("volumeMounts", [])]
+        f.check(len(paths) == len(set(paths)), f"[{name}] container {c['name']} mounts a path twice: {sorted(paths)}")
+    hb = next(c for c in spec["containers"] if c["name"] == "hookbus")
+
+    # The spool fits its volume; an emptyDir on node disk is requested as ephemeral storage.
+    need = spool_budget(cfg)
+    if wl["kind"] == "StatefulSet":
+        size = wl["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        f.check(need <= quantity_bytes(size), f"[{name}] spool budget {need} > PVC size {size}")
+    else:
+        vol = next(x for x in spec["volumes"] if x["name"] == "spool")["emptyDir"] or {}
+        if vol.get("sizeLimit"):
+            f.check(need <= quantity_bytes(vol["sizeLimit"]), f"[{name}] spool budget {need} > sizeLimit {vol['sizeLimit']}")
+        req = ((hb.get("resources") or {}).get("requests") or {}).get("ephemeral-storage")
+        user = (((values.get("resources") or {}).get("requests") or {}).get("ephemeral-storage"))
+        if vol.get("medium") != "Memory" and v["spoolVolume"].get("requestEphemeralStorage") and not user:
+            want = f"{-(-(need + 64 * MIB) // MIB)}Mi"
+            f.check(req == want, f"[{name}] ephemeral-storage request {req!r}, expected {want} (spool budget + /tmp)")
+        elif user:
+            f.check(str(req) == str(user), f"[{name}] the ephemeral-storage request of resources was overridden")
+        else:
+            f.check(req is None, f"[{name}] ephemeral-storage requested although not asked for: {req}")
+
+    # Scheduling defaults: soft anti-affinity per node, spread over zones.
+    aff = spec.get("affinity") or {}
+    if not v.get("affinity") and v.get("podAntiAffinityPreset") != "none":
+        anti = aff.get("podAntiAffinity") or {}
+        key = "requiredDuringSchedulingIgnoredDuringExecution" if v["podAntiAffinityPreset"] == "hard" \
+            else "preferredDuringSchedulingIgnoredDuringExecution"
+        f.check(key in anti, f"[{name}] no {v['podAntiAffinityPreset']} pod anti-affinity by default: {aff}")
+    tsc = spec.get("topologySpreadConstraints") or []
+    if not v.get("topologySpreadConstraints") and v.get("zoneSpread"):
+        f.check(any(c.get("topologyKey") == "topology.kubernetes.io/zone" and c.get("whenUnsatisfiable") == "ScheduleAnyway"
+                    for c in tsc), f"[{name}] no best-effort zone spread by default")
+    for c in tsc:
+        f.check(selector_matches((c.get("labelSelector") or {}).get("matchLabels") or {},
+                                 wl["spec"]["template"]["metadata"]["labels"]),
+                f"[{name}] a topology spread constraint does not select the pods")
+
+    # ingress-nginx: body size from max_body_bytes, no access log (the token is in the query).
+    for ing in by_kind(docs, "Ingress"):
+        ann = ing["metadata"].get("annotations") or {}
+        cls = ing["spec"].get("ingressClassName") or ann.get("kubernetes.io/ingress.class") or ""
+        if "nginx" in cls:
+            body = ann.get("nginx.ingress.kubernetes.io/proxy-body-size", "")
+            m = re.fullmatch(r"([0-9]+)([kKmMgG]?)", body)
+            size = int(m.group(1)) * {"": 1, "k": 1024, "m": MIB, "g": 2**30}[m.group(2).lower()] if m else 0
+            f.check(size >= cfg["http"]["max_body_bytes"],
+                    f"[{name}] nginx proxy-body-size {body!r} below http.max_body_bytes {cfg['http']['max_body_bytes']}")
+            user = (values.get("ingress") or {}).get("annotations") or {}
+            f.check(ann.get("nginx.ingress.kubernetes.io/enable-access-log")
+                    == user.get("nginx.ingress.kubernetes.io/enable-access-log", "false"),
+                    f"[{name}] nginx access log not turned off for the webhook path (the token is in the query)")
+
+    # NetworkPolicy: Prometheus' namespace may scrape the admin port.
+    for np_ in by_kind(docs, "NetworkPolicy"):
+        sel = (v["networkPolicy"].get("metricsFrom") or {}).get("namespaceSelector")
+        admin_rules = [r for r in np_["spec"]["ingress"] if any(p["port"] == "admin" for p in r.get("ports", []))]
+        peers = [p for r in admin_rules for p in r.get("from", [])]
+        if sel:
+            f.check(any(p.get("namespaceSelector") == sel for p in peers),
+                    f"[{name}] NetworkPolicy does not let {sel} scrape the admin port")
+
+    # helm test: a hook pod that calls the release's own Services.
+    tests = [d for _, d in docs if d.get("kind") == "Pod"
+             and (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    if v["helmTest"]["enabled"]:
+        services = {s["metadata"]["name"] for s in by_kind(docs, "Service")}
+        if f.check(len(tests) == 1, f"[{name}] expected one helm test pod, got {len(tests)}"):
+            env = {e["name"]: e.get("value", "") for e in tests[0]["spec"]["containers"][0].get("env", [])}
+            for var in ("ADMIN_URL", "WEBHOOK_URL"):
+                host = re.sub(r"^http://([^:/]+).*", r"\1", env.get(var, ""))
+                f.check(host in services, f"[{name}] helm test {var} {env.get(var)!r} names no Service of the release")
+            f.check(v["helmTest"]["channel"] in env.get("EVENT_PREFIX", ""), f"[{name}] helm test event lacks its channel")
+    else:
+        f.check(not tests, f"[{name}] helm test pod rendered although helmTest.enabled is false")
+
+
+# Values the chart must refuse to render (values, text the error must contain).
+MUST_FAIL: list[tuple[dict[str, Any], str]] = [
+    ({"config": {"spool": {"max_bytes": 10737418240}}}, "do not fit spoolVolume.sizeLimit"),
+    # 2e9 + 64 MiB segment + 100 MiB dead letters > 2Gi although max_bytes alone fits.
+    ({"config": {"spool": {"max_bytes": 2000000000}}}, "do not fit spoolVolume.sizeLimit"),
+    ({"config": {"spool": {"max_bytes": 1073741824, "dead_letter_max_bytes": 1073741824}}}, "do not fit spoolVolume.sizeLimit"),
+    ({"persistence": {"enabled": True, "size": "1Gi"}}, "do not fit persistence.size"),
+    ({"persistence": {"enabled": True, "size": "10G"}, "config": {"spool": {"max_bytes": 10737418240}}}, "do not fit persistence.size"),
+    ({"spoolVolume": {"medium": "Memory", "sizeLimit": "2Gi"}}, "counts against resources.limits.memory"),
+    ({"secret": {"existingSecret": "hookbus-env", "authToken": "x"}}, "secret.existingSecret is set together"),
+    ({"persistence": {"enabled": True}, "fullnameOverride": "h" * 53}, "longer than 52 characters"),
+    ({"spoolVolume": {"sizeLimit": "2 GB"}}, "sizeLimit"),
+]
+# Values right at the edge that must render.
+MUST_PASS: list[dict[str, Any]] = [
+    {"config": {"spool": {"max_bytes": 1900000000}}},
+    {"spoolVolume": {"sizeLimit": None}, "config": {"spool": {"max_bytes": 10737418240}}},
+    {"persistence": {"enabled": True, "size": "1.5Gi"}},
+    {"config": {"spool": {"max_bytes": 134217728, "segment_bytes": 16777216}}, "spoolVolume": {"sizeLimit": "256Mi"}},
+    {"spoolVolume": {"medium": "Memory", "sizeLimit": "300Mi"},
+     "config": {"spool": {"max_bytes": 134217728, "segment_bytes": 16777216}}},
+    {"fullnameOverride": "h" * 63, "ingress": {"enabled": True, "className": "nginx"}},
+]
 
 
 EXPECT = {
@@ -506,7 +727,8 @@ def cmd_render(args: argparse.Namespace) -> None:
         (out / "config" / f"{slug}.toml").write_text(text)
         check_secrets(f, name, values, docs)
         check_config(f, name, cfg)
-        check_workload(f, name, docs, cfg)
+        check_workload(f, name, docs, cfg, values=values)
+        check_guard_rails(f, name, values, docs, cfg)
         print(f"  ok   rendered [{name}]: {len(docs)} objects ({', '.join(sorted(kinds))})")
     f.check(full_case_seen, "no ci/*.yaml turns on persistence, HPA, ServiceMonitor, PrometheusRule, "
                             "NetworkPolicy, Ingress and PDB together")
@@ -527,6 +749,23 @@ def cmd_render(args: argparse.Namespace) -> None:
         docs = docs_of(render(vals))
         _, cfg = config_toml_of(docs)  # type: ignore[misc]
         check_workload(f, f"grace {vals}", docs, cfg)
+    for vals, why in MUST_FAIL:
+        try:
+            render(vals)
+            f.fail(f"{vals} rendered; expected a refusal ({why})")
+        except Exception as e:  # noqa: BLE001
+            msg = " ".join(str(e).split())
+            if f.check(why in msg, f"{vals} refused for another reason: {msg[:300]}"):
+                print(f"  ok   refused: {json.dumps(vals)[:90]}: ...{why}...")
+    for vals in MUST_PASS:
+        try:
+            docs = docs_of(render(vals))
+            _, cfg = config_toml_of(docs)  # type: ignore[misc]
+            check_workload(f, f"edge {vals}", docs, cfg, values=vals)
+            check_guard_rails(f, f"edge {vals}", vals, docs, cfg)
+            print(f"  ok   renders: {json.dumps(vals)[:100]}")
+        except Exception as e:  # noqa: BLE001
+            f.fail(f"{vals} refused; it fits: {' '.join(str(e).split())[:300]}")
     try:
         render({"terminationGracePeriodSeconds": 20})
         f.fail("terminationGracePeriodSeconds 20 (< grace 20s + preStop 5s) rendered; expected a refusal")
@@ -850,9 +1089,76 @@ def cmd_alerts(args: argparse.Namespace) -> None:
     f.exit("alert rules")
 
 
+def cmd_configcheck(args: argparse.Namespace) -> None:
+    import base64
+    import tempfile
+
+    from material import FILE_KEYS, Material  # noqa: PLC0415 - sibling module
+
+    f = Failures()
+    work = Path(tempfile.mkdtemp(prefix="hookbus-configcheck-"))
+    material = Material(work / "generated")
+    targets: list[tuple[str, str, dict[str, str], str]] = []  # (name, toml, secret files, mount)
+    for name, values in cases():
+        docs = docs_of(render(values))
+        got = config_toml_of(docs)
+        if not f.check(got is not None, f"[{name}] no config.toml rendered"):
+            continue
+        v = merged(values)
+        mount = v["secretFiles"]["mountPath"].rstrip("/")
+        files: dict[str, str] = {}
+        for s in by_kind(docs, "Secret"):
+            if s["metadata"]["name"].endswith("-files"):
+                files = {k: base64.b64decode(x).decode() for k, x in (s.get("data") or {}).items()}
+        targets.append((name, got[0], files, mount))
+    kust = Path(args.out) / "config" / "kustomize.toml"
+    if kust.exists():
+        targets.append(("kustomize", kust.read_text(), {}, "/etc/hookbus/secrets"))
+    for name, text, files, mount in targets:
+        slug = re.sub(r"[^A-Za-z0-9.-]+", "-", name)
+        case = work / slug
+        secrets = case / "secrets"
+        secrets.mkdir(parents=True)
+        # The pod mounts the files Secret at `mount`; here it is case/secrets.
+        text = text.replace(mount + "/", str(secrets) + "/")
+        for fname, content in files.items():
+            (secrets / fname).write_text(content)
+        cfg = tomllib.loads(text)
+        made = []
+        for key, value in config_strings(cfg):
+            kind = FILE_KEYS.get(key)
+            if kind and value.startswith("/") and not Path(value).exists():
+                f.check(value.startswith(str(secrets) + "/"),
+                        f"[{name}] {key} = {value!r} is not under secretFiles.mountPath {mount}: nothing mounts it")
+                material.write(Path(value), kind)
+                made.append(f"{Path(value).name} ({kind})")
+            for ref in re.findall(r"\$\{file:([^}]+)\}", value):
+                path = Path(ref)
+                if not path.exists():
+                    material.write(path, "secret")
+                    made.append(f"{path.name} (file reference)")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOOKBUS_")}
+        refs = sorted(env_references(cfg))
+        for ref in refs:
+            env[ref] = f"check-deploy-{ref.lower()}"
+        (case / "config.toml").write_text(text)
+        proc = subprocess.run([args.hookbus, "--config", str(case / "config.toml"), "--check"],
+                              capture_output=True, text=True, env=env, timeout=60)
+        detail = "; ".join(x for x in (f"env {', '.join(refs)}" if refs else "",
+                                       f"files from values: {', '.join(sorted(files))}" if files else "",
+                                       f"generated {', '.join(made)}" if made else "") if x)
+        if f.check(proc.returncode == 0,
+                   f"[{name}] hookbus --check exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:600]}"):
+            print(f"  ok   hookbus --check accepts [{name}]{' (' + detail + ')' if detail else ''}")
+    shutil.rmtree(work, ignore_errors=True)
+    f.check(len(targets) > 1, "no rendered config.toml to check")
+    f.exit(f"hookbus --check on {len(targets)} rendered config.toml files")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["lint", "render", "schema", "kube", "sync", "alerts"])
+    p.add_argument("command", choices=["lint", "render", "schema", "kube", "sync", "alerts", "configcheck"])
+    p.add_argument("--hookbus", default=str(ROOT / "target" / "debug" / "hookbus"), help="configcheck: the binary")
     p.add_argument("--out", default=str(ROOT / "target" / "check-deploy" / "rendered"))
     p.add_argument("--kube-versions", default="1.31,latest",
                    help="comma-separated Kubernetes versions; 'latest' = newest kubernetes-validate knows")
@@ -865,7 +1171,7 @@ def main() -> None:
     args.kube_versions = list(dict.fromkeys(v.strip() for v in args.kube_versions.split(",")))
     os.chdir(ROOT)
     {"lint": cmd_lint, "render": cmd_render, "schema": cmd_schema, "kube": cmd_kube, "sync": cmd_sync,
-     "alerts": cmd_alerts}[args.command](args)
+     "alerts": cmd_alerts, "configcheck": cmd_configcheck}[args.command](args)
 
 
 if __name__ == "__main__":

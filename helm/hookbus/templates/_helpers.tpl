@@ -68,6 +68,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- with .Values.secret.authToken }}{{ $_ := set $data "HOOKBUS_AUTH_TOKEN" . }}{{ end }}
 {{- with .Values.secret.natsUser }}{{ $_ := set $data "HOOKBUS_NATS_USER" . }}{{ end }}
 {{- with .Values.secret.natsPassword }}{{ $_ := set $data "HOOKBUS_NATS_PASSWORD" . }}{{ end }}
+{{- with .Values.secret.natsToken }}{{ $_ := set $data "HOOKBUS_NATS_TOKEN" . }}{{ end }}
 {{- range $k, $v := .Values.secret.env }}{{ $_ := set $data $k (toString $v) }}{{ end }}
 {{- if $data }}{{ toYaml $data }}{{ end }}
 {{- end }}
@@ -116,71 +117,92 @@ values.schema.json restricts durations to these units.
 {{- end }}
 {{- end }}
 
+{{/* One TOML value: booleans, integers (every number of config.toml is one), lists, strings. */}}
+{{- define "hookbus.tomlValue" -}}
+{{- if kindIs "bool" . }}{{ . }}
+{{- else if or (kindIs "float64" .) (kindIs "int" .) (kindIs "int64" .) }}{{ int64 . }}
+{{- else if kindIs "slice" . }}[{{ range $i, $v := . }}{{ if $i }}, {{ end }}{{ include "hookbus.tomlValue" $v }}{{ end }}]
+{{- else }}{{ toString . | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* `key = value` on a new line, or nothing when the value is null or absent: (list "key" value). */}}
+{{- define "hookbus.tomlOpt" -}}
+{{- $v := index . 1 }}
+{{- if not (kindIs "invalid" $v) }}
+{{ index . 0 }} = {{ include "hookbus.tomlValue" $v }}
+{{- end }}
+{{- end }}
+
 {{/* config.toml rendered from .Values.config; strings go through toJson (a valid TOML basic string). */}}
 {{- define "hookbus.configToml" -}}
 {{- $c := .Values.config -}}
+{{- $admin := $c.admin | default dict -}}
+{{- $nats := $c.nats -}}
 # Rendered by the hookbus Helm chart from .Values.config; edit the values, not this file.
 # Secrets are not here: the auth token and NATS credentials come from env
-# (HOOKBUS_AUTH_TOKEN, HOOKBUS_NATS_USER, HOOKBUS_NATS_PASSWORD) out of a Secret.
+# (HOOKBUS_AUTH_TOKEN, HOOKBUS_NATS_USER, HOOKBUS_NATS_PASSWORD, HOOKBUS_NATS_TOKEN) out of
+# a Secret, other values as "${ENV_VAR}" or "${file:/path}" references resolved at start.
 
 [http]
 listen = {{ printf "0.0.0.0:%d" (.Values.containerPorts.http | int) | toJson }}
 max_body_bytes = {{ $c.http.max_body_bytes | int64 }}
-{{- with $c.http.max_connections }}
-max_connections = {{ . | int64 }}
+{{- range $k := list "max_connections" "header_timeout" "request_timeout" "idle_timeout" "max_batch_items" "max_inflight_bytes" }}
+{{- include "hookbus.tomlOpt" (list $k (index $c.http $k)) }}
 {{- end }}
 
 [admin]
 listen = {{ printf "0.0.0.0:%d" (.Values.containerPorts.admin | int) | toJson }}
+{{- include "hookbus.tomlOpt" (list "max_connections" $admin.max_connections) }}
 
 [auth]
-allowed_sub_keys = {{ $c.auth.allowed_sub_keys | default list | toJson }}
+allowed_sub_keys = {{ include "hookbus.tomlValue" ($c.auth.allowed_sub_keys | default list) }}
+{{- include "hookbus.tomlOpt" (list "tokens" $c.auth.tokens) }}
+{{- include "hookbus.tomlOpt" (list "header" $c.auth.header) }}
 
 [ack]
 mode = {{ $c.ack.mode | toJson }}
-{{- with $c.ack.queue_capacity }}
-queue_capacity = {{ . | int64 }}
-{{- end }}
-{{- with $c.ack.publish_timeout }}
-publish_timeout = {{ . | toString | toJson }}
-{{- end }}
-{{- with $c.ack.retry_after }}
-retry_after = {{ . | toString | toJson }}
+{{- range $k := list "queue_capacity" "publish_timeout" "retry_after" "queue_max_bytes" }}
+{{- include "hookbus.tomlOpt" (list $k (index $c.ack $k)) }}
 {{- end }}
 
 [spool]
 dir = {{ $c.spool.dir | toJson }}
 max_bytes = {{ $c.spool.max_bytes | int64 }}
-{{- with $c.spool.segment_bytes }}
-segment_bytes = {{ . | int64 }}
-{{- end }}
+{{- include "hookbus.tomlOpt" (list "segment_bytes" $c.spool.segment_bytes) }}
+{{- include "hookbus.tomlOpt" (list "dead_letter_max_bytes" $c.spool.dead_letter_max_bytes) }}
 
 [dedup]
 window = {{ $c.dedup.window | toString | toJson }}
 max_entries = {{ $c.dedup.max_entries | int64 }}
+{{- include "hookbus.tomlOpt" (list "shared" $c.dedup.shared) }}
+{{- include "hookbus.tomlOpt" (list "shared_timeout" $c.dedup.shared_timeout) }}
 
 [routing]
 template = {{ $c.routing.template | toJson }}
 dead_letter = {{ $c.routing.dead_letter | toJson }}
+{{- include "hookbus.tomlOpt" (list "overflow" $c.routing.overflow) }}
+{{- include "hookbus.tomlOpt" (list "cloudevents" $c.routing.cloudevents) }}
+{{- with $c.routing.rules }}
+rules = [
+{{- range . }}
+  { channel = {{ .channel | toJson }}, template = {{ .template | toJson }} },
+{{- end }}
+]
+{{- end }}
 
 [sink]
 kind = {{ $c.sink.kind | toJson }}
-{{- with $c.sink.max_in_flight }}
-max_in_flight = {{ . | int64 }}
-{{- end }}
-{{- with $c.sink.timeout }}
-timeout = {{ . | toString | toJson }}
-{{- end }}
-{{- with $c.sink.max_backoff }}
-max_backoff = {{ . | toString | toJson }}
+{{- range $k := list "max_in_flight" "timeout" "max_backoff" }}
+{{- include "hookbus.tomlOpt" (list $k (index $c.sink $k)) }}
 {{- end }}
 
 [nats]
-url = {{ $c.nats.url | toJson }}
-jetstream = {{ $c.nats.jetstream | toJson }}
-stream = {{ $c.nats.stream | toJson }}
-{{- with $c.nats.connect_timeout }}
-connect_timeout = {{ . | toString | toJson }}
+url = {{ $nats.url | toJson }}
+jetstream = {{ $nats.jetstream | toJson }}
+stream = {{ $nats.stream | toJson }}
+{{- range $k := list "connect_timeout" "token" "nkey_seed_file" "credentials_file" "tls_ca_file" "tls_cert_file" "tls_key_file" "require_tls" "max_age" "max_bytes" "storage" "replicas" "duplicate_window" }}
+{{- include "hookbus.tomlOpt" (list $k (index $nats $k)) }}
 {{- end }}
 
 [shutdown]
@@ -191,6 +213,7 @@ brokers = {{ $c.kafka.brokers | toJson }}
 create_topics = {{ $c.kafka.create_topics | toJson }}
 partitions = {{ $c.kafka.partitions | int64 }}
 replication_factor = {{ $c.kafka.replication_factor | int64 }}
+{{- include "hookbus.tomlOpt" (list "max_topics" $c.kafka.max_topics) }}
 
 [kafka.properties]
 {{- range $key, $value := $c.kafka.properties }}
@@ -276,4 +299,94 @@ there must name an alert of the file, so a typo fails the render instead of bein
 {{- end }}
 {{- end }}
 {{- toYaml $groups }}
+{{- end }}
+
+{{/* Name of the admin Service: <fullname>-admin within the 63 characters of a DNS label. */}}
+{{- define "hookbus.adminServiceName" -}}
+{{- printf "%s-admin" (include "hookbus.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Name of the StatefulSet's governing Service, within 63 characters. */}}
+{{- define "hookbus.headlessServiceName" -}}
+{{- printf "%s-headless" (include "hookbus.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Bytes of a Kubernetes quantity: 2Gi, 1.5Gi, 500M, 64Mi, 1073741824. */}}
+{{- define "hookbus.quantityBytes" -}}
+{{- $q := toString . | trim }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$" $q) }}
+{{- fail (printf "%q is not a Kubernetes quantity such as 2Gi, 1.5Gi or 500M" $q) }}
+{{- end }}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $unit := trimPrefix $num $q }}
+{{- $mult := dict "" 1.0 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 }}
+{{- mulf (float64 $num) (index $mult $unit) | floor | int64 }}
+{{- end }}
+
+{{/* Bytes the spool volume must hold: spool.max_bytes + one segment + the dead-letter budget. */}}
+{{- define "hookbus.spoolBudgetBytes" -}}
+{{- $s := .Values.config.spool }}
+{{- $segment := 67108864 }}
+{{- if not (kindIs "invalid" $s.segment_bytes) }}{{ $segment = $s.segment_bytes }}{{ end }}
+{{- $deadLetters := 104857600 }}
+{{- if not (kindIs "invalid" $s.dead_letter_max_bytes) }}{{ $deadLetters = $s.dead_letter_max_bytes }}{{ end }}
+{{- add (int64 $s.max_bytes) (int64 $segment) (int64 $deadLetters) }}
+{{- end }}
+
+{{/*
+Guard rails that refuse to render: the spool must fit its volume (an emptyDir past its
+sizeLimit gets the pod evicted and the directory deleted with acknowledged events in it; a
+full PVC answers ENOSPC), a tmpfs spool must fit the memory limit, names must fit.
+*/}}
+{{- define "hookbus.guardRails" -}}
+{{- $need := include "hookbus.spoolBudgetBytes" . | int64 }}
+{{- $s := .Values.config.spool }}
+{{- $what := printf "config.spool.max_bytes (%d) + one segment (config.spool.segment_bytes, default 64 MiB) + the dead-letter budget (config.spool.dead_letter_max_bytes, default 100 MiB) = %d bytes (%d MiB)" (int64 $s.max_bytes) $need (div (add $need 1048575) 1048576) }}
+{{- if .Values.persistence.enabled }}
+{{- $have := include "hookbus.quantityBytes" .Values.persistence.size | int64 }}
+{{- if gt $need $have }}
+{{- fail (printf "%s do not fit persistence.size %s (%d bytes): the spool would hit ENOSPC and answer 503. Raise persistence.size (a new claim: it cannot grow on upgrade) or lower config.spool.max_bytes." $what (toString .Values.persistence.size) $have) }}
+{{- end }}
+{{- if gt (len (include "hookbus.fullname" .)) 52 }}
+{{- fail (printf "the StatefulSet name %q is longer than 52 characters: its pods' controller-revision-hash label would exceed 63. Set fullnameOverride or a shorter release name." (include "hookbus.fullname" .)) }}
+{{- end }}
+{{- else if .Values.spoolVolume.sizeLimit }}
+{{- $have := include "hookbus.quantityBytes" .Values.spoolVolume.sizeLimit | int64 }}
+{{- if gt $need $have }}
+{{- fail (printf "%s do not fit spoolVolume.sizeLimit %s (%d bytes): the kubelet evicts a pod whose emptyDir grows past its sizeLimit and deletes the directory with the acknowledged events in it. Raise spoolVolume.sizeLimit or lower config.spool.max_bytes." $what (toString .Values.spoolVolume.sizeLimit) $have) }}
+{{- end }}
+{{- end }}
+{{- if and (not .Values.persistence.enabled) (eq (toString .Values.spoolVolume.medium) "Memory") }}
+{{- $limit := ((.Values.resources | default dict).limits | default dict).memory }}
+{{- if $limit }}
+{{- $mem := include "hookbus.quantityBytes" $limit | int64 }}
+{{- if ge $need $mem }}
+{{- fail (printf "spoolVolume.medium Memory: the spool (%s) counts against resources.limits.memory %s and would get hookbus OOM-killed. Raise the memory limit or lower config.spool.max_bytes." $what (toString $limit)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and .Values.secret.existingSecret (or .Values.secret.authToken .Values.secret.natsUser .Values.secret.natsPassword .Values.secret.natsToken .Values.secret.env) }}
+{{- fail "secret.existingSecret is set together with secret.authToken/natsUser/natsPassword/natsToken/env: put those keys in the existing Secret (they would be ignored)" }}
+{{- end }}
+{{- end }}
+
+{{/* Container resources: .Values.resources, plus an ephemeral-storage request sized from the spool when it is an emptyDir on node disk. */}}
+{{- define "hookbus.resources" -}}
+{{- $res := deepCopy (.Values.resources | default dict) }}
+{{- if and (not .Values.persistence.enabled) (ne (toString .Values.spoolVolume.medium) "Memory") .Values.spoolVolume.requestEphemeralStorage }}
+{{- $req := $res.requests | default dict }}
+{{- if not (hasKey $req "ephemeral-storage") }}
+{{- $bytes := add (include "hookbus.spoolBudgetBytes" . | int64) 67108864 }}
+{{- $_ := set $req "ephemeral-storage" (printf "%dMi" (div (add $bytes 1048575) 1048576)) }}
+{{- end }}
+{{- $_ := set $res "requests" $req }}
+{{- end }}
+{{- if $res }}{{ toYaml $res }}{{ end }}
+{{- end }}
+
+{{/* Labels of the `helm test` pod (the NetworkPolicy lets it in). */}}
+{{- define "hookbus.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "hookbus.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: helm-test
 {{- end }}

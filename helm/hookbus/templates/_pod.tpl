@@ -1,5 +1,7 @@
 {{/* Pod template shared by the Deployment and the StatefulSet. */}}
 {{- define "hookbus.podTemplate" -}}
+{{- include "hookbus.guardRails" . }}
+{{- $spoolDir := .Values.config.spool.dir | trimSuffix "/" }}
 metadata:
   annotations:
     checksum/config: {{ include "hookbus.configToml" . | sha256sum }}
@@ -31,6 +33,10 @@ spec:
     {{- toYaml .Values.podSecurityContext | nindent 4 }}
   # Larger than preStop sleep + shutdown.grace, so the drain finishes before SIGKILL.
   terminationGracePeriodSeconds: {{ include "hookbus.terminationGracePeriodSeconds" . }}
+  {{- with .Values.initContainers }}
+  initContainers:
+    {{- tpl (toYaml .) $ | nindent 4 }}
+  {{- end }}
   containers:
     - name: hookbus
       image: {{ include "hookbus.image" . | quote }}
@@ -91,9 +97,9 @@ spec:
           {{- end }}
       securityContext:
         {{- toYaml .Values.securityContext | nindent 8 }}
-      {{- with .Values.resources }}
+      {{- with include "hookbus.resources" . }}
       resources:
-        {{- toYaml . | nindent 8 }}
+        {{- . | nindent 8 }}
       {{- end }}
       volumeMounts:
         - name: config
@@ -101,14 +107,22 @@ spec:
           subPath: config.toml
           readOnly: true
         - name: spool
-          mountPath: {{ .Values.config.spool.dir }}
+          mountPath: {{ $spoolDir }}
+        {{- if ne $spoolDir "/tmp" }}
         - name: tmp
           mountPath: /tmp
+        {{- end }}
         {{- if include "hookbus.filesSecretName" . }}
         - name: secret-files
           mountPath: {{ .Values.secretFiles.mountPath }}
           readOnly: true
         {{- end }}
+        {{- with .Values.extraVolumeMounts }}
+        {{- tpl (toYaml .) $ | nindent 8 }}
+        {{- end }}
+    {{- with .Values.sidecars }}
+    {{- tpl (toYaml .) $ | nindent 4 }}
+    {{- end }}
   volumes:
     - name: config
       {{- if .Values.configAsSecret }}
@@ -128,31 +142,64 @@ spec:
         sizeLimit: {{ . }}
         {{- end }}
     {{- end }}
+    {{- if ne $spoolDir "/tmp" }}
     - name: tmp
       emptyDir:
         sizeLimit: 64Mi
+    {{- end }}
     {{- with include "hookbus.filesSecretName" . }}
     - name: secret-files
       secret:
         secretName: {{ . }}
         defaultMode: 0440
     {{- end }}
+    {{- with .Values.extraVolumes }}
+    {{- tpl (toYaml .) $ | nindent 4 }}
+    {{- end }}
   {{- with .Values.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with .Values.affinity }}
+  {{- if .Values.affinity }}
   affinity:
-    {{- toYaml . | nindent 4 }}
+    {{- toYaml .Values.affinity | nindent 4 }}
+  {{- else if ne .Values.podAntiAffinityPreset "none" }}
+  # One pod per node where possible (podAntiAffinityPreset: {{ .Values.podAntiAffinityPreset }}).
+  affinity:
+    podAntiAffinity:
+      {{- if eq .Values.podAntiAffinityPreset "hard" }}
+      requiredDuringSchedulingIgnoredDuringExecution:
+        - topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "hookbus.selectorLabels" . | nindent 14 }}
+      {{- else }}
+      preferredDuringSchedulingIgnoredDuringExecution:
+        - weight: 100
+          podAffinityTerm:
+            topologyKey: kubernetes.io/hostname
+            labelSelector:
+              matchLabels:
+                {{- include "hookbus.selectorLabels" . | nindent 16 }}
+      {{- end }}
   {{- end }}
   {{- with .Values.tolerations }}
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with .Values.topologySpreadConstraints }}
+  {{- if .Values.topologySpreadConstraints }}
   topologySpreadConstraints:
-    {{- range . }}
+    {{- range .Values.topologySpreadConstraints }}
     - {{ toYaml (merge (dict) . (dict "labelSelector" (dict "matchLabels" (include "hookbus.selectorLabels" $ | fromYaml)))) | nindent 6 | trim }}
     {{- end }}
+  {{- else if .Values.zoneSpread }}
+  # Spread over zones when the nodes have zone labels (best effort: ScheduleAnyway).
+  topologySpreadConstraints:
+    - maxSkew: 1
+      topologyKey: topology.kubernetes.io/zone
+      whenUnsatisfiable: ScheduleAnyway
+      labelSelector:
+        matchLabels:
+          {{- include "hookbus.selectorLabels" . | nindent 10 }}
   {{- end }}
 {{- end }}
