@@ -6,7 +6,12 @@
   live --prom URL      every panel's PromQL (Grafana variables replaced) runs on a real
                        Prometheus that scraped a running hookbus: each query must parse, the
                        core panels must return data, every hookbus_* metric named by the
-                       dashboard or the alerts must exist, and no health alert condition holds
+                       dashboard or the alerts must exist (except COMING, below), the spool
+                       gauges must be there with capacity = spool.max_bytes, and no health alert
+                       condition holds (HookbusSpoolFilling's expression included)
+  alerts --prom URL --allow A,B
+                       the alert rules Prometheus loaded (deploy/prometheus/alerts.yaml) are
+                       healthy and no alert outside --allow is pending or firing
   wait --prom URL --expr E --min N --timeout S
                        poll until the scalar value of E reaches N (deadline, not a sleep)
 Only the standard library is used, so it runs with any python3.
@@ -28,6 +33,20 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "hookbus.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 
+# Metrics the dashboard and the alerts already name that target/debug/hookbus does not export
+# yet (the Rust side adds them: connection limits, auth reasons, shared dedup store). The live
+# check tolerates exactly these; delete each name once hookbus exports it (the check then
+# fails if it is still missing), and the list once it is empty.
+COMING = {
+    "hookbus_connections_closed_total",
+    "hookbus_auth_failures_total",
+    "hookbus_dedup_store_up",
+    "hookbus_dedup_store_errors_total",
+}
+# Series of hookbus's own registry every dashboard may rely on (process collector included).
+SPOOL_GAUGES = ["hookbus_spool_unpublished_bytes", "hookbus_spool_retained_bytes", "hookbus_spool_capacity_bytes",
+                "hookbus_spool_bytes"]
+
 # Panels that must show data after a short load (title: what the data must show).
 CORE = {
     "Requests by status code": "series for code 200 and 400 with a rate above 0",
@@ -36,7 +55,7 @@ CORE = {
     "Duplicate ratio": "a ratio above 0",
     "Events by action": "a rate above 0",
     "Spool depth": "a series (0 is fine)",
-    "Spool size": "a series (0 is fine)",
+    "Spool bytes": "unpublished, retained and capacity series",
     "Oldest unpublished event": "a series (0 is fine)",
 }
 
@@ -51,12 +70,22 @@ BUILTINS = {
     "__range_ms": "300000",
 }
 
-# Alert conditions that must not hold for a healthy hookbus with a stdout sink.
+# Alert conditions that must not hold for a healthy hookbus with a stdout sink. The
+# HookbusSpoolFilling expression (from alerts.yaml) must stay silent although published
+# segments kept for dedup fill most of the small spool of the live run.
 HEALTH = {
     "HookbusSinkDown": "max by (namespace, job, instance) (hookbus_sink_up) == 0",
     "HookbusUnpublishedEventsOld": "hookbus_oldest_unpublished_age_seconds > 300",
     "publish errors": "sum(rate(hookbus_publish_errors_total[1m])) > 0",
+    "hookbus not ready": "hookbus_ready == 0",
 }
+
+
+def alert_expr(name: str) -> str:
+    import yaml  # noqa: PLC0415 - the venv has it; static/wait need only the standard library
+
+    rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+    return next(r["expr"] for r in rules if r.get("alert") == name)
 
 
 def panels(dash: dict) -> list[dict]:
@@ -138,10 +167,29 @@ def cmd_static(_: argparse.Namespace) -> int:
                 f.fail(f"panel {title!r} uses undefined variable ${e.args[0]}")
     for core in CORE:
         f.check(core in titles, f"core panel {core!r} is missing")
+    for v in ("cluster", "namespace", "pod"):
+        f.check(v in names, f"templating needs a variable {v!r}")
+    for p in panels(dash):
+        if p.get("type") == "row":
+            continue
+        title = p.get("title", "?")
+        f.check(len(p.get("description", "")) >= 80 and "Bad" in p.get("description", ""),
+                f"panel {title!r}: the description must say what it shows and what a bad value means ('Bad: ...')")
+        for tg in p.get("targets") or []:
+            legend, expr = tg.get("legendFormat", ""), tg.get("expr", "")
+            f.check("{{instance}}" not in legend, f"panel {title!r}: legend by instance (IP), use {{{{pod}}}}")
+            if re.match(r"\s*\w+ by \((?:[^)]*,\s*)?pod\b", expr):  # the outer aggregation keeps pod
+                f.check("{{pod}}" in legend, f"panel {title!r} {tg.get('refId')}: per-pod series without {{{{pod}}}} in the legend")
+            for var in ("cluster", "namespace", "pod"):
+                f.check(f"${var}" in expr, f"panel {title!r} {tg.get('refId')}: query ignores ${var}")
     required_metrics = ["hookbus_http_requests_total", "hookbus_ack_duration_seconds", "hookbus_publish_duration_seconds",
                         "hookbus_event_lag_seconds", "hookbus_duplicates_total", "hookbus_events_received_total",
                         "hookbus_spool_pending_events", "hookbus_oldest_unpublished_age_seconds", "hookbus_sink_up",
-                        "hookbus_publish_errors_total", "hookbus_dead_letters_total"]
+                        "hookbus_publish_errors_total", "hookbus_dead_letters_total", "hookbus_ready",
+                        "hookbus_spool_unpublished_bytes", "hookbus_spool_retained_bytes", "hookbus_spool_capacity_bytes",
+                        "hookbus_queue_events", "hookbus_broker_duplicates_total", "hookbus_dedup_window_seconds",
+                        "hookbus_overflow_events_total", "hookbus_publisher_restarts_total",
+                        "process_cpu_seconds_total", "process_resident_memory_bytes"]
     text = DASHBOARD.read_text()
     for m in required_metrics:
         f.check(m in text, f"dashboard does not chart {m}")
@@ -174,7 +222,7 @@ def values(result: dict) -> list[tuple[dict, float]]:
 
 def metric_names() -> set[str]:
     text = DASHBOARD.read_text() + ALERTS.read_text()
-    return set(re.findall(r"\bhookbus_[a-z_]+\b", text))
+    return set(re.findall(r"\b(?:hookbus|process)_[a-z_]+\b", text))
 
 
 def cmd_live(args: argparse.Namespace) -> int:
@@ -219,6 +267,8 @@ def cmd_live(args: argparse.Namespace) -> int:
             ok = any(x > 0 for _, x in finite(vs))
         elif title == "Ack latency":
             ok = bool(finite(vs))
+        elif title == "Spool bytes":
+            ok = len(vs) >= 3
         else:
             ok = bool(vs)
         shown = ", ".join(f"{ {k: v for k, v in m.items() if k not in ('job', 'instance')} }={x:.4g}"
@@ -226,12 +276,39 @@ def cmd_live(args: argparse.Namespace) -> int:
         if f.check(ok, f"core panel {title!r} should show {what}; got: {shown}"):
             print(f"  ok   core panel {title!r}: {shown}")
 
+    coming_missing = []
     for m in sorted(metric_names()):
         # A histogram exists as <name>_bucket/_count/_sum series.
         res = query(args.prom, f"count({{__name__=~\"{m}(_bucket|_count|_sum)?\"}})")
         got = values(res)
-        f.check(got and got[0][1] > 0,
-                f"metric {m} (named by the dashboard or the alerts) is not exported by hookbus")
+        present = bool(got and got[0][1] > 0)
+        if m in COMING:
+            if present:
+                f.fail(f"metric {m} is exported now: delete it from COMING in {Path(__file__).name}")
+            else:
+                coming_missing.append(m)
+            continue
+        f.check(present, f"metric {m} (named by the dashboard or the alerts) is not exported by hookbus")
+    if coming_missing:
+        print(f"  note not exported yet, tolerated (COMING): {', '.join(coming_missing)}")
+
+    # The spool gauges that HookbusSpoolFilling and the dashboard rely on.
+    for m in SPOOL_GAUGES:
+        f.check(values(query(args.prom, m)), f"spool gauge {m} is missing")
+    if args.capacity:
+        cap = values(query(args.prom, "hookbus_spool_capacity_bytes"))
+        f.check(cap and cap[0][1] == args.capacity,
+                f"hookbus_spool_capacity_bytes = {cap[0][1] if cap else None}, expected spool.max_bytes {args.capacity:g}")
+    if args.min_retained_ratio:
+        ratio = values(query(args.prom, "max(hookbus_spool_retained_bytes / hookbus_spool_capacity_bytes)"))
+        got = ratio[0][1] if ratio else 0
+        if f.check(got >= args.min_retained_ratio,
+                   f"retained/capacity = {got:.3f}: the load did not keep enough published segments to test "
+                   f"HookbusSpoolFilling against (want >= {args.min_retained_ratio})"):
+            total = values(query(args.prom, "max(hookbus_spool_bytes / hookbus_spool_capacity_bytes)"))
+            print(f"  ok   published segments kept for dedup fill {got:.0%} of the spool "
+                  f"(on-disk bytes {total[0][1] if total else 0:.0%} of capacity): the old on-disk rule would fire")
+    HEALTH["HookbusSpoolFilling"] = alert_expr("HookbusSpoolFilling")
     res = query(args.prom, 'count(hookbus_ack_duration_seconds_bucket{le="0.25"})')
     f.check(values(res), "hookbus_ack_duration_seconds has no le=\"0.25\" bucket: the ack SLO alerts need it")
     for what, expr in HEALTH.items():
@@ -241,8 +318,41 @@ def cmd_live(args: argparse.Namespace) -> int:
     if f.items:
         print(f"dashboard (live): {len(f.items)} failure(s)")
         return 1
-    print(f"  ok   every metric the dashboard and alerts name exists ({len(metric_names())}); health conditions clear")
+    print(f"  ok   every metric the dashboard and alerts name exists ({len(metric_names()) - len(coming_missing)}"
+          f" + {len(coming_missing)} coming); health conditions clear, HookbusSpoolFilling's expression silent")
     print("dashboard (live): ok")
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Prometheus evaluated the shipped rules against the live hookbus: every rule loaded and
+    healthy, and nothing pending or firing except the alerts the load is meant to trigger."""
+    f = Failures()
+    try:
+        with urllib.request.urlopen(f"{args.prom}/api/v1/rules", timeout=10) as r:
+            groups = json.load(r)["data"]["groups"]
+    except OSError as e:
+        print(f"  FAIL {args.prom}/api/v1/rules: {e}")
+        return 1
+    rules = [r for g in groups for r in g["rules"]]
+    alerts = [r for r in rules if r["type"] == "alerting"]
+    f.check(len(alerts) >= 20, f"Prometheus loaded only {len(alerts)} alerting rules")
+    for r in rules:
+        f.check(r.get("health") == "ok", f"rule {r['name']} is {r.get('health')}: {r.get('lastError')}")
+        f.check(r.get("lastEvaluation", "").startswith("20") and not r.get("lastEvaluation", "").startswith("0001"),
+                f"rule {r['name']} was never evaluated")
+    allowed = set(filter(None, args.allow.split(",")))
+    active = {(a["labels"]["alertname"], a["state"]) for r in alerts for a in r.get("alerts", [])}
+    for name, state in sorted(active):
+        if name in allowed:
+            print(f"  ok   {name} is {state}: expected from the load")
+        else:
+            f.fail(f"{name} is {state} for a healthy hookbus under load")
+    f.check(not any(n == "HookbusSpoolFilling" for n, _ in active), "HookbusSpoolFilling is active")
+    if f.items:
+        return 1
+    print(f"  ok   {len(rules)} rules loaded and evaluated ({len(alerts)} alerts); none pending or firing "
+          f"beyond {sorted(allowed) or 'none'}; HookbusSpoolFilling silent")
     return 0
 
 
@@ -265,13 +375,17 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["static", "live", "wait"])
+    p.add_argument("command", choices=["static", "live", "wait", "alerts"])
+    p.add_argument("--capacity", type=float, default=0, help="live: expected hookbus_spool_capacity_bytes")
+    p.add_argument("--min-retained-ratio", type=float, default=0,
+                   help="live: retained/capacity the load must reach (the scenario HookbusSpoolFilling must ignore)")
+    p.add_argument("--allow", default="", help="alerts: comma-separated alerts the load may trigger")
     p.add_argument("--prom", default="http://127.0.0.1:9090")
     p.add_argument("--expr")
     p.add_argument("--min", type=float, default=1)
     p.add_argument("--timeout", type=float, default=30)
     args = p.parse_args()
-    return {"static": cmd_static, "live": cmd_live, "wait": cmd_wait}[args.command](args)
+    return {"static": cmd_static, "live": cmd_live, "wait": cmd_wait, "alerts": cmd_alerts}[args.command](args)
 
 
 if __name__ == "__main__":
