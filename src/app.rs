@@ -169,6 +169,15 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
         pending_wait: config.ack.publish_timeout,
         sink: sink.clone(),
         dead_letter_dir: config.spool.dir.join("dead-letters"),
+        cloudevents: config
+            .routing
+            .cloudevents
+            .then_some(match config.sink.kind {
+                crate::config::SinkKind::Kafka => &crate::sink::cloudevents::KAFKA,
+                crate::config::SinkKind::Nats | crate::config::SinkKind::Stdout => {
+                    &crate::sink::cloudevents::NATS
+                }
+            }),
         faults: faults.clone(),
     });
     let admin_state = Arc::new(AdminState {

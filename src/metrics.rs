@@ -23,8 +23,9 @@ pub const PUBLISH_ERROR_KINDS: [&str; 5] = [
     "duplicate_ack",
 ];
 /// `hookbus_dead_letters_total{reason}`.
-pub const DEAD_LETTER_REASONS: [&str; 4] = [
+pub const DEAD_LETTER_REASONS: [&str; 5] = [
     "invalid_payload",
+    "invalid_item",
     "unroutable",
     "too_large",
     "publish_failed",

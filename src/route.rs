@@ -335,8 +335,9 @@ impl Router {
         &self.dead_letter
     }
 
-    /// JetStream subjects that cover every rendered name, the overflow and the dead letter,
-    /// e.g. `["presence.>"]`. Empty when a template has no literal first token.
+    /// JetStream subjects that cover every rendered name and the dead letter, e.g.
+    /// `["presence.>"]` (the overflow is Kafka's only). Empty when a template has no literal
+    /// first token.
     pub fn stream_subjects(&self) -> Vec<String> {
         let mut subjects: Vec<String> = Vec::new();
         let templates = std::iter::once(&self.default).chain(self.rules.iter().map(|(_, t)| t));
@@ -346,7 +347,6 @@ impl Router {
             };
             subjects.push(subject);
         }
-        subjects.extend(self.overflow.iter().cloned());
         subjects.push(self.dead_letter.clone());
         // Drop what a wider subject already covers (JetStream refuses overlapping subjects),
         // keeping the first-seen order.
@@ -671,18 +671,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.stream_subjects(),
-            vec![
-                "pn.events.>",
-                "chat.presence.>",
-                "presence._overflow.join",
-                "presence._overflow.leave",
-                "presence._overflow.timeout",
-                "presence._overflow.state-change",
-                "presence._overflow.active",
-                "presence._overflow.inactive",
-                "presence._overflow.interval",
-                "presence.dead-letter"
-            ]
+            vec!["pn.events.>", "chat.presence.>", "presence.dead-letter"]
         );
         assert!(router("{channel}.{action}").stream_subjects().is_empty());
     }

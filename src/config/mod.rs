@@ -342,7 +342,7 @@ impl Default for NatsConfig {
             tls_key_file: PathBuf::new(),
             require_tls: false,
             max_age: Duration::from_secs(24 * 3600),
-            max_bytes: 10 * 1024 * 1024 * 1024,
+            max_bytes: 1024 * 1024 * 1024,
             storage: StreamStorage::File,
             replicas: 1,
             duplicate_window: Duration::from_secs(120),

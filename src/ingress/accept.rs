@@ -45,6 +45,8 @@ pub enum Acceptor {
 pub struct Accepted {
     pub accepted: usize,
     pub duplicates: usize,
+    /// Invalid items of an Events & Actions batch, each dead-lettered on its own.
+    pub rejected: usize,
 }
 
 /// Shared state of the webhook listener.
@@ -60,6 +62,8 @@ pub struct Ingress {
     pub pending_wait: Duration,
     pub sink: Arc<Sink>,
     pub dead_letter_dir: PathBuf,
+    /// The CloudEvents header names for the sink (`routing.cloudevents`), or `None`.
+    pub cloudevents: Option<&'static [&'static str; 7]>,
     pub faults: Faults,
 }
 
@@ -113,8 +117,8 @@ impl Ingress {
     }
 
     async fn process(&self, body: Bytes, received_ms: u64) -> Result<Accepted, IngressError> {
-        let events = match normalize::normalize(&body, received_ms) {
-            Ok(events) => events,
+        let normalized = match normalize::normalize_items(&body, received_ms) {
+            Ok(normalized) => normalized,
             Err(error) => {
                 let message = error.to_string();
                 self.dead_letter(body, "invalid_payload", &message, received_ms)
@@ -122,6 +126,7 @@ impl Ingress {
                 return Err(IngressError::InvalidPayload(message));
             }
         };
+        let events = normalized.events;
         if !self.auth.allowed_sub_keys.is_empty() {
             for event in &events {
                 let allowed = event
@@ -157,7 +162,7 @@ impl Ingress {
         }
 
         // The same id twice in one batch counts once; the rest are duplicates.
-        let mut keys = Vec::with_capacity(events.len());
+        let mut keys = Vec::with_capacity(events.len() + normalized.rejected.len());
         let mut unique = Vec::with_capacity(events.len());
         let mut duplicates = Vec::new();
         let mut in_request: HashSet<Key> = HashSet::new();
@@ -168,7 +173,29 @@ impl Ingress {
                 continue;
             }
             keys.push(key);
-            unique.push((key, event.action, job));
+            unique.push((key, Some(event.action), job));
+        }
+        // Invalid items are dead-lettered one by one, each once per window (PubNub retries
+        // the whole batch).
+        let rejected = normalized.rejected.len();
+        if rejected > 0 {
+            let body_id = normalize::body_id(&body);
+            for item in normalized.rejected {
+                let id = format!("dead-letter:{body_id}:{}", item.index);
+                let job = self.dead_letter_job(
+                    body.slice(item.span),
+                    "invalid_item",
+                    &item.error.to_string(),
+                    Some(item.index),
+                    id,
+                    received_ms,
+                );
+                let key = self
+                    .claims
+                    .key(job.message.msg_id.as_deref().unwrap_or_default());
+                keys.push(key);
+                unique.push((key, None, job));
+            }
         }
 
         let mut held = Held::new(&self.claims);
@@ -184,20 +211,30 @@ impl Ingress {
             })?;
         self.faults.accept_gate().await;
         let mut fresh = Vec::with_capacity(unique.len());
+        let mut dead_lettered = 0;
         for ((key, action, job), found) in unique.into_iter().zip(found) {
-            match found {
-                Found::New => fresh.push((key, job)),
-                Found::Duplicate => duplicates.push(action),
+            match (found, action) {
+                (Found::New, None) => {
+                    dead_lettered += 1;
+                    fresh.push((key, job));
+                }
+                (Found::New, Some(_)) => fresh.push((key, job)),
+                (Found::Duplicate, Some(action)) => duplicates.push(action),
+                (Found::Duplicate, None) => {}
             }
         }
-        let accepted = fresh.len();
+        let accepted = fresh.len() - dead_lettered;
         self.accept(fresh, held).await?;
         for action in &duplicates {
             self.metrics.duplicate(*action);
         }
+        for _ in 0..dead_lettered {
+            self.metrics.dead_letter("invalid_item");
+        }
         Ok(Accepted {
             accepted,
             duplicates: duplicates.len(),
+            rejected,
         })
     }
 
@@ -212,6 +249,9 @@ impl Ingress {
             headers.push((sink::HEADER_SUB_KEY, sub_key.clone()));
         }
         headers.push((sink::HEADER_CONTENT_TYPE, "application/json".to_owned()));
+        if let Some(names) = self.cloudevents {
+            headers.extend(cloudevents(names, event));
+        }
         Ok(Job {
             message: Message {
                 topic,
@@ -270,18 +310,39 @@ impl Ingress {
             self.metrics.dead_letter("too_large");
             return Ok(());
         }
-        let job = Job {
+        let job = self.dead_letter_job(body, reason, error, None, id, received_ms);
+        self.accept(vec![(key, job)], held).await?;
+        self.metrics.dead_letter(reason);
+        Ok(())
+    }
+
+    /// The dead letter of a rejected body or batch item: its bytes as they came, the reason,
+    /// the error sent to the client and, for an item, its index in the batch.
+    fn dead_letter_job(
+        &self,
+        payload: Bytes,
+        reason: &'static str,
+        error: &str,
+        index: Option<usize>,
+        id: String,
+        received_ms: u64,
+    ) -> Job {
+        let mut headers = vec![
+            (sink::HEADER_DEAD_LETTER_REASON, reason.to_owned()),
+            (
+                sink::HEADER_DEAD_LETTER_ERROR,
+                truncate(error, 512).to_owned(),
+            ),
+        ];
+        if let Some(index) = index {
+            headers.push((sink::HEADER_DEAD_LETTER_INDEX, index.to_string()));
+        }
+        Job {
             message: Message {
                 topic: self.router.dead_letter().to_owned(),
                 key: None,
-                headers: vec![
-                    (sink::HEADER_DEAD_LETTER_REASON, reason.to_owned()),
-                    (
-                        sink::HEADER_DEAD_LETTER_ERROR,
-                        truncate(error, 512).to_owned(),
-                    ),
-                ],
-                payload: body,
+                headers,
+                payload,
                 msg_id: Some(id),
                 is_event: false,
             },
@@ -289,10 +350,7 @@ impl Ingress {
             received_ms,
             event_ms: None,
             done: Done::Nobody,
-        };
-        self.accept(vec![(key, job)], held).await?;
-        self.metrics.dead_letter(reason);
-        Ok(())
+        }
     }
 
     /// Accepts `jobs` (each with its pending key, held in `held`) under the ack mode, all or
@@ -373,6 +431,34 @@ impl Ingress {
         }
     }
 }
+
+/// The CloudEvents 1.0 binary-mode attributes of `event` (`names` per the sink's protocol
+/// binding): `datacontenttype` is the `content-type` header every event message has.
+fn cloudevents(names: &[&'static str; 7], event: &Event) -> [(&'static str, String); 7] {
+    let time = event
+        .timestamp_ms
+        .unwrap_or_else(|| event.timestamp.saturating_mul(1000));
+    [
+        (names[0], "1.0".to_owned()),
+        (names[1], event.id.clone()),
+        (names[2], cloudevents_source(event.sub_key.as_deref())),
+        (
+            names[3],
+            format!("com.pubnub.presence.{}", event.action.as_str()),
+        ),
+        (names[4], normalize::rfc3339_ms(time)),
+        (names[5], event.channel.clone()),
+        (names[6], CLOUDEVENTS_DATASCHEMA.to_owned()),
+    ]
+}
+
+/// `source`: the PubNub keyset the event came from.
+fn cloudevents_source(sub_key: Option<&str>) -> String {
+    format!("urn:pubnub:keyset:{}", sub_key.unwrap_or("unknown"))
+}
+
+/// `dataschema`: the `$id` of `docs/event.schema.json`.
+const CLOUDEVENTS_DATASCHEMA: &str = "urn:hookbus:schema:hookbus.presence.v1";
 
 fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {

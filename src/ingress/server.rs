@@ -113,10 +113,17 @@ async fn webhook(ingress: &Arc<Ingress>, req: Request<Incoming>) -> Response<Bod
     let result = handle(ingress, req).await;
     let response = match result {
         Ok(accepted) => {
-            let body = format!(
-                "{{\"accepted\":{},\"duplicates\":{}}}",
-                accepted.accepted, accepted.duplicates
-            );
+            let body = if accepted.rejected > 0 {
+                format!(
+                    "{{\"accepted\":{},\"duplicates\":{},\"rejected\":{}}}",
+                    accepted.accepted, accepted.duplicates, accepted.rejected
+                )
+            } else {
+                format!(
+                    "{{\"accepted\":{},\"duplicates\":{}}}",
+                    accepted.accepted, accepted.duplicates
+                )
+            };
             json(StatusCode::OK, body.into_bytes())
         }
         Err(error) => {

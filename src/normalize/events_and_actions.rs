@@ -2,45 +2,79 @@
 //! 10,000 items per request, each with its own `id`, ISO-8601 `timestamp` and an inner `data`
 //! object of strings (`uuid`, `occupancy`, `timestamp`, `precise_timestamp`, `data` = state).
 //!
-//! The batch is parsed once and items are taken apart in place; one bad item rejects the batch.
+//! Each item is parsed and normalized on its own: one bad item is rejected alone.
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::fields::{self, Object, kind_of};
+use super::raw;
 use super::time::Instant;
-use super::{Action, Event, Format, NormalizeError, hex32};
+use super::{Action, Event, Format, NormalizeError, Normalized, Rejected, hex32};
 
-/// Normalizes every item of a batch whose schema named `action`, in order.
+/// Normalizes every item of a batch whose schema named `action`, in order, each on its own:
+/// an invalid item is returned as [`Rejected`] with its span in `body`, the others as events.
 ///
-/// An item without an id gets the first 32 hex chars of SHA-256(SHA-256(body) ‖ index as
-/// 8 big-endian bytes): stable across byte-identical retries, distinct per item.
+/// An item without an id gets `envelope_id` when it is the only item of an enveloped body,
+/// else the first 32 hex chars of SHA-256(SHA-256(body) ‖ index as 8 big-endian bytes):
+/// stable across byte-identical retries, distinct per item.
 pub(super) fn normalize(
-    mut object: Object,
+    items: Vec<&RawValue>,
+    action: Action,
+    body: &[u8],
+    envelope_id: Option<String>,
+    received_at_ms: u64,
+) -> Normalized {
+    let mut body_digest = None;
+    let mut envelope_id = envelope_id.filter(|_| items.len() == 1);
+    let mut out = Normalized {
+        events: Vec::with_capacity(items.len()),
+        rejected: Vec::new(),
+    };
+    for (index, raw) in items.into_iter().enumerate() {
+        let event =
+            raw::value_of(raw).and_then(|item| normalize_item(item, action, received_at_ms));
+        match event {
+            Ok(mut event) => {
+                if event.id.is_empty() {
+                    event.id = envelope_id.take().unwrap_or_else(|| {
+                        let digest = body_digest.get_or_insert_with(|| Sha256::digest(body));
+                        let mut hasher = Sha256::new();
+                        hasher.update(&digest[..]);
+                        hasher.update((index as u64).to_be_bytes());
+                        hex32(&hasher.finalize())
+                    });
+                }
+                out.events.push(event);
+            }
+            Err(error) => {
+                let text = raw.get();
+                let start = (text.as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
+                out.rejected.push(Rejected {
+                    index,
+                    span: start..start + text.len(),
+                    error: error.in_item(index),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// One event from a 1.0 envelope (see [`super::envelope`]); an item without an id gets the
+/// body's digest.
+pub(super) fn normalize_one(
+    item: Object,
     action: Action,
     body: &[u8],
     received_at_ms: u64,
-) -> Result<Vec<Event>, NormalizeError> {
-    let Some(Value::Array(items)) = object.remove("data") else {
-        return Err(NormalizeError::Missing {
-            field: "data".into(),
-        });
-    };
-    let mut body_digest = None;
-    let mut events = Vec::with_capacity(items.len());
-    for (index, item) in items.into_iter().enumerate() {
-        let mut event =
-            normalize_item(item, action, received_at_ms).map_err(|e| e.in_item(index))?;
-        if event.id.is_empty() {
-            let digest = body_digest.get_or_insert_with(|| Sha256::digest(body));
-            let mut hasher = Sha256::new();
-            hasher.update(&digest[..]);
-            hasher.update((index as u64).to_be_bytes());
-            event.id = hex32(&hasher.finalize());
-        }
-        events.push(event);
+) -> Result<Event, NormalizeError> {
+    let mut event = normalize_item(Value::Object(item), action, received_at_ms)?;
+    if event.id.is_empty() {
+        event.id = super::body_id(body);
     }
-    Ok(events)
+    Ok(event)
 }
 
 /// One batch item; `id` is left empty when the item has none.

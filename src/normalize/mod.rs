@@ -4,18 +4,23 @@
 //! the 400 rules of DESIGN §3. One file per PubNub generation. Must stay synchronous and free of
 //! I/O: no tokio, hyper or broker crate, no clock (the receive time is passed in).
 
+mod envelope;
 mod error;
 mod events_and_actions;
 mod fields;
 mod g1;
 mod g2;
+mod raw;
 mod time;
 mod wire;
+
+pub use time::rfc3339_ms;
 
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -176,20 +181,54 @@ impl Event {
     }
 }
 
-/// Parses one webhook request body into the events it carries, in body order.
-///
-/// The generation is detected per body: an object with `schema`/`dataSchema` and a `data`
-/// array is Events & Actions (also inside an `{"event":{"payload":…}}` envelope); `schema` +
-/// `id` is G2; `action` or `status` is G1. `received_at_ms` is copied into every event.
-/// An Events & Actions body with `data: []` yields no events.
+/// Parses one webhook request body into the events it carries, in body order, all or
+/// nothing: the first invalid batch item rejects the body (see [`normalize_items`] for the
+/// item-by-item form the ingress uses).
 ///
 /// # Errors
-/// Every [`NormalizeError`] means the request is invalid (HTTP 400): invalid UTF-8, malformed
-/// JSON (lone surrogates and numbers beyond f64 included), a body that is not an object, an
-/// unknown generation or event kind, a missing/empty/control-character channel, a missing
-/// timestamp, or a number that is not an integer in range. A batch is rejected whole at its
-/// first invalid item, and the error names the item (`data[i]: …`).
+/// As [`normalize_items`], plus the first invalid item of an Events & Actions batch, named
+/// `data[i]: …`.
 pub fn normalize(body: &[u8], received_at_ms: u64) -> Result<Vec<Event>, NormalizeError> {
+    let normalized = normalize_items(body, received_at_ms)?;
+    match normalized.rejected.into_iter().next() {
+        Some(rejected) => Err(rejected.error),
+        None => Ok(normalized.events),
+    }
+}
+
+/// What one request body holds: its valid events, and the items of an Events & Actions batch
+/// that are invalid on their own.
+#[derive(Debug, Default)]
+pub struct Normalized {
+    pub events: Vec<Event>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// An invalid item of a valid Events & Actions batch.
+#[derive(Debug)]
+pub struct Rejected {
+    /// Its position in `data`.
+    pub index: usize,
+    /// Where its raw JSON text sits in the body, so it can be kept byte-identical.
+    pub span: Range<usize>,
+    /// What is wrong with it (the message names `data[i]`).
+    pub error: NormalizeError,
+}
+
+/// Parses one webhook request body item by item.
+///
+/// The generation is detected per body: an object with `schema`/`dataSchema` and a `data`
+/// array is Events & Actions (also inside an envelope, see [`envelope`]); `schema` + `id` is
+/// G2; `action` or `status` is G1. `received_at_ms` is copied into every event. An Events &
+/// Actions body with `data: []` yields no events. Inside a batch each item stands alone: an
+/// invalid one is returned in [`Normalized::rejected`] and the others are normalized.
+///
+/// # Errors
+/// Every [`NormalizeError`] means the whole body is invalid (HTTP 400): invalid UTF-8,
+/// malformed JSON (lone surrogates and numbers beyond f64 included), a body that is not an
+/// object, an unknown generation or event kind, or, for a single event, a missing/empty/
+/// control-character channel, a missing timestamp, or a number out of range.
+pub fn normalize_items(body: &[u8], received_at_ms: u64) -> Result<Normalized, NormalizeError> {
     let text = std::str::from_utf8(body).map_err(|e| NormalizeError::InvalidUtf8 {
         offset: e.valid_up_to(),
     })?;
@@ -197,23 +236,48 @@ pub fn normalize(body: &[u8], received_at_ms: u64) -> Result<Vec<Event>, Normali
     if text.trim_ascii().is_empty() {
         return Err(NormalizeError::EmptyBody);
     }
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| NormalizeError::from_json(&e, text))?;
-    let Value::Object(object) = value else {
-        return Err(NormalizeError::NotAnObject {
-            what: "body",
-            found: kind_of(&value),
-        });
+    let top = raw::object(text, "body")?;
+    let (inner, unwrapped) = envelope::unwrap(top)?;
+    let (object, data) = raw::split_data(inner)?;
+    let single = |event: Result<Event, NormalizeError>| {
+        event.map(|event| Normalized {
+            events: vec![event],
+            rejected: Vec::new(),
+        })
     };
-    let object = unwrap_envelope(object);
-    match detect(&object)? {
-        Detected::EventsAndActions(action) => {
-            events_and_actions::normalize(object, action, body, received_at_ms)
+    match unwrapped {
+        envelope::Unwrapped::V1 { action, item } => single(events_and_actions::normalize_one(
+            item,
+            action,
+            body,
+            received_at_ms,
+        )),
+        envelope::Unwrapped::None | envelope::Unwrapped::Payload { .. } => {
+            let envelope_id = match &unwrapped {
+                envelope::Unwrapped::Payload { id } => id.clone(),
+                _ => None,
+            };
+            match detect(&object, data.as_ref())? {
+                Detected::EventsAndActions(action) => {
+                    let items = raw::items(data.as_ref())?;
+                    Ok(events_and_actions::normalize(
+                        items,
+                        action,
+                        body,
+                        envelope_id,
+                        received_at_ms,
+                    ))
+                }
+                Detected::G2(action) => {
+                    let object = raw::with_data(object, data)?;
+                    single(g2::normalize(object, action, body, received_at_ms))
+                }
+                Detected::G1 => {
+                    let object = raw::with_data(object, data)?;
+                    single(g1::normalize(object, body, received_at_ms))
+                }
+            }
         }
-        Detected::G2(action) => {
-            g2::normalize(object, action, body, received_at_ms).map(|e| vec![e])
-        }
-        Detected::G1 => g1::normalize(object, body, received_at_ms).map(|e| vec![e]),
     }
 }
 
@@ -227,7 +291,8 @@ enum Detected {
 /// Keys that the schema name of a G2 or Events & Actions body may be sent under.
 const SCHEMA_KEYS: [&str; 2] = ["schema", "dataSchema"];
 
-fn detect(object: &Object) -> Result<Detected, NormalizeError> {
+/// `object` is the body without its `data`, which `data` holds unparsed.
+fn detect(object: &Object, data: Option<&raw::Data<'_>>) -> Result<Detected, NormalizeError> {
     let present = |key: &str| object.get(key).is_some_and(|v| !v.is_null());
     let schema = SCHEMA_KEYS
         .iter()
@@ -238,18 +303,21 @@ fn detect(object: &Object) -> Result<Detected, NormalizeError> {
         }
         return Err(NormalizeError::UnknownFormat);
     };
-    let is_batch = matches!(object.get("data"), Some(Value::Array(_)));
+    let is_batch = data.is_some_and(raw::Data::is_array);
     if !is_batch && !present("id") {
         if present("action") || present("status") {
             return Ok(Detected::G1);
         }
-        return Err(match object.get("data") {
-            None | Some(Value::Null) => NormalizeError::Missing {
+        return Err(match data {
+            None => NormalizeError::Missing {
                 field: "data".into(),
             },
-            Some(other) => NormalizeError::Invalid {
+            Some(data) if data.is_null() => NormalizeError::Missing {
                 field: "data".into(),
-                reason: format!("expected an array of events, got {}", kind_of(other)),
+            },
+            Some(data) => NormalizeError::Invalid {
+                field: "data".into(),
+                reason: format!("expected an array of events, got {}", data.kind()),
             },
         });
     }
@@ -266,27 +334,6 @@ fn detect(object: &Object) -> Result<Detected, NormalizeError> {
     } else {
         Detected::G2(action)
     })
-}
-
-/// Replaces an `{"event":{…,"payload":{schema,data}}}` envelope by its payload.
-fn unwrap_envelope(mut object: Object) -> Object {
-    let is_envelope = !["data", "action", "status", "schema", "dataSchema"]
-        .iter()
-        .any(|k| object.contains_key(*k))
-        && matches!(
-            object.get("event"),
-            Some(Value::Object(event)) if matches!(event.get("payload"), Some(Value::Object(_)))
-        );
-    if !is_envelope {
-        return object;
-    }
-    match object.remove("event") {
-        Some(Value::Object(mut event)) => match event.remove("payload") {
-            Some(Value::Object(payload)) => payload,
-            _ => object,
-        },
-        _ => object,
-    }
 }
 
 /// Events & Actions event names (also used by G2 `schema`) and the action each maps to.

@@ -161,6 +161,35 @@ pub(super) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Year, month, day of the `days`-th day after 1970-01-01 (the inverse of
+/// [`days_from_civil`], Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// RFC 3339 UTC time of Unix milliseconds `ms`: `2024-06-10T16:00:00.123Z`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let of_day = secs.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
 fn days_in_month(year: i64, month: i64) -> i64 {
     match month {
         2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
@@ -283,6 +312,17 @@ mod tests {
         ] {
             assert!(parse_iso8601(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn rfc3339_round_trips_through_the_parser() {
+        for ms in [0_i64, 1_718_035_200_123, 951_782_400_000, 4_102_444_799_999] {
+            let text = rfc3339_ms(ms);
+            let back = parse_iso8601(&text).unwrap();
+            assert_eq!(back.ms, Some(ms), "{text}");
+        }
+        assert_eq!(rfc3339_ms(1_718_035_200_123), "2024-06-10T16:00:00.123Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]

@@ -8,16 +8,6 @@ use super::{Done, Job};
 use crate::normalize::Action;
 use crate::sink::{self, Message};
 
-/// Header names a spool record can carry, by index.
-const HEADER_NAMES: [&str; 7] = [
-    sink::HEADER_EVENT_ID,
-    sink::HEADER_ACTION,
-    sink::HEADER_CHANNEL,
-    sink::HEADER_SUB_KEY,
-    sink::HEADER_CONTENT_TYPE,
-    sink::HEADER_DEAD_LETTER_REASON,
-    sink::HEADER_DEAD_LETTER_ERROR,
-];
 const RECORD_VERSION: u8 = 1;
 
 /// A spool record that does not decode: written by another version or damaged.
@@ -40,7 +30,7 @@ impl Job {
         put_opt_str(&mut out, m.msg_id.as_deref());
         out.put_u8(m.headers.len() as u8);
         for (name, value) in &m.headers {
-            let index = HEADER_NAMES.iter().position(|n| n == name).unwrap_or(0);
+            let index = sink::header_index(name).unwrap_or(0);
             out.put_u8(index as u8);
             put_str(&mut out, value);
         }
@@ -73,7 +63,9 @@ impl Job {
             if !record.has_remaining() {
                 return Err(bad());
             }
-            let name = HEADER_NAMES.get(record.get_u8() as usize).ok_or_else(bad)?;
+            let name = sink::HEADER_NAMES
+                .get(record.get_u8() as usize)
+                .ok_or_else(bad)?;
             headers.push((*name, get_str(&mut record).ok_or_else(bad)?));
         }
         Ok(Job {

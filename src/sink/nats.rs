@@ -346,40 +346,15 @@ fn read(key: &'static str, path: &std::path::Path) -> Result<String, ConfigError
     })
 }
 
-/// Our header names, resolved at compile time (no per-message parsing or validation).
+/// Our header names, parsed once (no per-message parsing or validation).
 fn header_name(name: &'static str) -> HeaderName {
-    use crate::sink as h;
-    const NAMES: [(&str, HeaderName); 7] = [
-        (
-            h::HEADER_EVENT_ID,
-            HeaderName::from_static(h::HEADER_EVENT_ID),
-        ),
-        (h::HEADER_ACTION, HeaderName::from_static(h::HEADER_ACTION)),
-        (
-            h::HEADER_CHANNEL,
-            HeaderName::from_static(h::HEADER_CHANNEL),
-        ),
-        (
-            h::HEADER_SUB_KEY,
-            HeaderName::from_static(h::HEADER_SUB_KEY),
-        ),
-        (
-            h::HEADER_CONTENT_TYPE,
-            HeaderName::from_static(h::HEADER_CONTENT_TYPE),
-        ),
-        (
-            h::HEADER_DEAD_LETTER_REASON,
-            HeaderName::from_static(h::HEADER_DEAD_LETTER_REASON),
-        ),
-        (
-            h::HEADER_DEAD_LETTER_ERROR,
-            HeaderName::from_static(h::HEADER_DEAD_LETTER_ERROR),
-        ),
-    ];
-    NAMES
-        .iter()
-        .find(|(n, _)| std::ptr::eq(*n, name) || *n == name)
-        .map_or_else(|| HeaderName::from_static(name), |(_, h)| h.clone())
+    static NAMES: std::sync::LazyLock<Vec<HeaderName>> = std::sync::LazyLock::new(|| {
+        super::HEADER_NAMES
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .collect()
+    });
+    super::header_index(name).map_or_else(|| HeaderName::from_static(name), |i| NAMES[i].clone())
 }
 
 /// A header value NATS can carry: async-nats panics on CR or LF, which a header line cannot

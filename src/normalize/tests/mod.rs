@@ -3,6 +3,7 @@
 
 mod fixtures;
 mod generations;
+mod items;
 mod properties;
 mod rejections;
 mod wire;
