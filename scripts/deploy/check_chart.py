@@ -100,6 +100,17 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("image.pullPolicy", "Sometimes", "unknown pull policy"),
     ("replicaCont", 3, "misspelt top-level key"),
     ("config.dedup.windw", "20m", "misspelt config key"),
+    ("metrics.prometheusRule.rules.HookbusSpoolFilling.threshold", "high", "non-numeric alert threshold"),
+    ("metrics.prometheusRule.rules.HookbusSpoolFilling.severity", "page", "unknown severity"),
+    ("metrics.prometheusRule.rules.HookbusSpoolFilling.treshold", 0.9, "misspelt alert setting"),
+    ("podAntiAffinityPreset", "sometimes", "unknown anti-affinity preset"),
+    ("config.nats.replicas", 7, "JetStream replicas above 5"),
+    ("config.nats.storage", "disk", "unknown stream storage"),
+    ("config.nats.tls_ca_file", "ca.crt", "relative TLS file path"),
+    ("config.routing.rules", [{"channel": "chat.*"}], "routing rule without template"),
+    ("spoolVolume.sizeLimit", "2 GB", "not a Kubernetes quantity"),
+    ("config.dedup.shared", "memcached://x", "shared store that is not redis"),
+    ("helmTest.channel", "a b", "channel with a space"),
 ]
 
 
@@ -891,6 +902,12 @@ def cmd_kube(args: argparse.Namespace) -> None:
             (out / "kustomize.toml").write_text(text)
             check_config(f, "kustomize", cfg)
             check_workload(f, "kustomize", docs, cfg, kustomize=True)
+            # The same guard rail as the chart's: the spool budget fits the emptyDir.
+            wl = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+            vol = next(v for v in wl["volumes"] if v["name"] == "spool")["emptyDir"] or {}
+            if vol.get("sizeLimit"):
+                f.check(spool_budget(cfg) <= quantity_bytes(vol["sizeLimit"]),
+                        f"[kustomize] spool budget {spool_budget(cfg)} > emptyDir sizeLimit {vol['sizeLimit']}")
         if len(f.items) == before:
             print(f"  ok   [kustomize] {n} objects checked against Kubernetes {', '.join(versions)}")
     f.exit("Kubernetes schema validation")

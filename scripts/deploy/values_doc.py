@@ -108,8 +108,13 @@ def split(dotted: str, values: dict[str, Any]) -> list[str]:
 def table() -> str:
     values = yaml.safe_load(VALUES.read_text())
     rows = ["| key | default | description |", "|---|---|---|"]
-    for dotted, desc in documented():
+    docs = documented()
+    keys = [d for d, _ in docs]
+    for dotted, desc in docs:
         default = lookup(values, split(dotted, values))
+        if isinstance(default, dict) and any(k.startswith(dotted + ".") for k in keys):
+            rows.append(f"| `{dotted}` | (the keys below) | {desc.replace('|', chr(92) + '|')} |")
+            continue
         text = json.dumps(default, ensure_ascii=False, separators=(", ", ": "))
         text = text.replace("|", "\\|")
         desc = desc.replace("|", "\\|")
