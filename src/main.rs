@@ -24,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the topic/subject a channel's events are published on, per the config's template.
+    /// Print the topic/subject a channel's events are published on (stdout), and which
+    /// routing rule or template named it (stderr).
     Topic {
         /// Raw PubNub channel name.
         channel: String,
@@ -83,10 +84,21 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string())
             .and_then(|r| {
                 r.render(channel, action, sub_key.as_deref(), &mut out)
+                    .map(|()| r.matched(channel))
                     .map_err(|e| e.to_string())
             }) {
-            Ok(()) => {
+            Ok(matched) => {
                 println!("{out}");
+                match matched {
+                    route::Matched::Rule(i) => eprintln!(
+                        "(routing.rules[{i}]: channel {:?}, template {:?})",
+                        config.routing.rules[i].channel, config.routing.rules[i].template
+                    ),
+                    route::Matched::Default => eprintln!(
+                        "(routing.template {:?}: no rule matched)",
+                        config.routing.template
+                    ),
+                }
                 ExitCode::SUCCESS
             }
             Err(error) => {

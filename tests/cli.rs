@@ -328,3 +328,57 @@ fn every_broker_example_in_the_readme_passes_check() {
         }
     }
 }
+
+#[test]
+fn topic_names_the_rule_that_matched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(
+        &path,
+        "[[routing.rules]]\nchannel = \"chat.vip.*\"\ntemplate = \"presence.vip.{channel}.{action}\"\n\
+         [[routing.rules]]\nchannel = \"chat.*\"\ntemplate = \"presence.chat.{action}\"\n",
+    )
+    .unwrap();
+    let topic = |channel: &str| {
+        let out = Command::new(BIN)
+            .args([
+                "--config",
+                path.to_str().unwrap(),
+                "topic",
+                channel,
+                "--action",
+                "leave",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (
+            String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (name, rule) = topic("chat.room.9");
+    assert_eq!(name, "presence.chat.leave");
+    assert!(
+        rule.contains("routing.rules[1]") && rule.contains("chat.*"),
+        "{rule}"
+    );
+    let (name, rule) = topic("chat.vip.gold");
+    assert_eq!(name, "presence.vip.chat_2Evip_2Egold.leave");
+    assert!(rule.contains("routing.rules[0]"), "{rule}");
+    let (name, rule) = topic("lobby");
+    assert_eq!(name, "presence.lobby.leave");
+    assert!(rule.contains("no rule matched"), "{rule}");
+    // A rule whose template cannot render a valid name is refused by --check.
+    std::fs::write(
+        &path,
+        "[[routing.rules]]\nchannel = \"x*\"\ntemplate = \"bad..{action}\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("routing.rules[0]"));
+}
