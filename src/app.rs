@@ -15,7 +15,7 @@ use crate::claim::Claims;
 use crate::config::{AckMode, Config};
 use crate::faults::Faults;
 use crate::health::Health;
-use crate::ingress::{self, Acceptor, AdminState, Ingress};
+use crate::ingress::{self, Acceptor, AdminState, Ingress, Limits};
 use crate::metrics::Metrics;
 use crate::publisher::{self, PublisherConfig, Source};
 use crate::route::Router;
@@ -87,6 +87,14 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
             .context("creating the sink client")?,
     );
     let claims = Arc::new(Claims::new(config.dedup.window, config.dedup.max_entries));
+    let dead_letters = {
+        let dir = config.spool.dir.join("dead-letters");
+        let budget = config.spool.dead_letter_max_bytes;
+        Arc::new(
+            tokio::task::spawn_blocking(move || publisher::DeadLetterDir::open(dir, budget))
+                .await?,
+        )
+    };
     metrics
         .spool_capacity_bytes
         .set(config.spool.max_bytes as i64);
@@ -119,12 +127,15 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
             (Acceptor::Spool(spool.clone()), Source::Spool(spool), ready)
         }
         mode => {
-            let (queue, rx) = publisher::queue(config.ack.queue_capacity);
+            let (queue, rx) =
+                publisher::queue(config.ack.queue_capacity, config.ack.queue_max_bytes);
             let probe = queue.clone();
             let probe_sink = sink.clone();
             let publish_mode = mode == AckMode::Publish;
             let ready: Readiness = Arc::new(move || {
-                if probe.capacity() < probe.max_capacity() / 20 {
+                if probe.capacity() < probe.max_capacity() / 20
+                    || probe.bytes() > probe.max_bytes() / 20 * 19
+                {
                     Err("publish queue nearly full".to_owned())
                 } else if publish_mode && !probe_sink.is_up() {
                     Err("sink not connected".to_owned())
@@ -164,11 +175,23 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
         metrics: metrics.clone(),
         acceptor,
         auth: config.auth.clone(),
+        auth_header: config.auth.header.to_ascii_lowercase(),
+        tokens: config
+            .auth
+            .accepted()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
         max_body_bytes: config.http.max_body_bytes,
+        max_batch_items: config.http.max_batch_items,
+        request_timeout: config.http.request_timeout,
+        body_budget: Arc::new(tokio::sync::Semaphore::new(
+            config.http.max_inflight_bytes.div_ceil(1024),
+        )),
         retry_after: config.ack.retry_after,
         pending_wait: config.ack.publish_timeout,
         sink: sink.clone(),
-        dead_letter_dir: config.spool.dir.join("dead-letters"),
+        dead_letter_dir: dead_letters.clone(),
         cloudevents: config
             .routing
             .cloudevents
@@ -182,26 +205,45 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
     });
     let admin_state = Arc::new(AdminState {
         registry,
+        metrics: metrics.clone(),
         ready: ready.clone(),
         health: health.clone(),
         draining: shutdown.clone(),
     });
 
+    // In-flight requests get a bounded part of the grace period, so a stalled client never
+    // eats the publisher's drain.
+    let request_drain = (config.shutdown.grace / 4).min(Duration::from_secs(5));
     let webhooks = tokio::spawn(ingress::serve_webhooks(
         http,
         ingress_state,
-        config.http.max_connections,
+        Limits {
+            max_connections: config.http.max_connections,
+            header_timeout: config.http.header_timeout,
+            idle_timeout: config.http.idle_timeout,
+            drain: request_drain,
+        },
         shutdown.clone(),
     ));
     let admin_stop = Shutdown::new();
-    let admin_task = tokio::spawn(ingress::serve_admin(admin, admin_state, admin_stop.clone()));
+    let admin_task = tokio::spawn(ingress::serve_admin(
+        admin,
+        admin_state,
+        Limits {
+            max_connections: config.admin.max_connections,
+            header_timeout: config.http.header_timeout,
+            idle_timeout: config.http.idle_timeout,
+            drain: Duration::from_secs(1),
+        },
+        admin_stop.clone(),
+    ));
     let publisher_drain = Shutdown::new();
     let publisher_config = PublisherConfig {
         max_in_flight: config.sink.max_in_flight,
         max_backoff: config.sink.max_backoff,
         dead_letter: router.dead_letter().to_owned(),
         overflow: router.overflow_names().to_vec(),
-        dead_letter_dir: config.spool.dir.join("dead-letters"),
+        dead_letter_dir: dead_letters,
     };
     let context = publisher::Context {
         sink: sink.clone(),

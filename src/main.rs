@@ -65,7 +65,10 @@ fn main() -> ExitCode {
     }) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("hookbus: invalid configuration: {error}");
+            eprintln!(
+                "hookbus: invalid configuration: {}",
+                clip(&error.to_string(), 2000)
+            );
             return ExitCode::from(EX_USAGE);
         }
     };
@@ -134,6 +137,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(signal, "shutting down");
     running.shutdown();
     running.wait().await
+}
+
+/// `text` cut to `max` bytes (at a character boundary): an error quoting a 10 MB line of a
+/// config file must not print it.
+fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes cut)", &text[..end], text.len() - end)
 }
 
 /// Logs go to stderr (stdout belongs to the stdout sink); `RUST_LOG` filters,

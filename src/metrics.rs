@@ -11,7 +11,14 @@ use prometheus::{
 use crate::normalize::{Action, Format};
 
 /// Every status code the ingress answers with, and 499: the client left before the answer.
-pub const HTTP_CODES: [u16; 10] = [200, 400, 401, 403, 404, 405, 413, 499, 500, 503];
+pub const HTTP_CODES: [u16; 13] = [
+    200, 400, 401, 403, 404, 405, 408, 413, 414, 431, 499, 500, 503,
+];
+/// `hookbus_auth_failures_total{reason}`.
+pub const AUTH_FAILURES: [&str; 3] = ["missing_token", "wrong_token", "forbidden_sub_key"];
+/// `hookbus_connections_closed_total{listener}` × `{reason}`.
+pub const LISTENERS: [&str; 2] = ["webhook", "admin"];
+pub const CLOSE_REASONS: [&str; 4] = ["header_timeout", "body_timeout", "idle_timeout", "evicted"];
 /// `hookbus_publisher_errors_total{kind}`: a spool read that failed, a panic in the sink.
 pub const PUBLISHER_ERROR_KINDS: [&str; 2] = ["spool_read", "panic"];
 /// `hookbus_publish_errors_total{kind}`.
@@ -23,12 +30,13 @@ pub const PUBLISH_ERROR_KINDS: [&str; 5] = [
     "duplicate_ack",
 ];
 /// `hookbus_dead_letters_total{reason}`.
-pub const DEAD_LETTER_REASONS: [&str; 5] = [
+pub const DEAD_LETTER_REASONS: [&str; 6] = [
     "invalid_payload",
     "invalid_item",
     "unroutable",
     "too_large",
     "publish_failed",
+    "dropped",
 ];
 
 /// Buckets from 100 µs to 10 s: sub-millisecond acks and multi-second publishes both resolve.
@@ -63,6 +71,9 @@ pub struct Metrics {
     pub spool_corrupt_records: IntCounter,
     publisher_errors_by: Vec<IntCounter>,
     overflow_by: Vec<IntCounter>,
+    auth_failures_by: Vec<IntCounter>,
+    /// `[listener * CLOSE_REASONS.len() + reason]`.
+    closed_by: Vec<IntCounter>,
     /// Per-code counters resolved once, indexed like [`HTTP_CODES`].
     http_by_code: Vec<IntCounter>,
     /// The hot-path series, resolved once: `[format * 7 + action]`, `[action]`, `[kind]`…
@@ -280,6 +291,36 @@ impl Metrics {
             &["action"],
         )?;
         registry.register(Box::new(overflow_events.clone()))?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "hookbus_auth_failures_total",
+                "Webhooks refused 401 (missing or wrong token) or 403 (sub_key not allowed).",
+            ),
+            &["reason"],
+        )?;
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "hookbus_connections_closed_total",
+                "Connections hookbus closed: headers or body too slow, idle too long, or the \
+                 longest-idle one closed to admit a new connection at the cap.",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(connections_closed.clone()))?;
+        let auth_failures_by = AUTH_FAILURES
+            .iter()
+            .map(|r| auth_failures.with_label_values(&[r]))
+            .collect();
+        let closed_by = LISTENERS
+            .iter()
+            .flat_map(|l| {
+                CLOSE_REASONS
+                    .iter()
+                    .map(|r| connections_closed.with_label_values(&[l, r]))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let overflow_by = Action::ALL
             .iter()
             .map(|a| overflow_events.with_label_values(&[a.as_str()]))
@@ -343,6 +384,8 @@ impl Metrics {
             spool_corrupt_records,
             publisher_errors_by,
             overflow_by,
+            auth_failures_by,
+            closed_by,
             http_by_code,
             received_by,
             duplicates_by,
@@ -394,6 +437,22 @@ impl Metrics {
     pub fn dead_letter(&self, reason: &str) {
         if let Some(i) = DEAD_LETTER_REASONS.iter().position(|r| *r == reason) {
             self.dead_letters_by[i].inc();
+        }
+    }
+
+    /// `reason` is one of [`AUTH_FAILURES`].
+    pub fn auth_failure(&self, reason: &str) {
+        if let Some(i) = AUTH_FAILURES.iter().position(|r| *r == reason) {
+            self.auth_failures_by[i].inc();
+        }
+    }
+
+    /// `listener` and `reason` are from [`LISTENERS`] and [`CLOSE_REASONS`].
+    pub fn connection_closed(&self, listener: &str, reason: &str) {
+        let l = LISTENERS.iter().position(|x| *x == listener);
+        let r = CLOSE_REASONS.iter().position(|x| *x == reason);
+        if let (Some(l), Some(r)) = (l, r) {
+            self.closed_by[l * CLOSE_REASONS.len() + r].inc();
         }
     }
 

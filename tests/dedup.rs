@@ -172,7 +172,7 @@ async fn publish_timeout_then_retries_publish_the_event_once() {
 }
 
 #[tokio::test]
-async fn concurrent_retry_of_a_pending_event_is_503_not_a_second_publish() {
+async fn a_retry_of_an_undecided_event_waits_for_it_then_503s_never_publishing_twice() {
     let mut nats = NatsServer::start();
     let spool = tempfile::tempdir().unwrap();
     let hb = start(config_with(
@@ -182,7 +182,7 @@ async fn concurrent_retry_of_a_pending_event_is_503_not_a_second_publish() {
                 "[ack]\nmode = \"publish\"\npublish_timeout = \"3s\"\n[nats]\nurl = \"{}\"",
                 nats.url()
             ),
-            "[sink]\ntimeout = \"3s\"",
+            "[sink]\ntimeout = \"4s\"",
         ],
     ))
     .await;

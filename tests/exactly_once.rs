@@ -580,6 +580,7 @@ async fn a_restart_rebuilds_the_dedup_set_within_the_tables_memory() {
                         received_ms: 1,
                         event_ms: None,
                         done: hookbus::publisher::Done::Nobody,
+                        charge: None,
                     };
                     job.encode()
                 })

@@ -74,8 +74,23 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest accepted request body; larger bodies get 413.
     pub max_body_bytes: usize,
-    /// Most requests in flight at once; further connections wait in the accept backlog.
+    /// Connections open at once; at the cap the longest-idle keep-alive connection is closed
+    /// to admit a new one.
     pub max_connections: usize,
+    /// A request's header block must arrive within this, from its first byte (or from the
+    /// connection's start).
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this, from the end of its headers (408 beyond).
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// A keep-alive connection with no request is closed after this.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Events & Actions items per request; more is a 413.
+    pub max_batch_items: usize,
+    /// Request bodies being read or processed at once, in bytes; beyond it 503.
+    pub max_inflight_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -84,6 +99,11 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             max_body_bytes: 8 * 1024 * 1024,
             max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            max_batch_items: 10_000,
+            max_inflight_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -93,23 +113,52 @@ impl Default for HttpConfig {
 pub struct AdminConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub listen: SocketAddr,
+    /// Connections open at once (the longest-idle one is closed to admit a new one).
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            max_connections: 256,
         }
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Shared secret expected in `X-Hookbus-Token` or `?token=`; empty disables the check.
+    /// Shared secret expected in the `header` or `?token=`; empty (and no `tokens`) disables
+    /// the check. Also from env `HOOKBUS_AUTH_TOKEN`.
     pub token: String,
+    /// Further accepted tokens, for rotation without a window where PubNub is refused.
+    pub tokens: Vec<String>,
+    /// The request header the token is read from (the `token` query parameter always works).
+    pub header: String,
     /// Accepted PubNub subscribe keys; empty accepts all.
     pub allowed_sub_keys: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token: String::new(),
+            tokens: Vec::new(),
+            header: "X-Hookbus-Token".to_owned(),
+            allowed_sub_keys: Vec::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Every accepted token (empty strings left out).
+    pub fn accepted(&self) -> Vec<&str> {
+        std::iter::once(self.token.as_str())
+            .chain(self.tokens.iter().map(String::as_str))
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
 }
 
 /// When the webhook is answered 200 (DESIGN §5).
@@ -137,6 +186,8 @@ pub struct AckConfig {
     pub mode: AckMode,
     /// Events the in-memory queue holds (`memory` and `publish` modes) before answering 503.
     pub queue_capacity: usize,
+    /// Bytes the in-memory queue holds (messages not yet confirmed) before answering 503.
+    pub queue_max_bytes: usize,
     /// In `publish` mode, how long a request waits for the broker before answering 503.
     #[serde(deserialize_with = "duration")]
     pub publish_timeout: Duration,
@@ -150,6 +201,7 @@ impl Default for AckConfig {
         AckConfig {
             mode: AckMode::Spool,
             queue_capacity: 100_000,
+            queue_max_bytes: 64 * 1024 * 1024,
             publish_timeout: Duration::from_secs(3),
             retry_after: Duration::from_secs(1),
         }
@@ -165,6 +217,9 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     /// Size at which a spool segment file is closed and a new one started.
     pub segment_bytes: u64,
+    /// Disk for dead letters too large for the broker (`dir/dead-letters/`); when full, the
+    /// body is dropped and counted (`hookbus_dead_letters_total{reason="dropped"}`).
+    pub dead_letter_max_bytes: u64,
 }
 
 impl Default for SpoolConfig {
@@ -173,6 +228,7 @@ impl Default for SpoolConfig {
             dir: PathBuf::from("data/spool"),
             max_bytes: 1024 * 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
+            dead_letter_max_bytes: 100 * 1024 * 1024,
         }
     }
 }
@@ -185,6 +241,12 @@ pub struct DedupConfig {
     pub window: Duration,
     /// Most ids remembered; the oldest are evicted first.
     pub max_entries: usize,
+    /// `""`: per process. `redis://[user:pass@]host:port[/db]` or `rediss://…`: one dedup set
+    /// shared by every replica.
+    pub shared: String,
+    /// How long a request waits for the shared store before deciding locally.
+    #[serde(deserialize_with = "duration")]
+    pub shared_timeout: Duration,
 }
 
 impl Default for DedupConfig {
@@ -192,6 +254,8 @@ impl Default for DedupConfig {
         DedupConfig {
             window: Duration::from_secs(20 * 60),
             max_entries: 1_000_000,
+            shared: String::new(),
+            shared_timeout: Duration::from_millis(100),
         }
     }
 }
@@ -507,6 +571,11 @@ impl Config {
     }
 
     fn apply_env(&mut self) {
+        if let Ok(url) = std::env::var("HOOKBUS_DEDUP_SHARED")
+            && !url.is_empty()
+        {
+            self.dedup.shared = url;
+        }
         if let Ok(token) = std::env::var(TOKEN_ENV)
             && !token.is_empty()
         {
@@ -568,8 +637,195 @@ impl Config {
         Ok(())
     }
 
+    /// Every number and duration within a range that cannot exhaust memory, overflow a clock
+    /// or make a task panic.
+    fn validate_bounds(&self) -> Result<(), ConfigError> {
+        const KIB: u64 = 1024;
+        const MIB: u64 = 1024 * KIB;
+        const GIB: u64 = 1024 * MIB;
+        let ms = Duration::from_millis;
+        let secs = Duration::from_secs;
+        let count = |key: &'static str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(invalid(key, format!("{value} is outside {min}..={max}")))
+            }
+        };
+        let span = |key: &'static str, value: Duration, min: Duration, max: Duration| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{value:?} is outside {min:?}..={max:?}"),
+                ))
+            }
+        };
+        count(
+            "http.max_body_bytes",
+            self.http.max_body_bytes as u64,
+            1,
+            256 * MIB,
+        )?;
+        count(
+            "http.max_connections",
+            self.http.max_connections as u64,
+            1,
+            1_000_000,
+        )?;
+        span(
+            "http.header_timeout",
+            self.http.header_timeout,
+            ms(100),
+            secs(3600),
+        )?;
+        span(
+            "http.request_timeout",
+            self.http.request_timeout,
+            ms(100),
+            secs(3600),
+        )?;
+        span(
+            "http.idle_timeout",
+            self.http.idle_timeout,
+            ms(100),
+            secs(3600),
+        )?;
+        count(
+            "http.max_batch_items",
+            self.http.max_batch_items as u64,
+            1,
+            1_000_000,
+        )?;
+        count(
+            "http.max_inflight_bytes",
+            self.http.max_inflight_bytes as u64,
+            self.http.max_body_bytes as u64,
+            64 * GIB,
+        )?;
+        count(
+            "admin.max_connections",
+            self.admin.max_connections as u64,
+            1,
+            100_000,
+        )?;
+        count(
+            "ack.queue_capacity",
+            self.ack.queue_capacity as u64,
+            1,
+            10_000_000,
+        )?;
+        count(
+            "ack.queue_max_bytes",
+            self.ack.queue_max_bytes as u64,
+            MIB,
+            64 * GIB,
+        )?;
+        span("ack.retry_after", self.ack.retry_after, secs(1), secs(3600))?;
+        count(
+            "spool.max_bytes",
+            self.spool.max_bytes,
+            64 * KIB,
+            16 * 1024 * GIB,
+        )?;
+        count(
+            "spool.dead_letter_max_bytes",
+            self.spool.dead_letter_max_bytes,
+            0,
+            1024 * GIB,
+        )?;
+        span(
+            "dedup.window",
+            self.dedup.window,
+            ms(100),
+            secs(7 * 24 * 3600),
+        )?;
+        count(
+            "dedup.max_entries",
+            self.dedup.max_entries as u64,
+            1,
+            100_000_000,
+        )?;
+        span(
+            "dedup.shared_timeout",
+            self.dedup.shared_timeout,
+            ms(1),
+            secs(10),
+        )?;
+        count(
+            "sink.max_in_flight",
+            self.sink.max_in_flight as u64,
+            1,
+            100_000,
+        )?;
+        span("sink.timeout", self.sink.timeout, ms(100), secs(600))?;
+        span("sink.max_backoff", self.sink.max_backoff, ms(1), secs(600))?;
+        span(
+            "nats.connect_timeout",
+            self.nats.connect_timeout,
+            ms(100),
+            secs(600),
+        )?;
+        span(
+            "nats.max_age",
+            self.nats.max_age,
+            Duration::ZERO,
+            secs(10 * 365 * 24 * 3600),
+        )?;
+        count("nats.max_bytes", self.nats.max_bytes, 0, i64::MAX as u64)?;
+        span(
+            "nats.duplicate_window",
+            self.nats.duplicate_window,
+            secs(1),
+            secs(7 * 24 * 3600),
+        )?;
+        count(
+            "kafka.partitions",
+            self.kafka.partitions.max(0) as u64,
+            1,
+            10_000,
+        )?;
+        count(
+            "kafka.replication_factor",
+            self.kafka.replication_factor.max(0) as u64,
+            1,
+            10,
+        )?;
+        count(
+            "kafka.max_topics",
+            self.kafka.max_topics as u64,
+            1,
+            1_000_000,
+        )?;
+        span("shutdown.grace", self.shutdown.grace, secs(1), secs(3600))?;
+        Ok(())
+    }
+
     /// Checks values that types alone do not constrain, naming the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_bounds()?;
+        let header_ok = !self.auth.header.is_empty()
+            && self
+                .auth
+                .header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !header_ok {
+            return Err(invalid(
+                "auth.header",
+                "must be a header name: letters, digits, `-` and `_`",
+            ));
+        }
+        if !self.dedup.shared.is_empty()
+            && !(self.dedup.shared.starts_with("redis://")
+                || self.dedup.shared.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "dedup.shared",
+                "must be empty or a redis:// or rediss:// URL",
+            ));
+        }
         if self.http.max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be greater than 0"));
         }

@@ -9,13 +9,14 @@
 //! Rejected bodies go to the dead-letter destination before the 400 is sent, once per window.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::IngressError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{IngressError, Unauthorized};
 use crate::claim::{Claims, Found, Held};
 use crate::config::AuthConfig;
 use crate::dedup::Key;
@@ -56,37 +57,75 @@ pub struct Ingress {
     pub metrics: Metrics,
     pub acceptor: Acceptor,
     pub auth: AuthConfig,
+    /// `auth.header`, lowercased.
+    pub auth_header: String,
+    /// `auth.token` and `auth.tokens`, the non-empty ones.
+    pub tokens: Vec<String>,
     pub max_body_bytes: usize,
+    pub max_batch_items: usize,
+    pub request_timeout: Duration,
+    /// Bodies being read or processed, in KiB (`http.max_inflight_bytes`).
+    pub body_budget: Arc<Semaphore>,
     pub retry_after: Duration,
     /// How long a retry waits for an earlier delivery of the same event to be decided.
     pub pending_wait: Duration,
     pub sink: Arc<Sink>,
-    pub dead_letter_dir: PathBuf,
+    pub dead_letter_dir: Arc<publisher::DeadLetterDir>,
     /// The CloudEvents header names for the sink (`routing.cloudevents`), or `None`.
     pub cloudevents: Option<&'static [&'static str; 7]>,
     pub faults: Faults,
 }
 
 impl Ingress {
-    /// Whether requests must present `auth.token`.
+    /// Whether requests must present a token.
     pub fn token_required(&self) -> bool {
-        !self.auth.token.is_empty()
+        !self.tokens.is_empty()
     }
 
-    /// Constant-time comparison of the presented token with `auth.token`.
-    pub fn authorized(&self, presented: Option<&[u8]>) -> bool {
-        if self.auth.token.is_empty() {
-            return true;
+    /// Compares the presented token with every accepted one, in constant time (no early exit
+    /// on a mismatch, none on a match either).
+    ///
+    /// # Errors
+    /// Why the request is refused.
+    pub fn authorized(&self, presented: Option<&[u8]>) -> Result<(), Unauthorized> {
+        if self.tokens.is_empty() {
+            return Ok(());
         }
         let Some(presented) = presented else {
-            return false;
+            return Err(Unauthorized::MissingToken);
         };
-        let expected = self.auth.token.as_bytes();
-        let mut diff = u8::from(presented.len() != expected.len());
-        for (i, &e) in expected.iter().enumerate() {
-            diff |= e ^ presented.get(i).copied().unwrap_or(0);
+        let mut matched = 0u8;
+        for expected in &self.tokens {
+            let expected = expected.as_bytes();
+            let mut diff = u8::from(presented.len() != expected.len());
+            for (i, &e) in expected.iter().enumerate() {
+                diff |= e ^ presented.get(i).copied().unwrap_or(0);
+            }
+            matched |= u8::from(diff == 0);
         }
-        diff == 0
+        if matched == 1 {
+            Ok(())
+        } else {
+            Err(Unauthorized::WrongToken)
+        }
+    }
+
+    /// Counts `bytes` of body against `http.max_inflight_bytes` until the returned permit is
+    /// dropped.
+    ///
+    /// # Errors
+    /// `Unavailable` (503) when the budget has no room now.
+    pub fn reserve_body(&self, bytes: usize) -> Result<OwnedSemaphorePermit, IngressError> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        self.body_budget
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| {
+                IngressError::Unavailable(
+                    "too many request bodies in flight (http.max_inflight_bytes); retry shortly"
+                        .to_owned(),
+                )
+            })
     }
 
     /// Runs one webhook body through the pipeline in a task of its own.
@@ -96,16 +135,23 @@ impl Ingress {
     /// retry learns the outcome.
     ///
     /// # Errors
-    /// `InvalidPayload` (after dead-lettering the body), `Forbidden`, or `Unavailable` when
+    /// `InvalidPayload` (after dead-lettering the body), `Forbidden`, `TooManyItems`, or
+    /// `Unavailable` when
     /// the events cannot be accepted now (queue or spool full, broker unconfirmed, an earlier
     /// delivery of the same event still undecided).
     pub async fn handle(
         self: &Arc<Self>,
         body: Bytes,
         received_ms: u64,
+        budget: OwnedSemaphorePermit,
     ) -> Result<Accepted, IngressError> {
         let this = self.clone();
-        match tokio::spawn(async move { this.process(body, received_ms).await }).await {
+        let task = async move {
+            let result = this.process(body, received_ms).await;
+            drop(budget);
+            result
+        };
+        match tokio::spawn(task).await {
             Ok(result) => result,
             Err(error) => {
                 tracing::error!(%error, "webhook pipeline failed");
@@ -117,8 +163,12 @@ impl Ingress {
     }
 
     async fn process(&self, body: Bytes, received_ms: u64) -> Result<Accepted, IngressError> {
-        let normalized = match normalize::normalize_items(&body, received_ms) {
+        let normalized = match normalize::normalize_items(&body, received_ms, self.max_batch_items)
+        {
             Ok(normalized) => normalized,
+            Err(normalize::NormalizeError::TooManyItems { count, max }) => {
+                return Err(IngressError::TooManyItems { count, max });
+            }
             Err(error) => {
                 let message = error.to_string();
                 self.dead_letter(body, "invalid_payload", &message, received_ms)
@@ -134,6 +184,7 @@ impl Ingress {
                     .as_ref()
                     .is_some_and(|k| self.auth.allowed_sub_keys.iter().any(|a| a == k));
                 if !allowed {
+                    self.metrics.auth_failure("forbidden_sub_key");
                     return Err(IngressError::Forbidden(format!(
                         "sub_key {:?} is not in auth.allowed_sub_keys",
                         event.sub_key.as_deref().unwrap_or("")
@@ -269,6 +320,7 @@ impl Ingress {
                     .unwrap_or_else(|| event.timestamp.saturating_mul(1000)),
             ),
             done: Done::Nobody,
+            charge: None,
         })
     }
 
@@ -301,13 +353,21 @@ impl Ingress {
         // Leave room for the headers in the broker's message limit.
         if body.len() + 1024 > self.sink.max_message_bytes() {
             let dir = self.dead_letter_dir.clone();
-            tokio::task::spawn_blocking(move || {
-                publisher::write_dead_letter_file(&dir, &body, "too_large")
-            })
-            .await
-            .map_err(|e| IngressError::Unavailable(format!("dead-letter write failed: {e}")))?;
-            held.commit_all(publisher::now_ms());
-            self.metrics.dead_letter("too_large");
+            let bytes = body.len();
+            let written = tokio::task::spawn_blocking(move || dir.write(&body, "too_large"))
+                .await
+                .map_err(|e| IngressError::Unavailable(format!("dead-letter write failed: {e}")))?;
+            match written {
+                Ok(_) => {
+                    held.commit_all(publisher::now_ms());
+                    self.metrics.dead_letter("too_large");
+                }
+                Err(error) => {
+                    // The 400 still goes out: the body is invalid either way.
+                    tracing::error!(%error, bytes, "dead letter dropped");
+                    self.metrics.dead_letter("dropped");
+                }
+            }
             return Ok(());
         }
         let job = self.dead_letter_job(body, reason, error, None, id, received_ms);
@@ -350,6 +410,7 @@ impl Ingress {
             received_ms,
             event_ms: None,
             done: Done::Nobody,
+            charge: None,
         }
     }
 

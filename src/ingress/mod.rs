@@ -4,20 +4,49 @@
 //! status and a JSON body in [`IngressError::status`], the one mapping.
 
 mod accept;
+mod listener;
 mod server;
 
 pub use accept::{Accepted, Acceptor, Ingress};
-pub use server::{AdminState, serve_admin, serve_webhooks};
+pub use listener::Limits;
+pub use server::{AdminState, CLIENT_CLOSED_REQUEST, serve_admin, serve_webhooks};
 
 use hyper::StatusCode;
+
+/// Why a request was refused 401 (`hookbus_auth_failures_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthorized {
+    /// No token in the header or the query.
+    MissingToken,
+    /// A token that is none of the accepted ones.
+    WrongToken,
+}
+
+impl Unauthorized {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unauthorized::MissingToken => "missing_token",
+            Unauthorized::WrongToken => "wrong_token",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Unauthorized::MissingToken => {
+                "no token: send it in the configured header (auth.header) or as ?token="
+            }
+            Unauthorized::WrongToken => "wrong token",
+        }
+    }
+}
 
 /// Every way a webhook request can fail, each with its status and error code (DESIGN §3).
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
     #[error("{0}")]
     InvalidPayload(String),
-    #[error("missing or wrong token (header X-Hookbus-Token or query ?token=)")]
-    Unauthorized,
+    #[error("{}", .0.message())]
+    Unauthorized(Unauthorized),
     #[error("{0}")]
     Forbidden(String),
     #[error("no such path; webhooks go to POST /webhooks/pubnub")]
@@ -26,6 +55,10 @@ pub enum IngressError {
     MethodNotAllowed,
     #[error("body larger than http.max_body_bytes ({0} bytes)")]
     PayloadTooLarge(usize),
+    #[error("batch of {count} items exceeds http.max_batch_items ({max})")]
+    TooManyItems { count: usize, max: usize },
+    #[error("the body did not arrive within http.request_timeout ({0:?})")]
+    RequestTimeout(std::time::Duration),
     #[error("{0}")]
     Unavailable(String),
     #[error("reading the request body failed: {0}")]
@@ -39,15 +72,16 @@ impl IngressError {
             IngressError::InvalidPayload(_) | IngressError::BodyRead(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_payload")
             }
-            IngressError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            IngressError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             IngressError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             IngressError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             IngressError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
-            IngressError::PayloadTooLarge(_) => {
+            IngressError::PayloadTooLarge(_) | IngressError::TooManyItems { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
+            IngressError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             IngressError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }

@@ -1,6 +1,6 @@
 //! The two listeners. Webhooks: `POST /webhooks/pubnub[/{anything}]` on `http.listen`, every
 //! response counted and timed. Admin: `/metrics`, `/healthz`, `/readyz` on `admin.listen`,
-//! never counted. Both stop accepting on shutdown and let in-flight requests finish.
+//! never counted. Connection limits, timeouts and the stop are [`listener`]'s.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,69 +10,63 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
+use super::listener::{self, Activity, Answering, Closed, Limits};
 use super::{Accepted, Ingress, IngressError};
+use crate::metrics::Metrics;
 use crate::publisher::now_ms;
 use crate::shutdown::Shutdown;
 
 const WEBHOOK_PATH: &str = "/webhooks/pubnub";
-const TOKEN_HEADER: &str = "x-hookbus-token";
 
 type Body = Full<Bytes>;
 
-/// Accepts connections until `stop` fires, then waits for in-flight requests.
+/// Reports what the listener did to the metrics (`listener` label: `webhook` or `admin`).
+struct Counted {
+    metrics: Metrics,
+    listener: &'static str,
+}
+
+impl listener::Events for Counted {
+    fn closed(&self, reason: Closed) {
+        self.metrics
+            .connection_closed(self.listener, reason.as_str());
+    }
+
+    fn refused(&self, status: u16) {
+        if self.listener == "webhook" {
+            self.metrics.http_response(status);
+            self.metrics.ack_duration.observe(0.0);
+        }
+    }
+}
+
+/// Serves webhooks until `stop` fires, then lets in-flight requests finish (for
+/// `limits.drain` at most).
 pub async fn serve_webhooks(
     listener: TcpListener,
     ingress: Arc<Ingress>,
-    max_connections: usize,
+    limits: Limits,
     stop: Shutdown,
 ) {
-    let permits = Arc::new(Semaphore::new(max_connections));
-    let graceful = GracefulShutdown::new();
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stop.wait() => break,
-        };
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(s) => s,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    continue;
-                }
-            },
-            _ = stop.wait() => break,
-        };
-        let _ = stream.set_nodelay(true);
+    let events = Arc::new(Counted {
+        metrics: ingress.metrics.clone(),
+        listener: "webhook",
+    });
+    listener::serve(listener, limits, events, stop, move |activity| {
         let ingress = ingress.clone();
-        let service = service_fn(move |req| {
+        service_fn(move |req| {
             let ingress = ingress.clone();
-            async move { Ok::<_, Infallible>(webhook(&ingress, req).await) }
-        });
-        let conn = http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, "webhook connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
+            let activity = activity.clone();
+            Answering::new(activity.clone(), async move {
+                Ok::<_, Infallible>(webhook(&ingress, &activity, req).await)
+            })
+        })
+    })
+    .await;
 }
 
 /// Counts a request whose client left before its answer (hyper drops the service future): as
@@ -104,7 +98,11 @@ impl Drop for Answer<'_> {
 /// The `code` counted for a request whose client disconnected before the answer.
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
-async fn webhook(ingress: &Arc<Ingress>, req: Request<Incoming>) -> Response<Body> {
+async fn webhook(
+    ingress: &Arc<Ingress>,
+    activity: &Activity,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let mut answer = Answer {
         metrics: &ingress.metrics,
         started: Instant::now(),
@@ -145,6 +143,16 @@ async fn webhook(ingress: &Arc<Ingress>, req: Request<Incoming>) -> Response<Bod
                 IngressError::InvalidPayload(message) => {
                     tracing::info!(%message, "webhook rejected");
                 }
+                IngressError::Unauthorized(why) => {
+                    // Never the token, the query string or the URI.
+                    tracing::info!(reason = why.as_str(), "webhook unauthorized");
+                }
+                IngressError::RequestTimeout(_) => {
+                    activity.close(Closed::BodyTimeout);
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 _ => {}
             }
             response
@@ -170,11 +178,12 @@ async fn handle(ingress: &Arc<Ingress>, req: Request<Incoming>) -> Result<Accept
     if ingress.token_required() {
         let presented = req
             .headers()
-            .get(TOKEN_HEADER)
+            .get(ingress.auth_header.as_str())
             .map(|v| v.as_bytes().to_vec())
             .or_else(|| query_token(req.uri().query()));
-        if !ingress.authorized(presented.as_deref()) {
-            return Err(IngressError::Unauthorized);
+        if let Err(why) = ingress.authorized(presented.as_deref()) {
+            ingress.metrics.auth_failure(why.as_str());
+            return Err(IngressError::Unauthorized(why));
         }
     }
     let limit = ingress.max_body_bytes;
@@ -186,45 +195,26 @@ async fn handle(ingress: &Arc<Ingress>, req: Request<Incoming>) -> Result<Accept
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngressError::PayloadTooLarge(limit));
     }
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<LengthLimitError>() => {
+    // The body counts against the budget of bodies in flight from now until its events are
+    // accepted; without a declared length, the largest allowed body is reserved.
+    let budget = ingress.reserve_body(declared.map_or(limit, |n| n as usize))?;
+    let read = Limited::new(req.into_body(), limit).collect();
+    let body = match tokio::time::timeout(ingress.request_timeout, read).await {
+        Err(_) => return Err(IngressError::RequestTimeout(ingress.request_timeout)),
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => {
             return Err(IngressError::PayloadTooLarge(limit));
         }
-        Err(error) => return Err(IngressError::BodyRead(error.to_string())),
+        Ok(Err(error)) => return Err(IngressError::BodyRead(error.to_string())),
     };
-    ingress.handle(body, received_ms).await
+    ingress.handle(body, received_ms, budget).await
 }
 
-/// The `token` query parameter, percent-decoded.
+/// The `token` query parameter, decoded as `application/x-www-form-urlencoded`.
 fn query_token(query: Option<&str>) -> Option<Vec<u8>> {
-    query?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
-        .map(percent_decode)
-}
-
-fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned().into_bytes())
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
@@ -240,6 +230,7 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 /// What the admin listener needs.
 pub struct AdminState {
     pub registry: prometheus::Registry,
+    pub metrics: Metrics,
     /// Readiness as the ack mode defines it (spool headroom, queue room, sink connected).
     pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
     /// Liveness: fails when a component cannot recover (`/healthz` 503).
@@ -248,32 +239,26 @@ pub struct AdminState {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `stop` fires.
-pub async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, stop: Shutdown) {
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(s) => s,
-                Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
-                    continue;
-                }
-            },
-            _ = stop.wait() => break,
-        };
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    limits: Limits,
+    stop: Shutdown,
+) {
+    let events = Arc::new(Counted {
+        metrics: state.metrics.clone(),
+        listener: "admin",
+    });
+    listener::serve(listener, limits, events, stop, move |activity| {
         let state = state.clone();
-        let service = service_fn(move |req| {
+        service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(admin(&state, &req)) }
-        });
-        let conn =
-            graceful.watch(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
+            Answering::new(activity.clone(), async move {
+                Ok::<_, Infallible>(admin(&state, &req))
+            })
+        })
+    })
+    .await;
 }
 
 fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
@@ -334,6 +319,10 @@ mod tests {
             Some(b"s/x y".to_vec())
         );
         assert_eq!(query_token(Some("token=abc%")), Some(b"abc%".to_vec()));
+        assert_eq!(
+            query_token(Some("tok=1&token=%E2%82%AC")),
+            Some("€".as_bytes().to_vec())
+        );
         assert_eq!(query_token(Some("a=1")), None);
         assert_eq!(query_token(None), None);
     }

@@ -9,6 +9,14 @@
 /// Display is a one-line human message naming the field (and the batch item, `data[i]: …`).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum NormalizeError {
+    /// An Events & Actions batch of more items than allowed (not an invalid body: too much).
+    #[error("batch of {count} items exceeds the limit of {max}")]
+    TooManyItems {
+        /// Items in the batch.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The body is empty or whitespace only.
     #[error("body is empty")]
     EmptyBody,

@@ -189,7 +189,7 @@ impl Event {
 /// As [`normalize_items`], plus the first invalid item of an Events & Actions batch, named
 /// `data[i]: …`.
 pub fn normalize(body: &[u8], received_at_ms: u64) -> Result<Vec<Event>, NormalizeError> {
-    let normalized = normalize_items(body, received_at_ms)?;
+    let normalized = normalize_items(body, received_at_ms, usize::MAX)?;
     match normalized.rejected.into_iter().next() {
         Some(rejected) => Err(rejected.error),
         None => Ok(normalized.events),
@@ -227,8 +227,13 @@ pub struct Rejected {
 /// Every [`NormalizeError`] means the whole body is invalid (HTTP 400): invalid UTF-8,
 /// malformed JSON (lone surrogates and numbers beyond f64 included), a body that is not an
 /// object, an unknown generation or event kind, or, for a single event, a missing/empty/
-/// control-character channel, a missing timestamp, or a number out of range.
-pub fn normalize_items(body: &[u8], received_at_ms: u64) -> Result<Normalized, NormalizeError> {
+/// control-character channel, a missing timestamp, or a number out of range; and
+/// `TooManyItems` for a batch of more than `max_items` (counted before any item is parsed).
+pub fn normalize_items(
+    body: &[u8],
+    received_at_ms: u64,
+    max_items: usize,
+) -> Result<Normalized, NormalizeError> {
     let text = std::str::from_utf8(body).map_err(|e| NormalizeError::InvalidUtf8 {
         offset: e.valid_up_to(),
     })?;
@@ -260,6 +265,12 @@ pub fn normalize_items(body: &[u8], received_at_ms: u64) -> Result<Normalized, N
             match detect(&object, data.as_ref())? {
                 Detected::EventsAndActions(action) => {
                     let items = raw::items(data.as_ref())?;
+                    if items.len() > max_items {
+                        return Err(NormalizeError::TooManyItems {
+                            count: items.len(),
+                            max: max_items,
+                        });
+                    }
                     Ok(events_and_actions::normalize(
                         items,
                         action,

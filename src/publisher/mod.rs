@@ -11,6 +11,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
@@ -60,22 +61,64 @@ pub struct Job {
     /// The event's own timestamp, Unix ms, for `hookbus_event_lag_seconds`.
     pub event_ms: Option<i64>,
     pub done: Done,
+    /// Its bytes in the in-memory queue's budget, given back when the job is dropped.
+    pub charge: Option<Charge>,
 }
 
-/// The ingress side of the bounded in-memory queue.
+impl Job {
+    /// Roughly what the job holds in memory.
+    pub fn size(&self) -> usize {
+        let m = &self.message;
+        256 + m.topic.len()
+            + m.payload.len()
+            + m.key.as_ref().map_or(0, String::len)
+            + m.headers.iter().map(|(_, v)| v.len() + 32).sum::<usize>()
+    }
+}
+
+/// Bytes of a job in the in-memory queue (from enqueue until it is settled or dropped).
+pub struct Charge {
+    used: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+/// The ingress side of the bounded in-memory queue: at most `capacity` jobs and
+/// `ack.queue_max_bytes` bytes of them, counted until each job is confirmed.
 #[derive(Clone)]
 pub struct QueueSender {
     tx: mpsc::Sender<Job>,
+    used: Arc<AtomicUsize>,
+    max_bytes: usize,
 }
 
 impl QueueSender {
     /// Enqueues all jobs or none.
     ///
     /// # Errors
-    /// Gives the jobs back when the queue has no room for all of them (or is closed).
-    pub fn try_send_all(&self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+    /// Gives the jobs back when the queue has no room for all of them, in jobs or bytes (or
+    /// is closed).
+    pub fn try_send_all(&self, mut jobs: Vec<Job>) -> Result<(), Vec<Job>> {
         if jobs.is_empty() {
             return Ok(());
+        }
+        let sizes: Vec<usize> = jobs.iter().map(Job::size).collect();
+        let bytes: usize = sizes.iter().sum();
+        let before = self.used.fetch_add(bytes, Ordering::SeqCst);
+        if before.saturating_add(bytes) > self.max_bytes {
+            self.used.fetch_sub(bytes, Ordering::SeqCst);
+            return Err(jobs);
+        }
+        for (job, size) in jobs.iter_mut().zip(sizes) {
+            job.charge = Some(Charge {
+                used: self.used.clone(),
+                bytes: size,
+            });
         }
         match self.tx.try_reserve_many(jobs.len()) {
             Ok(permits) => {
@@ -84,8 +127,22 @@ impl QueueSender {
                 }
                 Ok(())
             }
-            Err(_) => Err(jobs),
+            Err(_) => {
+                for job in &mut jobs {
+                    job.charge = None;
+                }
+                Err(jobs)
+            }
         }
+    }
+
+    /// Bytes of jobs queued or in flight.
+    pub fn bytes(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
     }
 
     /// Room left, in jobs.
@@ -98,10 +155,15 @@ impl QueueSender {
     }
 }
 
-/// Creates the bounded queue of `capacity` jobs.
-pub fn queue(capacity: usize) -> (QueueSender, mpsc::Receiver<Job>) {
+/// Creates the bounded queue of `capacity` jobs and `max_bytes` bytes.
+pub fn queue(capacity: usize, max_bytes: usize) -> (QueueSender, mpsc::Receiver<Job>) {
     let (tx, rx) = mpsc::channel(capacity);
-    (QueueSender { tx }, rx)
+    let sender = QueueSender {
+        tx,
+        used: Arc::new(AtomicUsize::new(0)),
+        max_bytes,
+    };
+    (sender, rx)
 }
 
 /// Where the publisher takes jobs from.
@@ -119,7 +181,7 @@ pub struct PublisherConfig {
     /// The overflow destination per action (`Action::ALL` order), for `kafka.max_topics`.
     pub overflow: Vec<String>,
     /// Where dead letters too large for the broker are written.
-    pub dead_letter_dir: PathBuf,
+    pub dead_letter_dir: Arc<DeadLetterDir>,
 }
 
 /// What [`run`] shares with the rest of the process.
@@ -207,20 +269,88 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
-/// Writes a dead letter the broker cannot take to `dir`, named by time and content hash.
-/// Blocking; used rarely (oversized bodies only).
-pub fn write_dead_letter_file(dir: &std::path::Path, body: &[u8], reason: &str) {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(body);
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let path = dir.join(format!("{}-{reason}-{hex}.body", now_ms()));
-    let result = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, body));
-    match result {
-        Ok(()) => {
-            tracing::warn!(path = %path.display(), bytes = body.len(), reason, "dead letter written to disk")
+/// `spool.dir/dead-letters/`: dead letters no broker message can hold, one file each, within
+/// a disk budget (`spool.dead_letter_max_bytes`) so that unauthenticated junk cannot fill the
+/// spool's volume. Files are written whole or not at all (temporary name, fsync, rename).
+pub struct DeadLetterDir {
+    dir: PathBuf,
+    budget: u64,
+    used: std::sync::atomic::AtomicU64,
+}
+
+/// Why a dead letter was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("the dead-letter directory is at its budget ({budget} bytes)")]
+    Full { budget: u64 },
+    #[error("writing the dead letter failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl DeadLetterDir {
+    /// The directory and its budget; counts the files already there (blocking, at start).
+    pub fn open(dir: PathBuf, budget: u64) -> DeadLetterDir {
+        let used = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(std::fs::Metadata::is_file)
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        DeadLetterDir {
+            dir,
+            budget,
+            used: std::sync::atomic::AtomicU64::new(used),
         }
-        Err(error) => {
-            tracing::error!(%error, path = %path.display(), "cannot write dead letter: body lost")
+    }
+
+    /// Bytes of dead letters on disk.
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes `body` as one file named by time, reason and content hash. Blocking.
+    ///
+    /// # Errors
+    /// `Full` when it would exceed the budget; `Io` when the disk refuses (no partial file is
+    /// left behind either way).
+    pub fn write(&self, body: &[u8], reason: &str) -> Result<PathBuf, DeadLetterError> {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+
+        use sha2::{Digest, Sha256};
+        let size = body.len() as u64;
+        let before = self.used.fetch_add(size, Ordering::SeqCst);
+        if before.saturating_add(size) > self.budget {
+            self.used.fetch_sub(size, Ordering::SeqCst);
+            return Err(DeadLetterError::Full {
+                budget: self.budget,
+            });
+        }
+        let digest = Sha256::digest(body);
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let path = self.dir.join(format!("{}-{reason}-{hex}.body", now_ms()));
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| {
+                let mut file = std::fs::File::create(&tmp)?;
+                file.write_all(body)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => {
+                tracing::warn!(path = %path.display(), bytes = body.len(), reason, "dead letter written to disk");
+                Ok(path)
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(&tmp);
+                self.used.fetch_sub(size, Ordering::SeqCst);
+                Err(error.into())
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Context, Done, Job, PublisherConfig, now_ms, write_dead_letter_file};
+use super::{Context, Done, Job, PublisherConfig, now_ms};
 use crate::sink::{self, Ack, Message, SinkError};
 use crate::spool::Spool;
 
@@ -236,11 +236,19 @@ impl<'a> Pipeline<'a> {
     /// Keeps `job`'s payload on disk (off the runtime); its mark stays open until written.
     fn file(&mut self, job: Job, mark: u64, reason: &'static str) {
         let dir = self.config.dead_letter_dir.clone();
+        let metrics = self.context.metrics.clone();
         self.in_flight.push(Box::pin(async move {
             let payload = job.message.payload.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || write_dead_letter_file(&dir, &payload, reason))
-                    .await;
+            let written = tokio::task::spawn_blocking(move || dir.write(&payload, reason)).await;
+            if !matches!(written, Ok(Ok(_))) {
+                let error = match written {
+                    Ok(Err(error)) => error.to_string(),
+                    Err(error) => error.to_string(),
+                    Ok(Ok(_)) => String::new(),
+                };
+                metrics.dead_letter("dropped");
+                tracing::error!(%error, bytes = job.message.payload.len(), "dead letter dropped");
+            }
             (mark, job, Outcome::Filed)
         }));
     }
@@ -401,6 +409,7 @@ fn dead_letter_job(job: Job, reason: &str, error: &str, dead_letter: &str) -> Jo
         received_ms: job.received_ms,
         event_ms: None,
         done: job.done,
+        charge: job.charge,
     }
 }
 

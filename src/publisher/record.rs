@@ -81,6 +81,7 @@ impl Job {
             received_ms,
             event_ms,
             done: Done::Spool(seq),
+            charge: None,
         })
     }
 }
@@ -176,6 +177,7 @@ mod tests {
             received_ms: 42,
             event_ms: Some(-5),
             done: Done::Nobody,
+            charge: None,
         };
         assert_eq!(msg_id_of(&job.encode()), Some("abc"));
         let back = Job::decode(7, job.encode()).unwrap();

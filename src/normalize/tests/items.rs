@@ -37,7 +37,7 @@ fn invalid_items_stand_alone_with_their_exact_text() {
     ];
     let refs: Vec<&str> = items.iter().map(String::as_str).collect();
     let body = batch(&refs);
-    let n = normalize_items(body.as_bytes(), RECEIVED).unwrap();
+    let n = normalize_items(body.as_bytes(), RECEIVED, 10_000).unwrap();
     let ids: Vec<&str> = n.events.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["ok-0", "ok-1", "ok-2"]);
     let rejected: Vec<(usize, &str)> = n
@@ -84,7 +84,7 @@ fn what_is_not_a_batch_is_still_rejected_whole() {
         r#"{"event":{"eventType":"message.publish","eventId":"m","channel":"c"}}"#,
     ] {
         assert!(
-            normalize_items(body.as_bytes(), RECEIVED).is_err(),
+            normalize_items(body.as_bytes(), RECEIVED, 10_000).is_err(),
             "{body}"
         );
     }
@@ -152,12 +152,29 @@ fn an_enveloped_single_item_without_an_id_takes_the_envelope_id() {
         "schema": "pubnub.com/schemas/events/presence.user.channel.left?v=1.0.0",
         "data": [{"id": "x", "channel": "", "timestamp": "2024-06-10T16:00:00Z"}]}}})
     .to_string();
-    let n = normalize_items(bad.as_bytes(), RECEIVED).unwrap();
+    let n = normalize_items(bad.as_bytes(), RECEIVED, 10_000).unwrap();
     assert_eq!(n.rejected.len(), 1, "an invalid inner item names the item");
     assert!(
         n.rejected[0]
             .error
             .to_string()
             .starts_with("data[0]: channel is empty")
+    );
+}
+
+#[test]
+fn a_batch_over_the_item_cap_is_refused_before_any_item_is_parsed() {
+    let items = vec!["{}"; 11];
+    let body = batch(&items);
+    match normalize_items(body.as_bytes(), RECEIVED, 10) {
+        Err(super::super::NormalizeError::TooManyItems { count: 11, max: 10 }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        normalize_items(body.as_bytes(), RECEIVED, 11)
+            .unwrap()
+            .rejected
+            .len(),
+        11
     );
 }

@@ -1,0 +1,426 @@
+//! The accept loop and the life of each connection, for both listeners: a connection cap that
+//! makes room by closing the longest-idle connection, a header timeout, a keep-alive idle
+//! timeout, accept errors that back off, and a shutdown that lets in-flight requests finish for
+//! a bounded time and then closes what is left (a stalled client never eats the drain).
+//!
+//! Each connection's [`Activity`] is what the timeouts and the eviction look at: the IO
+//! wrapper marks the first byte of a request, the service marks it busy and done.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::shutdown::Shutdown;
+
+/// Bounds of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// From a connection's start, or a request's first byte, to the end of its headers.
+    pub header_timeout: Duration,
+    /// A keep-alive connection between requests.
+    pub idle_timeout: Duration,
+    /// After the stop: how long in-flight requests may still take before their connections
+    /// are closed.
+    pub drain: Duration,
+}
+
+/// Why hookbus closed a connection (`hookbus_connections_closed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    HeaderTimeout,
+    BodyTimeout,
+    IdleTimeout,
+    /// Closed to make room for a new connection at `max_connections`.
+    Evicted,
+}
+
+impl Closed {
+    pub const ALL: [Closed; 4] = [
+        Closed::HeaderTimeout,
+        Closed::BodyTimeout,
+        Closed::IdleTimeout,
+        Closed::Evicted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Closed::HeaderTimeout => "header_timeout",
+            Closed::BodyTimeout => "body_timeout",
+            Closed::IdleTimeout => "idle_timeout",
+            Closed::Evicted => "evicted",
+        }
+    }
+}
+
+/// What happened on a connection, as the listener reports it.
+pub trait Events: Send + Sync + 'static {
+    fn closed(&self, reason: Closed);
+    /// hyper answered a request it could not parse itself (400, 414, 431).
+    fn refused(&self, status: u16);
+}
+
+const FRESH: u8 = 0;
+const HEAD: u8 = 1;
+const BUSY: u8 = 2;
+const IDLE: u8 = 3;
+const CLOSING: u8 = 4;
+
+/// The state of one connection: fresh (no byte yet), reading a request head, busy with a
+/// request, or idle between requests.
+pub struct Activity {
+    state: AtomicU8,
+    /// When the state was entered, ms since the listener's start.
+    since: AtomicU64,
+    generation: AtomicU64,
+    changed: Notify,
+    epoch: Instant,
+    /// Set when the request asked for the connection to close (a body timeout).
+    closing: AtomicU8,
+}
+
+impl Activity {
+    fn new(epoch: Instant) -> Activity {
+        Activity {
+            state: AtomicU8::new(FRESH),
+            since: AtomicU64::new(elapsed_ms(epoch)),
+            generation: AtomicU64::new(0),
+            changed: Notify::new(),
+            epoch,
+            closing: AtomicU8::new(0),
+        }
+    }
+
+    fn enter(&self, state: u8) {
+        self.state.store(state, Ordering::SeqCst);
+        self.since.store(elapsed_ms(self.epoch), Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    /// A request's head arrived: the service is running it.
+    pub fn busy(&self) {
+        self.enter(BUSY);
+    }
+
+    /// The service answered: idle until the next request's first byte.
+    pub fn idle(&self) {
+        if self.state.load(Ordering::SeqCst) != CLOSING {
+            self.enter(IDLE);
+        }
+    }
+
+    /// Close the connection after the current answer (e.g. a body that did not arrive in time).
+    pub fn close(&self, reason: Closed) {
+        let code = Closed::ALL.iter().position(|r| *r == reason).unwrap_or(0) as u8;
+        self.closing.store(code + 1, Ordering::SeqCst);
+        self.enter(CLOSING);
+    }
+
+    fn first_byte(&self) {
+        let state = self.state.load(Ordering::Relaxed);
+        if state == FRESH || state == IDLE {
+            self.enter(HEAD);
+        }
+    }
+
+    fn evictable_since(&self) -> Option<u64> {
+        match self.state.load(Ordering::SeqCst) {
+            FRESH | HEAD | IDLE => Some(self.since.load(Ordering::SeqCst)),
+            _ => None,
+        }
+    }
+
+    /// Resolves with the reason the connection must close: a timeout of its current state,
+    /// an eviction, or a close the service asked for.
+    async fn expired(&self, limits: &Limits, evicted: &Notify) -> Closed {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let generation = self.generation.load(Ordering::SeqCst);
+            let state = self.state.load(Ordering::SeqCst);
+            let since = self.since.load(Ordering::SeqCst);
+            let (limit, reason) = match state {
+                FRESH | HEAD => (Some(limits.header_timeout), Closed::HeaderTimeout),
+                IDLE => (Some(limits.idle_timeout), Closed::IdleTimeout),
+                CLOSING => {
+                    // Give the answer a moment to be written, then close.
+                    let code = self.closing.load(Ordering::SeqCst).saturating_sub(1);
+                    (
+                        Some(Duration::from_millis(100)),
+                        Closed::ALL[usize::from(code).min(3)],
+                    )
+                }
+                _ => (None, Closed::IdleTimeout),
+            };
+            let deadline = limit.map(|limit| self.epoch + Duration::from_millis(since) + limit);
+            tokio::select! {
+                () = &mut changed => continue,
+                () = evicted.notified() => return Closed::Evicted,
+                () = sleep_until(deadline) => {
+                    if self.generation.load(Ordering::SeqCst) == generation {
+                        return reason;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn elapsed_ms(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The socket of one connection, marking the first byte of each request.
+struct Tracked {
+    io: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.first_byte();
+        }
+        result
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<Result<usize, std::io::Error>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), std::io::Error>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), std::io::Error>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The open connections, for eviction at the cap.
+#[derive(Default)]
+struct Registry {
+    next: u64,
+    open: HashMap<u64, (Arc<Activity>, Arc<Notify>)>,
+}
+
+impl Registry {
+    /// Signals the connection idle for longest (fresh, reading a head, or between requests)
+    /// to close. `false` when every connection is busy with a request.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self
+            .open
+            .values()
+            .filter_map(|(activity, evict)| activity.evictable_since().map(|s| (s, evict)))
+            .min_by_key(|(since, _)| *since);
+        match oldest {
+            Some((_, evict)) => {
+                evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Serves connections from `listener` until `stop` fires. `service` makes the service of one
+/// connection from its [`Activity`] (which the service must mark busy and idle).
+pub async fn serve<S, F>(
+    listener: TcpListener,
+    limits: Limits,
+    events: Arc<dyn Events>,
+    stop: Shutdown,
+    service: F,
+) where
+    F: Fn(Arc<Activity>) -> S,
+    S: Service<Request<Incoming>, Response = Response<http_body_util::Full<bytes::Bytes>>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let epoch = Instant::now();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let registry = Arc::new(Mutex::new(Registry::default()));
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        // Make room first: at the cap, the longest-idle connection goes.
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let evicted = registry
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .evict_oldest();
+                if !evicted {
+                    tracing::debug!("connection cap reached with every connection busy");
+                }
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = stop.wait() => break,
+                }
+            }
+        };
+        let stream: TcpStream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    backoff = Duration::from_millis(5);
+                    stream
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(%error, ?backoff, "accept failed; pausing");
+                    drop(permit);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.wait() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            () = stop.wait() => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new(epoch));
+        let evict = Arc::new(Notify::new());
+        let id = {
+            let mut registry = registry.lock().unwrap_or_else(|p| p.into_inner());
+            let id = registry.next;
+            registry.next += 1;
+            registry.open.insert(id, (activity.clone(), evict.clone()));
+            id
+        };
+        let io = TokioIo::new(Tracked {
+            io: stream,
+            activity: activity.clone(),
+        });
+        let conn = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(io, service(activity.clone()));
+        let conn = graceful.watch(conn);
+        let registry = registry.clone();
+        let events = events.clone();
+        connections.spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                result = &mut conn => {
+                    if let Err(error) = result {
+                        refused(events.as_ref(), &error);
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                }
+                reason = activity.expired(&limits, &evict) => {
+                    events.closed(reason);
+                    tracing::debug!(reason = reason.as_str(), "connection closed");
+                }
+            }
+            registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .open
+                .remove(&id);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // Idle connections close now; requests in progress get `limits.drain` to finish.
+    if tokio::time::timeout(limits.drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = connections.len(),
+            "requests still in progress after the drain time; closing their connections"
+        );
+    }
+    connections.shutdown().await;
+}
+
+/// Counts what hyper answered by itself to a request it could not parse.
+fn refused(events: &dyn Events, error: &hyper::Error) {
+    let text = error.to_string();
+    if error.is_parse_too_large() {
+        events.refused(if text.contains("URI") { 414 } else { 431 });
+    } else if error.is_parse() && !error.is_parse_version_h2() && !error.is_parse_status() {
+        events.refused(400);
+    }
+}
+
+/// A future that marks the connection idle when it completes (or is dropped).
+pub struct Answering<F> {
+    inner: Pin<Box<F>>,
+    activity: Arc<Activity>,
+}
+
+impl<F> Answering<F> {
+    pub fn new(activity: Arc<Activity>, inner: F) -> Answering<F> {
+        activity.busy();
+        Answering {
+            inner: Box::pin(inner),
+            activity,
+        }
+    }
+}
+
+impl<F: Future> Future for Answering<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<F> Drop for Answering<F> {
+    fn drop(&mut self) {
+        self.activity.idle();
+    }
+}
