@@ -817,9 +817,8 @@ impl Config {
                 "must be a header name: letters, digits, `-` and `_`",
             ));
         }
-        if !self.dedup.shared.is_empty()
-            && !(self.dedup.shared.starts_with("redis://")
-                || self.dedup.shared.starts_with("rediss://"))
+        let shared = &self.dedup.shared;
+        if !(shared.is_empty() || shared.starts_with("redis://") || shared.starts_with("rediss://"))
         {
             return Err(invalid(
                 "dedup.shared",
