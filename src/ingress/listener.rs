@@ -51,13 +51,6 @@ pub enum Closed {
 }
 
 impl Closed {
-    pub const ALL: [Closed; 4] = [
-        Closed::HeaderTimeout,
-        Closed::BodyTimeout,
-        Closed::IdleTimeout,
-        Closed::Evicted,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Closed::HeaderTimeout => "header_timeout",
@@ -79,7 +72,6 @@ const FRESH: u8 = 0;
 const HEAD: u8 = 1;
 const BUSY: u8 = 2;
 const IDLE: u8 = 3;
-const CLOSING: u8 = 4;
 
 /// The state of one connection: fresh (no byte yet), reading a request head, busy with a
 /// request, or idle between requests.
@@ -90,8 +82,6 @@ pub struct Activity {
     generation: AtomicU64,
     changed: Notify,
     epoch: Instant,
-    /// Set when the request asked for the connection to close (a body timeout).
-    closing: AtomicU8,
 }
 
 impl Activity {
@@ -102,7 +92,6 @@ impl Activity {
             generation: AtomicU64::new(0),
             changed: Notify::new(),
             epoch,
-            closing: AtomicU8::new(0),
         }
     }
 
@@ -120,16 +109,7 @@ impl Activity {
 
     /// The service answered: idle until the next request's first byte.
     pub fn idle(&self) {
-        if self.state.load(Ordering::SeqCst) != CLOSING {
-            self.enter(IDLE);
-        }
-    }
-
-    /// Close the connection after the current answer (e.g. a body that did not arrive in time).
-    pub fn close(&self, reason: Closed) {
-        let code = Closed::ALL.iter().position(|r| *r == reason).unwrap_or(0) as u8;
-        self.closing.store(code + 1, Ordering::SeqCst);
-        self.enter(CLOSING);
+        self.enter(IDLE);
     }
 
     fn first_byte(&self) {
@@ -146,8 +126,8 @@ impl Activity {
         }
     }
 
-    /// Resolves with the reason the connection must close: a timeout of its current state,
-    /// an eviction, or a close the service asked for.
+    /// Resolves with the reason the connection must close: a timeout of its current state or
+    /// an eviction.
     async fn expired(&self, limits: &Limits, evicted: &Notify) -> Closed {
         loop {
             let changed = self.changed.notified();
@@ -159,14 +139,6 @@ impl Activity {
             let (limit, reason) = match state {
                 FRESH | HEAD => (Some(limits.header_timeout), Closed::HeaderTimeout),
                 IDLE => (Some(limits.idle_timeout), Closed::IdleTimeout),
-                CLOSING => {
-                    // Give the answer a moment to be written, then close.
-                    let code = self.closing.load(Ordering::SeqCst).saturating_sub(1);
-                    (
-                        Some(Duration::from_millis(100)),
-                        Closed::ALL[usize::from(code).min(3)],
-                    )
-                }
                 _ => (None, Closed::IdleTimeout),
             };
             let deadline = limit.map(|limit| self.epoch + Duration::from_millis(since) + limit);
@@ -288,7 +260,26 @@ pub async fn serve<S, F>(
     let mut connections = JoinSet::new();
     let mut backoff = Duration::from_millis(5);
     loop {
-        // Make room first: at the cap, the longest-idle connection goes.
+        let stream: TcpStream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    backoff = Duration::from_millis(5);
+                    stream
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(%error, ?backoff, "accept failed; pausing");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.wait() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            () = stop.wait() => break,
+        };
+        // At the cap, the longest-idle connection makes room for this one.
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -307,26 +298,6 @@ pub async fn serve<S, F>(
                     () = stop.wait() => break,
                 }
             }
-        };
-        let stream: TcpStream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    backoff = Duration::from_millis(5);
-                    stream
-                }
-                Err(error) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(%error, ?backoff, "accept failed; pausing");
-                    drop(permit);
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = stop.wait() => break,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-            () = stop.wait() => break,
         };
         while connections.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);

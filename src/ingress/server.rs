@@ -14,7 +14,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
-use super::listener::{self, Activity, Answering, Closed, Limits};
+use super::listener::{self, Answering, Closed, Limits};
 use super::{Accepted, Ingress, IngressError};
 use crate::metrics::Metrics;
 use crate::publisher::now_ms;
@@ -60,9 +60,8 @@ pub async fn serve_webhooks(
         let ingress = ingress.clone();
         service_fn(move |req| {
             let ingress = ingress.clone();
-            let activity = activity.clone();
             Answering::new(activity.clone(), async move {
-                Ok::<_, Infallible>(webhook(&ingress, &activity, req).await)
+                Ok::<_, Infallible>(webhook(&ingress, req).await)
             })
         })
     })
@@ -98,11 +97,7 @@ impl Drop for Answer<'_> {
 /// The `code` counted for a request whose client disconnected before the answer.
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
-async fn webhook(
-    ingress: &Arc<Ingress>,
-    activity: &Activity,
-    req: Request<Incoming>,
-) -> Response<Body> {
+async fn webhook(ingress: &Arc<Ingress>, req: Request<Incoming>) -> Response<Body> {
     let mut answer = Answer {
         metrics: &ingress.metrics,
         started: Instant::now(),
@@ -148,7 +143,10 @@ async fn webhook(
                     tracing::info!(reason = why.as_str(), "webhook unauthorized");
                 }
                 IngressError::RequestTimeout(_) => {
-                    activity.close(Closed::BodyTimeout);
+                    // hyper closes the connection after this answer.
+                    ingress
+                        .metrics
+                        .connection_closed("webhook", Closed::BodyTimeout.as_str());
                     response
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
