@@ -320,6 +320,91 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
     })
 }
 
+/// What [`drain`] did.
+pub struct DrainReport {
+    pub dir: std::path::PathBuf,
+    /// Records confirmed by the broker.
+    pub published: u64,
+    /// Records still unpublished when it stopped (timeout).
+    pub left: u64,
+}
+
+/// Publishes every unpublished record of `config.spool.dir` (the volume of a stopped instance)
+/// with the configured sink, in order and with the records' original event ids, then closes
+/// the spool. Nothing listens; the directory's lock keeps a live instance away.
+///
+/// # Errors
+/// The spool cannot be opened (missing, locked by a live instance) or the sink not built.
+pub async fn drain(config: Config, timeout: Duration) -> anyhow::Result<DrainReport> {
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(
+        &registry,
+        env!("CARGO_PKG_VERSION"),
+        config.sink.kind.as_str(),
+    )
+    .context("registering metrics")?;
+    let router = Router::new(&config.routing).context("routing.template")?;
+    let dir = config.spool.dir.clone();
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not a spool directory", dir.display());
+    }
+    let spool_config = SpoolConfig {
+        dir: dir.clone(),
+        max_bytes: config.spool.max_bytes,
+        segment_bytes: config.spool.segment_bytes,
+        retain: config.dedup.window,
+    };
+    let spool = tokio::task::spawn_blocking(move || Spool::open(spool_config))
+        .await?
+        .with_context(|| format!("opening {}", dir.display()))?;
+    let before = spool.stats().pending_events;
+    tracing::info!(dir = %dir.display(), pending = before, "draining a spool directory");
+    let sink = Arc::new(
+        Sink::connect(&config.sink, &config.nats, &config.kafka, &router)
+            .await
+            .context("creating the sink client")?,
+    );
+    let dead_letters = Arc::new(publisher::DeadLetterDir::open(
+        dir.join("dead-letters"),
+        config.spool.dead_letter_max_bytes,
+    ));
+    let publisher_config = PublisherConfig {
+        max_in_flight: config.sink.max_in_flight,
+        max_backoff: config.sink.max_backoff,
+        dead_letter: router.dead_letter().to_owned(),
+        overflow: router.overflow_names().to_vec(),
+        dead_letter_dir: dead_letters,
+    };
+    let context = publisher::Context {
+        sink: sink.clone(),
+        metrics,
+        health: Health::new(),
+        faults: Faults::none(),
+    };
+    let done = Shutdown::new();
+    done.trigger();
+    let run = publisher::run(
+        Source::Spool(spool.clone()),
+        context,
+        publisher_config,
+        done,
+    );
+    if tokio::time::timeout(timeout, run).await.is_err() {
+        tracing::warn!(
+            ?timeout,
+            "drain timed out; what is left stays in the directory"
+        );
+    }
+    sink.flush(Duration::from_secs(10)).await;
+    let left = spool.stats().pending_events;
+    spool.close().await.context("closing the spool")?;
+    Ok(DrainReport {
+        dir: config.spool.dir,
+        published: before.saturating_sub(left),
+        left,
+    })
+}
+
 /// What the gauges of [`Observed::run`] look at.
 struct Observed {
     metrics: Metrics,

@@ -37,6 +37,16 @@ enum Command {
     },
     /// Decode an escaped channel (one topic/subject token) back to the raw channel name.
     Unescape { escaped: String },
+    /// Publish what a stopped instance left in its spool directory (a dead or scaled-away
+    /// pod's volume), then exit: 0 when nothing is left, 1 otherwise.
+    Drain {
+        /// The spool directory to empty (the config's own `spool.dir` by default).
+        #[arg(long)]
+        spool_dir: Option<PathBuf>,
+        /// Give up after this long (e.g. `10m`); what is left stays in the directory.
+        #[arg(long, default_value = "10m")]
+        timeout: humantime::Duration,
+    },
 }
 
 const EX_USAGE: u8 = 64;
@@ -112,6 +122,13 @@ fn main() -> ExitCode {
     }
 
     init_tracing();
+    if let Some(Command::Drain { spool_dir, timeout }) = cli.command {
+        let mut config = config;
+        if let Some(dir) = spool_dir {
+            config.spool.dir = dir;
+        }
+        return drain(config, timeout.into());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -126,6 +143,38 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "hookbus failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn drain(config: Config, timeout: std::time::Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("hookbus: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(hookbus::app::drain(config, timeout)) {
+        Ok(report) => {
+            println!(
+                "drained {}: {} records published, {} left",
+                report.dir.display(),
+                report.published,
+                report.left
+            );
+            if report.left == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "drain failed");
             ExitCode::FAILURE
         }
     }

@@ -601,3 +601,48 @@ async fn a_restart_rebuilds_the_dedup_set_within_the_tables_memory() {
         "peak RSS grew by {grown} KiB for {RECORDS} ids (table ≈ {table_kib} KiB; baseline {baseline} KiB)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_publishes_a_killed_instances_spool_exactly_once() {
+    let proxy = Proxy::start();
+    let broker = Tansu::behind(proxy.port);
+    proxy.target(broker.port);
+    proxy.cut();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let mut hb = Process::spawn(&spool, &kafka(&broker.brokers(), "spool")).await;
+    let ids: Vec<String> = (0..20).map(|n| g1_id(&g1_event(6, n))).collect();
+    for n in 0..20 {
+        assert_eq!(post(hb.http_addr, &g1_event(6, n)).await.status, 200);
+    }
+    hb.signal(SIGKILL);
+    let _ = hb.child.wait().await;
+    proxy.restore();
+
+    let drain = |config: std::path::PathBuf, spool: std::path::PathBuf| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
+            .arg("--config")
+            .arg(&config)
+            .args(["drain", "--spool-dir"])
+            .arg(&spool)
+            .args(["--timeout", "60s"])
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = drain(hb.config_path.clone(), spool.clone()).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("20 records published, 0 left"), "{out}");
+    let records = consume(&broker.brokers(), &[TOPIC], 1, 20, QUIET).await;
+    assert_exactly_once(&records, ids.iter().map(String::as_str));
+    // Nothing is left, so a second drain publishes nothing.
+    let (code, out) = drain(hb.config_path.clone(), spool.clone()).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("0 records published, 0 left"), "{out}");
+    let records = consume(&broker.brokers(), &[TOPIC], 1, 20, QUIET).await;
+    assert_eq!(records.len(), 20);
+}
