@@ -74,10 +74,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// As [`start`].
 pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Running> {
     let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(
+    let metrics = Metrics::with_store(
         &registry,
         env!("CARGO_PKG_VERSION"),
         config.sink.kind.as_str(),
+        !config.dedup.shared.is_empty(),
     )
     .context("registering metrics")?;
     let router = Router::new(&config.routing).context("routing.template")?;
@@ -86,7 +87,27 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
             .await
             .context("creating the sink client")?,
     );
-    let claims = Arc::new(Claims::new(config.dedup.window, config.dedup.max_entries));
+    let store = if config.dedup.shared.is_empty() {
+        None
+    } else {
+        // A claim outlives what its owner can still publish: the request's wait, one broker
+        // confirmation, and a margin; it is renewed while the owner waits.
+        let timings = crate::claim::store::Timings {
+            timeout: config.dedup.shared_timeout,
+            claim_ttl: config.sink.timeout + config.ack.publish_timeout + Duration::from_secs(2),
+            window: config.dedup.window,
+        };
+        Some(crate::claim::store::Store::start(
+            &config.dedup.shared,
+            timings,
+            metrics.clone(),
+        )?)
+    };
+    let claims = Arc::new(Claims::new(
+        config.dedup.window,
+        config.dedup.max_entries,
+        store,
+    ));
     let dead_letters = {
         let dir = config.spool.dir.join("dead-letters");
         let budget = config.spool.dead_letter_max_bytes;
@@ -337,10 +358,11 @@ pub struct DrainReport {
 /// The spool cannot be opened (missing, locked by a live instance) or the sink not built.
 pub async fn drain(config: Config, timeout: Duration) -> anyhow::Result<DrainReport> {
     let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(
+    let metrics = Metrics::with_store(
         &registry,
         env!("CARGO_PKG_VERSION"),
         config.sink.kind.as_str(),
+        !config.dedup.shared.is_empty(),
     )
     .context("registering metrics")?;
     let router = Router::new(&config.routing).context("routing.template")?;

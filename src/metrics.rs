@@ -72,6 +72,8 @@ pub struct Metrics {
     publisher_errors_by: Vec<IntCounter>,
     overflow_by: Vec<IntCounter>,
     auth_failures_by: Vec<IntCounter>,
+    /// `hookbus_dedup_store_up`, `hookbus_dedup_store_errors_total`, with `dedup.shared` only.
+    dedup_store: Option<(IntGauge, IntCounter)>,
     /// `[listener * CLOSE_REASONS.len() + reason]`.
     closed_by: Vec<IntCounter>,
     /// Per-code counters resolved once, indexed like [`HTTP_CODES`].
@@ -96,6 +98,20 @@ impl Metrics {
     /// # Errors
     /// Only if a name is registered twice in `registry` (a programming error at start-up).
     pub fn new(registry: &Registry, version: &str, sink: &str) -> prometheus::Result<Metrics> {
+        Metrics::with_store(registry, version, sink, false)
+    }
+
+    /// [`Metrics::new`], plus the shared dedup store's series when `dedup_store` (they exist
+    /// only when `dedup.shared` is set, so its alerts stay silent otherwise).
+    ///
+    /// # Errors
+    /// As [`Metrics::new`].
+    pub fn with_store(
+        registry: &Registry,
+        version: &str,
+        sink: &str,
+        dedup_store: bool,
+    ) -> prometheus::Result<Metrics> {
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "hookbus_http_requests_total",
@@ -308,6 +324,22 @@ impl Metrics {
         )?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(connections_closed.clone()))?;
+        let dedup_store = if dedup_store {
+            let up = IntGauge::new(
+                "hookbus_dedup_store_up",
+                "1 while the shared dedup store (dedup.shared) answers; 0 while retries that land \
+                 on another replica are decided locally.",
+            )?;
+            let errors = IntCounter::new(
+                "hookbus_dedup_store_errors_total",
+                "Shared dedup store operations that failed or timed out (decided locally).",
+            )?;
+            registry.register(Box::new(up.clone()))?;
+            registry.register(Box::new(errors.clone()))?;
+            Some((up, errors))
+        } else {
+            None
+        };
         let auth_failures_by = AUTH_FAILURES
             .iter()
             .map(|r| auth_failures.with_label_values(&[r]))
@@ -385,6 +417,7 @@ impl Metrics {
             publisher_errors_by,
             overflow_by,
             auth_failures_by,
+            dedup_store,
             closed_by,
             http_by_code,
             received_by,
@@ -437,6 +470,18 @@ impl Metrics {
     pub fn dead_letter(&self, reason: &str) {
         if let Some(i) = DEAD_LETTER_REASONS.iter().position(|r| *r == reason) {
             self.dead_letters_by[i].inc();
+        }
+    }
+
+    pub fn dedup_store_error(&self) {
+        if let Some((_, errors)) = &self.dedup_store {
+            errors.inc();
+        }
+    }
+
+    pub fn set_dedup_store_up(&self, up: bool) {
+        if let Some((gauge, _)) = &self.dedup_store {
+            gauge.set(i64::from(up));
         }
     }
 

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{IngressError, Unauthorized};
-use crate::claim::{Claims, Found, Held};
+use crate::claim::{Claims, Found, Held, Id};
 use crate::config::AuthConfig;
 use crate::dedup::Key;
 use crate::faults::Faults;
@@ -218,13 +218,13 @@ impl Ingress {
         let mut duplicates = Vec::new();
         let mut in_request: HashSet<Key> = HashSet::new();
         for (event, job) in events.iter().zip(jobs) {
-            let key = self.claims.key(&event.id);
-            if events.len() > 1 && !in_request.insert(key) {
+            let id = self.claims.id(&event.id);
+            if events.len() > 1 && !in_request.insert(id.key()) {
                 duplicates.push(event.action);
                 continue;
             }
-            keys.push(key);
-            unique.push((key, Some(event.action), job));
+            keys.push(id.clone());
+            unique.push((id, Some(event.action), job));
         }
         // Invalid items are dead-lettered one by one, each once per window (PubNub retries
         // the whole batch).
@@ -243,8 +243,8 @@ impl Ingress {
                 );
                 let key = self
                     .claims
-                    .key(job.message.msg_id.as_deref().unwrap_or_default());
-                keys.push(key);
+                    .id(job.message.msg_id.as_deref().unwrap_or_default());
+                keys.push(key.clone());
                 unique.push((key, None, job));
             }
         }
@@ -335,11 +335,16 @@ impl Ingress {
         received_ms: u64,
     ) -> Result<(), IngressError> {
         let id = format!("dead-letter:{}", normalize::body_id(&body));
-        let key = self.claims.key(&id);
+        let key = self.claims.id(&id);
         let mut held = Held::new(&self.claims);
         let found = self
             .claims
-            .claim(&[key], publisher::now_ms, self.pending_wait, &mut held)
+            .claim(
+                std::slice::from_ref(&key),
+                publisher::now_ms,
+                self.pending_wait,
+                &mut held,
+            )
             .await
             .map_err(|_| {
                 IngressError::Unavailable(
@@ -416,7 +421,7 @@ impl Ingress {
 
     /// Accepts `jobs` (each with its pending key, held in `held`) under the ack mode, all or
     /// none, and settles their keys: committed on success, released on failure.
-    async fn accept(&self, jobs: Vec<(Key, Job)>, mut held: Held) -> Result<(), IngressError> {
+    async fn accept(&self, jobs: Vec<(Id, Job)>, mut held: Held) -> Result<(), IngressError> {
         if jobs.is_empty() {
             return Ok(());
         }
@@ -455,7 +460,7 @@ impl Ingress {
                 let mut waiters = Vec::with_capacity(jobs.len());
                 let mut queued = Vec::with_capacity(jobs.len());
                 for (key, mut job) in jobs {
-                    let (ticket, waiter) = Ticket::new(&self.claims, held.hand_over(key));
+                    let (ticket, waiter) = Ticket::new(&self.claims, held.hand_over(&key));
                     job.done = Done::Ticket(ticket.clone());
                     tickets.push(ticket);
                     waiters.push(waiter);

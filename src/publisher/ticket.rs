@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::claim::Claims;
-use crate::dedup::Key;
+use crate::claim::{Claims, Id};
 use crate::publisher::now_ms;
 
 const QUEUED: u8 = 0;
@@ -23,13 +22,13 @@ pub struct Ticket {
     state: AtomicU8,
     claims: Arc<Claims>,
     /// The pending id this job owns; `None` when it carries no id.
-    key: Option<Key>,
+    key: Option<Id>,
     waiter: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl Ticket {
     /// A queued ticket owning `key`, and the receiver its request waits on.
-    pub fn new(claims: &Arc<Claims>, key: Option<Key>) -> (Arc<Ticket>, oneshot::Receiver<()>) {
+    pub fn new(claims: &Arc<Claims>, key: Option<Id>) -> (Arc<Ticket>, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let ticket = Ticket {
             state: AtomicU8::new(QUEUED),
@@ -59,7 +58,7 @@ impl Ticket {
             .state
             .compare_exchange(QUEUED, WITHDRAWN, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
-        if withdrawn && let Some(key) = self.key {
+        if withdrawn && let Some(key) = &self.key {
             self.claims.release(key);
         }
         withdrawn
@@ -71,7 +70,7 @@ impl Ticket {
         if self.state.swap(SETTLED, Ordering::SeqCst) == SETTLED {
             return;
         }
-        if let Some(key) = self.key {
+        if let Some(key) = &self.key {
             self.claims.commit(key, now_ms());
         }
         let waiter = self.waiter.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -87,7 +86,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let state = *self.state.get_mut();
         if (state == QUEUED || state == SENT)
-            && let Some(key) = self.key
+            && let Some(key) = &self.key
         {
             self.claims.release(key);
         }
@@ -101,54 +100,62 @@ mod tests {
     use super::*;
     use crate::claim::{Found, Held};
 
-    async fn found(claims: &Arc<Claims>, key: Key) -> Result<Vec<Found>, usize> {
+    async fn found(claims: &Arc<Claims>, id: &Id) -> Result<Vec<Found>, usize> {
         let mut held = Held::new(claims);
-        let found = claims.claim(&[key], || 1, Duration::ZERO, &mut held).await;
+        let found = claims
+            .claim(std::slice::from_ref(id), || 1, Duration::ZERO, &mut held)
+            .await;
         held.commit_all(1);
         found
     }
 
-    async fn pending(claims: &Arc<Claims>, key: Key) -> (Arc<Ticket>, oneshot::Receiver<()>) {
+    async fn pending(claims: &Arc<Claims>, id: &Id) -> (Arc<Ticket>, oneshot::Receiver<()>) {
         let mut held = Held::new(claims);
         claims
-            .claim(&[key], || 0, Duration::ZERO, &mut held)
+            .claim(std::slice::from_ref(id), || 0, Duration::ZERO, &mut held)
             .await
             .unwrap();
-        held.hand_over(key).unwrap();
-        Ticket::new(claims, Some(key))
+        let id = held.hand_over(id).unwrap();
+        Ticket::new(claims, Some(id))
+    }
+
+    fn setup(name: &str) -> (Arc<Claims>, Id) {
+        let claims = Arc::new(Claims::new(Duration::from_secs(60), 100, None));
+        let id = claims.id(name);
+        (claims, id)
     }
 
     #[tokio::test]
     async fn withdrawn_before_sending_releases_and_is_never_sent() {
-        let claims = Arc::new(Claims::new(Duration::from_secs(60), 100));
-        let (ticket, _rx) = pending(&claims, 1).await;
+        let (claims, id) = setup("1");
+        let (ticket, _rx) = pending(&claims, &id).await;
         assert!(ticket.withdraw());
         assert!(!ticket.start(), "a withdrawn job is not sent");
-        assert_eq!(found(&claims, 1).await, Ok(vec![Found::New]));
+        assert_eq!(found(&claims, &id).await, Ok(vec![Found::New]));
     }
 
     #[tokio::test]
     async fn sent_then_confirmed_commits_so_the_retry_is_a_duplicate() {
-        let claims = Arc::new(Claims::new(Duration::from_secs(60), 100));
-        let (ticket, rx) = pending(&claims, 2).await;
+        let (claims, id) = setup("2");
+        let (ticket, rx) = pending(&claims, &id).await;
         assert!(ticket.start());
         assert!(!ticket.withdraw(), "the producer has it");
         assert_eq!(
-            found(&claims, 2).await,
+            found(&claims, &id).await,
             Err(1),
             "still pending, not released"
         );
         ticket.settle();
         rx.await.unwrap();
-        assert_eq!(found(&claims, 2).await, Ok(vec![Found::Duplicate]));
+        assert_eq!(found(&claims, &id).await, Ok(vec![Found::Duplicate]));
     }
 
     #[tokio::test]
     async fn a_lost_job_releases_its_id() {
-        let claims = Arc::new(Claims::new(Duration::from_secs(60), 100));
-        let (ticket, _rx) = pending(&claims, 3).await;
+        let (claims, id) = setup("3");
+        let (ticket, _rx) = pending(&claims, &id).await;
         assert!(ticket.start());
         drop(ticket);
-        assert_eq!(found(&claims, 3).await, Ok(vec![Found::New]));
+        assert_eq!(found(&claims, &id).await, Ok(vec![Found::New]));
     }
 }

@@ -174,6 +174,79 @@ impl Drop for NatsServer {
     }
 }
 
+/// A `redis-server` process on a free port, nothing persisted.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// With extra `--name value` arguments (e.g. `--maxmemory-policy allkeys-lru`).
+    pub fn start_with(args: &[&str]) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra: args.iter().map(|a| (*a).to_owned()).collect(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/setup installs it)");
+        self.child = Some(child);
+        wait_port(self.port, Duration::from_secs(10), "redis-server");
+    }
+
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child);
+    }
+
+    /// `redis-cli`-free: one command over the wire, the raw RESP answer.
+    pub fn command(&self, args: &[&str]) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("redis");
+        let mut resp = format!("*{}\r\n", args.len());
+        for a in args {
+            resp.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        stream.write_all(resp.as_bytes()).expect("write");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = vec![0u8; 65536];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A Kafka-compatible `tansu broker` process.
 pub struct Tansu {
     pub port: u16,
