@@ -971,6 +971,45 @@ mod tests {
         Config::parse(text).unwrap();
     }
 
+    /// Every key of every section appears in the shipped `config.toml` (set, or commented out
+    /// with its explanation): the file is the user documentation. The keys are read from the
+    /// parser's own "expected one of" list.
+    #[test]
+    fn shipped_config_toml_shows_every_key() {
+        let shipped = include_str!("../../config.toml");
+        let sections = [
+            "http", "admin", "auth", "ack", "spool", "dedup", "routing", "sink", "nats", "kafka",
+            "shutdown",
+        ];
+        for section in sections {
+            let e = Config::parse(&format!("[{section}]\nzz_not_a_key = 1"))
+                .unwrap_err()
+                .to_string();
+            let expected = e
+                .split("expected ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{section}: {e}"));
+            let keys: Vec<&str> = expected
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .collect();
+            assert!(!keys.is_empty(), "{section}: {e}");
+            for key in keys {
+                let shown = shipped.lines().any(|l| {
+                    let l = l.trim_start_matches('#').trim_start();
+                    l.starts_with(&format!("{key} ="))
+                        || l.starts_with(&format!("[{section}.{key}]"))
+                        || l.starts_with(&format!("[[{section}.{key}]]"))
+                });
+                assert!(shown, "config.toml does not show {section}.{key}");
+            }
+        }
+    }
+
     #[test]
     fn durations_accept_units() {
         let c = Config::parse("[dedup]\nwindow = \"500ms\"\n[shutdown]\ngrace = \"5s\"").unwrap();
