@@ -93,7 +93,12 @@ async fn jetstream(url: &str, stream: &str) -> anyhow::Result<Tally> {
     {
         let message = message?;
         tally.add(nats_id(message.headers.as_ref()));
-        if message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence >= last {
+        if message
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence
+            >= last
+        {
             break;
         }
     }

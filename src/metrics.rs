@@ -3,6 +3,8 @@
 //! at start-up, so `rate()` works before the first event. Handles are resolved once here; the
 //! hot path only touches atomics.
 
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -49,9 +51,20 @@ const LAG_BUCKETS: [f64; 14] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
-/// Typed handles; cheap to clone (each is an `Arc` inside).
+/// Typed handles, shared: a clone is one reference count (the request and publisher paths
+/// clone it per message).
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Handles>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+pub struct Handles {
     http_requests: IntCounterVec,
     pub ack_duration: Histogram,
     pub event_lag: Histogram,
@@ -396,7 +409,7 @@ impl Metrics {
         let broker_duplicate = broker_duplicates.with_label_values(&[sink]);
         let sink_up_gauge = sink_up.with_label_values(&[sink]);
 
-        Ok(Metrics {
+        Ok(Metrics(Arc::new(Handles {
             http_requests,
             ack_duration,
             event_lag,
@@ -428,9 +441,11 @@ impl Metrics {
             dead_letters_by,
             broker_duplicate,
             sink_up_gauge,
-        })
+        })))
     }
+}
 
+impl Handles {
     pub fn http_response(&self, code: u16) {
         match HTTP_CODES.iter().position(|&c| c == code) {
             Some(i) => self.http_by_code[i].inc(),

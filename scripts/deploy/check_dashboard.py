@@ -6,7 +6,7 @@
   live --prom URL      every panel's PromQL (Grafana variables replaced) runs on a real
                        Prometheus that scraped a running hookbus: each query must parse, the
                        core panels must return data, every hookbus_* metric named by the
-                       dashboard or the alerts must exist (except COMING, below), the spool
+                       dashboard or the alerts must exist, the spool
                        gauges must be there with capacity = spool.max_bytes, and no health alert
                        condition holds (HookbusSpoolFilling's expression included)
   alerts --prom URL --allow A,B
@@ -33,16 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "hookbus.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 
-# Metrics the dashboard and the alerts already name that target/debug/hookbus does not export
-# yet (the Rust side adds them: connection limits, auth reasons, shared dedup store). The live
-# check tolerates exactly these; delete each name once hookbus exports it (the check then
-# fails if it is still missing), and the list once it is empty.
-COMING = {
-    "hookbus_connections_closed_total",
-    "hookbus_auth_failures_total",
-    "hookbus_dedup_store_up",
-    "hookbus_dedup_store_errors_total",
-}
 # Series of hookbus's own registry every dashboard may rely on (process collector included).
 SPOOL_GAUGES = ["hookbus_spool_unpublished_bytes", "hookbus_spool_retained_bytes", "hookbus_spool_capacity_bytes",
                 "hookbus_spool_bytes"]
@@ -276,21 +266,12 @@ def cmd_live(args: argparse.Namespace) -> int:
         if f.check(ok, f"core panel {title!r} should show {what}; got: {shown}"):
             print(f"  ok   core panel {title!r}: {shown}")
 
-    coming_missing = []
     for m in sorted(metric_names()):
         # A histogram exists as <name>_bucket/_count/_sum series.
         res = query(args.prom, f"count({{__name__=~\"{m}(_bucket|_count|_sum)?\"}})")
         got = values(res)
         present = bool(got and got[0][1] > 0)
-        if m in COMING:
-            if present:
-                f.fail(f"metric {m} is exported now: delete it from COMING in {Path(__file__).name}")
-            else:
-                coming_missing.append(m)
-            continue
         f.check(present, f"metric {m} (named by the dashboard or the alerts) is not exported by hookbus")
-    if coming_missing:
-        print(f"  note not exported yet, tolerated (COMING): {', '.join(coming_missing)}")
 
     # The spool gauges that HookbusSpoolFilling and the dashboard rely on.
     for m in SPOOL_GAUGES:
@@ -318,8 +299,8 @@ def cmd_live(args: argparse.Namespace) -> int:
     if f.items:
         print(f"dashboard (live): {len(f.items)} failure(s)")
         return 1
-    print(f"  ok   every metric the dashboard and alerts name exists ({len(metric_names()) - len(coming_missing)}"
-          f" + {len(coming_missing)} coming); health conditions clear, HookbusSpoolFilling's expression silent")
+    print(f"  ok   every metric the dashboard and alerts name exists ({len(metric_names())})"
+          f"; health conditions clear, HookbusSpoolFilling's expression silent")
     print("dashboard (live): ok")
     return 0
 
