@@ -224,9 +224,14 @@ impl Registry {
     fn evict_oldest(&self) -> bool {
         let oldest = self
             .open
-            .values()
-            .filter_map(|(activity, evict)| activity.evictable_since().map(|s| (s, evict)))
-            .min_by_key(|(since, _)| *since);
+            .iter()
+            .filter_map(|(id, (activity, evict))| {
+                activity
+                    .evictable_since()
+                    .map(|since| ((since, *id), evict))
+            })
+            // Ties (same millisecond) go to the connection accepted first.
+            .min_by_key(|(key, _)| *key);
         match oldest {
             Some((_, evict)) => {
                 evict.notify_one();
