@@ -83,9 +83,14 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
     .context("registering metrics")?;
     let router = Router::new(&config.routing).context("routing.template")?;
     let sink = Arc::new(
-        Sink::connect(&config.sink, &config.nats, &config.kafka, &router)
-            .await
-            .context("creating the sink client")?,
+        Sink::connect(
+            &config.sink,
+            &config.nats,
+            &config.kafka.for_ack_mode(config.ack.mode),
+            &router,
+        )
+        .await
+        .context("creating the sink client")?,
     );
     let store = if config.dedup.shared.is_empty() {
         None

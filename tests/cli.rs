@@ -71,6 +71,19 @@ fn check_exits_64_naming_the_bad_key() {
     }
     let (code, _) = check("");
     assert_eq!(code, 0);
+    // The HOOKBUS_* overrides are held to the same rules as the file.
+    for (env, key) in [
+        (
+            ("HOOKBUS_DEDUP_SHARED", "memcached://cache:11211"),
+            "dedup.shared",
+        ),
+        (("HOOKBUS_NATS_TOKEN", "s3cret"), "nats.token"),
+    ] {
+        let (code, text) = check_with_env("[nats]\nuser = \"u\"\npassword = \"p\"", &[env]);
+        assert_eq!(code, 64, "{env:?} passed --check: {text}");
+        assert!(text.contains(key), "{key} not named in: {text}");
+        assert!(!text.contains("s3cret"), "a secret in the output: {text}");
+    }
     let missing = Command::new(BIN)
         .args(["--config", "/nonexistent/hookbus.toml", "--check"])
         .output()

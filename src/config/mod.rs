@@ -464,6 +464,22 @@ const KAFKA_FIXED: [(&str, &str); 6] = [
 ];
 
 impl KafkaConfig {
+    /// The config the producer is built from under `mode`: in `publish` mode every request
+    /// waits for its own delivery report, so lingering before a send adds straight to the
+    /// ack; there `linger.ms` defaults to 0 (what arrives while a produce request is out still
+    /// goes together in the next one). An explicit `kafka.properties."linger.ms"` always wins.
+    #[must_use]
+    pub fn for_ack_mode(&self, mode: AckMode) -> KafkaConfig {
+        let mut config = self.clone();
+        if mode == AckMode::Publish
+            && !config.properties.contains_key("linger.ms")
+            && !config.properties.contains_key("queue.buffering.max.ms")
+        {
+            config.properties.insert("linger.ms".into(), "0".into());
+        }
+        config
+    }
+
     /// Refuses properties that would break delivery guarantees (with the accepted values).
     fn validate_properties(&self) -> Result<(), ConfigError> {
         for (key, why) in KAFKA_FIXED {
@@ -545,6 +561,9 @@ impl Config {
             other => other,
         })?;
         config.apply_env();
+        // The overrides are held to the same rules as the file (a non-redis
+        // HOOKBUS_DEDUP_SHARED, NATS credentials that clash with the file's).
+        config.validate()?;
         Ok(config)
     }
 
@@ -1052,5 +1071,21 @@ mod tests {
     fn kafka_properties_pass_through() {
         let c = Config::parse("[kafka.properties]\n\"linger.ms\" = \"5\"").unwrap();
         assert_eq!(c.kafka.properties["linger.ms"], "5");
+        assert_eq!(
+            c.kafka.for_ack_mode(AckMode::Publish).properties["linger.ms"],
+            "5",
+            "an explicit linger wins"
+        );
+        let d = Config::parse("").unwrap();
+        assert_eq!(
+            d.kafka.for_ack_mode(AckMode::Publish).properties["linger.ms"],
+            "0"
+        );
+        assert!(
+            !d.kafka
+                .for_ack_mode(AckMode::Spool)
+                .properties
+                .contains_key("linger.ms")
+        );
     }
 }
