@@ -59,6 +59,21 @@ impl Running {
     }
 }
 
+/// The metrics registry with every hookbus series, and the router: what both [`start_with`]
+/// and [`drain`] build first.
+fn metrics_and_router(config: &Config) -> anyhow::Result<(prometheus::Registry, Metrics, Router)> {
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::with_store(
+        &registry,
+        env!("CARGO_PKG_VERSION"),
+        config.sink.kind.as_str(),
+        !config.dedup.shared.is_empty(),
+    )
+    .context("registering metrics")?;
+    let router = Router::new(&config.routing).context("routing.template")?;
+    Ok((registry, metrics, router))
+}
+
 /// Builds and starts everything; returns once both listeners are bound.
 ///
 /// # Errors
@@ -73,15 +88,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// # Errors
 /// As [`start`].
 pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Running> {
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::with_store(
-        &registry,
-        env!("CARGO_PKG_VERSION"),
-        config.sink.kind.as_str(),
-        !config.dedup.shared.is_empty(),
-    )
-    .context("registering metrics")?;
-    let router = Router::new(&config.routing).context("routing.template")?;
+    let (registry, metrics, router) = metrics_and_router(&config)?;
     let sink = Arc::new(
         Sink::connect(
             &config.sink,
@@ -362,15 +369,7 @@ pub struct DrainReport {
 /// # Errors
 /// The spool cannot be opened (missing, locked by a live instance) or the sink not built.
 pub async fn drain(config: Config, timeout: Duration) -> anyhow::Result<DrainReport> {
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::with_store(
-        &registry,
-        env!("CARGO_PKG_VERSION"),
-        config.sink.kind.as_str(),
-        !config.dedup.shared.is_empty(),
-    )
-    .context("registering metrics")?;
-    let router = Router::new(&config.routing).context("routing.template")?;
+    let (_registry, metrics, router) = metrics_and_router(&config)?;
     let dir = config.spool.dir.clone();
     if !dir.is_dir() {
         anyhow::bail!("{} is not a spool directory", dir.display());

@@ -129,15 +129,8 @@ fn main() -> ExitCode {
         }
         return drain(config, timeout.into());
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("hookbus: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -148,16 +141,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn drain(config: Config, timeout: std::time::Duration) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// The multi-threaded runtime, or `None` after saying why it could not start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("hookbus: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        .inspect_err(|error| eprintln!("hookbus: cannot start the runtime: {error}"))
+        .ok()
+}
+
+fn drain(config: Config, timeout: std::time::Duration) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(hookbus::app::drain(config, timeout)) {
         Ok(report) => {
