@@ -520,16 +520,6 @@ async fn corruption_in_the_middle_of_the_last_segment_keeps_the_records_after_it
     assert!(hb.log().contains("corrupt records"), "{}", hb.log());
 }
 
-/// Peak resident memory of a process, from `/proc/PID/status`.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 /// Starts the binary on `spool` (broker unreachable) and returns its peak RSS once it has
 /// rebuilt the dedup set.
 async fn peak_after_start(spool: &std::path::Path, toml: &str, restored: Option<usize>) -> u64 {

@@ -285,16 +285,6 @@ async fn hyper_refusals_are_counted_and_a_stalled_client_does_not_hold_the_stop(
     );
 }
 
-/// Peak resident memory of a process, from `/proc/PID/status`.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_large_bodies_at_once_get_503_beyond_the_budget_and_memory_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();

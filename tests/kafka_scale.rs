@@ -40,18 +40,12 @@ fn topics(brokers: &str) -> Vec<String> {
 
 /// One Events & Actions join batch, one item per channel.
 fn joins(channels: &[String]) -> Vec<u8> {
-    let items: Vec<serde_json::Value> = channels
-        .iter()
-        .map(|c| {
-            serde_json::json!({"id": format!("join-{c}"), "channel": c, "userId": "u",
-                "occupancy": 1, "timestamp": "2024-06-10T16:00:00Z", "subKey": "sub-c-1"})
-        })
-        .collect();
-    serde_json::to_vec(&serde_json::json!({
-        "schema": "pubnub.com/schemas/events/presence.user.channel.joined?v=1.0.0",
-        "data": items,
-    }))
-    .unwrap()
+    let ids: Vec<String> = channels.iter().map(|c| format!("join-{c}")).collect();
+    ea_joins(
+        ids.iter()
+            .map(String::as_str)
+            .zip(channels.iter().map(String::as_str)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,38 +33,33 @@ async fn store_up(admin: SocketAddr) {
     .await;
 }
 
+/// Two spool-mode replicas sharing `redis`, each with its own spool, once both reach the store.
+async fn two_replicas(
+    broker: &Tansu,
+    redis: &RedisServer,
+) -> (
+    [tempfile::TempDir; 2],
+    hookbus::app::Running,
+    hookbus::app::Running,
+) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let toml = replica(&broker.brokers(), &redis.url(), "spool");
+    let a = start(config(dirs[0].path(), &toml)).await;
+    let b = start(config(dirs[1].path(), &toml)).await;
+    store_up(a.admin_addr).await;
+    store_up(b.admin_addr).await;
+    (dirs, a, b)
+}
+
 fn joins(ids: &[&str]) -> Vec<u8> {
-    let items: Vec<serde_json::Value> = ids
-        .iter()
-        .map(|id| {
-            serde_json::json!({"id": id, "channel": "lobby", "userId": "u", "occupancy": 1,
-                "timestamp": "2024-06-10T16:00:00Z", "subKey": "sub-c-1"})
-        })
-        .collect();
-    serde_json::to_vec(&serde_json::json!({
-        "schema": "pubnub.com/schemas/events/presence.user.channel.joined?v=1.0.0",
-        "data": items,
-    }))
-    .unwrap()
+    ea_joins(ids.iter().map(|id| (*id, "lobby")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_on_another_replica_is_a_duplicate_and_published_once() {
     let broker = Tansu::start();
     let redis = RedisServer::start();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = start(config(
-        dir_a.path(),
-        &replica(&broker.brokers(), &redis.url(), "spool"),
-    ))
-    .await;
-    let b = start(config(
-        dir_b.path(),
-        &replica(&broker.brokers(), &redis.url(), "spool"),
-    ))
-    .await;
-    store_up(a.admin_addr).await;
-    store_up(b.admin_addr).await;
+    let (_dirs, a, b) = two_replicas(&broker, &redis).await;
 
     let g1 = g1_event(7, 1);
     assert_eq!(
@@ -178,19 +173,7 @@ async fn a_claim_left_by_a_killed_replica_expires_and_the_retry_is_published() {
 async fn the_store_going_away_never_fails_a_request_and_coming_back_needs_no_restart() {
     let broker = Tansu::start();
     let mut redis = RedisServer::start();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = start(config(
-        dir_a.path(),
-        &replica(&broker.brokers(), &redis.url(), "spool"),
-    ))
-    .await;
-    let b = start(config(
-        dir_b.path(),
-        &replica(&broker.brokers(), &redis.url(), "spool"),
-    ))
-    .await;
-    store_up(a.admin_addr).await;
-    store_up(b.admin_addr).await;
+    let (_dirs, a, b) = two_replicas(&broker, &redis).await;
 
     let load = |addr: SocketAddr, from: usize| async move {
         for n in from..from + 50 {

@@ -722,3 +722,29 @@ pub fn g1_id(body: &[u8]) -> String {
         .id
         .clone()
 }
+
+/// An Events & Actions join batch: one item per `(id, channel)`.
+pub fn ea_joins<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    let data: Vec<serde_json::Value> = items
+        .into_iter()
+        .map(|(id, channel)| {
+            serde_json::json!({"id": id, "channel": channel, "userId": "u", "occupancy": 1,
+                "timestamp": "2024-06-10T16:00:00Z", "subKey": "sub-c-1"})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schema": "pubnub.com/schemas/events/presence.user.channel.joined?v=1.0.0",
+        "data": data,
+    }))
+    .unwrap()
+}
+
+/// Peak resident memory of a process, from `/proc/PID/status`.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
