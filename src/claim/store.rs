@@ -13,6 +13,7 @@
 //! this process alone until a background check finds the store again.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -152,7 +153,7 @@ impl Store {
         let mut key = String::with_capacity(14 + 32);
         key.push_str("hookbus:dedup:");
         for b in &digest[..16] {
-            key.push_str(&format!("{b:02x}"));
+            let _ = write!(key, "{b:02x}");
         }
         key
     }
