@@ -12,6 +12,7 @@
 
 use serde_json::Value;
 
+use super::bounded::Budget;
 use super::fields::Object;
 use super::raw::{self, RawObject};
 use super::{Action, NormalizeError, action_from_schema, snippet};
@@ -31,7 +32,10 @@ pub(super) enum Unwrapped {
 /// # Errors
 /// An envelope whose payload is not an object, or a 1.0 envelope whose `eventType` names no
 /// presence event.
-pub(super) fn unwrap(top: RawObject<'_>) -> Result<(RawObject<'_>, Unwrapped), NormalizeError> {
+pub(super) fn unwrap<'a>(
+    top: RawObject<'a>,
+    budget: &Budget,
+) -> Result<(RawObject<'a>, Unwrapped), NormalizeError> {
     let is_body = ["data", "action", "status"]
         .iter()
         .any(|k| top.contains_key(*k));
@@ -41,7 +45,11 @@ pub(super) fn unwrap(top: RawObject<'_>) -> Result<(RawObject<'_>, Unwrapped), N
     };
     let event = raw::object(event.get(), "event")?;
     if let Some(payload) = event.get("payload") {
-        let id = match event.get("id").map(|id| raw::value_of(id)).transpose()? {
+        let id = match event
+            .get("id")
+            .map(|id| raw::value_of(id, budget, "event.id"))
+            .transpose()?
+        {
             Some(Value::String(id)) if !id.is_empty() => Some(id),
             _ => None,
         };
@@ -49,7 +57,7 @@ pub(super) fn unwrap(top: RawObject<'_>) -> Result<(RawObject<'_>, Unwrapped), N
         return Ok((inner, Unwrapped::Payload { id }));
     }
     if event.contains_key("eventType") {
-        let event = raw::parse(event)?;
+        let event = raw::parse(event, budget)?;
         let (action, item) = v1_item(event)?;
         return Ok((RawObject::new(), Unwrapped::V1 { action, item }));
     }

@@ -17,6 +17,16 @@ pub enum NormalizeError {
         /// The limit.
         max: usize,
     },
+    /// A body (or batch item) that would take more memory to parse than any presence event
+    /// needs: more JSON values in the fields hookbus reads than the parse budget, or more
+    /// delta user ids than a body may carry.
+    #[error("{what} is too large to parse: more than {max} JSON values")]
+    TooLarge {
+        /// What ran over, e.g. `body`, `item` or `delta`.
+        what: String,
+        /// The limit.
+        max: usize,
+    },
     /// The body is empty or whitespace only.
     #[error("body is empty")]
     EmptyBody,

@@ -8,6 +8,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use super::bounded::Budget;
 use super::fields::{self, Object, kind_of};
 use super::raw;
 use super::time::Instant;
@@ -26,6 +27,7 @@ pub(super) fn normalize(
     envelope_id: Option<String>,
     received_at_ms: u64,
 ) -> Normalized {
+    let budget = Budget::new();
     let mut body_digest = None;
     let mut envelope_id = envelope_id.filter(|_| items.len() == 1);
     let mut out = Normalized {
@@ -33,8 +35,9 @@ pub(super) fn normalize(
         rejected: Vec::new(),
     };
     for (index, raw) in items.into_iter().enumerate() {
-        let event =
-            raw::value_of(raw).and_then(|item| normalize_item(item, action, received_at_ms));
+        budget.next_item();
+        let event = raw::value_of(raw, &budget, "item")
+            .and_then(|item| normalize_item(item, action, received_at_ms, &budget));
         match event {
             Ok(mut event) => {
                 if event.id.is_empty() {
@@ -69,8 +72,9 @@ pub(super) fn normalize_one(
     action: Action,
     body: &[u8],
     received_at_ms: u64,
+    budget: &Budget,
 ) -> Result<Event, NormalizeError> {
-    let mut event = normalize_item(Value::Object(item), action, received_at_ms)?;
+    let mut event = normalize_item(Value::Object(item), action, received_at_ms, budget)?;
     if event.id.is_empty() {
         event.id = super::body_id(body);
     }
@@ -82,6 +86,7 @@ fn normalize_item(
     item: Value,
     action: Action,
     received_at_ms: u64,
+    budget: &Budget,
 ) -> Result<Event, NormalizeError> {
     let Value::Object(mut item) = item else {
         return Err(NormalizeError::NotAnObject {
@@ -134,8 +139,11 @@ fn normalize_item(
     };
 
     let state = match fields::take(&mut inner, &["data"]) {
-        Some((_, state)) => fields::decode_state(state),
-        None => fields::take(&mut item, &["state"]).and_then(|(_, v)| fields::decode_state(v)),
+        Some((_, state)) => fields::decode_state(state, budget)?,
+        None => match fields::take(&mut item, &["state"]) {
+            Some((_, v)) => fields::decode_state(v, budget)?,
+            None => None,
+        },
     };
 
     Ok(Event {
@@ -150,7 +158,7 @@ fn normalize_item(
         timestamp_ms: precise_ms.or(instant.ms),
         received_at_ms,
         state,
-        delta: fields::delta(&mut item, "")?,
+        delta: fields::delta(&mut item, "", budget)?,
         here_now_refresh: fields::flag(&mut item, &["hereNowRefresh", "here_now_refresh"], "")?,
     })
 }

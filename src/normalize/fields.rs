@@ -6,8 +6,9 @@
 
 use serde_json::{Map, Value};
 
+use super::bounded::{self, Budget};
 use super::time::{self, Instant};
-use super::{Delta, NormalizeError};
+use super::{Delta, NormalizeError, State};
 
 /// A parsed JSON object.
 pub(super) type Object = Map<String, Value>;
@@ -156,16 +157,20 @@ pub(super) fn flag(
 
 /// User state that may arrive JSON-encoded in a string: decoded once, kept as the string if
 /// it is not JSON. A decoded `null` counts as absent.
-pub(super) fn decode_state(value: Value) -> Option<Value> {
-    match value {
+///
+/// # Errors
+/// `TooLarge` when the encoded state holds more JSON values than the parse `budget` has left.
+pub(super) fn decode_state(value: Value, budget: &Budget) -> Result<Option<State>, NormalizeError> {
+    Ok(match value {
         Value::Null => None,
-        Value::String(s) => match serde_json::from_str::<Value>(&s) {
+        Value::String(s) => match bounded::value_of_str(&s, budget, "state") {
             Ok(Value::Null) => None,
-            Ok(decoded) => Some(decoded),
-            Err(_) => Some(Value::String(s)),
+            Ok(decoded) => Some(State::from_value(&decoded)),
+            Err(e @ NormalizeError::TooLarge { .. }) => return Err(e),
+            Err(_) => Some(State::from_value(&Value::String(s))),
         },
-        other => Some(other),
-    }
+        other => Some(State::from_value(&other)),
+    })
 }
 
 /// Keys a delta array may be sent under, per slot, first present wins: G1 `join`/`joined`…,
@@ -185,13 +190,26 @@ const TIMEOUT_KEYS: [&str; 9] = [
 ];
 
 /// The interval delta: `None` when no delta array is present, else all three lists.
-pub(super) fn delta(object: &mut Object, prefix: &str) -> Result<Option<Delta>, NormalizeError> {
+///
+/// # Errors
+/// A list that is not an array of strings; `TooLarge` when the ids of this body so far
+/// exceed [`bounded::MAX_DELTA_IDS`] (counted in `budget`).
+pub(super) fn delta(
+    object: &mut Object,
+    prefix: &str,
+    budget: &Budget,
+) -> Result<Option<Delta>, NormalizeError> {
     let join = user_list(object, &JOIN_KEYS, prefix)?;
     let leave = user_list(object, &LEAVE_KEYS, prefix)?;
     let timeout = user_list(object, &TIMEOUT_KEYS, prefix)?;
     if join.is_none() && leave.is_none() && timeout.is_none() {
         return Ok(None);
     }
+    let ids = [&join, &leave, &timeout]
+        .iter()
+        .map(|list| list.as_ref().map_or(0, Vec::len))
+        .sum();
+    budget.keep_delta_ids(ids)?;
     Ok(Some(Delta {
         join: join.unwrap_or_default(),
         leave: leave.unwrap_or_default(),

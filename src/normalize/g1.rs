@@ -6,14 +6,16 @@
 
 use serde_json::Value;
 
+use super::bounded::Budget;
 use super::fields::{self, Object, kind_of, snippet};
-use super::{Action, Event, Format, NormalizeError, body_id};
+use super::{Action, Event, Format, NormalizeError, State, body_id};
 
 /// Normalizes a G1 object; `body` is the raw request, hashed for the id.
 pub(super) fn normalize(
     mut object: Object,
     body: &[u8],
     received_at_ms: u64,
+    budget: &Budget,
 ) -> Result<Event, NormalizeError> {
     let action = action(&mut object)?;
     let channel = fields::channel(&mut object, &["channel"])?;
@@ -34,8 +36,8 @@ pub(super) fn normalize(
         received_at_ms,
         // The user state sent with the event (state-change, and join when the client set
         // state on subscribe), kept exactly as sent.
-        state: fields::take(&mut object, &["data", "state"]).map(|(_, v)| v),
-        delta: fields::delta(&mut object, "")?,
+        state: fields::take(&mut object, &["data", "state"]).map(|(_, v)| State::from_value(&v)),
+        delta: fields::delta(&mut object, "", budget)?,
         here_now_refresh: fields::flag(&mut object, &["here_now_refresh"], "")?,
     })
 }

@@ -3,6 +3,7 @@
 //!
 //! The camelCase spellings of Events & Actions are accepted as aliases.
 
+use super::bounded::Budget;
 use super::fields::{self, Object};
 use super::{Action, Event, Format, NormalizeError, body_id};
 
@@ -13,6 +14,7 @@ pub(super) fn normalize(
     action: Action,
     body: &[u8],
     received_at_ms: u64,
+    budget: &Budget,
 ) -> Result<Event, NormalizeError> {
     let id = fields::header_string(&mut object, &["id"], "")?
         .filter(|id| !id.is_empty())
@@ -33,9 +35,11 @@ pub(super) fn normalize(
         timestamp: instant.secs,
         timestamp_ms: instant.ms,
         received_at_ms,
-        state: fields::take(&mut object, &["state", "data"])
-            .and_then(|(_, v)| fields::decode_state(v)),
-        delta: fields::delta(&mut object, "")?,
+        state: match fields::take(&mut object, &["state", "data"]) {
+            Some((_, v)) => fields::decode_state(v, budget)?,
+            None => None,
+        },
+        delta: fields::delta(&mut object, "", budget)?,
         here_now_refresh: fields::flag(&mut object, &["here_now_refresh", "hereNowRefresh"], "")?,
     })
 }

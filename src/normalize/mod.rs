@@ -4,6 +4,7 @@
 //! the 400 rules of DESIGN §3. One file per PubNub generation. Must stay synchronous and free of
 //! I/O: no tokio, hyper or broker crate, no clock (the receive time is passed in).
 
+pub mod bounded;
 mod envelope;
 mod error;
 mod events_and_actions;
@@ -24,6 +25,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 pub use error::NormalizeError;
@@ -154,11 +156,60 @@ pub struct Event {
     /// When hookbus received the request, Unix milliseconds.
     pub received_at_ms: u64,
     /// The user state as sent (`{}` stays `{}`); `None` only when absent.
-    pub state: Option<Value>,
+    pub state: Option<State>,
     /// Interval deltas; `None` when the event carries no delta array.
     pub delta: Option<Delta>,
     /// Interval mode: the delta was too large to send, consumers should call Here Now.
     pub here_now_refresh: bool,
+}
+
+/// A user's presence state: compact JSON text (what `Value::to_string` would print, order
+/// kept), held as text rather than as a tree, so events waiting to be published cost what
+/// their state's text costs.
+#[derive(Debug, Clone)]
+pub struct State(Box<RawValue>);
+
+impl State {
+    /// The state of a parsed value.
+    pub fn from_value(value: &Value) -> State {
+        // Cannot fail: a `Value` always serializes, and its output is valid JSON.
+        let text = value.to_string();
+        State(RawValue::from_string(text).unwrap_or_else(|_| null_raw()))
+    }
+
+    /// The compact JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The state parsed (tests and consumers that inspect it).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+fn null_raw() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).unwrap_or_default()
+}
+
+impl PartialEq for State {
+    fn eq(&self, other: &State) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// Read back through a `Value` so that any deserializer works (a spooled event's state is
+/// the bounded state a webhook carried).
+impl<'de> Deserialize<'de> for State {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<State, D::Error> {
+        Value::deserialize(de).map(|value| State::from_value(&value))
+    }
 }
 
 /// Users who joined, left and timed out since the previous interval event.
@@ -242,8 +293,10 @@ pub fn normalize_items(
         return Err(NormalizeError::EmptyBody);
     }
     let top = raw::object(text, "body")?;
-    let (inner, unwrapped) = envelope::unwrap(top)?;
-    let (object, data) = raw::split_data(inner)?;
+    // One node budget for a single event's body; a batch gives each item its own.
+    let budget = bounded::Budget::new();
+    let (inner, unwrapped) = envelope::unwrap(top, &budget)?;
+    let (object, data) = raw::split_data(inner, &budget)?;
     let single = |event: Result<Event, NormalizeError>| {
         event.map(|event| Normalized {
             events: vec![event],
@@ -256,6 +309,7 @@ pub fn normalize_items(
             action,
             body,
             received_at_ms,
+            &budget,
         )),
         envelope::Unwrapped::None | envelope::Unwrapped::Payload { .. } => {
             let envelope_id = match &unwrapped {
@@ -264,15 +318,15 @@ pub fn normalize_items(
             };
             match detect(&object, data.as_ref())? {
                 Detected::EventsAndActions(action) => {
-                    let items = raw::items(data.as_ref())?;
-                    if items.len() > max_items {
+                    let items = raw::items(data.as_ref(), max_items)?;
+                    if items.count > max_items {
                         return Err(NormalizeError::TooManyItems {
-                            count: items.len(),
+                            count: items.count,
                             max: max_items,
                         });
                     }
                     Ok(events_and_actions::normalize(
-                        items,
+                        items.items,
                         action,
                         body,
                         envelope_id,
@@ -280,12 +334,12 @@ pub fn normalize_items(
                     ))
                 }
                 Detected::G2(action) => {
-                    let object = raw::with_data(object, data)?;
-                    single(g2::normalize(object, action, body, received_at_ms))
+                    let object = raw::with_data(object, data, &budget)?;
+                    single(g2::normalize(object, action, body, received_at_ms, &budget))
                 }
                 Detected::G1 => {
-                    let object = raw::with_data(object, data)?;
-                    single(g1::normalize(object, body, received_at_ms))
+                    let object = raw::with_data(object, data, &budget)?;
+                    single(g1::normalize(object, body, received_at_ms, &budget))
                 }
             }
         }

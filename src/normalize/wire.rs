@@ -4,9 +4,8 @@
 //! Borrowing serializer (no clone per event); `Event::to_json` is the only caller on the hot path.
 
 use serde::{Deserialize, Serialize, Serializer};
-use serde_json::Value;
 
-use super::{Action, Delta, Event, Format, SCHEMA, SOURCE};
+use super::{Action, Delta, Event, Format, SCHEMA, SOURCE, State};
 
 /// The §6 field order, borrowed from an [`Event`], with the constant fields filled in.
 #[derive(Serialize)]
@@ -23,7 +22,7 @@ struct WireEventRef<'a> {
     timestamp: i64,
     timestamp_ms: Option<i64>,
     received_at_ms: u64,
-    state: Option<&'a Value>,
+    state: Option<&'a State>,
     delta: Option<&'a Delta>,
     here_now_refresh: bool,
 }
@@ -73,7 +72,7 @@ pub(super) struct WireEvent {
     timestamp_ms: Option<i64>,
     received_at_ms: u64,
     #[serde(default)]
-    state: Option<Value>,
+    state: Option<State>,
     #[serde(default)]
     delta: Option<Delta>,
     #[serde(default)]

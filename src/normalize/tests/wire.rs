@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::super::{Action, Delta, Format, SCHEMA, time};
+use super::super::{Action, Delta, Format, SCHEMA, State, time};
 use super::*;
 
 #[test]
@@ -19,7 +19,7 @@ fn to_json_is_the_design_wire_format() {
         timestamp: 1_718_035_200,
         timestamp_ms: Some(1_718_035_200_123),
         received_at_ms: RECEIVED,
-        state: Some(json!({"mood": "busy"})),
+        state: Some(State::from_value(&json!({"mood": "busy"}))),
         delta: None,
         here_now_refresh: false,
     };
