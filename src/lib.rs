@@ -11,6 +11,7 @@
 //! - [`spool`]: the write-ahead log behind `ack.mode = "spool"`.
 //! - [`publisher`]: moves accepted events from the queue or spool to the sink, in order.
 //! - [`sink`]: Kafka, NATS (JetStream) and stdout producers.
+//! - [`logs`]: log lines any client can trigger, written at a bounded rate.
 //! - [`metrics`]: the Prometheus handles of DESIGN §9, registered into a passed-in registry.
 //! - [`shutdown`]: signal handling and the readiness latch.
 //! - [`health`]: the liveness latch behind `/healthz`.
@@ -25,6 +26,7 @@ pub mod dedup;
 pub mod faults;
 pub mod health;
 pub mod ingress;
+pub mod logs;
 pub mod metrics;
 pub mod normalize;
 pub mod publisher;

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use super::listener::{self, Answering, Closed, Limits};
 use super::{Accepted, Ingress, IngressError};
+use crate::logs::Sampled;
 use crate::metrics::Metrics;
 use crate::publisher::now_ms;
 use crate::shutdown::Shutdown;
@@ -94,6 +95,11 @@ impl Drop for Answer<'_> {
     }
 }
 
+/// One line a second for rejected and for unauthorized webhooks (`suppressed` says how many
+/// were not logged; `hookbus_http_requests_total` counts them all).
+static REJECTED_LOG: Sampled = Sampled::per_second();
+static UNAUTHORIZED_LOG: Sampled = Sampled::per_second();
+
 /// The `code` counted for a request whose client disconnected before the answer.
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
@@ -136,11 +142,15 @@ async fn webhook(ingress: &Arc<Ingress>, req: Request<Incoming>) -> Response<Bod
                         .insert(header::ALLOW, HeaderValue::from_static("POST"));
                 }
                 IngressError::InvalidPayload(message) => {
-                    tracing::info!(%message, "webhook rejected");
+                    if let Some(suppressed) = REJECTED_LOG.admit(now_ms()) {
+                        tracing::info!(%message, suppressed, "webhook rejected");
+                    }
                 }
                 IngressError::Unauthorized(why) => {
                     // Never the token, the query string or the URI.
-                    tracing::info!(reason = why.as_str(), "webhook unauthorized");
+                    if let Some(suppressed) = UNAUTHORIZED_LOG.admit(now_ms()) {
+                        tracing::info!(reason = why.as_str(), suppressed, "webhook unauthorized");
+                    }
                 }
                 IngressError::RequestTimeout(_) => {
                     // hyper closes the connection after this answer.
@@ -196,16 +206,35 @@ async fn handle(ingress: &Arc<Ingress>, req: Request<Incoming>) -> Result<Accept
     // The body counts against the budget of bodies in flight from now until its events are
     // accepted; without a declared length, the largest allowed body is reserved.
     let budget = ingress.reserve_body(declared.map_or(limit, |n| n as usize))?;
-    let read = Limited::new(req.into_body(), limit).collect();
+    let read = read_body(req.into_body(), declared, limit);
     let body = match tokio::time::timeout(ingress.request_timeout, read).await {
         Err(_) => return Err(IngressError::RequestTimeout(ingress.request_timeout)),
-        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Ok(body)) => body,
         Ok(Err(error)) if error.is::<LengthLimitError>() => {
             return Err(IngressError::PayloadTooLarge(limit));
         }
         Ok(Err(error)) => return Err(IngressError::BodyRead(error.to_string())),
     };
     ingress.handle(body, received_ms, budget).await
+}
+
+/// Reads the body into one buffer sized by its declared length, each frame copied in and
+/// freed as it arrives: the body costs its size once (collecting the frames and then joining
+/// them would hold it twice).
+async fn read_body(
+    body: Incoming,
+    declared: Option<u64>,
+    limit: usize,
+) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+    let mut body = Limited::new(body, limit);
+    let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit).min(limit));
+    let mut buffer = bytes::BytesMut::with_capacity(capacity);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok(buffer.freeze())
 }
 
 /// The `token` query parameter, decoded as `application/x-www-form-urlencoded`.
@@ -270,7 +299,10 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
         r
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".to_owned());
+        let mut r = json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            br#"{"error":"method_not_allowed","message":"use GET"}"#.to_vec(),
+        );
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return r;
@@ -302,7 +334,11 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
                 Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            br#"{"error":"not_found","message":"the admin port serves /metrics, /healthz and /readyz"}"#
+                .to_vec(),
+        ),
     }
 }
 
