@@ -161,17 +161,31 @@ impl Template {
         Ok(())
     }
 
-    /// The JetStream subject covering every name this template renders: `prefix.>` from its
-    /// literal first tokens, or the name itself when it has no placeholder.
+    /// The JetStream subject matching exactly the names this template renders: its literal
+    /// tokens as they are and `*` for each token a placeholder is in (a placeholder renders
+    /// without dots, so the token count is fixed). `None` when the first token is not
+    /// literal (a stream needs a fixed prefix).
     fn subject(&self) -> Option<String> {
-        let Some(Part::Literal(first)) = self.parts.first() else {
-            return None;
-        };
-        if self.parts.len() == 1 {
-            return Some(first.clone());
+        let mut text = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(literal) => text.push_str(literal),
+                // `{` cannot appear in a literal (the parser took it as a placeholder).
+                Part::Slot(_) => text.push('{'),
+            }
         }
-        let dot = first.rfind('.')?;
-        Some(format!("{}>", &first[..=dot]))
+        let mut subject = Vec::new();
+        for (i, token) in text.split('.').enumerate() {
+            if token.contains('{') {
+                if i == 0 {
+                    return None;
+                }
+                subject.push("*");
+            } else {
+                subject.push(token);
+            }
+        }
+        Some(subject.join("."))
     }
 }
 
@@ -335,9 +349,10 @@ impl Router {
         &self.dead_letter
     }
 
-    /// JetStream subjects that cover every rendered name and the dead letter, e.g.
-    /// `["presence.>"]` (the overflow is Kafka's only). Empty when a template has no literal
-    /// first token.
+    /// JetStream subjects that match every rendered event name and nothing else of ours, e.g.
+    /// `["presence.*.*"]` (the overflow is Kafka's only). Dead letters are not among them:
+    /// they have a stream of their own, so that refused input never pushes events out.
+    /// Empty when a template has no literal first token.
     pub fn stream_subjects(&self) -> Vec<String> {
         let mut subjects: Vec<String> = Vec::new();
         let templates = std::iter::once(&self.default).chain(self.rules.iter().map(|(_, t)| t));
@@ -347,24 +362,42 @@ impl Router {
             };
             subjects.push(subject);
         }
-        subjects.push(self.dead_letter.clone());
-        // Drop what a wider subject already covers (JetStream refuses overlapping subjects),
+        // Drop what another subject already covers (JetStream refuses overlapping subjects),
         // keeping the first-seen order.
-        let covered = |subject: &str| {
-            subjects.iter().any(|wide| {
-                wide != subject
-                    && wide
-                        .strip_suffix('>')
-                        .is_some_and(|prefix| subject.starts_with(prefix))
-            })
-        };
         let mut out: Vec<String> = Vec::new();
-        for subject in &subjects {
-            if !covered(subject) && !out.contains(subject) {
+        for (i, subject) in subjects.iter().enumerate() {
+            let covered = subjects.iter().enumerate().any(|(j, wide)| {
+                j != i && subject_covers(wide, subject) && (wide != subject || j < i)
+            });
+            if !covered {
                 out.push(subject.clone());
             }
         }
         out
+    }
+
+    /// The first event subject that would also take the dead letters (they need a stream of
+    /// their own), if any.
+    pub fn dead_letter_overlap(&self) -> Option<String> {
+        self.stream_subjects()
+            .into_iter()
+            .find(|subject| subject_covers(subject, &self.dead_letter))
+    }
+}
+
+/// Whether every subject `narrow` matches is also matched by `wide` (NATS wildcards: `*` one
+/// token, `>` one or more at the end). A literal subject covers only itself.
+pub fn subject_covers(wide: &str, narrow: &str) -> bool {
+    let mut wide = wide.split('.');
+    let mut narrow = narrow.split('.');
+    loop {
+        match (wide.next(), narrow.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(n)) if n != ">" => {}
+            (Some(w), Some(n)) if w == n => {}
+            (None, None) => return true,
+            _ => return false,
+        }
     }
 }
 
@@ -644,7 +677,11 @@ mod tests {
     fn stream_subjects_cover_names() {
         assert_eq!(
             router("presence.{channel}.{action}").stream_subjects(),
-            vec!["presence.>"]
+            vec!["presence.*.*"]
+        );
+        assert_eq!(
+            router("presence.{channel}.{action}").dead_letter_overlap(),
+            None
         );
         let r = Router::new(&RoutingConfig {
             template: "pn.events.{channel}".to_owned(),
@@ -653,7 +690,7 @@ mod tests {
             ..RoutingConfig::default()
         })
         .unwrap();
-        assert_eq!(r.stream_subjects(), vec!["pn.events.>", "dlq.presence"]);
+        assert_eq!(r.stream_subjects(), vec!["pn.events.*"]);
         let r = Router::new(&RoutingConfig {
             template: "pn.events.{channel}".to_owned(),
             rules: vec![
@@ -671,9 +708,48 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.stream_subjects(),
-            vec!["pn.events.>", "chat.presence.>", "presence.dead-letter"]
+            vec!["pn.events.*", "chat.presence.*", "pn.events.vip.*"]
         );
         assert!(router("{channel}.{action}").stream_subjects().is_empty());
+        // A rule inside the default's subjects is covered by them.
+        let r = Router::new(&RoutingConfig {
+            rules: vec![crate::config::RoutingRule {
+                channel: "chat.*".to_owned(),
+                template: "presence.chat.{action}".to_owned(),
+            }],
+            ..RoutingConfig::default()
+        })
+        .unwrap();
+        assert_eq!(r.stream_subjects(), vec!["presence.*.*"]);
+        // Two tokens would take `presence.dead-letter` too.
+        assert_eq!(
+            router("presence.{channel}")
+                .dead_letter_overlap()
+                .as_deref(),
+            Some("presence.*")
+        );
+        assert_eq!(
+            router("presence.{sub_key}-{channel}.{action}").stream_subjects(),
+            vec!["presence.*.*"]
+        );
+    }
+
+    #[test]
+    fn subjects_cover_by_token() {
+        for (wide, narrow, covers) in [
+            ("presence.>", "presence.dead-letter", true),
+            ("presence.>", "presence", false),
+            ("presence.*.*", "presence.dead-letter", false),
+            ("presence.*.*", "presence.a.join", true),
+            ("presence.*.*", "presence.chat.*", true),
+            ("presence.chat.*", "presence.*.*", false),
+            ("presence.*", "presence.>", false),
+            (">", "a.b", true),
+            ("a.b", "a.b", true),
+            ("a.b", "a.c", false),
+        ] {
+            assert_eq!(subject_covers(wide, narrow), covers, "{wide} ⊇ {narrow}");
+        }
     }
 
     #[test]

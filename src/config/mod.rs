@@ -273,6 +273,10 @@ pub struct RoutingConfig {
     pub rules: Vec<RoutingRule>,
     /// Add the CloudEvents 1.0 binary-mode headers to every event message.
     pub cloudevents: bool,
+    /// Bytes of dead letters sent to the broker per window.
+    pub dead_letter_budget_bytes: u64,
+    #[serde(deserialize_with = "duration")]
+    pub dead_letter_budget_window: Duration,
 }
 
 /// One `[[routing.rules]]` entry.
@@ -293,6 +297,8 @@ impl Default for RoutingConfig {
             overflow: "presence._overflow.{action}".to_owned(),
             rules: Vec::new(),
             cloudevents: false,
+            dead_letter_budget_bytes: 16 * 1024 * 1024,
+            dead_letter_budget_window: Duration::from_secs(60),
         }
     }
 }
@@ -379,6 +385,10 @@ pub struct NatsConfig {
     /// How long the stream remembers a `Nats-Msg-Id` to drop a repeat.
     #[serde(deserialize_with = "duration")]
     pub duplicate_window: Duration,
+    pub dead_letter_stream: String,
+    pub dead_letter_max_bytes: u64,
+    #[serde(deserialize_with = "duration")]
+    pub dead_letter_max_age: Duration,
 }
 
 /// Where JetStream keeps the stream.
@@ -410,11 +420,24 @@ impl Default for NatsConfig {
             storage: StreamStorage::File,
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
+            dead_letter_stream: String::new(),
+            dead_letter_max_bytes: 256 * 1024 * 1024,
+            dead_letter_max_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
 
 impl NatsConfig {
+    /// The dead-letter stream's name: `nats.dead_letter_stream`, or `<nats.stream>_DEAD_LETTERS`
+    /// when empty (so that deployments sharing a NATS server each get their own).
+    pub fn dead_letter_stream_name(&self) -> String {
+        if self.dead_letter_stream.is_empty() {
+            format!("{}_DEAD_LETTERS", self.stream)
+        } else {
+            self.dead_letter_stream.clone()
+        }
+    }
+
     /// Whether the connection must use TLS.
     pub fn tls(&self) -> bool {
         self.require_tls

@@ -193,7 +193,13 @@ impl Sink {
     ) -> anyhow::Result<Sink> {
         Ok(match sink.kind {
             SinkKind::Nats => Sink::Nats(Box::new(
-                NatsSink::connect(nats, sink, router.stream_subjects()).await?,
+                NatsSink::connect(
+                    nats,
+                    sink,
+                    router.stream_subjects(),
+                    router.dead_letter().to_owned(),
+                )
+                .await?,
             )),
             SinkKind::Kafka => {
                 let exempt = router
