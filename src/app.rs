@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::claim::Claims;
@@ -192,11 +191,9 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
         Source::Queue(_) => None,
     };
 
-    let http = TcpListener::bind(config.http.listen)
-        .await
+    let http = ingress::bind(config.http.listen, config.http.max_connections)
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
-    let admin = TcpListener::bind(config.admin.listen)
-        .await
+    let admin = ingress::bind(config.admin.listen, config.admin.max_connections)
         .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
     let http_addr = http.local_addr()?;
     let admin_addr = admin.local_addr()?;
@@ -225,6 +222,10 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
         pending_wait: config.ack.publish_timeout,
         sink: sink.clone(),
         dead_letter_dir: dead_letters.clone(),
+        dead_letter_budget: Arc::new(publisher::DeadLetterBudget::new(
+            config.routing.dead_letter_budget_bytes,
+            config.routing.dead_letter_budget_window,
+        )),
         cloudevents: config
             .routing
             .cloudevents

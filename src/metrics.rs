@@ -72,6 +72,9 @@ pub struct Handles {
     pub spool_bytes: IntGauge,
     pub oldest_unpublished_age: prometheus::Gauge,
     pub acks_before_durable: IntCounter,
+    /// `hookbus_dead_letters_spilled_total`: dead letters kept in `spool.dir/dead-letters/`
+    /// because the window's broker budget (`routing.dead_letter_budget_bytes`) was spent.
+    pub dead_letters_spilled: IntCounter,
     pub config_warnings: IntCounter,
     pub queue_events: IntGauge,
     pub publisher_restarts: IntCounter,
@@ -202,6 +205,11 @@ impl Metrics {
             "hookbus_acks_before_durable_total",
             "Events answered 200 before they were durable (ack.mode = memory).",
         )?;
+        let dead_letters_spilled = IntCounter::new(
+            "hookbus_dead_letters_spilled_total",
+            "Dead letters written to spool.dir/dead-letters/ because the window's broker \
+             budget (routing.dead_letter_budget_bytes) was spent.",
+        )?;
         let sink_up = IntGaugeVec::new(
             Opts::new(
                 "hookbus_sink_up",
@@ -238,6 +246,7 @@ impl Metrics {
         registry.register(Box::new(spool_bytes.clone()))?;
         registry.register(Box::new(oldest_unpublished_age.clone()))?;
         registry.register(Box::new(acks_before_durable.clone()))?;
+        registry.register(Box::new(dead_letters_spilled.clone()))?;
         registry.register(Box::new(sink_up.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(config_warnings.clone()))?;
@@ -417,6 +426,7 @@ impl Metrics {
             spool_bytes,
             oldest_unpublished_age,
             acks_before_durable,
+            dead_letters_spilled,
             config_warnings,
             queue_events,
             publisher_restarts,

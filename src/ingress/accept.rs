@@ -71,6 +71,8 @@ pub struct Ingress {
     pub pending_wait: Duration,
     pub sink: Arc<Sink>,
     pub dead_letter_dir: Arc<publisher::DeadLetterDir>,
+    /// Bytes of dead letters the broker may take per window; beyond, they go to the dir.
+    pub dead_letter_budget: Arc<publisher::DeadLetterBudget>,
     /// The CloudEvents header names for the sink (`routing.cloudevents`), or `None`.
     pub cloudevents: Option<&'static [&'static str; 7]>,
     pub faults: Faults,
@@ -227,11 +229,18 @@ impl Ingress {
             unique.push((id, Some(event.action), job));
         }
         // Invalid items are dead-lettered one by one, each once per window (PubNub retries
-        // the whole batch).
+        // the whole batch), while the window's dead-letter budget lasts; the items beyond it
+        // are kept with the whole body in one file on disk.
         let rejected = normalized.rejected.len();
+        let mut spilled = 0;
         if rejected > 0 {
             let body_id = normalize::body_id(&body);
+            let now = publisher::now_ms();
             for item in normalized.rejected {
+                if spilled > 0 || !self.dead_letter_budget.try_take(item.span.len(), now) {
+                    spilled += 1;
+                    continue;
+                }
                 let id = format!("dead-letter:{body_id}:{}", item.index);
                 let job = self.dead_letter_job(
                     body.slice(item.span),
@@ -275,6 +284,9 @@ impl Ingress {
             }
         }
         let accepted = fresh.len() - dead_lettered;
+        if spilled > 0 {
+            self.spill(body.clone(), "invalid_item", spilled).await;
+        }
         self.accept(fresh, held).await?;
         for action in &duplicates {
             self.metrics.duplicate(*action);
@@ -357,28 +369,60 @@ impl Ingress {
         }
         // Leave room for the headers in the broker's message limit.
         if body.len() + 1024 > self.sink.max_message_bytes() {
-            let dir = self.dead_letter_dir.clone();
-            let bytes = body.len();
-            let written = tokio::task::spawn_blocking(move || dir.write(&body, "too_large"))
-                .await
-                .map_err(|e| IngressError::Unavailable(format!("dead-letter write failed: {e}")))?;
-            match written {
-                Ok(_) => {
-                    held.commit_all(publisher::now_ms());
-                    self.metrics.dead_letter("too_large");
-                }
-                Err(error) => {
-                    // The 400 still goes out: the body is invalid either way.
-                    tracing::error!(%error, bytes, "dead letter dropped");
-                    self.metrics.dead_letter("dropped");
-                }
+            if self.write_dead_letter(body, "too_large").await {
+                held.commit_all(publisher::now_ms());
+                self.metrics.dead_letter("too_large");
             }
+            return Ok(());
+        }
+        if !self
+            .dead_letter_budget
+            .try_take(body.len(), publisher::now_ms())
+        {
+            self.spill(body, reason, 1).await;
+            held.commit_all(publisher::now_ms());
             return Ok(());
         }
         let job = self.dead_letter_job(body, reason, error, None, id, received_ms);
         self.accept(vec![(key, job)], held).await?;
         self.metrics.dead_letter(reason);
         Ok(())
+    }
+
+    /// Keeps `body` on disk as the dead letter of `count` refused items (or of itself) once the
+    /// window's broker budget is spent; counted as dead letters of `reason`, and as spilled.
+    async fn spill(&self, body: Bytes, reason: &'static str, count: usize) {
+        if self.write_dead_letter(body, reason).await {
+            self.metrics.dead_letters_spilled.inc_by(count as u64);
+            for _ in 0..count {
+                self.metrics.dead_letter(reason);
+            }
+        } else if count > 1 {
+            // One `dropped` was counted for the body; the other items went with it.
+            for _ in 1..count {
+                self.metrics.dead_letter("dropped");
+            }
+        }
+    }
+
+    /// Writes a dead letter to `spool.dir/dead-letters/` off the runtime; `false` (counted as
+    /// dropped, logged at a bounded rate) when the directory is at its budget or the disk
+    /// refuses. The answer to the client does not depend on it: the body is refused either
+    /// way.
+    async fn write_dead_letter(&self, body: Bytes, reason: &'static str) -> bool {
+        let dir = self.dead_letter_dir.clone();
+        let bytes = body.len();
+        let written = tokio::task::spawn_blocking(move || dir.write(&body, reason)).await;
+        let error = match written {
+            Ok(Ok(_)) => return true,
+            Ok(Err(error)) => error.to_string(),
+            Err(error) => error.to_string(),
+        };
+        self.metrics.dead_letter("dropped");
+        if let Some(suppressed) = publisher::DROPPED_LOG.admit(publisher::now_ms()) {
+            tracing::error!(%error, bytes, suppressed, "dead letter dropped");
+        }
+        false
     }
 
     /// The dead letter of a rejected body or batch item: its bytes as they came, the reason,

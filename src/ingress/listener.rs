@@ -27,6 +27,28 @@ use tokio::time::Instant;
 
 use crate::shutdown::Shutdown;
 
+/// Binds `addr` with a listen backlog sized for `max_connections` (the standard library and
+/// tokio use 128, which makes a burst of new connections wait on SYN retries; the kernel caps
+/// it at `net.core.somaxconn`).
+///
+/// # Errors
+/// The address cannot be bound (in use, not local, no permission).
+pub fn bind(addr: std::net::SocketAddr, max_connections: usize) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog(max_connections))
+}
+
+/// The listen backlog for a connection cap: the cap itself, at least 128 and at most 65,535.
+pub fn backlog(max_connections: usize) -> u32 {
+    u32::try_from(max_connections.clamp(128, 65_535)).unwrap_or(65_535)
+}
+
 /// Bounds of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -8,7 +8,7 @@ mod listener;
 mod server;
 
 pub use accept::{Accepted, Acceptor, Ingress};
-pub use listener::Limits;
+pub use listener::{Limits, backlog, bind};
 pub use server::{AdminState, CLIENT_CLOSED_REQUEST, serve_admin, serve_webhooks};
 
 use hyper::StatusCode;

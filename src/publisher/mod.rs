@@ -269,6 +269,57 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
+/// What a dead-letter file counts against the directory's budget at the least.
+const FILE_BLOCK: u64 = 4096;
+
+/// One "dead letter written to disk" line a second (the files and the counters say the rest).
+static WRITTEN_LOG: crate::logs::Sampled = crate::logs::Sampled::per_second();
+
+/// One "dead letter dropped" line a second (`hookbus_dead_letters_total{reason="dropped"}`
+/// counts every one).
+pub static DROPPED_LOG: crate::logs::Sampled = crate::logs::Sampled::per_second();
+
+/// The bytes of dead letters that may go to the broker per window
+/// (`routing.dead_letter_budget_bytes` per `routing.dead_letter_budget_window`): beyond it
+/// they are kept in [`DeadLetterDir`] instead, so a flood of invalid input costs the
+/// dead-letter destination a bounded amount per window.
+pub struct DeadLetterBudget {
+    bytes: u64,
+    window_ms: u64,
+    /// (start of the current window, bytes taken in it); never held across an await.
+    state: std::sync::Mutex<(u64, u64)>,
+}
+
+impl DeadLetterBudget {
+    pub fn new(bytes: u64, window: Duration) -> DeadLetterBudget {
+        DeadLetterBudget {
+            bytes,
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
+            state: std::sync::Mutex::new((0, 0)),
+        }
+    }
+
+    /// Takes `bytes` from the current window's budget; `false` (nothing taken) when they do
+    /// not fit.
+    pub fn try_take(&self, bytes: usize, now_ms: u64) -> bool {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (start, used) = &mut *state;
+        if now_ms.saturating_sub(*start) >= self.window_ms {
+            *start = now_ms;
+            *used = 0;
+        }
+        let bytes = bytes as u64;
+        if used.saturating_add(bytes) > self.bytes {
+            return false;
+        }
+        *used += bytes;
+        true
+    }
+}
+
 /// `spool.dir/dead-letters/`: dead letters no broker message can hold, one file each, within
 /// a disk budget (`spool.dead_letter_max_bytes`) so that unauthenticated junk cannot fill the
 /// spool's volume. Files are written whole or not at all (temporary name, fsync, rename).
@@ -312,7 +363,8 @@ impl DeadLetterDir {
         self.used.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Writes `body` as one file named by time, reason and content hash. Blocking.
+    /// Writes `body` as one file named by time, reason and content hash; it counts at least
+    /// 4 KiB against the budget. Blocking.
     ///
     /// # Errors
     /// `Full` when it would exceed the budget; `Io` when the disk refuses (no partial file is
@@ -322,7 +374,9 @@ impl DeadLetterDir {
         use std::sync::atomic::Ordering;
 
         use sha2::{Digest, Sha256};
-        let size = body.len() as u64;
+        // A file costs at least a block, whatever its length: thousands of tiny dead letters
+        // must not fill the volume's inodes under a byte budget they hardly touch.
+        let size = (body.len() as u64).max(FILE_BLOCK);
         let before = self.used.fetch_add(size, Ordering::SeqCst);
         if before.saturating_add(size) > self.budget {
             self.used.fetch_sub(size, Ordering::SeqCst);
@@ -343,7 +397,9 @@ impl DeadLetterDir {
             .and_then(|()| std::fs::rename(&tmp, &path));
         match written {
             Ok(()) => {
-                tracing::warn!(path = %path.display(), bytes = body.len(), reason, "dead letter written to disk");
+                if let Some(suppressed) = WRITTEN_LOG.admit(now_ms()) {
+                    tracing::warn!(path = %path.display(), bytes = body.len(), reason, suppressed, "dead letter written to disk");
+                }
                 Ok(path)
             }
             Err(error) => {

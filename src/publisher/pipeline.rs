@@ -247,7 +247,9 @@ impl<'a> Pipeline<'a> {
                     Ok(Ok(_)) => String::new(),
                 };
                 metrics.dead_letter("dropped");
-                tracing::error!(%error, bytes = job.message.payload.len(), "dead letter dropped");
+                if let Some(suppressed) = super::DROPPED_LOG.admit(now_ms()) {
+                    tracing::error!(%error, bytes = job.message.payload.len(), suppressed, "dead letter dropped");
+                }
             }
             (mark, job, Outcome::Filed)
         }));
