@@ -4,7 +4,11 @@
 Subcommands, each exits non-zero on the first class of failure it finds and prints why:
   lint       helm lint --strict, default values and every ci/*.yaml
   render     offline render of the same cases; wiring checks (selectors, ports, probes,
-             grace period, security context, config.toml keys, checksum roll)
+             grace period, security context, config.toml keys, checksum roll); the webhook
+             token: from the source the values name, else generated into <fullname>-auth,
+             none only with config.auth.allow_anonymous, the same for the helm test pod;
+             and, rendered against a fake API server (fake_kube.py) so `lookup` answers,
+             the generated token kept on upgrade and an existing Secret's key honoured
   schema     values.schema.json accepts the good cases and rejects known-bad values
   kube       every rendered manifest and the kustomize base validate against Kubernetes
              OpenAPI schemas (kubernetes-validate, strict); CRD kinds checked structurally
@@ -111,6 +115,7 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("spoolVolume.sizeLimit", "2 GB", "not a Kubernetes quantity"),
     ("config.dedup.shared", "memcached://x", "shared store that is not redis"),
     ("helmTest.channel", "a b", "channel with a space"),
+    ("config.auth.allow_anonymous", "yes", "allow_anonymous not a boolean"),
 ]
 
 
@@ -668,6 +673,198 @@ def check_guard_rails(f: Failures, name: str, values: dict[str, Any], docs: list
         f.check(not tests, f"[{name}] helm test pod rendered although helmTest.enabled is false")
 
 
+TOKEN = "HOOKBUS_AUTH_TOKEN"
+GENERATED_TOKEN = re.compile(r"[A-Za-z0-9]{48}")
+
+
+def token_source(values: dict[str, Any], existing: dict[str, str] | None = None) -> str:
+    """Where the pods' HOOKBUS_AUTH_TOKEN should come from for these values (the chart's
+    hookbus.authTokenSource): authToken, env, extraEnv, existingSecret, anonymous or
+    generated. existing: the data of secret.existingSecret as the cluster has it (None: it
+    cannot be looked up, as offline, and is assumed to hold the token)."""
+    v = merged(values)
+    sec = v["secret"]
+    if sec.get("authToken"):
+        return "authToken"
+    if TOKEN in (sec.get("env") or {}):
+        return "env"
+    if any(e.get("name") == TOKEN for e in v.get("extraEnv") or []):
+        return "extraEnv"
+    if sec.get("existingSecret") and (existing is None or existing.get(TOKEN)):
+        return "existingSecret"
+    if v["config"]["auth"].get("allow_anonymous"):
+        return "anonymous"
+    return "generated"
+
+
+def token_route(container: dict[str, Any], secrets: dict[str, dict]) -> tuple[str, Any] | None:
+    """How a container gets HOOKBUS_AUTH_TOKEN: ("env", the EnvVar) (env wins over envFrom),
+    ("envFrom", Secret name) from a rendered Secret holding it or from a Secret the chart does
+    not render (an existing one), or None."""
+    for e in container.get("env") or []:
+        if e.get("name") == TOKEN:
+            return ("env", e)
+    for ef in container.get("envFrom") or []:
+        ref = (ef.get("secretRef") or {}).get("name")
+        if ref and (ref not in secrets or TOKEN in (secrets[ref].get("data") or {})):
+            return ("envFrom", ref)
+    return None
+
+
+def check_auth(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[str, dict]],
+               cfg: dict[str, Any], notes: str, source: str) -> None:
+    """The webhook token reaches hookbus (and the helm test pod) from the expected source;
+    with none named the chart generates one; none only with allow_anonymous."""
+    import base64  # noqa: PLC0415
+
+    v = merged(values)
+    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    full = wl["metadata"]["name"]
+    auth_name = f"{full[:58].rstrip('-')}-auth"
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    hb = next(c for c in wl["spec"]["template"]["spec"]["containers"] if c["name"] == "hookbus")
+    got = token_route(hb, secrets)
+    anonymous = bool(v["config"]["auth"].get("allow_anonymous"))
+    f.check(cfg["auth"].get("allow_anonymous") is anonymous,
+            f"[{name}] config.toml auth.allow_anonymous = {cfg['auth'].get('allow_anonymous')!r}, values say {anonymous}")
+    read = "kubectl get secret -n {ns} {secret} -o jsonpath='{{.data.HOOKBUS_AUTH_TOKEN}}' | base64 -d"
+    ns = wl["metadata"].get("namespace", NAMESPACE)
+    if source == "generated":
+        gen = secrets.get(auth_name)
+        if f.check(gen is not None, f"[{name}] no token named: expected the generated Secret {auth_name}"):
+            token = base64.b64decode((gen.get("data") or {}).get(TOKEN, "")).decode()
+            f.check(GENERATED_TOKEN.fullmatch(token) is not None,
+                    f"[{name}] generated {TOKEN} is {len(token)} characters, not 48 alphanumerics")
+            f.check((gen["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") == "keep",
+                    f"[{name}] Secret {auth_name} lacks helm.sh/resource-policy: keep")
+        want: Any = ("env", {"name": TOKEN, "valueFrom": {"secretKeyRef": {"name": auth_name, "key": TOKEN}}})
+        f.check(got == want, f"[{name}] hookbus gets {TOKEN} as {got}, expected {want}")
+        f.check(read.format(ns=ns, secret=auth_name) in notes, f"[{name}] NOTES.txt does not show how to read the generated token")
+    else:
+        f.check(auth_name not in secrets, f"[{name}] token source {source}, yet the chart generated Secret {auth_name}")
+        if source in ("authToken", "env"):
+            expected = v["secret"]["authToken"] if source == "authToken" else str(v["secret"]["env"][TOKEN])
+            data = (secrets.get(full) or {}).get("data") or {}
+            f.check(base64.b64decode(data.get(TOKEN, "")).decode() == expected,
+                    f"[{name}] Secret {full} does not hold the {source} token as given")
+            f.check(got == ("envFrom", full), f"[{name}] hookbus gets {TOKEN} as {got}, expected envFrom {full}")
+            f.check(read.format(ns=ns, secret=full) in notes, f"[{name}] NOTES.txt does not show how to read the token")
+        elif source == "existingSecret":
+            ex = v["secret"]["existingSecret"]
+            f.check(got == ("envFrom", ex), f"[{name}] hookbus gets {TOKEN} as {got}, expected envFrom {ex}")
+            f.check(read.format(ns=ns, secret=ex) in notes, f"[{name}] NOTES.txt does not show how to read the token")
+        elif source == "extraEnv":
+            entry = next(e for e in v["extraEnv"] if e.get("name") == TOKEN)
+            f.check(got == ("env", entry), f"[{name}] hookbus gets {TOKEN} as {got}, expected the extraEnv entry")
+        elif source == "anonymous":
+            f.check(got is None, f"[{name}] allow_anonymous without a token, yet hookbus gets {TOKEN} as {got}")
+            f.check("WARNING" in notes and "allow_anonymous" in notes and "?token=" not in notes,
+                    f"[{name}] NOTES.txt does not warn that the endpoint is open")
+    if source != "anonymous":
+        f.check("?token=" in notes, f"[{name}] NOTES.txt does not say to give PubNub the token (?token=)")
+    # The helm test pod sends the token hookbus expects, got the same way.
+    tests = [d for _, d in docs if d.get("kind") == "Pod"
+             and (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    for pod in tests:
+        c = pod["spec"]["containers"][0]
+        f.check(token_route(c, secrets) == got,
+                f"[{name}] the helm test pod gets {TOKEN} as {token_route(c, secrets)}, hookbus as {got}")
+        script = " ".join(c.get("args") or [])
+        f.check('$TOKEN_HEADER: $HOOKBUS_AUTH_TOKEN' in script, f"[{name}] the helm test does not send the token header")
+
+
+# (values, expected token source, what it shows): each rendered offline.
+AUTH_CASES: list[tuple[dict[str, Any], str, str]] = [
+    ({}, "generated", "default values: a generated token"),
+    ({"config": {"auth": {"allow_anonymous": True}}}, "anonymous", "allow_anonymous: no token generated"),
+    ({"secret": {"authToken": "explicit-token-0123456789"}}, "authToken", "an explicit authToken, used as is"),
+    ({"secret": {"authToken": "explicit-token-0123456789"}, "config": {"auth": {"allow_anonymous": True}}},
+     "authToken", "allow_anonymous with a token: the token stays"),
+    ({"secret": {"env": {TOKEN: "env-token-0123456789"}}}, "env", "secret.env.HOOKBUS_AUTH_TOKEN"),
+    ({"extraEnv": [{"name": TOKEN, "valueFrom": {"secretKeyRef": {"name": "my-token", "key": "token"}}}]},
+     "extraEnv", "an extraEnv entry"),
+    ({"secret": {"existingSecret": "hookbus-env"}}, "existingSecret", "an existing Secret (offline: assumed to hold it)"),
+    ({"config": {"auth": {"tokens": ["${HOOKBUS_AUTH_TOKEN_NEXT}"]}}, "secret": {"env": {"HOOKBUS_AUTH_TOKEN_NEXT": "next-0123456789"}}},
+     "generated", "config.auth.tokens are further tokens: the primary is still generated"),
+    ({"fullnameOverride": "h" * 63}, "generated", "a 63-character full name: the -auth Secret name still fits"),
+]
+
+
+def check_auth_cases(f: Failures) -> None:
+    for vals, source, what in AUTH_CASES:
+        label = f"auth: {what}"
+        manifests = render(vals)
+        docs = docs_of(manifests)
+        notes = next((m for t, m in manifests.items() if t.endswith("NOTES.txt")), "")
+        _, cfg = config_toml_of(docs)  # type: ignore[misc]
+        before = len(f.items)
+        f.check(token_source(vals) == source, f"[{label}] token_source() says {token_source(vals)}, the case {source}")
+        check_auth(f, label, vals, docs, cfg, notes, source)
+        check_secrets(f, label, vals, docs)
+        for s in by_kind(docs, "Secret"):
+            f.check(len(s["metadata"]["name"]) <= 63, f"[{label}] Secret name {s['metadata']['name']!r} over 63")
+        if len(f.items) == before:
+            print(f"  ok   [{label}] token from {source}")
+    # Offline (no cluster to read the Secret back) every render is a new random token.
+    tokens = set()
+    for _ in range(2):
+        docs = docs_of(render({}))
+        s = next(d for d in by_kind(docs, "Secret") if d["metadata"]["name"].endswith("-auth"))
+        tokens.add(s["data"][TOKEN])
+    f.check(len(tokens) == 2, "two offline renders generated the same token: not random")
+
+    # With a cluster: `lookup` keeps the token across upgrades and reads the existing Secret.
+    from fake_kube import FakeKube  # noqa: PLC0415 - sibling module
+
+    kept = "KeptFromTheFirstInstall0123456789abcdefghijklmno"  # 48 alphanumerics, as generated
+    secrets = {
+        ("upgrade", f"{RELEASE}-auth"): {TOKEN: kept},
+        ("no-key", "hookbus-env"): {"KAFKA_SASL_PASSWORD": "x"},
+        ("blank-key", "hookbus-env"): {TOKEN: "", "KAFKA_SASL_PASSWORD": "x"},
+        ("has-key", "hookbus-env"): {TOKEN: "from-the-existing-secret-0123456789"},
+    }
+    existing = {"secret": {"existingSecret": "hookbus-env"}}
+    h = helm()
+    try:
+        with FakeKube(secrets) as kube, h.Chart.load(str(CHART)) as chart:
+            for ns, vals, upgrade, source, what in (
+                    ("upgrade", {}, True, "generated", "upgrade: the generated token is read back, not replaced"),
+                    ("fresh", {}, False, "generated", "install: a new token"),
+                    ("no-key", existing, False, "generated", "existing Secret without HOOKBUS_AUTH_TOKEN: generated"),
+                    ("blank-key", existing, False, "generated", "existing Secret with a blank HOOKBUS_AUTH_TOKEN: generated"),
+                    ("has-key", existing, False, "existingSecret", "existing Secret with HOOKBUS_AUTH_TOKEN: used"),
+                    ("upgrade", {"config": {"auth": {"allow_anonymous": True}}}, True, "anonymous",
+                     "allow_anonymous: no token, not even the kept one")):
+                label = f"lookup: {what}"
+                manifests = kube.render(chart, vals, name=RELEASE, namespace=ns, upgrade=upgrade)
+                docs = [(t, d) for t, d in docs_of(manifests)]
+                notes = next((m for t, m in manifests.items() if t.endswith("NOTES.txt")), "")
+                _, cfg = config_toml_of(docs)  # type: ignore[misc]
+                before = len(f.items)
+                f.check(token_source(vals, secrets.get((ns, "hookbus-env"))) == source,
+                        f"[{label}] token_source() disagrees with the case")
+                check_auth(f, label, vals, docs, cfg, notes, source)
+                gen = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}.get(f"{RELEASE}-auth")
+                token = base64_text((gen or {}).get("data", {}).get(TOKEN, ""))
+                if ns == "upgrade" and source == "generated":
+                    f.check(token == kept, f"[{label}] the token {token!r} is not the one in the cluster's Secret {kept!r}")
+                elif source == "generated":
+                    f.check(token not in (kept, "") and GENERATED_TOKEN.fullmatch(token) is not None,
+                            f"[{label}] expected a new generated token, got {token!r}")
+                if len(f.items) == before:
+                    print(f"  ok   [{label}]")
+            f.check(any(r.endswith("/secrets/hookbus-env") for r in kube.requests),
+                    "the chart never looked up secret.existingSecret")
+    except h.HelmError as e:
+        f.fail(f"rendering against the fake API server failed: {' '.join(str(e).split())[:300]}")
+
+
+def base64_text(b64: str) -> str:
+    import base64  # noqa: PLC0415
+
+    return base64.b64decode(b64).decode() if b64 else ""
+
+
 # Values the chart must refuse to render (values, text the error must contain).
 MUST_FAIL: list[tuple[dict[str, Any], str]] = [
     ({"config": {"spool": {"max_bytes": 10737418240}}}, "do not fit spoolVolume.sizeLimit"),
@@ -680,6 +877,9 @@ MUST_FAIL: list[tuple[dict[str, Any], str]] = [
     ({"secret": {"existingSecret": "hookbus-env", "authToken": "x"}}, "secret.existingSecret is set together"),
     ({"persistence": {"enabled": True}, "fullnameOverride": "h" * 53}, "longer than 52 characters"),
     ({"spoolVolume": {"sizeLimit": "2 GB"}}, "sizeLimit"),
+    # hookbus exits 64 on a blank token: refused before it reaches a pod.
+    ({"secret": {"env": {"HOOKBUS_AUTH_TOKEN": " "}}}, "secret.env.HOOKBUS_AUTH_TOKEN is blank"),
+    ({"extraEnv": [{"name": "HOOKBUS_AUTH_TOKEN", "value": ""}]}, "extraEnv HOOKBUS_AUTH_TOKEN has a blank value"),
 ]
 # Values right at the edge that must render.
 MUST_PASS: list[dict[str, Any]] = [
@@ -695,9 +895,9 @@ MUST_PASS: list[dict[str, Any]] = [
 
 EXPECT = {
     # case: kinds that must be present / absent
-    "default": ({"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget"},
+    "default": ({"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget", "Secret"},
                 {"StatefulSet", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule",
-                 "NetworkPolicy", "Ingress", "Secret"}),
+                 "NetworkPolicy", "Ingress"}),
 }
 FULL_KINDS = {"StatefulSet", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule",
               "NetworkPolicy", "Ingress", "PodDisruptionBudget"}
@@ -737,12 +937,16 @@ def cmd_render(args: argparse.Namespace) -> None:
         text, cfg = got
         (out / "config" / f"{slug}.toml").write_text(text)
         check_secrets(f, name, values, docs)
+        check_auth(f, name, values, docs, cfg, notes, token_source(values))
         check_config(f, name, cfg)
         check_workload(f, name, docs, cfg, values=values)
         check_guard_rails(f, name, values, docs, cfg)
         print(f"  ok   rendered [{name}]: {len(docs)} objects ({', '.join(sorted(kinds))})")
     f.check(full_case_seen, "no ci/*.yaml turns on persistence, HPA, ServiceMonitor, PrometheusRule, "
                             "NetworkPolicy, Ingress and PDB together")
+
+    # The webhook token: generated unless named, kept across upgrades, none only when anonymous.
+    check_auth_cases(f)
 
     # A config change changes the checksum annotation (pods roll); an unrelated value does not.
     def checksum(values: dict[str, Any]) -> str:
