@@ -81,7 +81,7 @@ RELEASE, NAMESPACE = "hookbus", "hookbus"
 CONFIG_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "http": {"listen": str, "max_body_bytes": int},
     "admin": {"listen": str},
-    "auth": {"allowed_sub_keys": list},
+    "auth": {"allowed_sub_keys": list, "allow_anonymous": bool},
     "ack": {"mode": str},
     "spool": {"dir": str, "max_bytes": int},
     "dedup": {"window": str, "max_entries": int},
@@ -1106,6 +1106,20 @@ def cmd_kube(args: argparse.Namespace) -> None:
             (out / "kustomize.toml").write_text(text)
             check_config(f, "kustomize", cfg)
             check_workload(f, "kustomize", docs, cfg, kustomize=True)
+            # Secure by default: no anonymous ingress, and the pod requires the token Secret.
+            f.check(cfg["auth"].get("allow_anonymous") is False,
+                    f"[kustomize] config.toml auth.allow_anonymous = {cfg['auth'].get('allow_anonymous')!r}, expected false")
+            c = next(c for c in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+                     if c["name"] == "hookbus")
+            route = token_route(c, {})
+            env_ref = route[1] if route and route[0] == "env" else {}
+            key_ref = (env_ref.get("valueFrom") or {}).get("secretKeyRef") or {}
+            f.check(key_ref.get("key") == TOKEN and bool(key_ref.get("name")) and not key_ref.get("optional"),
+                    f"[kustomize] the Deployment does not require {TOKEN} from a Secret (env valueFrom.secretKeyRef, "
+                    f"not optional): {route}")
+            optional = [e["secretRef"]["name"] for e in c.get("envFrom") or []
+                        if (e.get("secretRef") or {}).get("optional")]
+            f.check(not optional, f"[kustomize] envFrom Secret(s) {optional} optional: the token Secret is required")
             # The same guard rail as the chart's: the spool budget fits the emptyDir.
             wl = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
             vol = next(v for v in wl["volumes"] if v["name"] == "spool")["emptyDir"] or {}
