@@ -20,7 +20,9 @@ Subcommands, each exits non-zero on the first class of failure it finds and prin
              and the kustomize base, as the pod would see it: every ${VAR} it references
              set, every file it names (TLS CA/cert/key, NKey seed, .creds, ${file:...})
              present: taken from the chart-managed Secret when the values carry it, else
-             generated (openssl, a valid NKey seed and .creds); a config that cannot start fails
+             generated (openssl, a valid NKey seed and .creds); HOOKBUS_AUTH_TOKEN set
+             exactly when the pod spec gives the container one (its value when rendered);
+             a config that cannot start fails
   alerts     renders the chart's alert rules in their default, custom (re-thresholded,
              disabled, relabelled: deploy/prometheus/alerts_custom_values.yaml), all-disabled
              and ci/*.yaml forms into --out/../rules for promtool; checks every alert has
@@ -1333,7 +1335,8 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
     f = Failures()
     work = Path(tempfile.mkdtemp(prefix="hookbus-configcheck-"))
     material = Material(work / "generated")
-    targets: list[tuple[str, str, dict[str, str], str]] = []  # (name, toml, secret files, mount)
+    # (name, toml, secret files, mount, the pod's HOOKBUS_AUTH_TOKEN or None)
+    targets: list[tuple[str, str, dict[str, str], str, str | None]] = []
     for name, values in cases():
         docs = docs_of(render(values))
         got = config_toml_of(docs)
@@ -1345,11 +1348,11 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
         for s in by_kind(docs, "Secret"):
             if s["metadata"]["name"].endswith("-files"):
                 files = {k: base64.b64decode(x).decode() for k, x in (s.get("data") or {}).items()}
-        targets.append((name, got[0], files, mount))
+        targets.append((name, got[0], files, mount, pod_token(docs)))
     kust = Path(args.out) / "config" / "kustomize.toml"
     if kust.exists():
-        targets.append(("kustomize", kust.read_text(), {}, "/etc/hookbus/secrets"))
-    for name, text, files, mount in targets:
+        targets.append(("kustomize", kust.read_text(), {}, "/etc/hookbus/secrets", pod_token(kustomize_docs(f))))
+    for name, text, files, mount, token in targets:
         slug = re.sub(r"[^A-Za-z0-9.-]+", "-", name)
         case = work / slug
         secrets = case / "secrets"
@@ -1376,6 +1379,11 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
         refs = sorted(env_references(cfg))
         for ref in refs:
             env[ref] = f"check-deploy-{ref.lower()}"
+        # The webhook token as the pod gets it (hookbus exits 64 without one unless
+        # allow_anonymous): the rendered Secret's value, a stand-in for a Secret of the user's.
+        if token is not None:
+            env[TOKEN] = token
+            refs.append(f"{TOKEN} (from the pod spec)")
         (case / "config.toml").write_text(text)
         proc = subprocess.run([args.hookbus, "--config", str(case / "config.toml"), "--check"],
                               capture_output=True, text=True, env=env, timeout=60)
@@ -1388,6 +1396,32 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
     shutil.rmtree(work, ignore_errors=True)
     f.check(len(targets) > 1, "no rendered config.toml to check")
     f.exit(f"hookbus --check on {len(targets)} rendered config.toml files")
+
+
+def pod_token(docs: list[tuple[str, dict]]) -> str | None:
+    """The HOOKBUS_AUTH_TOKEN the hookbus container of these manifests would get: the value
+    from a rendered Secret or a literal, a stand-in when it comes from a Secret they do not
+    hold (an existing one), None when it gets none."""
+    import base64  # noqa: PLC0415
+
+    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    c = next(c for c in wl["spec"]["template"]["spec"]["containers"] if c["name"] == "hookbus")
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    route = token_route(c, secrets)
+    if route is None:
+        return None
+    how, what = route
+    if how == "env":
+        if "value" in what:
+            return str(what["value"])
+        ref = (what.get("valueFrom") or {}).get("secretKeyRef") or {}
+        name, key = ref.get("name"), ref.get("key")
+    else:
+        name, key = what, TOKEN
+    data = (secrets.get(name) or {}).get("data") or {}
+    if key in data:
+        return base64.b64decode(data[key]).decode()
+    return "check-deploy-token-from-a-secret-of-the-user"
 
 
 def main() -> None:
