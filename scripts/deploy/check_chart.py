@@ -118,6 +118,11 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("config.dedup.shared", "memcached://x", "shared store that is not redis"),
     ("helmTest.channel", "a b", "channel with a space"),
     ("config.auth.allow_anonymous", "yes", "allow_anonymous not a boolean"),
+    ("config.nats.dead_letter_stream", "PRESENCE.DL", "dead-letter stream name with a dot"),
+    ("config.nats.dead_letter_max_bytes", 0, "dead-letter stream without a size limit"),
+    ("config.nats.dead_letter_max_age", "1 week", "dead-letter max age in an unknown format"),
+    ("config.routing.dead_letter_budget_bytes", -1, "negative dead-letter budget"),
+    ("config.routing.dead_letter_budget_window", "1 minute", "dead-letter budget window in an unknown format"),
 ]
 
 
@@ -775,6 +780,32 @@ def check_auth(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[
         f.check('$TOKEN_HEADER: $HOOKBUS_AUTH_TOKEN' in script, f"[{name}] the helm test does not send the token header")
 
 
+# Dead-letter keys: chart value -> config.toml [section] key, passed through as given.
+DEAD_LETTER_KEYS = [("nats", "dead_letter_stream"), ("nats", "dead_letter_max_bytes"), ("nats", "dead_letter_max_age"),
+                    ("routing", "dead_letter_budget_bytes"), ("routing", "dead_letter_budget_window")]
+
+
+def check_dead_letters(f: Failures, name: str, cfg: dict[str, Any], values: dict[str, Any] | None) -> None:
+    """Dead letters have their own JetStream stream, sized on its own; the chart passes the
+    dead-letter keys through (values None: the kustomize base, whose keys are checked only)."""
+    nats = cfg.get("nats", {})
+    f.check(isinstance(nats.get("dead_letter_stream"), str) and nats["dead_letter_stream"] != nats.get("stream"),
+            f"[{name}] config.toml nats.dead_letter_stream {nats.get('dead_letter_stream')!r} is missing or the events' stream")
+    f.check(isinstance(nats.get("dead_letter_max_bytes"), int) and nats["dead_letter_max_bytes"] > 0,
+            f"[{name}] config.toml nats.dead_letter_max_bytes {nats.get('dead_letter_max_bytes')!r}: the dead-letter stream needs a size limit")
+    try:
+        duration_seconds(str(nats.get("dead_letter_max_age")))
+    except ValueError as e:
+        f.fail(f"[{name}] config.toml nats.dead_letter_max_age: {e}")
+    if values is None:
+        return
+    v = merged(values)["config"]
+    for section, key in DEAD_LETTER_KEYS:
+        want = v[section].get(key)
+        got = cfg.get(section, {}).get(key)
+        f.check(got == want, f"[{name}] config.{section}.{key} = {want!r} rendered as {got!r}")
+
+
 # (values, expected token source, what it shows): each rendered offline.
 AUTH_CASES: list[tuple[dict[str, Any], str, str]] = [
     ({}, "generated", "default values: a generated token"),
@@ -882,6 +913,8 @@ MUST_FAIL: list[tuple[dict[str, Any], str]] = [
     # hookbus exits 64 on a blank token: refused before it reaches a pod.
     ({"secret": {"env": {"HOOKBUS_AUTH_TOKEN": " "}}}, "secret.env.HOOKBUS_AUTH_TOKEN is blank"),
     ({"extraEnv": [{"name": "HOOKBUS_AUTH_TOKEN", "value": ""}]}, "extraEnv HOOKBUS_AUTH_TOKEN has a blank value"),
+    # Dead letters in the events' stream could push events out.
+    ({"config": {"nats": {"dead_letter_stream": "PRESENCE"}}}, "dead letters need a stream of their own"),
 ]
 # Values right at the edge that must render.
 MUST_PASS: list[dict[str, Any]] = [
@@ -940,6 +973,7 @@ def cmd_render(args: argparse.Namespace) -> None:
         (out / "config" / f"{slug}.toml").write_text(text)
         check_secrets(f, name, values, docs)
         check_auth(f, name, values, docs, cfg, notes, token_source(values))
+        check_dead_letters(f, name, cfg, values)
         check_config(f, name, cfg)
         check_workload(f, name, docs, cfg, values=values)
         check_guard_rails(f, name, values, docs, cfg)
@@ -949,6 +983,21 @@ def cmd_render(args: argparse.Namespace) -> None:
 
     # The webhook token: generated unless named, kept across upgrades, none only when anonymous.
     check_auth_cases(f)
+
+    # The dead-letter keys reach config.toml as given; the routing budget only when set.
+    dl = {"config": {"nats": {"dead_letter_stream": "PUBNUB_DL", "dead_letter_max_bytes": 1073741824,
+                              "dead_letter_max_age": "720h"},
+                     "routing": {"dead_letter_budget_bytes": 1048576, "dead_letter_budget_window": "30s"}}}
+    for vals in ({}, dl):
+        _, cfg = config_toml_of(docs_of(render(vals)))  # type: ignore[misc]
+        before = len(f.items)
+        check_dead_letters(f, f"dead letters {json.dumps(vals)[:60]}", cfg, vals)
+        if not vals:
+            f.check(cfg["nats"].get("dead_letter_stream") == "PRESENCE_DEAD_LETTERS"
+                    and "dead_letter_budget_bytes" not in cfg["routing"],
+                    "[dead letters] defaults: expected stream PRESENCE_DEAD_LETTERS and hookbus's routing budget")
+        if len(f.items) == before:
+            print(f"  ok   dead-letter keys passed through: {json.dumps(vals)[:110]}")
 
     # A config change changes the checksum annotation (pods roll); an unrelated value does not.
     def checksum(values: dict[str, Any]) -> str:
@@ -1107,6 +1156,7 @@ def cmd_kube(args: argparse.Namespace) -> None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "kustomize.toml").write_text(text)
             check_config(f, "kustomize", cfg)
+            check_dead_letters(f, "kustomize", cfg, None)
             check_workload(f, "kustomize", docs, cfg, kustomize=True)
             # Secure by default: no anonymous ingress, and the pod requires the token Secret.
             f.check(cfg["auth"].get("allow_anonymous") is False,

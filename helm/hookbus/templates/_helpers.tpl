@@ -244,6 +244,8 @@ template = {{ $c.routing.template | toJson }}
 dead_letter = {{ $c.routing.dead_letter | toJson }}
 {{- include "hookbus.tomlOpt" (list "overflow" $c.routing.overflow) }}
 {{- include "hookbus.tomlOpt" (list "cloudevents" $c.routing.cloudevents) }}
+{{- include "hookbus.tomlOpt" (list "dead_letter_budget_bytes" $c.routing.dead_letter_budget_bytes) }}
+{{- include "hookbus.tomlOpt" (list "dead_letter_budget_window" $c.routing.dead_letter_budget_window) }}
 {{- with $c.routing.rules }}
 rules = [
 {{- range . }}
@@ -262,7 +264,7 @@ kind = {{ $c.sink.kind | toJson }}
 url = {{ $nats.url | toJson }}
 jetstream = {{ $nats.jetstream | toJson }}
 stream = {{ $nats.stream | toJson }}
-{{- range $k := list "connect_timeout" "token" "nkey_seed_file" "credentials_file" "tls_ca_file" "tls_cert_file" "tls_key_file" "require_tls" "max_age" "max_bytes" "storage" "replicas" "duplicate_window" }}
+{{- range $k := list "connect_timeout" "token" "nkey_seed_file" "credentials_file" "tls_ca_file" "tls_cert_file" "tls_key_file" "require_tls" "max_age" "max_bytes" "storage" "replicas" "duplicate_window" "dead_letter_stream" "dead_letter_max_bytes" "dead_letter_max_age" }}
 {{- include "hookbus.tomlOpt" (list $k (index $nats $k)) }}
 {{- end }}
 
@@ -431,6 +433,10 @@ full PVC answers ENOSPC), a tmpfs spool must fit the memory limit, names must fi
 {{- end }}
 {{- if and (hasKey (.Values.secret.env | default dict) "HOOKBUS_AUTH_TOKEN") (not (toString (index .Values.secret.env "HOOKBUS_AUTH_TOKEN") | trim)) }}
 {{- fail "secret.env.HOOKBUS_AUTH_TOKEN is blank: hookbus exits 64 on a blank token. Remove it (the chart then generates one) or set a token; for no token at all set config.auth.allow_anonymous: true" }}
+{{- end }}
+{{- $nats := .Values.config.nats }}
+{{- if and $nats.dead_letter_stream (eq (toString $nats.dead_letter_stream) (toString $nats.stream)) }}
+{{- fail (printf "config.nats.dead_letter_stream is config.nats.stream (%s): dead letters need a stream of their own, or refused input would push events out of the events' stream" (toString $nats.stream)) }}
 {{- end }}
 {{- range .Values.extraEnv }}
 {{- if and (eq (toString .name) "HOOKBUS_AUTH_TOKEN") (not .valueFrom) (not (toString (.value | default "") | trim)) }}
