@@ -14,7 +14,8 @@ Subcommands, each exits non-zero on the first class of failure it finds and prin
              OpenAPI schemas (kubernetes-validate, strict); CRD kinds checked structurally
   sync       the chart's copy of the dashboard equals deploy/; deploy/prometheus/alerts.yaml
              equals the chart's alert rules rendered with the default values (--fix
-             regenerates both)
+             regenerates both); the chart README's values table is values.yaml's and its
+             Upgrading section names what changed
   configcheck --hookbus BIN
              `hookbus --check` on the config.toml of the default values, every ci/*.yaml
              and the kustomize base, as the pod would see it: every ${VAR} it references
@@ -1185,6 +1186,10 @@ def cmd_kube(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- sync
 
+# What the chart README's "## Upgrading" must tell (the contract changes of chart 0.2.0).
+UPGRADING_PHRASES = ["exits 64", "allow_anonymous", '"${VAR}"', "resolves blank", "hookbus narrows",
+                     "`presence.>` to `presence.*.*`", "dead_letter_stream", "new stream"]
+
 def cmd_sync(args: argparse.Namespace) -> None:
     f = Failures()
     for copy_, source in COPIES.items():
@@ -1216,6 +1221,14 @@ def cmd_sync(args: argparse.Namespace) -> None:
                f"{rel} differs from the chart's rules rendered with default values "
                f"(edit {RULES_SOURCE.relative_to(ROOT)}, then run: scripts/check-deploy --sync)"):
         print(f"  ok   {rel} == chart rules rendered with default values")
+    # The chart README tells an upgrading user what changed (phrases that must be there).
+    readme = (CHART / "README.md").read_text()
+    upgrading = readme.split("## Upgrading", 1)[1].split("\n## ", 1)[0] if "## Upgrading" in readme else ""
+    for phrase in UPGRADING_PHRASES:
+        f.check(phrase in upgrading, f"helm/hookbus/README.md \"## Upgrading\" does not say {phrase!r}")
+    if upgrading and all(p in upgrading for p in UPGRADING_PHRASES):
+        print("  ok   helm/hookbus/README.md Upgrading: exit 64 without a token or with a blank ${…}, "
+              "allow_anonymous, the stream migration")
     import values_doc  # noqa: PLC0415 - sibling module
     if args.fix:
         values_doc.write()
