@@ -745,6 +745,9 @@ def check_auth(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[
                     f"[{name}] generated {TOKEN} is {len(token)} characters, not 48 alphanumerics")
             f.check((gen["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") == "keep",
                     f"[{name}] Secret {auth_name} lacks helm.sh/resource-policy: keep")
+            leaks = [f"{d['kind']}/{d['metadata']['name']}" for _, d in docs
+                     if d.get("kind") != "Secret" and token and token in json.dumps(d)]
+            f.check(not leaks and token not in notes, f"[{name}] the generated token appears in {leaks or 'NOTES.txt'}")
         want: Any = ("env", {"name": TOKEN, "valueFrom": {"secretKeyRef": {"name": auth_name, "key": TOKEN}}})
         f.check(got == want, f"[{name}] hookbus gets {TOKEN} as {got}, expected {want}")
         f.check(read.format(ns=ns, secret=auth_name) in notes, f"[{name}] NOTES.txt does not show how to read the generated token")
