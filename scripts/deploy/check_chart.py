@@ -4,19 +4,26 @@
 Subcommands, each exits non-zero on the first class of failure it finds and prints why:
   lint       helm lint --strict, default values and every ci/*.yaml
   render     offline render of the same cases; wiring checks (selectors, ports, probes,
-             grace period, security context, config.toml keys, checksum roll)
+             grace period, security context, config.toml keys, checksum roll); the webhook
+             token: from the source the values name, else generated into <fullname>-auth,
+             none only with config.auth.allow_anonymous, the same for the helm test pod;
+             and, rendered against a fake API server (fake_kube.py) so `lookup` answers,
+             the generated token kept on upgrade and an existing Secret's key honoured
   schema     values.schema.json accepts the good cases and rejects known-bad values
   kube       every rendered manifest and the kustomize base validate against Kubernetes
              OpenAPI schemas (kubernetes-validate, strict); CRD kinds checked structurally
   sync       the chart's copy of the dashboard equals deploy/; deploy/prometheus/alerts.yaml
              equals the chart's alert rules rendered with the default values (--fix
-             regenerates both)
+             regenerates both); the chart README's values table is values.yaml's and its
+             Upgrading section names what changed
   configcheck --hookbus BIN
              `hookbus --check` on the config.toml of the default values, every ci/*.yaml
              and the kustomize base, as the pod would see it: every ${VAR} it references
              set, every file it names (TLS CA/cert/key, NKey seed, .creds, ${file:...})
              present: taken from the chart-managed Secret when the values carry it, else
-             generated (openssl, a valid NKey seed and .creds); a config that cannot start fails
+             generated (openssl, a valid NKey seed and .creds); HOOKBUS_AUTH_TOKEN set
+             exactly when the pod spec gives the container one (its value when rendered);
+             a config that cannot start fails
   alerts     renders the chart's alert rules in their default, custom (re-thresholded,
              disabled, relabelled: deploy/prometheus/alerts_custom_values.yaml), all-disabled
              and ci/*.yaml forms into --out/../rules for promtool; checks every alert has
@@ -77,7 +84,7 @@ RELEASE, NAMESPACE = "hookbus", "hookbus"
 CONFIG_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "http": {"listen": str, "max_body_bytes": int},
     "admin": {"listen": str},
-    "auth": {"allowed_sub_keys": list},
+    "auth": {"allowed_sub_keys": list, "allow_anonymous": bool},
     "ack": {"mode": str},
     "spool": {"dir": str, "max_bytes": int},
     "dedup": {"window": str, "max_entries": int},
@@ -111,6 +118,12 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("spoolVolume.sizeLimit", "2 GB", "not a Kubernetes quantity"),
     ("config.dedup.shared", "memcached://x", "shared store that is not redis"),
     ("helmTest.channel", "a b", "channel with a space"),
+    ("config.auth.allow_anonymous", "yes", "allow_anonymous not a boolean"),
+    ("config.nats.dead_letter_stream", "PRESENCE.DL", "dead-letter stream name with a dot"),
+    ("config.nats.dead_letter_max_bytes", 0, "dead-letter stream without a size limit"),
+    ("config.nats.dead_letter_max_age", "1 week", "dead-letter max age in an unknown format"),
+    ("config.routing.dead_letter_budget_bytes", -1, "negative dead-letter budget"),
+    ("config.routing.dead_letter_budget_window", "1 minute", "dead-letter budget window in an unknown format"),
 ]
 
 
@@ -668,6 +681,227 @@ def check_guard_rails(f: Failures, name: str, values: dict[str, Any], docs: list
         f.check(not tests, f"[{name}] helm test pod rendered although helmTest.enabled is false")
 
 
+TOKEN = "HOOKBUS_AUTH_TOKEN"
+GENERATED_TOKEN = re.compile(r"[A-Za-z0-9]{48}")
+
+
+def token_source(values: dict[str, Any], existing: dict[str, str] | None = None) -> str:
+    """Where the pods' HOOKBUS_AUTH_TOKEN should come from for these values (the chart's
+    hookbus.authTokenSource): authToken, env, extraEnv, existingSecret, anonymous or
+    generated. existing: the data of secret.existingSecret as the cluster has it (None: it
+    cannot be looked up, as offline, and is assumed to hold the token)."""
+    v = merged(values)
+    sec = v["secret"]
+    if sec.get("authToken"):
+        return "authToken"
+    if TOKEN in (sec.get("env") or {}):
+        return "env"
+    if any(e.get("name") == TOKEN for e in v.get("extraEnv") or []):
+        return "extraEnv"
+    if sec.get("existingSecret") and (existing is None or existing.get(TOKEN)):
+        return "existingSecret"
+    if v["config"]["auth"].get("allow_anonymous"):
+        return "anonymous"
+    return "generated"
+
+
+def token_route(container: dict[str, Any], secrets: dict[str, dict]) -> tuple[str, Any] | None:
+    """How a container gets HOOKBUS_AUTH_TOKEN: ("env", the EnvVar) (env wins over envFrom),
+    ("envFrom", Secret name) from a rendered Secret holding it or from a Secret the chart does
+    not render (an existing one), or None."""
+    for e in container.get("env") or []:
+        if e.get("name") == TOKEN:
+            return ("env", e)
+    for ef in container.get("envFrom") or []:
+        ref = (ef.get("secretRef") or {}).get("name")
+        if ref and (ref not in secrets or TOKEN in (secrets[ref].get("data") or {})):
+            return ("envFrom", ref)
+    return None
+
+
+def check_auth(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[str, dict]],
+               cfg: dict[str, Any], notes: str, source: str) -> None:
+    """The webhook token reaches hookbus (and the helm test pod) from the expected source;
+    with none named the chart generates one; none only with allow_anonymous."""
+    import base64  # noqa: PLC0415
+
+    v = merged(values)
+    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    full = wl["metadata"]["name"]
+    auth_name = f"{full[:58].rstrip('-')}-auth"
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    hb = next(c for c in wl["spec"]["template"]["spec"]["containers"] if c["name"] == "hookbus")
+    got = token_route(hb, secrets)
+    anonymous = bool(v["config"]["auth"].get("allow_anonymous"))
+    f.check(cfg["auth"].get("allow_anonymous") is anonymous,
+            f"[{name}] config.toml auth.allow_anonymous = {cfg['auth'].get('allow_anonymous')!r}, values say {anonymous}")
+    read = "kubectl get secret -n {ns} {secret} -o jsonpath='{{.data.HOOKBUS_AUTH_TOKEN}}' | base64 -d"
+    ns = wl["metadata"].get("namespace", NAMESPACE)
+    if source == "generated":
+        gen = secrets.get(auth_name)
+        if f.check(gen is not None, f"[{name}] no token named: expected the generated Secret {auth_name}"):
+            token = base64.b64decode((gen.get("data") or {}).get(TOKEN, "")).decode()
+            f.check(GENERATED_TOKEN.fullmatch(token) is not None,
+                    f"[{name}] generated {TOKEN} is {len(token)} characters, not 48 alphanumerics")
+            f.check((gen["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") == "keep",
+                    f"[{name}] Secret {auth_name} lacks helm.sh/resource-policy: keep")
+            leaks = [f"{d['kind']}/{d['metadata']['name']}" for _, d in docs
+                     if d.get("kind") != "Secret" and token and token in json.dumps(d)]
+            f.check(not leaks and token not in notes, f"[{name}] the generated token appears in {leaks or 'NOTES.txt'}")
+        want: Any = ("env", {"name": TOKEN, "valueFrom": {"secretKeyRef": {"name": auth_name, "key": TOKEN}}})
+        f.check(got == want, f"[{name}] hookbus gets {TOKEN} as {got}, expected {want}")
+        f.check(read.format(ns=ns, secret=auth_name) in notes, f"[{name}] NOTES.txt does not show how to read the generated token")
+    else:
+        f.check(auth_name not in secrets, f"[{name}] token source {source}, yet the chart generated Secret {auth_name}")
+        if source in ("authToken", "env"):
+            expected = v["secret"]["authToken"] if source == "authToken" else str(v["secret"]["env"][TOKEN])
+            data = (secrets.get(full) or {}).get("data") or {}
+            f.check(base64.b64decode(data.get(TOKEN, "")).decode() == expected,
+                    f"[{name}] Secret {full} does not hold the {source} token as given")
+            f.check(got == ("envFrom", full), f"[{name}] hookbus gets {TOKEN} as {got}, expected envFrom {full}")
+            f.check(read.format(ns=ns, secret=full) in notes, f"[{name}] NOTES.txt does not show how to read the token")
+        elif source == "existingSecret":
+            ex = v["secret"]["existingSecret"]
+            f.check(got == ("envFrom", ex), f"[{name}] hookbus gets {TOKEN} as {got}, expected envFrom {ex}")
+            f.check(read.format(ns=ns, secret=ex) in notes, f"[{name}] NOTES.txt does not show how to read the token")
+        elif source == "extraEnv":
+            entry = next(e for e in v["extraEnv"] if e.get("name") == TOKEN)
+            f.check(got == ("env", entry), f"[{name}] hookbus gets {TOKEN} as {got}, expected the extraEnv entry")
+        elif source == "anonymous":
+            f.check(got is None, f"[{name}] allow_anonymous without a token, yet hookbus gets {TOKEN} as {got}")
+            f.check("WARNING" in notes and "allow_anonymous" in notes and "?token=" not in notes,
+                    f"[{name}] NOTES.txt does not warn that the endpoint is open")
+    if source != "anonymous":
+        f.check("?token=" in notes, f"[{name}] NOTES.txt does not say to give PubNub the token (?token=)")
+    # The helm test pod sends the token hookbus expects, got the same way.
+    tests = [d for _, d in docs if d.get("kind") == "Pod"
+             and (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    for pod in tests:
+        c = pod["spec"]["containers"][0]
+        f.check(token_route(c, secrets) == got,
+                f"[{name}] the helm test pod gets {TOKEN} as {token_route(c, secrets)}, hookbus as {got}")
+        script = " ".join(c.get("args") or [])
+        f.check('$TOKEN_HEADER: $HOOKBUS_AUTH_TOKEN' in script, f"[{name}] the helm test does not send the token header")
+
+
+# Dead-letter keys: chart value -> config.toml [section] key, passed through as given.
+DEAD_LETTER_KEYS = [("nats", "dead_letter_stream"), ("nats", "dead_letter_max_bytes"), ("nats", "dead_letter_max_age"),
+                    ("routing", "dead_letter_budget_bytes"), ("routing", "dead_letter_budget_window")]
+
+
+def check_dead_letters(f: Failures, name: str, cfg: dict[str, Any], values: dict[str, Any] | None) -> None:
+    """Dead letters have their own JetStream stream, sized on its own; the chart passes the
+    dead-letter keys through (values None: the kustomize base, whose keys are checked only)."""
+    nats = cfg.get("nats", {})
+    f.check(isinstance(nats.get("dead_letter_stream"), str) and nats["dead_letter_stream"] != nats.get("stream"),
+            f"[{name}] config.toml nats.dead_letter_stream {nats.get('dead_letter_stream')!r} is missing or the events' stream")
+    f.check(isinstance(nats.get("dead_letter_max_bytes"), int) and nats["dead_letter_max_bytes"] > 0,
+            f"[{name}] config.toml nats.dead_letter_max_bytes {nats.get('dead_letter_max_bytes')!r}: the dead-letter stream needs a size limit")
+    try:
+        duration_seconds(str(nats.get("dead_letter_max_age")))
+    except ValueError as e:
+        f.fail(f"[{name}] config.toml nats.dead_letter_max_age: {e}")
+    if values is None:
+        return
+    v = merged(values)["config"]
+    for section, key in DEAD_LETTER_KEYS:
+        want = v[section].get(key)
+        got = cfg.get(section, {}).get(key)
+        f.check(got == want, f"[{name}] config.{section}.{key} = {want!r} rendered as {got!r}")
+
+
+# (values, expected token source, what it shows): each rendered offline.
+AUTH_CASES: list[tuple[dict[str, Any], str, str]] = [
+    ({}, "generated", "default values: a generated token"),
+    ({"config": {"auth": {"allow_anonymous": True}}}, "anonymous", "allow_anonymous: no token generated"),
+    ({"secret": {"authToken": "explicit-token-0123456789"}}, "authToken", "an explicit authToken, used as is"),
+    ({"secret": {"authToken": "explicit-token-0123456789"}, "config": {"auth": {"allow_anonymous": True}}},
+     "authToken", "allow_anonymous with a token: the token stays"),
+    ({"secret": {"env": {TOKEN: "env-token-0123456789"}}}, "env", "secret.env.HOOKBUS_AUTH_TOKEN"),
+    ({"extraEnv": [{"name": TOKEN, "valueFrom": {"secretKeyRef": {"name": "my-token", "key": "token"}}}]},
+     "extraEnv", "an extraEnv entry"),
+    ({"secret": {"existingSecret": "hookbus-env"}}, "existingSecret", "an existing Secret (offline: assumed to hold it)"),
+    ({"config": {"auth": {"tokens": ["${HOOKBUS_AUTH_TOKEN_NEXT}"]}}, "secret": {"env": {"HOOKBUS_AUTH_TOKEN_NEXT": "next-0123456789"}}},
+     "generated", "config.auth.tokens are further tokens: the primary is still generated"),
+    ({"fullnameOverride": "h" * 63}, "generated", "a 63-character full name: the -auth Secret name still fits"),
+]
+
+
+def check_auth_cases(f: Failures) -> None:
+    for vals, source, what in AUTH_CASES:
+        label = f"auth: {what}"
+        manifests = render(vals)
+        docs = docs_of(manifests)
+        notes = next((m for t, m in manifests.items() if t.endswith("NOTES.txt")), "")
+        _, cfg = config_toml_of(docs)  # type: ignore[misc]
+        before = len(f.items)
+        f.check(token_source(vals) == source, f"[{label}] token_source() says {token_source(vals)}, the case {source}")
+        check_auth(f, label, vals, docs, cfg, notes, source)
+        check_secrets(f, label, vals, docs)
+        for s in by_kind(docs, "Secret"):
+            f.check(len(s["metadata"]["name"]) <= 63, f"[{label}] Secret name {s['metadata']['name']!r} over 63")
+        if len(f.items) == before:
+            print(f"  ok   [{label}] token from {source}")
+    # Offline (no cluster to read the Secret back) every render is a new random token.
+    tokens = set()
+    for _ in range(2):
+        docs = docs_of(render({}))
+        s = next(d for d in by_kind(docs, "Secret") if d["metadata"]["name"].endswith("-auth"))
+        tokens.add(s["data"][TOKEN])
+    f.check(len(tokens) == 2, "two offline renders generated the same token: not random")
+
+    # With a cluster: `lookup` keeps the token across upgrades and reads the existing Secret.
+    from fake_kube import FakeKube  # noqa: PLC0415 - sibling module
+
+    kept = "KeptFromTheFirstInstall0123456789abcdefghijklmno"  # 48 alphanumerics, as generated
+    secrets = {
+        ("upgrade", f"{RELEASE}-auth"): {TOKEN: kept},
+        ("no-key", "hookbus-env"): {"KAFKA_SASL_PASSWORD": "x"},
+        ("blank-key", "hookbus-env"): {TOKEN: "", "KAFKA_SASL_PASSWORD": "x"},
+        ("has-key", "hookbus-env"): {TOKEN: "from-the-existing-secret-0123456789"},
+    }
+    existing = {"secret": {"existingSecret": "hookbus-env"}}
+    h = helm()
+    try:
+        with FakeKube(secrets) as kube, h.Chart.load(str(CHART)) as chart:
+            for ns, vals, upgrade, source, what in (
+                    ("upgrade", {}, True, "generated", "upgrade: the generated token is read back, not replaced"),
+                    ("fresh", {}, False, "generated", "install: a new token"),
+                    ("no-key", existing, False, "generated", "existing Secret without HOOKBUS_AUTH_TOKEN: generated"),
+                    ("blank-key", existing, False, "generated", "existing Secret with a blank HOOKBUS_AUTH_TOKEN: generated"),
+                    ("has-key", existing, False, "existingSecret", "existing Secret with HOOKBUS_AUTH_TOKEN: used"),
+                    ("upgrade", {"config": {"auth": {"allow_anonymous": True}}}, True, "anonymous",
+                     "allow_anonymous: no token, not even the kept one")):
+                label = f"lookup: {what}"
+                manifests = kube.render(chart, vals, name=RELEASE, namespace=ns, upgrade=upgrade)
+                docs = [(t, d) for t, d in docs_of(manifests)]
+                notes = next((m for t, m in manifests.items() if t.endswith("NOTES.txt")), "")
+                _, cfg = config_toml_of(docs)  # type: ignore[misc]
+                before = len(f.items)
+                f.check(token_source(vals, secrets.get((ns, "hookbus-env"))) == source,
+                        f"[{label}] token_source() disagrees with the case")
+                check_auth(f, label, vals, docs, cfg, notes, source)
+                gen = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}.get(f"{RELEASE}-auth")
+                token = base64_text((gen or {}).get("data", {}).get(TOKEN, ""))
+                if ns == "upgrade" and source == "generated":
+                    f.check(token == kept, f"[{label}] the token {token!r} is not the one in the cluster's Secret {kept!r}")
+                elif source == "generated":
+                    f.check(token not in (kept, "") and GENERATED_TOKEN.fullmatch(token) is not None,
+                            f"[{label}] expected a new generated token, got {token!r}")
+                if len(f.items) == before:
+                    print(f"  ok   [{label}]")
+            f.check(any(r.endswith("/secrets/hookbus-env") for r in kube.requests),
+                    "the chart never looked up secret.existingSecret")
+    except h.HelmError as e:
+        f.fail(f"rendering against the fake API server failed: {' '.join(str(e).split())[:300]}")
+
+
+def base64_text(b64: str) -> str:
+    import base64  # noqa: PLC0415
+
+    return base64.b64decode(b64).decode() if b64 else ""
+
+
 # Values the chart must refuse to render (values, text the error must contain).
 MUST_FAIL: list[tuple[dict[str, Any], str]] = [
     ({"config": {"spool": {"max_bytes": 10737418240}}}, "do not fit spoolVolume.sizeLimit"),
@@ -680,6 +914,11 @@ MUST_FAIL: list[tuple[dict[str, Any], str]] = [
     ({"secret": {"existingSecret": "hookbus-env", "authToken": "x"}}, "secret.existingSecret is set together"),
     ({"persistence": {"enabled": True}, "fullnameOverride": "h" * 53}, "longer than 52 characters"),
     ({"spoolVolume": {"sizeLimit": "2 GB"}}, "sizeLimit"),
+    # hookbus exits 64 on a blank token: refused before it reaches a pod.
+    ({"secret": {"env": {"HOOKBUS_AUTH_TOKEN": " "}}}, "secret.env.HOOKBUS_AUTH_TOKEN is blank"),
+    ({"extraEnv": [{"name": "HOOKBUS_AUTH_TOKEN", "value": ""}]}, "extraEnv HOOKBUS_AUTH_TOKEN has a blank value"),
+    # Dead letters in the events' stream could push events out.
+    ({"config": {"nats": {"dead_letter_stream": "PRESENCE"}}}, "dead letters need a stream of their own"),
 ]
 # Values right at the edge that must render.
 MUST_PASS: list[dict[str, Any]] = [
@@ -695,9 +934,9 @@ MUST_PASS: list[dict[str, Any]] = [
 
 EXPECT = {
     # case: kinds that must be present / absent
-    "default": ({"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget"},
+    "default": ({"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget", "Secret"},
                 {"StatefulSet", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule",
-                 "NetworkPolicy", "Ingress", "Secret"}),
+                 "NetworkPolicy", "Ingress"}),
 }
 FULL_KINDS = {"StatefulSet", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule",
               "NetworkPolicy", "Ingress", "PodDisruptionBudget"}
@@ -737,12 +976,32 @@ def cmd_render(args: argparse.Namespace) -> None:
         text, cfg = got
         (out / "config" / f"{slug}.toml").write_text(text)
         check_secrets(f, name, values, docs)
+        check_auth(f, name, values, docs, cfg, notes, token_source(values))
+        check_dead_letters(f, name, cfg, values)
         check_config(f, name, cfg)
         check_workload(f, name, docs, cfg, values=values)
         check_guard_rails(f, name, values, docs, cfg)
         print(f"  ok   rendered [{name}]: {len(docs)} objects ({', '.join(sorted(kinds))})")
     f.check(full_case_seen, "no ci/*.yaml turns on persistence, HPA, ServiceMonitor, PrometheusRule, "
                             "NetworkPolicy, Ingress and PDB together")
+
+    # The webhook token: generated unless named, kept across upgrades, none only when anonymous.
+    check_auth_cases(f)
+
+    # The dead-letter keys reach config.toml as given; the routing budget only when set.
+    dl = {"config": {"nats": {"dead_letter_stream": "PUBNUB_DL", "dead_letter_max_bytes": 1073741824,
+                              "dead_letter_max_age": "720h"},
+                     "routing": {"dead_letter_budget_bytes": 1048576, "dead_letter_budget_window": "30s"}}}
+    for vals in ({}, dl):
+        _, cfg = config_toml_of(docs_of(render(vals)))  # type: ignore[misc]
+        before = len(f.items)
+        check_dead_letters(f, f"dead letters {json.dumps(vals)[:60]}", cfg, vals)
+        if not vals:
+            f.check(cfg["nats"].get("dead_letter_stream") == "PRESENCE_DEAD_LETTERS"
+                    and "dead_letter_budget_bytes" not in cfg["routing"],
+                    "[dead letters] defaults: expected stream PRESENCE_DEAD_LETTERS and hookbus's routing budget")
+        if len(f.items) == before:
+            print(f"  ok   dead-letter keys passed through: {json.dumps(vals)[:110]}")
 
     # A config change changes the checksum annotation (pods roll); an unrelated value does not.
     def checksum(values: dict[str, Any]) -> str:
@@ -901,7 +1160,22 @@ def cmd_kube(args: argparse.Namespace) -> None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "kustomize.toml").write_text(text)
             check_config(f, "kustomize", cfg)
+            check_dead_letters(f, "kustomize", cfg, None)
             check_workload(f, "kustomize", docs, cfg, kustomize=True)
+            # Secure by default: no anonymous ingress, and the pod requires the token Secret.
+            f.check(cfg["auth"].get("allow_anonymous") is False,
+                    f"[kustomize] config.toml auth.allow_anonymous = {cfg['auth'].get('allow_anonymous')!r}, expected false")
+            c = next(c for c in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+                     if c["name"] == "hookbus")
+            route = token_route(c, {})
+            env_ref = route[1] if route and route[0] == "env" else {}
+            key_ref = (env_ref.get("valueFrom") or {}).get("secretKeyRef") or {}
+            f.check(key_ref.get("key") == TOKEN and bool(key_ref.get("name")) and not key_ref.get("optional"),
+                    f"[kustomize] the Deployment does not require {TOKEN} from a Secret (env valueFrom.secretKeyRef, "
+                    f"not optional): {route}")
+            optional = [e["secretRef"]["name"] for e in c.get("envFrom") or []
+                        if (e.get("secretRef") or {}).get("optional")]
+            f.check(not optional, f"[kustomize] envFrom Secret(s) {optional} optional: the token Secret is required")
             # The same guard rail as the chart's: the spool budget fits the emptyDir.
             wl = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
             vol = next(v for v in wl["volumes"] if v["name"] == "spool")["emptyDir"] or {}
@@ -914,6 +1188,10 @@ def cmd_kube(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- sync
+
+# What the chart README's "## Upgrading" must tell (the contract changes of chart 0.2.0).
+UPGRADING_PHRASES = ["exits 64", "allow_anonymous", '"${VAR}"', "resolves blank", "hookbus narrows",
+                     "`presence.>` to `presence.*.*`", "dead_letter_stream", "new stream"]
 
 def cmd_sync(args: argparse.Namespace) -> None:
     f = Failures()
@@ -946,6 +1224,14 @@ def cmd_sync(args: argparse.Namespace) -> None:
                f"{rel} differs from the chart's rules rendered with default values "
                f"(edit {RULES_SOURCE.relative_to(ROOT)}, then run: scripts/check-deploy --sync)"):
         print(f"  ok   {rel} == chart rules rendered with default values")
+    # The chart README tells an upgrading user what changed (phrases that must be there).
+    readme = (CHART / "README.md").read_text()
+    upgrading = readme.split("## Upgrading", 1)[1].split("\n## ", 1)[0] if "## Upgrading" in readme else ""
+    for phrase in UPGRADING_PHRASES:
+        f.check(phrase in upgrading, f"helm/hookbus/README.md \"## Upgrading\" does not say {phrase!r}")
+    if upgrading and all(p in upgrading for p in UPGRADING_PHRASES):
+        print("  ok   helm/hookbus/README.md Upgrading: exit 64 without a token or with a blank ${…}, "
+              "allow_anonymous, the stream migration")
     import values_doc  # noqa: PLC0415 - sibling module
     if args.fix:
         values_doc.write()
@@ -1115,7 +1401,8 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
     f = Failures()
     work = Path(tempfile.mkdtemp(prefix="hookbus-configcheck-"))
     material = Material(work / "generated")
-    targets: list[tuple[str, str, dict[str, str], str]] = []  # (name, toml, secret files, mount)
+    # (name, toml, secret files, mount, the pod's HOOKBUS_AUTH_TOKEN or None)
+    targets: list[tuple[str, str, dict[str, str], str, str | None]] = []
     for name, values in cases():
         docs = docs_of(render(values))
         got = config_toml_of(docs)
@@ -1127,11 +1414,11 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
         for s in by_kind(docs, "Secret"):
             if s["metadata"]["name"].endswith("-files"):
                 files = {k: base64.b64decode(x).decode() for k, x in (s.get("data") or {}).items()}
-        targets.append((name, got[0], files, mount))
+        targets.append((name, got[0], files, mount, pod_token(docs)))
     kust = Path(args.out) / "config" / "kustomize.toml"
     if kust.exists():
-        targets.append(("kustomize", kust.read_text(), {}, "/etc/hookbus/secrets"))
-    for name, text, files, mount in targets:
+        targets.append(("kustomize", kust.read_text(), {}, "/etc/hookbus/secrets", pod_token(kustomize_docs(f))))
+    for name, text, files, mount, token in targets:
         slug = re.sub(r"[^A-Za-z0-9.-]+", "-", name)
         case = work / slug
         secrets = case / "secrets"
@@ -1158,6 +1445,11 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
         refs = sorted(env_references(cfg))
         for ref in refs:
             env[ref] = f"check-deploy-{ref.lower()}"
+        # The webhook token as the pod gets it (hookbus exits 64 without one unless
+        # allow_anonymous): the rendered Secret's value, a stand-in for a Secret of the user's.
+        if token is not None:
+            env[TOKEN] = token
+            refs.append(f"{TOKEN} (from the pod spec)")
         (case / "config.toml").write_text(text)
         proc = subprocess.run([args.hookbus, "--config", str(case / "config.toml"), "--check"],
                               capture_output=True, text=True, env=env, timeout=60)
@@ -1170,6 +1462,32 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
     shutil.rmtree(work, ignore_errors=True)
     f.check(len(targets) > 1, "no rendered config.toml to check")
     f.exit(f"hookbus --check on {len(targets)} rendered config.toml files")
+
+
+def pod_token(docs: list[tuple[str, dict]]) -> str | None:
+    """The HOOKBUS_AUTH_TOKEN the hookbus container of these manifests would get: the value
+    from a rendered Secret or a literal, a stand-in when it comes from a Secret they do not
+    hold (an existing one), None when it gets none."""
+    import base64  # noqa: PLC0415
+
+    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    c = next(c for c in wl["spec"]["template"]["spec"]["containers"] if c["name"] == "hookbus")
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    route = token_route(c, secrets)
+    if route is None:
+        return None
+    how, what = route
+    if how == "env":
+        if "value" in what:
+            return str(what["value"])
+        ref = (what.get("valueFrom") or {}).get("secretKeyRef") or {}
+        name, key = ref.get("name"), ref.get("key")
+    else:
+        name, key = what, TOKEN
+    data = (secrets.get(name) or {}).get("data") or {}
+    if key in data:
+        return base64.b64decode(data[key]).decode()
+    return "check-deploy-token-from-a-secret-of-the-user"
 
 
 def main() -> None:

@@ -74,6 +74,66 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* Name of the Secret holding the token the chart generated (see hookbus.authTokenSource). */}}
+{{- define "hookbus.authSecretName" -}}
+{{- printf "%s-auth" (include "hookbus.fullname" . | trunc 58 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Where hookbus's webhook token (env HOOKBUS_AUTH_TOKEN) comes from. hookbus refuses to start
+without a token unless config.auth.allow_anonymous is true, so the chart never leaves it
+unset by accident:
+  authToken       secret.authToken, in the chart-managed Secret (envFrom)
+  env             secret.env.HOOKBUS_AUTH_TOKEN, in the chart-managed Secret (envFrom)
+  extraEnv        an extraEnv entry named HOOKBUS_AUTH_TOKEN
+  existingSecret  secret.existingSecret has a non-empty HOOKBUS_AUTH_TOKEN, or cannot be read
+                  (offline render, not created yet): it is assumed to have one
+  anonymous       none of the above and config.auth.allow_anonymous: no token at all
+  generated       none of the above: a random token in the Secret hookbus.authSecretName
+*/}}
+{{- define "hookbus.authTokenSource" -}}
+{{- $sec := .Values.secret }}
+{{- $extraEnv := false }}
+{{- range .Values.extraEnv }}{{ if eq (toString .name) "HOOKBUS_AUTH_TOKEN" }}{{ $extraEnv = true }}{{ end }}{{ end }}
+{{- $existing := false }}
+{{- if $sec.existingSecret }}
+{{- $found := lookup "v1" "Secret" .Release.Namespace $sec.existingSecret }}
+{{- if or (not $found) (index ($found.data | default dict) "HOOKBUS_AUTH_TOKEN") }}{{ $existing = true }}{{ end }}
+{{- end }}
+{{- if $sec.authToken }}authToken
+{{- else if hasKey ($sec.env | default dict) "HOOKBUS_AUTH_TOKEN" }}env
+{{- else if $extraEnv }}extraEnv
+{{- else if $existing }}existingSecret
+{{- else if .Values.config.auth.allow_anonymous }}anonymous
+{{- else }}generated
+{{- end }}
+{{- end }}
+
+{{/*
+The generated token: the one in the release's Secret hookbus.authSecretName when it exists
+(so upgrades and reinstalls keep the token PubNub was given), else 48 random alphanumerics.
+Call it once per render (the Secret template): each call outside a cluster is a new token.
+*/}}
+{{- define "hookbus.generatedAuthToken" -}}
+{{- $token := "" }}
+{{- with lookup "v1" "Secret" .Release.Namespace (include "hookbus.authSecretName" .) }}
+{{- with .data }}{{ with .HOOKBUS_AUTH_TOKEN }}{{ $token = b64dec . }}{{ end }}{{ end }}
+{{- end }}
+{{- $token | default (randAlphaNum 48) }}
+{{- end }}
+
+{{/* The env entry giving hookbus (and the helm test) the token, for sources that need one in env. */}}
+{{- define "hookbus.authTokenEnv" -}}
+{{- $source := include "hookbus.authTokenSource" . }}
+{{- if eq $source "generated" }}
+- name: HOOKBUS_AUTH_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "hookbus.authSecretName" . }}
+      key: HOOKBUS_AUTH_TOKEN
+{{- end }}
+{{- end }}
+
 {{/* Name of the Secret mounted as files, or "" when there is none. */}}
 {{- define "hookbus.filesSecretName" -}}
 {{- if .Values.secretFiles.existingSecret }}
@@ -157,6 +217,7 @@ listen = {{ printf "0.0.0.0:%d" (.Values.containerPorts.admin | int) | toJson }}
 
 [auth]
 allowed_sub_keys = {{ include "hookbus.tomlValue" ($c.auth.allowed_sub_keys | default list) }}
+allow_anonymous = {{ $c.auth.allow_anonymous | default false }}
 {{- include "hookbus.tomlOpt" (list "tokens" $c.auth.tokens) }}
 {{- include "hookbus.tomlOpt" (list "header" $c.auth.header) }}
 
@@ -183,6 +244,8 @@ template = {{ $c.routing.template | toJson }}
 dead_letter = {{ $c.routing.dead_letter | toJson }}
 {{- include "hookbus.tomlOpt" (list "overflow" $c.routing.overflow) }}
 {{- include "hookbus.tomlOpt" (list "cloudevents" $c.routing.cloudevents) }}
+{{- include "hookbus.tomlOpt" (list "dead_letter_budget_bytes" $c.routing.dead_letter_budget_bytes) }}
+{{- include "hookbus.tomlOpt" (list "dead_letter_budget_window" $c.routing.dead_letter_budget_window) }}
 {{- with $c.routing.rules }}
 rules = [
 {{- range . }}
@@ -201,7 +264,7 @@ kind = {{ $c.sink.kind | toJson }}
 url = {{ $nats.url | toJson }}
 jetstream = {{ $nats.jetstream | toJson }}
 stream = {{ $nats.stream | toJson }}
-{{- range $k := list "connect_timeout" "token" "nkey_seed_file" "credentials_file" "tls_ca_file" "tls_cert_file" "tls_key_file" "require_tls" "max_age" "max_bytes" "storage" "replicas" "duplicate_window" }}
+{{- range $k := list "connect_timeout" "token" "nkey_seed_file" "credentials_file" "tls_ca_file" "tls_cert_file" "tls_key_file" "require_tls" "max_age" "max_bytes" "storage" "replicas" "duplicate_window" "dead_letter_stream" "dead_letter_max_bytes" "dead_letter_max_age" }}
 {{- include "hookbus.tomlOpt" (list $k (index $nats $k)) }}
 {{- end }}
 
@@ -367,6 +430,18 @@ full PVC answers ENOSPC), a tmpfs spool must fit the memory limit, names must fi
 {{- end }}
 {{- if and .Values.secret.existingSecret (or .Values.secret.authToken .Values.secret.natsUser .Values.secret.natsPassword .Values.secret.natsToken .Values.secret.env) }}
 {{- fail "secret.existingSecret is set together with secret.authToken/natsUser/natsPassword/natsToken/env: put those keys in the existing Secret (they would be ignored)" }}
+{{- end }}
+{{- if and (hasKey (.Values.secret.env | default dict) "HOOKBUS_AUTH_TOKEN") (not (toString (index .Values.secret.env "HOOKBUS_AUTH_TOKEN") | trim)) }}
+{{- fail "secret.env.HOOKBUS_AUTH_TOKEN is blank: hookbus exits 64 on a blank token. Remove it (the chart then generates one) or set a token; for no token at all set config.auth.allow_anonymous: true" }}
+{{- end }}
+{{- $nats := .Values.config.nats }}
+{{- if and $nats.dead_letter_stream (eq (toString $nats.dead_letter_stream) (toString $nats.stream)) }}
+{{- fail (printf "config.nats.dead_letter_stream is config.nats.stream (%s): dead letters need a stream of their own, or refused input would push events out of the events' stream" (toString $nats.stream)) }}
+{{- end }}
+{{- range .Values.extraEnv }}
+{{- if and (eq (toString .name) "HOOKBUS_AUTH_TOKEN") (not .valueFrom) (not (toString (.value | default "") | trim)) }}
+{{- fail "extraEnv HOOKBUS_AUTH_TOKEN has a blank value: hookbus exits 64 on a blank token. Remove the entry (the chart then generates one), give it a value or valueFrom, or set config.auth.allow_anonymous: true" }}
+{{- end }}
 {{- end }}
 {{- end }}
 

@@ -56,9 +56,16 @@ spec:
         - secretRef:
             name: {{ $envSecret }}
       {{- end }}
-      {{- with .Values.extraEnv }}
+      {{- $tokenEnv := include "hookbus.authTokenEnv" . }}
+      {{- if or $tokenEnv .Values.extraEnv }}
       env:
+        {{- with $tokenEnv }}
+        # The webhook token the chart generated (no authToken, existing Secret key or extraEnv entry).
+        {{- . | trim | nindent 8 }}
+        {{- end }}
+        {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
+        {{- end }}
       {{- end }}
       {{- if .Values.probes.startup.enabled }}
       startupProbe:
