@@ -626,7 +626,7 @@ async fn mutated_fixtures_and_random_bytes_get_2xx_or_4xx_and_every_400_is_dead_
         let js = js.clone();
         let rejected = &rejected;
         async move {
-            let mut stream = js.get_stream("PRESENCE").await.ok()?;
+            let mut stream = js.get_stream("PRESENCE_DEAD_LETTERS").await.ok()?;
             let info = stream.info().await.ok()?.clone();
             let mut bodies = Vec::new();
             for seq in info.state.first_sequence..=info.state.last_sequence {
@@ -650,4 +650,206 @@ async fn mutated_fixtures_and_random_bytes_get_2xx_or_4xx_and_every_400_is_dead_
         );
     }
     hb.stop().await.unwrap();
+}
+
+/// An 8 MiB body (at most) made of `head`, `unit` repeated, and `tail`.
+fn padded(head: &str, unit: &str, tail: &str) -> Vec<u8> {
+    let room = (8 << 20) - head.len() - tail.len() - 64;
+    let mut body = String::with_capacity(8 << 20);
+    body.push_str(head);
+    let n = room / unit.len();
+    for i in 0..n {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(unit.trim_end_matches(','));
+    }
+    body.push_str(tail);
+    body.into_bytes()
+}
+
+/// POSTs `body` on a connection of its own; the status, or 0 when the connection ended
+/// without an answer.
+async fn post_raw(addr: SocketAddr, body: Vec<u8>) -> u16 {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let head = format!(
+        "POST /webhooks/pubnub HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    if s.write_all(head.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let _ = s.write_all(&body).await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut raw)).await;
+    String::from_utf8_lossy(&raw[..raw.len().min(12)])
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_bodies_in_parallel_parse_within_bounded_memory_and_all_get_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    // The defaults: 8 MiB bodies, 64 MiB of bodies in flight.
+    let hb = Process::spawn(&dir.path().join("spool"), &offline("")).await;
+    let pid = hb.child.id().unwrap();
+    let join = r#"{"action":"join","sub_key":"sub-c-1","channel":"lobby","uuid":"u1","timestamp":1718035200,"occupancy":1"#;
+    let ena =
+        r#"{"schema":"pubnub.com/schemas/events/presence.user.channel.joined?v=1.0.0","data":["#;
+    let item = r#"{"id":"i","channel":"c","timestamp":"2024-06-10T16:00:00Z","data":{"data":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}}"#;
+    let bodies = vec![
+        // A state (`data`) of four million numbers.
+        padded(&format!("{join},\"data\":["), "0", "]}"),
+        // A state-change whose state is four million numbers.
+        padded(
+            r#"{"action":"state-change","channel":"lobby","uuid":"u1","timestamp":1718035200,"data":["#,
+            "0",
+            "]}",
+        ),
+        // An unknown member of millions of empty objects.
+        padded(&format!("{join},\"x\":["), "{}", "]}"),
+        // An unknown member of millions of numbers.
+        padded(&format!("{join},\"y\":["), "0", "]}"),
+        // A batch of millions of empty items.
+        padded(ena, "{}", "]}"),
+        // A batch at the item cap whose items each carry a long state.
+        {
+            let mut b = ena.to_owned();
+            for i in 0..10_000 {
+                if i > 0 {
+                    b.push(',');
+                }
+                b.push_str(item);
+            }
+            b.push_str("]}");
+            assert!(b.len() <= 8 << 20, "{}", b.len());
+            b.into_bytes()
+        },
+        // An interval with millions of empty user ids.
+        padded(
+            r#"{"action":"interval","channel":"lobby","timestamp":1718035200,"occupancy":1,"join":["#,
+            r#""""#,
+            "]}",
+        ),
+        // Millions of distinct unknown members.
+        {
+            let mut b = String::from(join);
+            let mut i = 0u64;
+            while b.len() < (8 << 20) - 32 {
+                b.push_str(&format!(",\"k{i}\":0"));
+                i += 1;
+            }
+            b.push('}');
+            b.into_bytes()
+        },
+    ];
+    let mut clients = Vec::new();
+    for body in bodies {
+        let addr = hb.http_addr;
+        clients.push(tokio::spawn(async move { post_raw(addr, body).await }));
+    }
+    let mut codes = Vec::new();
+    for c in clients {
+        codes.push(c.await.unwrap());
+    }
+    for code in &codes {
+        assert!(
+            [200, 400, 413, 503].contains(code),
+            "every body gets an answer: {codes:?}"
+        );
+    }
+    assert!(
+        codes.iter().filter(|&&c| c == 400).count() >= 4,
+        "the oversized states and deltas are refused: {codes:?}"
+    );
+    let peak = peak_rss_kib(pid);
+    assert!(
+        peak < 256 * 1024,
+        "peak RSS {peak} KiB for 8 adversarial 8 MiB bodies ({codes:?})"
+    );
+    // Still serving.
+    assert_eq!(post(hb.http_addr, JOIN).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_refused_webhooks_are_logged_at_a_bounded_rate_and_counted_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let hb = Process::spawn_with_env(
+        &dir.path().join("spool"),
+        &offline("[auth]\ntoken = \"flood-token\"\nallow_anonymous = false"),
+        &[("RUST_LOG", "info")],
+    )
+    .await;
+    let started = Instant::now();
+    let n = 1500;
+    for _ in 0..n {
+        assert_eq!(post(hb.http_addr, JOIN).await.status, 401);
+    }
+    let headers = [("X-Hookbus-Token", "flood-token")];
+    for i in 0..n {
+        let r = request(
+            hb.http_addr,
+            "POST",
+            "/webhooks/pubnub",
+            &headers,
+            format!("not json {i}").as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 400);
+    }
+    let seconds = started.elapsed().as_secs() + 2;
+    assert_eq!(
+        metric(
+            hb.admin_addr,
+            "hookbus_auth_failures_total{reason=\"missing_token\"}"
+        )
+        .await,
+        n as f64
+    );
+    assert_eq!(
+        metric(hb.admin_addr, "hookbus_http_requests_total{code=\"400\"}").await,
+        n as f64
+    );
+    let log = hb.log();
+    let unauthorized = log.matches("webhook unauthorized").count() as u64;
+    let rejected = log.matches("webhook rejected").count() as u64;
+    assert!(
+        (1..=seconds).contains(&unauthorized) && (1..=seconds).contains(&rejected),
+        "{unauthorized} and {rejected} lines in {seconds} s"
+    );
+    assert!(
+        log.contains("suppressed="),
+        "a line says how many it stands for"
+    );
+    assert!(!log.contains("flood-token"), "the token is never logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_backlog_follows_the_connection_cap_and_admin_errors_are_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let hb = Process::spawn(
+        &dir.path().join("spool"),
+        &offline("[http]\nmax_connections = 3000\n[admin]\nmax_connections = 300"),
+    )
+    .await;
+    for (addr, backlog) in [(hb.http_addr, "3000"), (hb.admin_addr, "300")] {
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{}", addr.port())])
+            .output()
+            .expect("ss");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // State Recv-Q Send-Q Local Peer: Send-Q of a listening socket is its backlog.
+        let send_q = text.split_whitespace().nth(2);
+        assert_eq!(send_q, Some(backlog), "{text}");
+    }
+    let r = request(hb.admin_addr, "GET", "/nope", &[], b"").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "not_found");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let r = request(hb.admin_addr, "POST", "/metrics", &[], b"").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.json()["error"], "method_not_allowed");
 }

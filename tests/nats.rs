@@ -40,19 +40,24 @@ async fn stream_messages(url: &str, stream: &str) -> Vec<Stored> {
 }
 
 async fn wait_messages(url: &str, count: usize) -> Vec<Stored> {
+    wait_stream_messages(url, "PRESENCE", count).await
+}
+
+/// The messages of `stream` once it holds at least `count`.
+async fn wait_stream_messages(url: &str, stream: &str, count: usize) -> Vec<Stored> {
     let url = url.to_owned();
-    wait_for("messages in the stream", SECS, || {
+    wait_for(&format!("messages in the stream {stream}"), SECS, || {
         let url = url.clone();
         async move {
             let client = async_nats::connect(&url).await.ok()?;
             let js = jetstream::new(client);
-            let mut stream = js.get_stream("PRESENCE").await.ok()?;
+            let mut stream = js.get_stream(stream).await.ok()?;
             let n = stream.info().await.ok()?.state.messages as usize;
             (n >= count).then_some(())
         }
     })
     .await;
-    stream_messages(&url, "PRESENCE").await
+    stream_messages(&url, stream).await
 }
 
 fn header<'a>(m: &'a Stored, name: &str) -> Option<&'a str> {
@@ -145,7 +150,8 @@ async fn bad_input_gets_400_and_a_byte_identical_dead_letter() {
         assert_eq!(json["error"], "invalid_payload", "{name}");
         assert!(!json["message"].as_str().unwrap().is_empty(), "{name}");
     }
-    let stored = wait_messages(&nats.url(), bad.len()).await;
+    // Dead letters have a stream of their own.
+    let stored = wait_stream_messages(&nats.url(), "PRESENCE_DEAD_LETTERS", bad.len()).await;
     assert_eq!(stored.len(), bad.len());
     for (m, (name, body)) in stored.iter().zip(&bad) {
         assert_eq!(m.subject, "presence.dead-letter", "{name}");
@@ -209,9 +215,29 @@ async fn stream_is_created_with_the_configured_retention_and_subjects() {
     assert_eq!(info.config.num_replicas, 1);
     assert_eq!(
         info.config.subjects,
-        vec!["presence.>".to_owned()],
-        "the overflow and dead-letter subjects fall under presence.>"
+        vec!["presence.*.*".to_owned()],
+        "the event names and nothing else: dead letters have a stream of their own"
     );
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let dead = wait_for("stream PN_TEST_DEAD_LETTERS", SECS, || {
+        let js = js.clone();
+        async move {
+            js.get_stream("PN_TEST_DEAD_LETTERS")
+                .await
+                .ok()?
+                .info()
+                .await
+                .ok()
+                .cloned()
+        }
+    })
+    .await;
+    assert_eq!(
+        dead.config.subjects,
+        vec!["presence.dead-letter".to_owned()]
+    );
+    assert_eq!(dead.config.max_bytes, 268_435_456, "limits of its own");
+    assert_eq!(dead.config.max_age, Duration::from_secs(7 * 24 * 3600));
     assert_eq!(
         metric(hookbus.admin_addr, "hookbus_config_warnings_total").await,
         0.0
@@ -249,6 +275,132 @@ async fn existing_stream_with_other_settings_is_left_alone_and_warned_about() {
         info.config.duplicate_window,
         Duration::from_secs(60),
         "left as it was"
+    );
+    hookbus.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_invalid_items_leaves_every_event_in_the_presence_stream() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    // A small event stream, a small dead-letter budget per window and a small disk budget.
+    let hookbus = start(config(
+        &spool,
+        &format!(
+            "[ack]\nmode = \"publish\"\n[nats]\nurl = \"{}\"\nmax_bytes = 1048576\n\
+             dead_letter_max_bytes = 1048576\n[routing]\ndead_letter_budget_bytes = 262144\n\
+             [spool]\ndead_letter_max_bytes = 1048576",
+            nats.url()
+        ),
+    ))
+    .await;
+    let admin = hookbus.admin_addr;
+    wait_for("the sink to connect", SECS, || async move {
+        (metric(admin, "hookbus_sink_up{sink=\"nats\"}").await == 1.0).then_some(())
+    })
+    .await;
+    let events = 200;
+    for i in 0..events {
+        let body = format!(
+            r#"{{"action":"join","sub_key":"sub-c-1","channel":"room-{i}","uuid":"u{i}","timestamp":1718035200,"occupancy":1}}"#
+        );
+        assert_eq!(post(hookbus.http_addr, body.as_bytes()).await.status, 200);
+    }
+    // 30 batches of 10,000 invalid items (no channel), each distinct.
+    for r in 0..30 {
+        let items: Vec<String> = (0..10_000)
+            .map(|i| format!(r#"{{"id":"{r}-{i}"}}"#))
+            .collect();
+        let body = format!(
+            r#"{{"schema":"pubnub.com/schemas/events/presence.user.channel.joined?v=1.0.0","data":[{}]}}"#,
+            items.join(",")
+        );
+        let response = post(hookbus.http_addr, body.as_bytes()).await;
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        assert_eq!(response.json()["rejected"], 10_000);
+    }
+    let stored = stream_messages(&nats.url(), "PRESENCE").await;
+    assert_eq!(
+        stored.len(),
+        events,
+        "every real event is still in the stream"
+    );
+    assert!(stored.iter().all(|m| m.subject.ends_with(".join")));
+    let dead = stream_messages(&nats.url(), "PRESENCE_DEAD_LETTERS").await;
+    // 262,144 bytes per window at ~530 bytes a dead letter (payload and overhead).
+    assert!(
+        !dead.is_empty() && dead.len() < 600,
+        "{} dead letters on the broker",
+        dead.len()
+    );
+    assert!(metric(admin, "hookbus_dead_letters_spilled_total").await > 0.0);
+    assert!(
+        metric(admin, "hookbus_dead_letters_total{reason=\"dropped\"}").await > 0.0,
+        "past the disk budget, dead letters are dropped and counted"
+    );
+    let files = std::fs::read_dir(spool.join("dead-letters"))
+        .unwrap()
+        .count();
+    // Each spilled batch is kept whole, one file of ~150 KB: a few fit 1 MiB.
+    assert!((1..=8).contains(&files), "{files} files within 1 MiB");
+    hookbus.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_took_the_dead_letter_subject_is_narrowed_at_start() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    // As hookbus created it before dead letters had a stream of their own.
+    js.create_stream(jetstream::stream::Config {
+        name: "PRESENCE".to_owned(),
+        subjects: vec!["presence.>".to_owned()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish("presence.dead-letter", "old".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let hookbus = start(config(
+        spool.path(),
+        &format!(
+            "[ack]\nmode = \"publish\"\n[nats]\nurl = \"{}\"",
+            nats.url()
+        ),
+    ))
+    .await;
+    assert_eq!(post(hookbus.http_addr, b"not json").await.status, 400);
+    assert_eq!(
+        post(
+            hookbus.http_addr,
+            br#"{"action":"join","channel":"lobby","uuid":"u1","timestamp":1718035200}"#
+        )
+        .await
+        .status,
+        200
+    );
+    let mut events = js.get_stream("PRESENCE").await.unwrap();
+    let info = events.info().await.unwrap().clone();
+    assert_eq!(info.config.subjects, vec!["presence.*.*".to_owned()]);
+    assert_eq!(
+        info.state.messages, 2,
+        "the old dead letter stays, the join is added"
+    );
+    let dead = stream_messages(&nats.url(), "PRESENCE_DEAD_LETTERS").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, b"not json");
+    assert!(
+        metric(hookbus.admin_addr, "hookbus_config_warnings_total").await >= 1.0,
+        "the narrowing is reported"
     );
     hookbus.stop().await.unwrap();
 }

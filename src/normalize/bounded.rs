@@ -18,8 +18,8 @@ use serde_json::{Map, Number, Value};
 use super::NormalizeError;
 
 /// JSON nodes (objects, arrays, strings, numbers, literals) one body, or one item of a batch,
-/// may hold in the fields hookbus reads. A presence event has a few dozen; PubNub caps user
-/// state at 32 KiB, which cannot spell more than ~16,000 nodes.
+/// may hold in the fields hookbus reads. A presence event has a few dozen; 32 KiB of user
+/// state cannot spell more than ~16,000 nodes.
 pub const MAX_NODES: usize = 65_536;
 
 /// User ids in the interval deltas of one body, all events together. PubNub sends a delta

@@ -279,6 +279,10 @@ static WRITTEN_LOG: crate::logs::Sampled = crate::logs::Sampled::per_second();
 /// counts every one).
 pub static DROPPED_LOG: crate::logs::Sampled = crate::logs::Sampled::per_second();
 
+/// What a dead letter costs its destination beyond its payload: the reason, error (up to 512
+/// bytes) and index headers, and the broker's own framing.
+pub const DEAD_LETTER_OVERHEAD: usize = 512;
+
 /// The bytes of dead letters that may go to the broker per window
 /// (`routing.dead_letter_budget_bytes` per `routing.dead_letter_budget_window`): beyond it
 /// they are kept in [`DeadLetterDir`] instead, so a flood of invalid input costs the
@@ -299,9 +303,12 @@ impl DeadLetterBudget {
         }
     }
 
-    /// Takes `bytes` from the current window's budget; `false` (nothing taken) when they do
+    /// Takes a dead letter of `payload` bytes from the current window's budget, counting its
+    /// headers and the broker's framing too ([`DEAD_LETTER_OVERHEAD`]: a flood of tiny items
+    /// costs the destination far more than its payload); `false` (nothing taken) when it does
     /// not fit.
-    pub fn try_take(&self, bytes: usize, now_ms: u64) -> bool {
+    pub fn try_take(&self, payload: usize, now_ms: u64) -> bool {
+        let bytes = payload.saturating_add(DEAD_LETTER_OVERHEAD);
         let mut state = self
             .state
             .lock()
@@ -408,5 +415,28 @@ impl DeadLetterDir {
                 Err(error.into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_budget_counts_overhead_and_refills_per_window() {
+        let budget =
+            DeadLetterBudget::new(10 * DEAD_LETTER_OVERHEAD as u64, Duration::from_secs(60));
+        // Ten empty dead letters fill it: each costs its overhead.
+        for _ in 0..10 {
+            assert!(budget.try_take(0, 1_000));
+        }
+        assert!(!budget.try_take(0, 1_000));
+        assert!(!budget.try_take(0, 60_999), "same window");
+        assert!(budget.try_take(0, 61_000), "the next window starts empty");
+        let small = DeadLetterBudget::new(100, Duration::from_secs(1));
+        assert!(
+            !small.try_take(1, 0),
+            "one that never fits is refused, not split"
+        );
     }
 }
