@@ -123,7 +123,7 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
         let dir = config.spool.dir.join("dead-letters");
         let budget = config.spool.dead_letter_max_bytes;
         Arc::new(
-            tokio::task::spawn_blocking(move || publisher::DeadLetterDir::open(dir, budget))
+            tokio::task::spawn_blocking(move || crate::message::DeadLetterDir::open(dir, budget))
                 .await?,
         )
     };
@@ -220,9 +220,12 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
         )),
         retry_after: config.ack.retry_after,
         pending_wait: config.ack.publish_timeout,
-        sink: sink.clone(),
+        max_message_bytes: {
+            let sink = sink.clone();
+            Arc::new(move || sink.max_message_bytes())
+        },
         dead_letter_dir: dead_letters.clone(),
-        dead_letter_budget: Arc::new(publisher::DeadLetterBudget::new(
+        dead_letter_budget: Arc::new(crate::message::DeadLetterBudget::new(
             config.routing.dead_letter_budget_bytes,
             config.routing.dead_letter_budget_window,
         )),
@@ -230,9 +233,9 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
             .routing
             .cloudevents
             .then_some(match config.sink.kind {
-                crate::config::SinkKind::Kafka => &crate::sink::cloudevents::KAFKA,
+                crate::config::SinkKind::Kafka => &crate::message::cloudevents::KAFKA,
                 crate::config::SinkKind::Nats | crate::config::SinkKind::Stdout => {
-                    &crate::sink::cloudevents::NATS
+                    &crate::message::cloudevents::NATS
                 }
             }),
         faults: faults.clone(),
@@ -391,7 +394,7 @@ pub async fn drain(config: Config, timeout: Duration) -> anyhow::Result<DrainRep
             .await
             .context("creating the sink client")?,
     );
-    let dead_letters = Arc::new(publisher::DeadLetterDir::open(
+    let dead_letters = Arc::new(crate::message::DeadLetterDir::open(
         dir.join("dead-letters"),
         config.spool.dead_letter_max_bytes,
     ));

@@ -12,9 +12,11 @@
 //! - [`publisher`]: moves accepted events from the queue or spool to the sink, in order.
 //! - [`sink`]: Kafka, NATS (JetStream) and stdout producers.
 //! - [`logs`]: log lines any client can trigger, written at a bounded rate.
+//! - [`message`]: the outgoing message: headers, event → message, dead letters.
 //! - [`metrics`]: the Prometheus handles of DESIGN §9, registered into a passed-in registry.
 //! - [`shutdown`]: signal handling and the readiness latch.
 //! - [`health`]: the liveness latch behind `/healthz`.
+//! - [`time`]: the wall clock, read in one place.
 //! - [`faults`]: faults tests inject to prove recovery (never fire in production).
 //! - [`app`]: wiring only.
 
@@ -27,6 +29,7 @@ pub mod faults;
 pub mod health;
 pub mod ingress;
 pub mod logs;
+pub mod message;
 pub mod metrics;
 pub mod normalize;
 pub mod publisher;
@@ -34,3 +37,4 @@ pub mod route;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
+pub mod time;

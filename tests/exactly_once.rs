@@ -558,10 +558,10 @@ async fn a_restart_rebuilds_the_dedup_set_within_the_tables_memory() {
                     let body = g1_event(5, i);
                     let event = &hookbus::normalize::normalize(&body, 1).unwrap()[0];
                     let job = hookbus::publisher::Job {
-                        message: hookbus::sink::Message {
+                        message: hookbus::message::Message {
                             topic: "presence.all.join".to_owned(),
                             key: Some(event.channel.clone()),
-                            headers: vec![(hookbus::sink::HEADER_EVENT_ID, event.id.clone())],
+                            headers: vec![(hookbus::message::HEADER_EVENT_ID, event.id.clone())],
                             payload: bytes::Bytes::from(event.to_json()),
                             msg_id: Some(event.id.clone()),
                             is_event: true,

@@ -21,12 +21,13 @@ use crate::claim::{Claims, Found, Held, Id};
 use crate::config::AuthConfig;
 use crate::dedup::Key;
 use crate::faults::Faults;
+use crate::message::{self, DeadLetter, DeadLetterBudget, DeadLetterDir};
 use crate::metrics::Metrics;
 use crate::normalize::{self, Event};
-use crate::publisher::{self, Done, Job, QueueSender, Ticket};
+use crate::publisher::{Done, Job, QueueSender, Ticket};
 use crate::route::Router;
-use crate::sink::{self, Message, Sink};
 use crate::spool::{Spool, SpoolError};
+use crate::time::now_ms;
 
 /// Where accepted jobs go, per `ack.mode`.
 pub enum Acceptor {
@@ -69,10 +70,11 @@ pub struct Ingress {
     pub retry_after: Duration,
     /// How long a retry waits for an earlier delivery of the same event to be decided.
     pub pending_wait: Duration,
-    pub sink: Arc<Sink>,
-    pub dead_letter_dir: Arc<publisher::DeadLetterDir>,
+    /// The largest message the broker takes now (it may say so only once connected).
+    pub max_message_bytes: Arc<dyn Fn() -> usize + Send + Sync>,
+    pub dead_letter_dir: Arc<DeadLetterDir>,
     /// Bytes of dead letters the broker may take per window; beyond, they go to the dir.
-    pub dead_letter_budget: Arc<publisher::DeadLetterBudget>,
+    pub dead_letter_budget: Arc<DeadLetterBudget>,
     /// The CloudEvents header names for the sink (`routing.cloudevents`), or `None`.
     pub cloudevents: Option<&'static [&'static str; 7]>,
     pub faults: Faults,
@@ -235,7 +237,7 @@ impl Ingress {
         let mut spilled = 0;
         if rejected > 0 {
             let body_id = normalize::body_id(&body);
-            let now = publisher::now_ms();
+            let now = now_ms();
             for item in normalized.rejected {
                 if spilled > 0 || !self.dead_letter_budget.try_take(item.span.len(), now) {
                     spilled += 1;
@@ -261,7 +263,7 @@ impl Ingress {
         let mut held = Held::new(&self.claims);
         let found = self
             .claims
-            .claim(&keys, publisher::now_ms, self.pending_wait, &mut held)
+            .claim(&keys, now_ms, self.pending_wait, &mut held)
             .await
             .map_err(|pending| {
                 IngressError::Unavailable(format!(
@@ -303,27 +305,8 @@ impl Ingress {
 
     /// Routes and serializes one event.
     fn job(&self, event: &Event) -> Result<Job, crate::route::RouteError> {
-        let topic = self.router.name(event)?;
-        let mut headers = Vec::with_capacity(5);
-        headers.push((sink::HEADER_EVENT_ID, event.id.clone()));
-        headers.push((sink::HEADER_ACTION, event.action.as_str().to_owned()));
-        headers.push((sink::HEADER_CHANNEL, event.channel.clone()));
-        if let Some(sub_key) = &event.sub_key {
-            headers.push((sink::HEADER_SUB_KEY, sub_key.clone()));
-        }
-        headers.push((sink::HEADER_CONTENT_TYPE, "application/json".to_owned()));
-        if let Some(names) = self.cloudevents {
-            headers.extend(cloudevents(names, event));
-        }
         Ok(Job {
-            message: Message {
-                topic,
-                key: Some(event.channel.clone()),
-                headers,
-                payload: Bytes::from(event.to_json()),
-                msg_id: Some(event.id.clone()),
-                is_event: true,
-            },
+            message: message::event(&self.router, event, self.cloudevents)?,
             action: Some(event.action),
             received_ms: event.received_at_ms,
             event_ms: Some(
@@ -353,7 +336,7 @@ impl Ingress {
             .claims
             .claim(
                 std::slice::from_ref(&key),
-                publisher::now_ms,
+                now_ms,
                 self.pending_wait,
                 &mut held,
             )
@@ -368,19 +351,16 @@ impl Ingress {
             return Ok(());
         }
         // Leave room for the headers in the broker's message limit.
-        if body.len() + 1024 > self.sink.max_message_bytes() {
+        if body.len() + 1024 > (self.max_message_bytes)() {
             if self.write_dead_letter(body, "too_large").await {
-                held.commit_all(publisher::now_ms());
+                held.commit_all(now_ms());
                 self.metrics.dead_letter("too_large");
             }
             return Ok(());
         }
-        if !self
-            .dead_letter_budget
-            .try_take(body.len(), publisher::now_ms())
-        {
+        if !self.dead_letter_budget.try_take(body.len(), now_ms()) {
             self.spill(body, reason, 1).await;
-            held.commit_all(publisher::now_ms());
+            held.commit_all(now_ms());
             return Ok(());
         }
         let job = self.dead_letter_job(body, reason, error, None, id, received_ms);
@@ -419,7 +399,7 @@ impl Ingress {
             Err(error) => error.to_string(),
         };
         self.metrics.dead_letter("dropped");
-        if let Some(suppressed) = publisher::DROPPED_LOG.admit(publisher::now_ms()) {
+        if let Some(suppressed) = message::DROPPED_LOG.admit(now_ms()) {
             tracing::error!(%error, bytes, suppressed, "dead letter dropped");
         }
         false
@@ -436,25 +416,13 @@ impl Ingress {
         id: String,
         received_ms: u64,
     ) -> Job {
-        let mut headers = vec![
-            (sink::HEADER_DEAD_LETTER_REASON, reason.to_owned()),
-            (
-                sink::HEADER_DEAD_LETTER_ERROR,
-                truncate(error, 512).to_owned(),
-            ),
-        ];
-        if let Some(index) = index {
-            headers.push((sink::HEADER_DEAD_LETTER_INDEX, index.to_string()));
-        }
+        let why = DeadLetter {
+            reason,
+            error,
+            index,
+        };
         Job {
-            message: Message {
-                topic: self.router.dead_letter().to_owned(),
-                key: None,
-                headers,
-                payload,
-                msg_id: Some(id),
-                is_event: false,
-            },
+            message: message::dead_letter(payload, &why, self.router.dead_letter(), None, Some(id)),
             action: None,
             received_ms,
             event_ms: None,
@@ -477,7 +445,7 @@ impl Ingress {
                     .map_err(|_| {
                         IngressError::Unavailable("publish queue is full; retry shortly".to_owned())
                     })?;
-                held.commit_all(publisher::now_ms());
+                held.commit_all(now_ms());
                 self.metrics.acks_before_durable.inc_by(count as u64);
                 Ok(())
             }
@@ -485,7 +453,7 @@ impl Ingress {
                 let records = jobs.iter().map(|(_, job)| job.encode()).collect();
                 match spool.append(records).await {
                     Ok(_) => {
-                        held.commit_all(publisher::now_ms());
+                        held.commit_all(now_ms());
                         Ok(())
                     }
                     Err(SpoolError::Full) => Err(IngressError::Unavailable(
@@ -540,43 +508,4 @@ impl Ingress {
             }
         }
     }
-}
-
-/// The CloudEvents 1.0 binary-mode attributes of `event` (`names` per the sink's protocol
-/// binding): `datacontenttype` is the `content-type` header every event message has.
-fn cloudevents(names: &[&'static str; 7], event: &Event) -> [(&'static str, String); 7] {
-    let time = event
-        .timestamp_ms
-        .unwrap_or_else(|| event.timestamp.saturating_mul(1000));
-    [
-        (names[0], "1.0".to_owned()),
-        (names[1], event.id.clone()),
-        (names[2], cloudevents_source(event.sub_key.as_deref())),
-        (
-            names[3],
-            format!("com.pubnub.presence.{}", event.action.as_str()),
-        ),
-        (names[4], normalize::rfc3339_ms(time)),
-        (names[5], event.channel.clone()),
-        (names[6], CLOUDEVENTS_DATASCHEMA.to_owned()),
-    ]
-}
-
-/// `source`: the PubNub keyset the event came from.
-fn cloudevents_source(sub_key: Option<&str>) -> String {
-    format!("urn:pubnub:keyset:{}", sub_key.unwrap_or("unknown"))
-}
-
-/// `dataschema`: the `$id` of `docs/event.schema.json`.
-const CLOUDEVENTS_DATASCHEMA: &str = "urn:hookbus:schema:hookbus.presence.v1";
-
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }

@@ -189,6 +189,13 @@ const TIMEOUT_KEYS: [&str; 9] = [
     "usersTimeoutDelta",
 ];
 
+/// Whether `key` names a delta list.
+pub(super) fn is_delta_key(key: &str) -> bool {
+    [&JOIN_KEYS[..], &LEAVE_KEYS[..], &TIMEOUT_KEYS[..]]
+        .iter()
+        .any(|keys| keys.contains(&key))
+}
+
 /// The interval delta: `None` when no delta array is present, else all three lists.
 ///
 /// # Errors

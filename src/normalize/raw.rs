@@ -12,11 +12,11 @@ use serde_json::value::RawValue;
 
 use super::NormalizeError;
 use super::bounded::{Budget, Items, ItemsSeed, Skip};
-use super::fields::Object;
+use super::fields::{self, Object};
 
-/// Every member name read from a body, an envelope or its payload by any generation; other
-/// members are checked and dropped unstored.
-const READ: [&str; 45] = [
+/// Every member name read from a body, an envelope or its payload by any generation, besides
+/// the delta lists ([`fields::is_delta_key`]); other members are checked and dropped unstored.
+const READ: [&str; 28] = [
     // Generation detection and G1/G2 fields.
     "action",
     "status",
@@ -36,24 +36,6 @@ const READ: [&str; 45] = [
     "state",
     "here_now_refresh",
     "hereNowRefresh",
-    // Interval deltas (see `fields::delta`).
-    "join",
-    "joined",
-    "usersJoined",
-    "usersJoinedDelta",
-    "leave",
-    "left",
-    "usersLeft",
-    "usersLeftDelta",
-    "timeout",
-    "timedout",
-    "timedOut",
-    "usersTimedout",
-    "usersTimedOut",
-    "usersTimeout",
-    "usersTimedoutDelta",
-    "usersTimedOutDelta",
-    "usersTimeoutDelta",
     // Envelopes (see `envelope`).
     "event",
     "payload",
@@ -160,7 +142,7 @@ impl<'de> Visitor<'de> for ReadMembers {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject<'de>, A::Error> {
         let mut object = RawObject::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if READ.contains(&key.as_ref()) {
+            if READ.contains(&key.as_ref()) || fields::is_delta_key(&key) {
                 let value = map.next_value::<&'de RawValue>()?;
                 object.insert(key.into_owned(), value);
             } else {

@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Context, Done, Job, PublisherConfig, now_ms};
-use crate::sink::{self, Ack, Message, SinkError};
+use crate::message::{self, DeadLetter};
+use crate::sink::{Ack, SinkError};
 use crate::spool::Spool;
 
 /// Batches smaller than this are followed by [`LINGER`].
@@ -247,7 +248,7 @@ impl<'a> Pipeline<'a> {
                     Ok(Ok(_)) => String::new(),
                 };
                 metrics.dead_letter("dropped");
-                if let Some(suppressed) = super::DROPPED_LOG.admit(now_ms()) {
+                if let Some(suppressed) = message::DROPPED_LOG.admit(now_ms()) {
                     tracing::error!(%error, bytes = job.message.payload.len(), suppressed, "dead letter dropped");
                 }
             }
@@ -395,18 +396,20 @@ async fn prepare(
 
 /// The dead letter replacing `job`, which inherits its completion.
 fn dead_letter_job(job: Job, reason: &str, error: &str, dead_letter: &str) -> Job {
+    let why = DeadLetter {
+        reason,
+        error,
+        index: None,
+    };
+    let msg_id = job.message.msg_id.map(|id| format!("dead-letter:{id}"));
     Job {
-        message: Message {
-            topic: dead_letter.to_owned(),
-            key: job.message.key,
-            headers: vec![
-                (sink::HEADER_DEAD_LETTER_REASON, reason.to_owned()),
-                (sink::HEADER_DEAD_LETTER_ERROR, error.to_owned()),
-            ],
-            payload: job.message.payload,
-            msg_id: job.message.msg_id.map(|id| format!("dead-letter:{id}")),
-            is_event: false,
-        },
+        message: message::dead_letter(
+            job.message.payload,
+            &why,
+            dead_letter,
+            job.message.key,
+            msg_id,
+        ),
         action: None,
         received_ms: job.received_ms,
         event_ms: None,

@@ -5,8 +5,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::{Done, Job};
+use crate::message::{self, Message};
 use crate::normalize::Action;
-use crate::sink::{self, Message};
 
 const RECORD_VERSION: u8 = 1;
 
@@ -30,7 +30,7 @@ impl Job {
         put_opt_str(&mut out, m.msg_id.as_deref());
         out.put_u8(m.headers.len() as u8);
         for (name, value) in &m.headers {
-            let index = sink::header_index(name).unwrap_or(0);
+            let index = message::header_index(name).unwrap_or(0);
             out.put_u8(index as u8);
             put_str(&mut out, value);
         }
@@ -63,7 +63,7 @@ impl Job {
             if !record.has_remaining() {
                 return Err(bad());
             }
-            let name = sink::HEADER_NAMES
+            let name = message::HEADER_NAMES
                 .get(record.get_u8() as usize)
                 .ok_or_else(bad)?;
             headers.push((*name, get_str(&mut record).ok_or_else(bad)?));
@@ -166,8 +166,8 @@ mod tests {
                 topic: "presence.room_2Elobby.join".to_owned(),
                 key: Some("room.lobby".to_owned()),
                 headers: vec![
-                    (sink::HEADER_EVENT_ID, "abc".to_owned()),
-                    (sink::HEADER_CHANNEL, "room.lobby".to_owned()),
+                    (message::HEADER_EVENT_ID, "abc".to_owned()),
+                    (message::HEADER_CHANNEL, "room.lobby".to_owned()),
                 ],
                 payload: Bytes::from_static(b"{\"x\":1}"),
                 msg_id: Some("abc".to_owned()),

@@ -18,8 +18,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{Ack, Confirm, Message, SinkError};
+use super::{Ack, Confirm, SinkError};
 use crate::config::{ConfigError, KafkaConfig, SinkConfig};
+use crate::message::Message;
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_MESSAGE: usize = 1_000_000;

@@ -12,7 +12,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 
 pub use kafka::KafkaSink;
@@ -20,95 +19,8 @@ pub use nats::NatsSink;
 pub use stdout::StdoutSink;
 
 use crate::config::{ConfigError, KafkaConfig, NatsConfig, SinkConfig, SinkKind};
+use crate::message::Message;
 use crate::route::Router;
-
-/// Header names of the normalized-event message.
-pub const HEADER_EVENT_ID: &str = "hookbus-event-id";
-pub const HEADER_ACTION: &str = "hookbus-action";
-pub const HEADER_CHANNEL: &str = "hookbus-channel";
-pub const HEADER_SUB_KEY: &str = "hookbus-sub-key";
-pub const HEADER_CONTENT_TYPE: &str = "content-type";
-/// On dead letters: why the body was rejected.
-pub const HEADER_DEAD_LETTER_REASON: &str = "hookbus-dead-letter-reason";
-/// On dead letters: the human-readable error that was sent to the client.
-pub const HEADER_DEAD_LETTER_ERROR: &str = "hookbus-dead-letter-error";
-/// On dead-lettered batch items: the item's position in the batch's `data` array.
-pub const HEADER_DEAD_LETTER_INDEX: &str = "hookbus-dead-letter-index";
-
-/// CloudEvents 1.0 attributes as binary-mode headers: the Kafka protocol binding's `ce_`
-/// prefix, and the `ce-` prefix of the NATS (and HTTP) binding. `datacontenttype` travels as
-/// `content-type` in both.
-pub mod cloudevents {
-    /// specversion, id, source, type, time, subject, dataschema.
-    pub const KAFKA: [&str; 7] = [
-        "ce_specversion",
-        "ce_id",
-        "ce_source",
-        "ce_type",
-        "ce_time",
-        "ce_subject",
-        "ce_dataschema",
-    ];
-    pub const NATS: [&str; 7] = [
-        "ce-specversion",
-        "ce-id",
-        "ce-source",
-        "ce-type",
-        "ce-time",
-        "ce-subject",
-        "ce-dataschema",
-    ];
-}
-
-/// Every header name a message can carry, in a fixed order: spool records store a header as
-/// its index here (append only, never reorder).
-pub const HEADER_NAMES: [&str; 22] = [
-    HEADER_EVENT_ID,
-    HEADER_ACTION,
-    HEADER_CHANNEL,
-    HEADER_SUB_KEY,
-    HEADER_CONTENT_TYPE,
-    HEADER_DEAD_LETTER_REASON,
-    HEADER_DEAD_LETTER_ERROR,
-    HEADER_DEAD_LETTER_INDEX,
-    cloudevents::KAFKA[0],
-    cloudevents::KAFKA[1],
-    cloudevents::KAFKA[2],
-    cloudevents::KAFKA[3],
-    cloudevents::KAFKA[4],
-    cloudevents::KAFKA[5],
-    cloudevents::KAFKA[6],
-    cloudevents::NATS[0],
-    cloudevents::NATS[1],
-    cloudevents::NATS[2],
-    cloudevents::NATS[3],
-    cloudevents::NATS[4],
-    cloudevents::NATS[5],
-    cloudevents::NATS[6],
-];
-
-/// The index of `name` in [`HEADER_NAMES`] (by pointer first: callers pass the constants).
-pub fn header_index(name: &str) -> Option<usize> {
-    HEADER_NAMES
-        .iter()
-        .position(|n| std::ptr::eq(*n, name))
-        .or_else(|| HEADER_NAMES.iter().position(|n| *n == name))
-}
-
-/// One message for the broker, already routed.
-#[derive(Debug, Clone)]
-pub struct Message {
-    /// Kafka topic / NATS subject.
-    pub topic: String,
-    /// Kafka record key (the raw channel name); NATS has none.
-    pub key: Option<String>,
-    pub headers: Vec<(&'static str, String)>,
-    pub payload: Bytes,
-    /// JetStream `Nats-Msg-Id` (the event id); `None` for dead letters.
-    pub msg_id: Option<String>,
-    /// The payload is the normalized-event JSON (not a raw dead-letter body).
-    pub is_event: bool,
-}
 
 /// The broker's answer for one confirmed message.
 #[derive(Debug, Clone, Copy, Default)]

@@ -13,8 +13,9 @@ use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::{HeaderMap, HeaderName, HeaderValue, ServerAddr};
 
-use super::{Ack, Confirm, Message, SinkError};
+use super::{Ack, Confirm, SinkError};
 use crate::config::{ConfigError, NatsConfig, SinkConfig, StreamStorage};
+use crate::message::Message;
 use crate::route::subject_covers;
 
 /// NATS' default `max_payload`, used until the server has said otherwise.
@@ -465,12 +466,13 @@ fn read(key: &'static str, path: &std::path::Path) -> Result<String, ConfigError
 /// Our header names, parsed once (no per-message parsing or validation).
 fn header_name(name: &'static str) -> HeaderName {
     static NAMES: std::sync::LazyLock<Vec<HeaderName>> = std::sync::LazyLock::new(|| {
-        super::HEADER_NAMES
+        crate::message::HEADER_NAMES
             .iter()
             .map(|n| HeaderName::from_static(n))
             .collect()
     });
-    super::header_index(name).map_or_else(|| HeaderName::from_static(name), |i| NAMES[i].clone())
+    crate::message::header_index(name)
+        .map_or_else(|| HeaderName::from_static(name), |i| NAMES[i].clone())
 }
 
 /// A header value NATS can carry: async-nats panics on CR or LF, which a header line cannot
@@ -590,7 +592,7 @@ mod tests {
         assert_eq!(header_value("a\r\nb").as_str(), "a  b");
         assert_eq!(header_value("room.lobby").as_str(), "room.lobby");
         assert_eq!(
-            header_name(crate::sink::HEADER_CHANNEL).to_string(),
+            header_name(crate::message::HEADER_CHANNEL).to_string(),
             "hookbus-channel"
         );
     }

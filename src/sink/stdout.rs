@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{Ack, Confirm, Message, SinkError};
+use super::{Ack, Confirm, SinkError};
+use crate::message::Message;
 
 type Line = (Vec<u8>, Option<oneshot::Sender<()>>);
 
@@ -110,7 +111,7 @@ mod tests {
         let mut message = Message {
             topic: "presence.room_2Elobby.join".to_owned(),
             key: None,
-            headers: vec![(crate::sink::HEADER_CHANNEL, "room.\"lobby\"".to_owned())],
+            headers: vec![(crate::message::HEADER_CHANNEL, "room.\"lobby\"".to_owned())],
             payload: bytes::Bytes::from_static(br#"{"id":"x","n":1}"#),
             msg_id: None,
             is_event: true,
