@@ -297,18 +297,11 @@ fn secrets_dir() -> tempfile::TempDir {
     dir
 }
 
-/// The ```toml blocks of the README's "Connecting to your brokers" section.
+/// The ```toml blocks of `docs/brokers.md` ("Connecting to your brokers"), the whole page:
+/// every block on it is a broker example.
 fn readme_broker_examples() -> Vec<String> {
-    let readme = include_str!("../README.md");
-    let section = readme
-        .split("\n## Connecting to your brokers\n")
-        .nth(1)
-        .expect("README has the section")
-        .split("\n## ")
-        .next()
-        .unwrap();
-    section
-        .split("```toml\n")
+    let page = include_str!("../docs/brokers.md");
+    page.split("```toml\n")
         .skip(1)
         .map(|block| block.split("```").next().unwrap().to_owned())
         .collect()
