@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::task::JoinHandle;
 
-use crate::claim::Claims;
 use crate::config::{AckMode, Config};
+use crate::dedup::Claims;
 use crate::faults::Faults;
 use crate::health::Health;
 use crate::ingress::{self, Acceptor, AdminState, Ingress, Limits};
@@ -103,12 +103,12 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
     } else {
         // A claim outlives what its owner can still publish: the request's wait, one broker
         // confirmation, and a margin; it is renewed while the owner waits.
-        let timings = crate::claim::store::Timings {
+        let timings = crate::dedup::Timings {
             timeout: config.dedup.shared_timeout,
             claim_ttl: config.sink.timeout + config.ack.publish_timeout + Duration::from_secs(2),
             window: config.dedup.window,
         };
-        Some(crate::claim::store::Store::start(
+        Some(crate::dedup::SharedStore::start(
             &config.dedup.shared,
             timings,
             metrics.clone(),

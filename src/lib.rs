@@ -5,8 +5,7 @@
 //! - [`config`]: the `config.toml` sections, validated; every component takes its own section.
 //! - [`ingress`]: the hyper server: routes, auth, body limit, and the one error → status map.
 //! - [`normalize`]: pure; request bytes → `Vec<Event>` for every PubNub generation.
-//! - [`dedup`]: pure; the bounded two-phase id set that absorbs PubNub retries.
-//! - [`claim`]: the dedup set as the async side uses it: owners, waiting retries.
+//! - [`dedup`]: the local id set (pure), the claims the async side holds, the shared store.
 //! - [`route`]: pure; event → topic/subject name, headers and key; the escaping rules.
 //! - [`spool`]: the write-ahead log behind `ack.mode = "spool"`.
 //! - [`publisher`]: moves accepted events from the queue or spool to the sink, in order.
@@ -16,12 +15,12 @@
 //! - [`metrics`]: the Prometheus handles of DESIGN §9, registered into a passed-in registry.
 //! - [`shutdown`]: signal handling and the readiness latch.
 //! - [`health`]: the liveness latch behind `/healthz`.
+//! - [`text`]: hex digits and cutting text at a character boundary, in one place.
 //! - [`time`]: the wall clock, read in one place.
 //! - [`faults`]: faults tests inject to prove recovery (never fire in production).
 //! - [`app`]: wiring only.
 
 pub mod app;
-pub mod claim;
 pub mod config;
 pub mod dedup;
 #[doc(hidden)]
@@ -37,4 +36,5 @@ pub mod route;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
+pub mod text;
 pub mod time;

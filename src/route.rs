@@ -156,7 +156,7 @@ impl Template {
         replacement.push_str(&escaped[..cut]);
         replacement.push_str("_h");
         let digest = Sha256::digest(channel.as_bytes());
-        push_hex_lower(&digest[..8], &mut replacement);
+        crate::text::push_hex(&digest[..8], &mut replacement);
         out.replace_range(range, &replacement);
         Ok(())
     }
@@ -450,8 +450,6 @@ fn is_plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-'
 }
 
-const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
-
 /// Appends the escaped form of `value` to `out`.
 pub fn escape_into(value: &str, out: &mut String) {
     for &b in value.as_bytes() {
@@ -459,8 +457,7 @@ pub fn escape_into(value: &str, out: &mut String) {
             out.push(b as char);
         } else {
             out.push('_');
-            out.push(HEX_UPPER[(b >> 4) as usize] as char);
-            out.push(HEX_UPPER[(b & 0xF) as usize] as char);
+            crate::text::push_hex_upper(b, out);
         }
     }
 }
@@ -538,14 +535,6 @@ fn escape_boundary(escaped: &str, budget: usize) -> usize {
         }
     }
     budget
-}
-
-fn push_hex_lower(bytes: &[u8], out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 0xF) as usize] as char);
-    }
 }
 
 #[cfg(test)]
@@ -628,7 +617,7 @@ mod tests {
         assert!(name.len() <= 249);
         let digest = Sha256::digest(channel.as_bytes());
         let mut hex = String::new();
-        push_hex_lower(&digest[..8], &mut hex);
+        crate::text::push_hex(&digest[..8], &mut hex);
         assert!(name.ends_with(&format!("_h{hex}.join")), "{name}");
         // The kept prefix ends on an escape boundary.
         let channel_part = &name["presence.".len()..name.len() - ".join".len()];

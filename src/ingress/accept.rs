@@ -17,9 +17,8 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{IngressError, Unauthorized};
-use crate::claim::{Claims, Found, Held, Id};
 use crate::config::AuthConfig;
-use crate::dedup::Key;
+use crate::dedup::{Claims, Held, Id, Key, Seen};
 use crate::faults::Faults;
 use crate::message::{self, DeadLetter, DeadLetterBudget, DeadLetterDir};
 use crate::metrics::Metrics;
@@ -276,13 +275,21 @@ impl Ingress {
         let mut dead_lettered = 0;
         for ((key, action, job), found) in unique.into_iter().zip(found) {
             match (found, action) {
-                (Found::New, None) => {
+                (Seen::New, None) => {
                     dead_lettered += 1;
                     fresh.push((key, job));
                 }
-                (Found::New, Some(_)) => fresh.push((key, job)),
-                (Found::Duplicate, Some(action)) => duplicates.push(action),
-                (Found::Duplicate, None) => {}
+                (Seen::New, Some(_)) => fresh.push((key, job)),
+                (Seen::Duplicate, Some(action)) => duplicates.push(action),
+                (Seen::Duplicate, None) => {}
+                // `claim` waits pending ids out; should one come back, the retry decides.
+                (Seen::Pending, _) => {
+                    return Err(IngressError::Unavailable(
+                        "an earlier delivery of these events is still being accepted; retry \
+                         shortly"
+                            .to_owned(),
+                    ));
+                }
             }
         }
         let accepted = fresh.len() - dead_lettered;
@@ -347,7 +354,7 @@ impl Ingress {
                         .to_owned(),
                 )
             })?;
-        if found == [Found::Duplicate] {
+        if found != [Seen::New] {
             return Ok(());
         }
         // Leave room for the headers in the broker's message limit.

@@ -129,7 +129,7 @@ impl DeadLetterDir {
             });
         }
         let digest = Sha256::digest(body);
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::text::hex(&digest[..8]);
         let path = self.dir.join(format!("{}-{reason}-{hex}.body", now_ms()));
         let tmp = path.with_extension("tmp");
         let written = std::fs::create_dir_all(&self.dir)
@@ -170,7 +170,10 @@ mod budget_tests {
         }
         assert!(!budget.try_take(0, t));
         assert!(!budget.try_take(0, t + 59_999), "same window");
-        assert!(budget.try_take(0, t + 60_000), "the next window starts empty");
+        assert!(
+            budget.try_take(0, t + 60_000),
+            "the next window starts empty"
+        );
         let small = DeadLetterBudget::new(100, Duration::from_secs(1));
         assert!(
             !small.try_take(1, 0),

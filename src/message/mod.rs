@@ -161,7 +161,7 @@ pub fn dead_letter(
         (HEADER_DEAD_LETTER_REASON, why.reason.to_owned()),
         (
             HEADER_DEAD_LETTER_ERROR,
-            truncate(why.error, 512).to_owned(),
+            crate::text::truncate(why.error, 512).to_owned(),
         ),
     ];
     if let Some(index) = why.index {
@@ -204,14 +204,3 @@ fn cloudevents_source(sub_key: Option<&str>) -> String {
 
 /// `dataschema`: the `$id` of `docs/event.schema.json`.
 const CLOUDEVENTS_DATASCHEMA: &str = "urn:hookbus:schema:hookbus.presence.v1";
-
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}

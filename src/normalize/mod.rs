@@ -444,11 +444,5 @@ pub fn body_id(data: &[u8]) -> String {
 
 /// Lowercase hex of the first 16 bytes of a digest.
 fn hex32(digest: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(32);
-    for &b in digest.iter().take(16) {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
-    out
+    crate::text::hex(&digest[..digest.len().min(16)])
 }

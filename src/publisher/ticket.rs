@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::claim::{Claims, Id};
+use crate::dedup::{Claims, Id};
 use crate::publisher::now_ms;
 
 const QUEUED: u8 = 0;
@@ -98,9 +98,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::claim::{Found, Held};
+    use crate::dedup::{Held, Seen};
 
-    async fn found(claims: &Arc<Claims>, id: &Id) -> Result<Vec<Found>, usize> {
+    async fn found(claims: &Arc<Claims>, id: &Id) -> Result<Vec<Seen>, usize> {
         let mut held = Held::new(claims);
         let found = claims
             .claim(std::slice::from_ref(id), || 1, Duration::ZERO, &mut held)
@@ -131,7 +131,7 @@ mod tests {
         let (ticket, _rx) = pending(&claims, &id).await;
         assert!(ticket.withdraw());
         assert!(!ticket.start(), "a withdrawn job is not sent");
-        assert_eq!(found(&claims, &id).await, Ok(vec![Found::New]));
+        assert_eq!(found(&claims, &id).await, Ok(vec![Seen::New]));
     }
 
     #[tokio::test]
@@ -147,7 +147,7 @@ mod tests {
         );
         ticket.settle();
         rx.await.unwrap();
-        assert_eq!(found(&claims, &id).await, Ok(vec![Found::Duplicate]));
+        assert_eq!(found(&claims, &id).await, Ok(vec![Seen::Duplicate]));
     }
 
     #[tokio::test]
@@ -156,6 +156,6 @@ mod tests {
         let (ticket, _rx) = pending(&claims, &id).await;
         assert!(ticket.start());
         drop(ticket);
-        assert_eq!(found(&claims, &id).await, Ok(vec![Found::New]));
+        assert_eq!(found(&claims, &id).await, Ok(vec![Seen::New]));
     }
 }

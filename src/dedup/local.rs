@@ -1,6 +1,7 @@
-//! The bounded two-phase set of event ids that absorbs PubNub retries (DESIGN §8).
+//! The local set: this process's bounded two-phase set of event ids, which absorbs PubNub
+//! retries.
 //! Pure: time is passed in as milliseconds, so tests need no sleeps; the only lock is the
-//! per-shard `std::sync::Mutex` of [`SharedDedup`], never held across an `.await`.
+//! per-shard `std::sync::Mutex` of [`ShardedSet`], never held across an `.await`.
 //!
 //! An id is *pending* from arrival until its event is accepted under the ack mode, then
 //! *committed* until `window` has passed; a failed accept *releases* it so the sender's retry
@@ -16,20 +17,11 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::Seen;
+
 /// 64-bit digest of an event id. A false duplicate needs a 64-bit collision among the ids of one
 /// window: about 1 in 10^13 per event at 1,000,000 remembered ids.
 pub type Key = u64;
-
-/// What [`Dedup::begin`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
-    /// Not known: now pending; the caller must `commit` or `release` it.
-    New,
-    /// Committed within the window: answer as success, do not publish again.
-    Duplicate,
-    /// Another request holds this id pending: its outcome is not known yet.
-    Pending,
-}
 
 /// Keys are already uniform hashes; hashing them again would only cost time.
 #[derive(Default)]
@@ -52,7 +44,7 @@ impl Hasher for IdentityHasher {
 type IdentityBuild = BuildHasherDefault<IdentityHasher>;
 
 /// The single-threaded two-phase set.
-pub struct Dedup {
+pub struct LocalSet {
     window_ms: u64,
     max_entries: usize,
     /// Committed key → expiry (ms).
@@ -63,9 +55,9 @@ pub struct Dedup {
     evicted: u64,
 }
 
-impl Dedup {
-    pub fn new(window: Duration, max_entries: usize) -> Dedup {
-        Dedup {
+impl LocalSet {
+    pub fn new(window: Duration, max_entries: usize) -> LocalSet {
+        LocalSet {
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
             max_entries: max_entries.max(1),
             committed: HashMap::default(),
@@ -163,18 +155,18 @@ impl Dedup {
 
 const SHARDS: usize = 16;
 
-/// [`Dedup`] split into independently locked shards, shared by all connections.
-pub struct SharedDedup {
-    shards: Vec<Mutex<Dedup>>,
+/// [`LocalSet`] split into independently locked shards, shared by all connections.
+pub struct ShardedSet {
+    shards: Vec<Mutex<LocalSet>>,
     hasher: RandomState,
 }
 
-impl SharedDedup {
-    pub fn new(window: Duration, max_entries: usize) -> SharedDedup {
+impl ShardedSet {
+    pub fn new(window: Duration, max_entries: usize) -> ShardedSet {
         let per_shard = max_entries.div_ceil(SHARDS);
-        SharedDedup {
+        ShardedSet {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(Dedup::new(window, per_shard)))
+                .map(|_| Mutex::new(LocalSet::new(window, per_shard)))
                 .collect(),
             hasher: RandomState::new(),
         }
@@ -185,7 +177,7 @@ impl SharedDedup {
         self.hasher.hash_one(id)
     }
 
-    fn shard(&self, key: Key) -> std::sync::MutexGuard<'_, Dedup> {
+    fn shard(&self, key: Key) -> std::sync::MutexGuard<'_, LocalSet> {
         // A poisoned shard only means a panic elsewhere while holding it; the set is still
         // consistent (every method leaves it so between statements), so keep using it.
         let shard = &self.shards[(key >> 60) as usize % SHARDS];
@@ -208,7 +200,7 @@ impl SharedDedup {
         self.shard(key).restore(key, committed_at_ms, now_ms);
     }
 
-    /// The shortest effective window of any shard (see [`Dedup::effective_window_ms`]).
+    /// The shortest effective window of any shard (see [`LocalSet::effective_window_ms`]).
     pub fn effective_window_ms(&self, now_ms: u64) -> u64 {
         self.shards
             .iter()
@@ -240,8 +232,8 @@ mod tests {
 
     const MIN: u64 = 60_000;
 
-    fn set() -> Dedup {
-        Dedup::new(Duration::from_secs(20 * 60), 1000)
+    fn set() -> LocalSet {
+        LocalSet::new(Duration::from_secs(20 * 60), 1000)
     }
 
     #[test]
@@ -293,7 +285,7 @@ mod tests {
 
     #[test]
     fn max_entries_evicts_oldest_and_shrinks_window() {
-        let mut d = Dedup::new(Duration::from_secs(3600), 3);
+        let mut d = LocalSet::new(Duration::from_secs(3600), 3);
         for k in 0..5 {
             assert_eq!(d.begin(k, k), Seen::New);
             d.commit(k, k);
@@ -317,7 +309,7 @@ mod tests {
 
     #[test]
     fn effective_window_shrinks_only_when_full() {
-        let mut d = Dedup::new(Duration::from_secs(600), 3);
+        let mut d = LocalSet::new(Duration::from_secs(600), 3);
         assert_eq!(d.effective_window_ms(0), 600_000);
         for (k, at) in [(1, 1_000), (2, 2_000)] {
             d.begin(k, at);
@@ -348,7 +340,7 @@ mod tests {
 
     #[test]
     fn shared_keys_are_stable_per_process_and_spread_over_shards() {
-        let s = SharedDedup::new(Duration::from_secs(60), 1600);
+        let s = ShardedSet::new(Duration::from_secs(60), 1600);
         assert_eq!(s.key("abc"), s.key("abc"));
         assert_ne!(s.key("abc"), s.key("abd"));
         for i in 0..1600 {

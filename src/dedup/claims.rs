@@ -1,9 +1,7 @@
-//! Event ids between arrival and outcome. Wraps the pure two-phase [`SharedDedup`] with what
+//! Event ids between arrival and outcome. Wraps the pure two-phase [`ShardedSet`] with what
 //! the async side needs: a wake-up for retries waiting on a pending id, and owner handles
 //! ([`Held`]) that commit or release every claimed id exactly once — by their owner, or on
 //! drop when the owner is gone (a panic), never by a timer.
-
-pub mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,8 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::dedup::{Key, Seen, SharedDedup};
-use store::{Shared, Store};
+use super::Seen;
+use super::local::{Key, ShardedSet};
+use super::store::SharedStore;
 
 /// How often a retry asks the shared store again about an id another replica holds.
 const SHARED_POLL: Duration = Duration::from_millis(50);
@@ -20,12 +19,12 @@ const SHARED_POLL: Duration = Duration::from_millis(50);
 /// The dedup set shared by the ingress and the publisher: this process's set, and, with
 /// `dedup.shared`, the store every replica shares behind it.
 pub struct Claims {
-    dedup: SharedDedup,
+    dedup: ShardedSet,
     /// Woken whenever a pending id is committed or released.
     settled: Notify,
     /// Tasks waiting on `settled`; when 0, settling skips the notify.
     waiting: AtomicUsize,
-    store: Option<Arc<Store>>,
+    store: Option<Arc<SharedStore>>,
 }
 
 /// An event id as the dedup sets know it.
@@ -43,19 +42,10 @@ impl Id {
     }
 }
 
-/// How one id of a request was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Found {
-    /// Not known: now pending and held by the caller.
-    New,
-    /// Committed within the window: a duplicate.
-    Duplicate,
-}
-
 impl Claims {
-    pub fn new(window: Duration, max_entries: usize, store: Option<Arc<Store>>) -> Claims {
+    pub fn new(window: Duration, max_entries: usize, store: Option<Arc<SharedStore>>) -> Claims {
         Claims {
-            dedup: SharedDedup::new(window, max_entries),
+            dedup: ShardedSet::new(window, max_entries),
             settled: Notify::new(),
             waiting: AtomicUsize::new(0),
             store,
@@ -66,7 +56,7 @@ impl Claims {
     pub fn id(&self, id: &str) -> Id {
         Id {
             key: self.dedup.key(id),
-            shared: self.store.as_ref().map(|_| Store::key(id)),
+            shared: self.store.as_ref().map(|_| SharedStore::key(id)),
         }
     }
 
@@ -92,8 +82,8 @@ impl Claims {
         now_ms: impl Fn() -> u64,
         wait: Duration,
         held: &mut Held,
-    ) -> Result<Vec<Found>, usize> {
-        let mut found: Vec<Option<Found>> = vec![None; ids.len()];
+    ) -> Result<Vec<Seen>, usize> {
+        let mut found: Vec<Option<Seen>> = vec![None; ids.len()];
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.settled.notified();
@@ -108,7 +98,7 @@ impl Claims {
                 }
                 match self.dedup.begin(id.key, now) {
                     Seen::New => fresh.push(i),
-                    Seen::Duplicate => found[i] = Some(Found::Duplicate),
+                    Seen::Duplicate => found[i] = Some(Seen::Duplicate),
                     Seen::Pending => pending += 1,
                 }
             }
@@ -126,16 +116,16 @@ impl Claims {
             for (n, &i) in fresh.iter().enumerate() {
                 match shared.as_ref().map(|s| s[n]) {
                     // Decided here alone: no store, or the store is down.
-                    None | Some(Shared::Won) => {
+                    None | Some(Seen::New) => {
                         held.ids.push(ids[i].clone());
-                        found[i] = Some(Found::New);
+                        found[i] = Some(Seen::New);
                     }
-                    Some(Shared::Duplicate) => {
+                    Some(Seen::Duplicate) => {
                         // Remember it here, so the next repeat costs no round trip.
                         self.dedup.commit(ids[i].key, now);
-                        found[i] = Some(Found::Duplicate);
+                        found[i] = Some(Seen::Duplicate);
                     }
-                    Some(Shared::Busy) => {
+                    Some(Seen::Pending) => {
                         self.dedup.release(ids[i].key);
                         shared_busy += 1;
                     }
@@ -264,7 +254,7 @@ mod tests {
         let found = c
             .claim(&ids(&c, &["1", "2"]), || 0, Duration::ZERO, &mut first)
             .await;
-        assert_eq!(found, Ok(vec![Found::New, Found::New]));
+        assert_eq!(found, Ok(vec![Seen::New, Seen::New]));
         let waiter = {
             let c = c.clone();
             tokio::spawn(async move {
@@ -280,7 +270,7 @@ mod tests {
         assert!(!waiter.is_finished());
         drop(first);
         let (found, empty) = waiter.await.unwrap();
-        assert_eq!(found, Ok(vec![Found::New]));
+        assert_eq!(found, Ok(vec![Seen::New]));
         assert!(!empty);
     }
 
@@ -301,7 +291,7 @@ mod tests {
         };
         tokio::task::yield_now().await;
         first.commit_all(1);
-        assert_eq!(waiter.await.unwrap(), Ok(vec![Found::Duplicate]));
+        assert_eq!(waiter.await.unwrap(), Ok(vec![Seen::Duplicate]));
     }
 
     #[tokio::test]
@@ -330,7 +320,7 @@ mod tests {
         let found = c
             .claim(&ids(&c, &["5"]), || 0, Duration::ZERO, &mut third)
             .await;
-        assert_eq!(found, Ok(vec![Found::New]));
+        assert_eq!(found, Ok(vec![Seen::New]));
     }
 
     #[tokio::test]

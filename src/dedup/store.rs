@@ -13,7 +13,6 @@
 //! this process alone until a background check finds the store again.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +21,7 @@ use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
+use super::Seen;
 use crate::metrics::Metrics;
 
 /// `GET`; absent → set our token with the claim expiry → `won`; `c` → `dup`; our token →
@@ -60,17 +60,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
-/// What the store says about one id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shared {
-    /// Claimed for us now.
-    Won,
-    /// Committed by some replica within the window.
-    Duplicate,
-    /// Claimed by another replica that has not decided yet.
-    Busy,
-}
-
 /// Timings of the store, from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Timings {
@@ -88,7 +77,7 @@ enum Op {
 }
 
 /// Handle to the shared store.
-pub struct Store {
+pub struct SharedStore {
     connection: watch::Receiver<Option<ConnectionManager>>,
     owner: String,
     timings: Timings,
@@ -110,14 +99,18 @@ struct Scripts {
     renew: redis::Script,
 }
 
-impl Store {
+impl SharedStore {
     /// Starts connecting to `url` in the background (a store that is down at start only
     /// means local decisions until it is up) and the tasks that write commits and releases
     /// and renew claims.
     ///
     /// # Errors
     /// A URL the client cannot parse.
-    pub fn start(url: &str, timings: Timings, metrics: Metrics) -> anyhow::Result<Arc<Store>> {
+    pub fn start(
+        url: &str,
+        timings: Timings,
+        metrics: Metrics,
+    ) -> anyhow::Result<Arc<SharedStore>> {
         let client = redis::Client::open(url)
             .map_err(|e| anyhow::anyhow!("dedup.shared: {}", redact(&e.to_string())))?;
         let (set_connection, connection) = watch::channel(None);
@@ -130,7 +123,7 @@ impl Store {
             release: redis::Script::new(RELEASE),
             renew: redis::Script::new(RENEW),
         };
-        let store = Arc::new(Store {
+        let store = Arc::new(SharedStore {
             connection,
             owner,
             timings,
@@ -152,9 +145,7 @@ impl Store {
         let digest = Sha256::digest(id.as_bytes());
         let mut key = String::with_capacity(14 + 32);
         key.push_str("hookbus:dedup:");
-        for b in &digest[..16] {
-            let _ = write!(key, "{b:02x}");
-        }
+        crate::text::push_hex(&digest[..16], &mut key);
         key
     }
 
@@ -164,7 +155,7 @@ impl Store {
 
     /// Claims `keys` in one round trip. `None` when the store is down or did not answer in
     /// time (counted): the caller decides locally.
-    pub async fn claim(&self, keys: &[&str]) -> Option<Vec<Shared>> {
+    pub async fn claim(&self, keys: &[&str]) -> Option<Vec<Seen>> {
         if !self.is_up() {
             return None;
         }
@@ -189,10 +180,10 @@ impl Store {
                     .map(|(key, answer)| match answer.as_str() {
                         "won" => {
                             claimed.insert((*key).to_owned(), now);
-                            Shared::Won
+                            Seen::New
                         }
-                        "dup" => Shared::Duplicate,
-                        _ => Shared::Busy,
+                        "dup" => Seen::Duplicate,
+                        _ => Seen::Pending,
                     })
                     .collect();
                 Some(found)
@@ -259,7 +250,7 @@ impl Store {
 async fn connect(
     client: redis::Client,
     set: watch::Sender<Option<ConnectionManager>>,
-    store: Arc<Store>,
+    store: Arc<SharedStore>,
 ) {
     let weak = Arc::downgrade(&store);
     drop(store);
@@ -365,13 +356,13 @@ async fn check_eviction_policy(connection: &mut ConnectionManager, metrics: &Met
             %policy, %maxmemory,
             "the dedup store may evict keys at its memory limit: a claim evicted early lets a \
              retry on another replica publish twice; set maxmemory-policy noeviction or size \
-             maxmemory for the window (README: Duplicates)"
+             maxmemory for the window (docs/duplicates.md)"
         );
     }
 }
 
 /// Writes commits and releases, pipelined, as they come.
-async fn write_ops(mut rx: mpsc::Receiver<Op>, store: std::sync::Weak<Store>) {
+async fn write_ops(mut rx: mpsc::Receiver<Op>, store: std::sync::Weak<SharedStore>) {
     let mut batch = Vec::with_capacity(512);
     while rx.recv_many(&mut batch, 512).await > 0 {
         let Some(store) = store.upgrade() else { return };
@@ -410,7 +401,7 @@ async fn write_ops(mut rx: mpsc::Receiver<Op>, store: std::sync::Weak<Store>) {
 
 /// Pushes back the expiry of our undecided claims every third of their lifetime, so a claim
 /// only expires when this process is gone.
-async fn renew(store: std::sync::Weak<Store>) {
+async fn renew(store: std::sync::Weak<SharedStore>) {
     loop {
         let Some(period) = store.upgrade().map(|s| s.timings.claim_ttl / 3) else {
             return;
@@ -460,9 +451,9 @@ mod tests {
 
     #[test]
     fn keys_are_one_per_id_and_secrets_are_redacted() {
-        assert_eq!(Store::key("abc"), Store::key("abc"));
-        assert_ne!(Store::key("abc"), Store::key("abd"));
-        assert_eq!(Store::key("x").len(), 14 + 32);
+        assert_eq!(SharedStore::key("abc"), SharedStore::key("abc"));
+        assert_ne!(SharedStore::key("abc"), SharedStore::key("abd"));
+        assert_eq!(SharedStore::key("x").len(), 14 + 32);
         assert_eq!(
             redact("redis://u:p4ss@host:6379/0"),
             "redis://***@host:6379/0"
