@@ -15,6 +15,7 @@ use crate::dedup::Claims;
 use crate::faults::Faults;
 use crate::health::Health;
 use crate::ingress::{self, Acceptor, AdminState, Ingress, Limits};
+use crate::message::DeadLetterDir;
 use crate::metrics::Metrics;
 use crate::publisher::{self, PublisherConfig, Source};
 use crate::route::Router;
@@ -88,16 +89,203 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// As [`start`].
 pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Running> {
     let (registry, metrics, router) = metrics_and_router(&config)?;
-    let sink = Arc::new(
-        Sink::connect(
-            &config.sink,
-            &config.nats,
-            &config.kafka.for_ack_mode(config.ack.mode),
-            &router,
-        )
-        .await
-        .context("creating the sink client")?,
+    let sink = connect_sink(&config, &router).await?;
+    let claims = claims(&config, &metrics)?;
+    let dead_letters = open_dead_letters(&config).await?;
+    metrics
+        .spool_capacity_bytes
+        .set(config.spool.max_bytes as i64);
+    let health = Health::new();
+    let (acceptor, source, ready) = acceptor(&config, &sink, &claims).await?;
+    let spool = match &source {
+        Source::Spool(spool) => Some(spool.clone()),
+        Source::Queue(_) => None,
+    };
+
+    let http = ingress::bind(config.http.listen, config.http.max_connections)
+        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+    let admin = ingress::bind(config.admin.listen, config.admin.max_connections)
+        .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+    let http_addr = http.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+
+    let shutdown = Shutdown::new();
+    let parts = ingress::Parts {
+        router: router.clone(),
+        claims: claims.clone(),
+        metrics: metrics.clone(),
+        acceptor,
+        max_message_bytes: {
+            let sink = sink.clone();
+            Arc::new(move || sink.max_message_bytes())
+        },
+        dead_letter_dir: dead_letters.clone(),
+        cloudevents: cloudevent_names(&config),
+        faults: faults.clone(),
+    };
+    let webhook_state = Arc::new(Ingress::new(
+        &config.http,
+        &config.auth,
+        &config.ack,
+        &config.routing,
+        parts,
+    ));
+    let admin_state = Arc::new(AdminState {
+        registry,
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        health: health.clone(),
+        draining: shutdown.clone(),
+    });
+    // In-flight requests get a bounded part of the grace period, so a stalled client never
+    // eats the publisher's drain.
+    let request_drain = (config.shutdown.grace / 4).min(Duration::from_secs(5));
+    let webhooks = tokio::spawn(ingress::serve_webhooks(
+        http,
+        webhook_state,
+        limits(&config, config.http.max_connections, request_drain),
+        shutdown.clone(),
+    ));
+    let admin_stop = Shutdown::new();
+    let admin_task = tokio::spawn(ingress::serve_admin(
+        admin,
+        admin_state,
+        limits(
+            &config,
+            config.admin.max_connections,
+            Duration::from_secs(1),
+        ),
+        admin_stop.clone(),
+    ));
+    let context = publisher::Context {
+        sink: sink.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        faults,
+    };
+    let observed = Observed {
+        metrics,
+        sink: sink.clone(),
+        claims,
+        spool: spool.clone(),
+        health,
+        ready,
+        draining: shutdown.clone(),
+    };
+    let publisher_drain = Shutdown::new();
+    let drain = Drain {
+        grace: config.shutdown.grace,
+        webhooks,
+        publisher: tokio::spawn(publisher::run(
+            source,
+            context,
+            publisher_config(&config, &router, dead_letters),
+            publisher_drain.clone(),
+        )),
+        publisher_drain,
+        sink: sink.clone(),
+        spool,
+        gauges: tokio::spawn(observed.run()),
+        admin_stop,
+        admin_task,
+    };
+    tracing::info!(
+        %http_addr, %admin_addr, sink = sink.name(), ack_mode = config.ack.mode.as_str(),
+        "hookbus started"
     );
+    let trigger = shutdown.clone();
+    let task = tokio::spawn(async move {
+        trigger.wait().await;
+        drain.run().await
+    });
+    Ok(Running {
+        http_addr,
+        admin_addr,
+        shutdown,
+        task,
+    })
+}
+
+/// The shutdown order, owned in one place: stop taking webhooks (in-flight ones finish within
+/// their share of the grace), let the publisher drain what was accepted, flush the producer,
+/// close the spool, then stop the admin port (last, so probes see the drain).
+struct Drain {
+    grace: Duration,
+    webhooks: JoinHandle<()>,
+    publisher: JoinHandle<()>,
+    publisher_drain: Shutdown,
+    sink: Arc<Sink>,
+    spool: Option<Spool>,
+    gauges: JoinHandle<()>,
+    admin_stop: Shutdown,
+    admin_task: JoinHandle<()>,
+}
+
+impl Drain {
+    /// Runs the shutdown order within the grace period.
+    ///
+    /// # Errors
+    /// The spool could not be closed cleanly (the next start replays more).
+    async fn run(mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + self.grace;
+        tracing::info!(grace = ?self.grace, "draining");
+        if tokio::time::timeout_at(deadline.into(), &mut self.webhooks)
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight webhook requests did not finish within the grace period");
+        }
+        self.publisher_drain.trigger();
+        let drained = tokio::time::timeout_at(deadline.into(), &mut self.publisher).await;
+        if drained.is_err() {
+            self.publisher.abort();
+            match &self.spool {
+                Some(spool) => tracing::warn!(
+                    pending = spool.stats().pending_events,
+                    "grace period over; unpublished events stay in the spool for the next start"
+                ),
+                None => {
+                    tracing::error!("grace period over; events still queued in memory are lost")
+                }
+            }
+        }
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        close(&self.sink, self.spool.as_ref(), left).await?;
+        self.gauges.abort();
+        self.admin_stop.trigger();
+        let _ = self.admin_task.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The last steps of every drain: what the producer holds goes out (for `flush` at most),
+/// then the spool's final checkpoint.
+async fn close(sink: &Sink, spool: Option<&Spool>, flush: Duration) -> anyhow::Result<()> {
+    sink.flush(flush).await;
+    if let Some(spool) = spool {
+        spool.close().await.context("closing the spool")?;
+    }
+    Ok(())
+}
+
+/// The producer for the configured sink (in `publish` mode Kafka lingers 0 by default).
+async fn connect_sink(config: &Config, router: &Router) -> anyhow::Result<Arc<Sink>> {
+    let sink = Sink::connect(
+        &config.sink,
+        &config.nats,
+        &config.kafka.for_ack_mode(config.ack.mode),
+        router,
+    )
+    .await
+    .context("creating the sink client")?;
+    Ok(Arc::new(sink))
+}
+
+/// The dedup claims, with the shared store when `dedup.shared` names one.
+fn claims(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<Claims>> {
     let store = if config.dedup.shared.is_empty() {
         None
     } else {
@@ -114,247 +302,124 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
             metrics.clone(),
         )?)
     };
-    let claims = Arc::new(Claims::new(
+    Ok(Arc::new(Claims::new(
         config.dedup.window,
         config.dedup.max_entries,
         store,
-    ));
-    let dead_letters = {
-        let dir = config.spool.dir.join("dead-letters");
-        let budget = config.spool.dead_letter_max_bytes;
-        Arc::new(
-            tokio::task::spawn_blocking(move || crate::message::DeadLetterDir::open(dir, budget))
-                .await?,
-        )
-    };
-    metrics
-        .spool_capacity_bytes
-        .set(config.spool.max_bytes as i64);
-    let health = Health::new();
+    )))
+}
 
-    let (acceptor, source, ready): (Acceptor, Source, Readiness) = match config.ack.mode {
-        AckMode::Spool => {
-            let spool_config = SpoolConfig {
-                dir: config.spool.dir.clone(),
-                max_bytes: config.spool.max_bytes,
-                segment_bytes: config.spool.segment_bytes,
-                retain: config.dedup.window,
-            };
-            let spool = tokio::task::spawn_blocking(move || Spool::open(spool_config))
-                .await?
-                .with_context(|| format!("opening spool.dir {}", config.spool.dir.display()))?;
-            restore_dedup(&spool, &claims, config.dedup.window).await?;
-            // Ready while a burst of large requests still fits: 5% of the spool, ≥ 16 MiB.
-            let headroom = (config.spool.max_bytes / 20)
-                .max(16 * 1024 * 1024)
-                .min(config.spool.max_bytes / 2);
-            let probe = spool.clone();
-            let ready: Readiness = Arc::new(move || {
-                if probe.has_headroom(headroom) {
-                    Ok(())
-                } else {
-                    Err("spool nearly full".to_owned())
-                }
-            });
-            (Acceptor::Spool(spool.clone()), Source::Spool(spool), ready)
-        }
-        mode => {
-            let (queue, rx) =
-                publisher::queue(config.ack.queue_capacity, config.ack.queue_max_bytes);
-            let probe = queue.clone();
-            let probe_sink = sink.clone();
-            let publish_mode = mode == AckMode::Publish;
-            let ready: Readiness = Arc::new(move || {
-                if probe.capacity() < probe.max_capacity() / 20
-                    || probe.bytes() > probe.max_bytes() / 20 * 19
-                {
-                    Err("publish queue nearly full".to_owned())
-                } else if publish_mode && !probe_sink.is_up() {
-                    Err("sink not connected".to_owned())
-                } else {
-                    Ok(())
-                }
-            });
-            let acceptor = if publish_mode {
-                Acceptor::Publish {
-                    queue,
-                    timeout: config.ack.publish_timeout,
-                }
-            } else {
-                Acceptor::Memory(queue)
-            };
-            (acceptor, Source::Queue(rx), ready)
-        }
-    };
-    let spool = match &source {
-        Source::Spool(spool) => Some(spool.clone()),
-        Source::Queue(_) => None,
-    };
+/// `spool.dir/dead-letters/` within its budget (its existing files counted, off the runtime).
+async fn open_dead_letters(config: &Config) -> anyhow::Result<Arc<DeadLetterDir>> {
+    let dir = config.spool.dir.join("dead-letters");
+    let budget = config.spool.dead_letter_max_bytes;
+    let opened = tokio::task::spawn_blocking(move || DeadLetterDir::open(dir, budget)).await?;
+    Ok(Arc::new(opened))
+}
 
-    let http = ingress::bind(config.http.listen, config.http.max_connections)
-        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
-    let admin = ingress::bind(config.admin.listen, config.admin.max_connections)
-        .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
-    let http_addr = http.local_addr()?;
-    let admin_addr = admin.local_addr()?;
+/// The spool's settings, from `[spool]` and the dedup window it must retain.
+fn spool_config(config: &Config) -> SpoolConfig {
+    SpoolConfig {
+        dir: config.spool.dir.clone(),
+        max_bytes: config.spool.max_bytes,
+        segment_bytes: config.spool.segment_bytes,
+        retain: config.dedup.window,
+    }
+}
 
-    let shutdown = Shutdown::new();
-    let ingress_state = Arc::new(Ingress {
-        router: router.clone(),
-        claims: claims.clone(),
-        metrics: metrics.clone(),
-        acceptor,
-        auth: config.auth.clone(),
-        auth_header: config.auth.header.to_ascii_lowercase(),
-        tokens: config
-            .auth
-            .accepted()
-            .into_iter()
-            .map(str::to_owned)
-            .collect(),
-        max_body_bytes: config.http.max_body_bytes,
-        max_batch_items: config.http.max_batch_items,
-        request_timeout: config.http.request_timeout,
-        body_budget: Arc::new(tokio::sync::Semaphore::new(
-            config.http.max_inflight_bytes.div_ceil(1024),
-        )),
-        retry_after: config.ack.retry_after,
-        pending_wait: config.ack.publish_timeout,
-        max_message_bytes: {
-            let sink = sink.clone();
-            Arc::new(move || sink.max_message_bytes())
-        },
-        dead_letter_dir: dead_letters.clone(),
-        dead_letter_budget: Arc::new(crate::message::DeadLetterBudget::new(
-            config.routing.dead_letter_budget_bytes,
-            config.routing.dead_letter_budget_window,
-        )),
-        cloudevents: config
-            .routing
-            .cloudevents
-            .then_some(match config.sink.kind {
-                crate::config::SinkKind::Kafka => &crate::message::cloudevents::KAFKA,
-                crate::config::SinkKind::Nats | crate::config::SinkKind::Stdout => {
-                    &crate::message::cloudevents::NATS
-                }
-            }),
-        faults: faults.clone(),
-    });
-    let admin_state = Arc::new(AdminState {
-        registry,
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-        health: health.clone(),
-        draining: shutdown.clone(),
-    });
+/// Opens the spool directory off the runtime.
+async fn open_spool(config: SpoolConfig) -> anyhow::Result<Spool> {
+    let dir = config.dir.clone();
+    tokio::task::spawn_blocking(move || Spool::open(config))
+        .await?
+        .with_context(|| format!("opening spool.dir {}", dir.display()))
+}
 
-    // In-flight requests get a bounded part of the grace period, so a stalled client never
-    // eats the publisher's drain.
-    let request_drain = (config.shutdown.grace / 4).min(Duration::from_secs(5));
-    let webhooks = tokio::spawn(ingress::serve_webhooks(
-        http,
-        ingress_state,
-        Limits {
-            max_connections: config.http.max_connections,
-            header_timeout: config.http.header_timeout,
-            idle_timeout: config.http.idle_timeout,
-            drain: request_drain,
-        },
-        shutdown.clone(),
-    ));
-    let admin_stop = Shutdown::new();
-    let admin_task = tokio::spawn(ingress::serve_admin(
-        admin,
-        admin_state,
-        Limits {
-            max_connections: config.admin.max_connections,
-            header_timeout: config.http.header_timeout,
-            idle_timeout: config.http.idle_timeout,
-            drain: Duration::from_secs(1),
-        },
-        admin_stop.clone(),
-    ));
-    let publisher_drain = Shutdown::new();
-    let publisher_config = PublisherConfig {
+/// The publisher's settings: `[sink]` limits, and where refused messages and overflow go.
+fn publisher_config(
+    config: &Config,
+    router: &Router,
+    dead_letters: Arc<DeadLetterDir>,
+) -> PublisherConfig {
+    PublisherConfig {
         max_in_flight: config.sink.max_in_flight,
         max_backoff: config.sink.max_backoff,
         dead_letter: router.dead_letter().to_owned(),
         overflow: router.overflow_names().to_vec(),
         dead_letter_dir: dead_letters,
-    };
-    let context = publisher::Context {
-        sink: sink.clone(),
-        metrics: metrics.clone(),
-        health: health.clone(),
-        faults,
-    };
-    let observed = Observed {
-        metrics: metrics.clone(),
-        sink: sink.clone(),
-        claims: claims.clone(),
-        spool: spool.clone(),
-        health: health.clone(),
-        ready,
-        draining: shutdown.clone(),
-    };
-    let gauges = tokio::spawn(observed.run());
-    let mut publisher = tokio::spawn(publisher::run(
-        source,
-        context,
-        publisher_config,
-        publisher_drain.clone(),
-    ));
-    tracing::info!(
-        %http_addr, %admin_addr, sink = sink.name(), ack_mode = config.ack.mode.as_str(),
-        "hookbus started"
-    );
+    }
+}
 
-    let grace = config.shutdown.grace;
-    let trigger = shutdown.clone();
-    let task = tokio::spawn(async move {
-        trigger.wait().await;
-        let deadline = Instant::now() + grace;
-        tracing::info!(?grace, "draining");
-        if tokio::time::timeout_at(deadline.into(), webhooks)
-            .await
-            .is_err()
-        {
-            tracing::warn!("in-flight webhook requests did not finish within the grace period");
-        }
-        publisher_drain.trigger();
-        let drained = tokio::time::timeout_at(deadline.into(), &mut publisher).await;
-        if drained.is_err() {
-            publisher.abort();
-            match &spool {
-                Some(spool) => tracing::warn!(
-                    pending = spool.stats().pending_events,
-                    "grace period over; unpublished events stay in the spool for the next start"
-                ),
-                None => {
-                    tracing::error!("grace period over; events still queued in memory are lost")
-                }
+/// The CloudEvents header names of the configured sink, when `routing.cloudevents` is on.
+fn cloudevent_names(config: &Config) -> Option<&'static [&'static str; 7]> {
+    config
+        .routing
+        .cloudevents
+        .then_some(match config.sink.kind {
+            crate::config::SinkKind::Kafka => &crate::message::cloudevents::KAFKA,
+            crate::config::SinkKind::Nats | crate::config::SinkKind::Stdout => {
+                &crate::message::cloudevents::NATS
             }
-        }
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
-        sink.flush(left).await;
-        if let Some(spool) = &spool {
-            spool.close().await.context("closing the spool")?;
-        }
-        gauges.abort();
-        admin_stop.trigger();
-        let _ = admin_task.await;
-        tracing::info!("stopped");
-        Ok(())
-    });
+        })
+}
 
-    Ok(Running {
-        http_addr,
-        admin_addr,
-        shutdown,
-        task,
-    })
+/// A listener's limits: its connection cap and request drain, the `[http]` timeouts.
+fn limits(config: &Config, max_connections: usize, drain: Duration) -> Limits {
+    Limits {
+        max_connections,
+        header_timeout: config.http.header_timeout,
+        idle_timeout: config.http.idle_timeout,
+        drain,
+    }
+}
+
+/// Where accepted events go under `ack.mode`, what the publisher reads, and readiness.
+async fn acceptor(
+    config: &Config,
+    sink: &Arc<Sink>,
+    claims: &Arc<Claims>,
+) -> anyhow::Result<(Acceptor, Source, Readiness)> {
+    if config.ack.mode == AckMode::Spool {
+        let spool = open_spool(spool_config(config)).await?;
+        restore_dedup(&spool, claims, config.dedup.window).await?;
+        // Ready while a burst of large requests still fits: 5% of the spool, ≥ 16 MiB.
+        let headroom = (config.spool.max_bytes / 20)
+            .max(16 * 1024 * 1024)
+            .min(config.spool.max_bytes / 2);
+        let probe = spool.clone();
+        let ready: Readiness = Arc::new(move || {
+            if probe.has_headroom(headroom) {
+                Ok(())
+            } else {
+                Err("spool nearly full".to_owned())
+            }
+        });
+        return Ok((Acceptor::Spool(spool.clone()), Source::Spool(spool), ready));
+    }
+    let (queue, rx) = publisher::queue(config.ack.queue_capacity, config.ack.queue_max_bytes);
+    let probe = queue.clone();
+    let probe_sink = sink.clone();
+    let publish_mode = config.ack.mode == AckMode::Publish;
+    let ready: Readiness = Arc::new(move || {
+        if probe.capacity() < probe.max_capacity() / 20
+            || probe.bytes() > probe.max_bytes() / 20 * 19
+        {
+            Err("publish queue nearly full".to_owned())
+        } else if publish_mode && !probe_sink.is_up() {
+            Err("sink not connected".to_owned())
+        } else {
+            Ok(())
+        }
+    });
+    let acceptor = if publish_mode {
+        Acceptor::Publish {
+            queue,
+            timeout: config.ack.publish_timeout,
+        }
+    } else {
+        Acceptor::Memory(queue)
+    };
+    Ok((acceptor, Source::Queue(rx), ready))
 }
 
 /// What [`drain`] did.
@@ -378,15 +443,7 @@ pub async fn drain(config: Config, timeout: Duration) -> anyhow::Result<DrainRep
     if !dir.is_dir() {
         anyhow::bail!("{} is not a spool directory", dir.display());
     }
-    let spool_config = SpoolConfig {
-        dir: dir.clone(),
-        max_bytes: config.spool.max_bytes,
-        segment_bytes: config.spool.segment_bytes,
-        retain: config.dedup.window,
-    };
-    let spool = tokio::task::spawn_blocking(move || Spool::open(spool_config))
-        .await?
-        .with_context(|| format!("opening {}", dir.display()))?;
+    let spool = open_spool(spool_config(&config)).await?;
     let before = spool.stats().pending_events;
     tracing::info!(dir = %dir.display(), pending = before, "draining a spool directory");
     let sink = Arc::new(
@@ -394,17 +451,6 @@ pub async fn drain(config: Config, timeout: Duration) -> anyhow::Result<DrainRep
             .await
             .context("creating the sink client")?,
     );
-    let dead_letters = Arc::new(crate::message::DeadLetterDir::open(
-        dir.join("dead-letters"),
-        config.spool.dead_letter_max_bytes,
-    ));
-    let publisher_config = PublisherConfig {
-        max_in_flight: config.sink.max_in_flight,
-        max_backoff: config.sink.max_backoff,
-        dead_letter: router.dead_letter().to_owned(),
-        overflow: router.overflow_names().to_vec(),
-        dead_letter_dir: dead_letters,
-    };
     let context = publisher::Context {
         sink: sink.clone(),
         metrics,
@@ -416,7 +462,7 @@ pub async fn drain(config: Config, timeout: Duration) -> anyhow::Result<DrainRep
     let run = publisher::run(
         Source::Spool(spool.clone()),
         context,
-        publisher_config,
+        publisher_config(&config, &router, open_dead_letters(&config).await?),
         done,
     );
     if tokio::time::timeout(timeout, run).await.is_err() {

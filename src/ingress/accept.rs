@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{IngressError, Unauthorized};
-use crate::config::AuthConfig;
+use crate::config::{AckConfig, AuthConfig, HttpConfig, RoutingConfig};
 use crate::dedup::{Claims, Held, Id, Key, Seen};
 use crate::faults::Faults;
 use crate::message::{self, DeadLetter, DeadLetterBudget, DeadLetterDir};
@@ -50,36 +50,82 @@ pub struct Accepted {
     pub rejected: usize,
 }
 
-/// Shared state of the webhook listener.
-pub struct Ingress {
+/// What the webhook listener is built from besides its config sections: the parts it shares
+/// with the rest of the process.
+pub struct Parts {
     pub router: Router,
     pub claims: Arc<Claims>,
     pub metrics: Metrics,
     pub acceptor: Acceptor,
-    pub auth: AuthConfig,
-    /// `auth.header`, lowercased.
-    pub auth_header: String,
-    /// `auth.token` and `auth.tokens`, the non-empty ones.
-    pub tokens: Vec<String>,
-    pub max_body_bytes: usize,
-    pub max_batch_items: usize,
-    pub request_timeout: Duration,
-    /// Bodies being read or processed, in KiB (`http.max_inflight_bytes`).
-    pub body_budget: Arc<Semaphore>,
-    pub retry_after: Duration,
-    /// How long a retry waits for an earlier delivery of the same event to be decided.
-    pub pending_wait: Duration,
     /// The largest message the broker takes now (it may say so only once connected).
     pub max_message_bytes: Arc<dyn Fn() -> usize + Send + Sync>,
     pub dead_letter_dir: Arc<DeadLetterDir>,
-    /// Bytes of dead letters the broker may take per window; beyond, they go to the dir.
-    pub dead_letter_budget: Arc<DeadLetterBudget>,
     /// The CloudEvents header names for the sink (`routing.cloudevents`), or `None`.
     pub cloudevents: Option<&'static [&'static str; 7]>,
     pub faults: Faults,
 }
 
+/// Shared state of the webhook listener.
+pub struct Ingress {
+    pub(super) router: Router,
+    pub(super) claims: Arc<Claims>,
+    pub(super) metrics: Metrics,
+    pub(super) acceptor: Acceptor,
+    pub(super) allowed_sub_keys: Vec<String>,
+    /// `auth.header`, lowercased.
+    pub(super) auth_header: String,
+    /// `auth.token` and `auth.tokens`, the non-empty ones.
+    pub(super) tokens: Vec<String>,
+    pub(super) max_body_bytes: usize,
+    pub(super) max_batch_items: usize,
+    pub(super) request_timeout: Duration,
+    /// Bodies being read or processed, in KiB (`http.max_inflight_bytes`).
+    pub(super) body_budget: Arc<Semaphore>,
+    pub(super) retry_after: Duration,
+    /// How long a retry waits for an earlier delivery of the same event to be decided.
+    pub(super) pending_wait: Duration,
+    pub(super) max_message_bytes: Arc<dyn Fn() -> usize + Send + Sync>,
+    pub(super) dead_letter_dir: Arc<DeadLetterDir>,
+    /// Bytes of dead letters the broker may take per window; beyond, they go to the dir.
+    pub(super) dead_letter_budget: DeadLetterBudget,
+    pub(super) cloudevents: Option<&'static [&'static str; 7]>,
+    pub(super) faults: Faults,
+}
+
 impl Ingress {
+    /// The webhook listener's state from its config sections and the shared [`Parts`].
+    pub fn new(
+        http: &HttpConfig,
+        auth: &AuthConfig,
+        ack: &AckConfig,
+        routing: &RoutingConfig,
+        parts: Parts,
+    ) -> Ingress {
+        Ingress {
+            router: parts.router,
+            claims: parts.claims,
+            metrics: parts.metrics,
+            acceptor: parts.acceptor,
+            allowed_sub_keys: auth.allowed_sub_keys.clone(),
+            auth_header: auth.header.to_ascii_lowercase(),
+            tokens: auth.accepted().into_iter().map(str::to_owned).collect(),
+            max_body_bytes: http.max_body_bytes,
+            max_batch_items: http.max_batch_items,
+            request_timeout: http.request_timeout,
+            body_budget: Arc::new(Semaphore::new(http.max_inflight_bytes.div_ceil(1024))),
+            retry_after: ack.retry_after,
+            pending_wait: ack.publish_timeout,
+            max_message_bytes: parts.max_message_bytes,
+            dead_letter_dir: parts.dead_letter_dir,
+            dead_letter_budget: DeadLetterBudget::new(
+                routing.dead_letter_budget_bytes,
+                routing.dead_letter_budget_window,
+            ),
+            cloudevents: parts.cloudevents,
+            faults: parts.faults,
+        }
+    }
+
     /// Whether requests must present a token.
     pub fn token_required(&self) -> bool {
         !self.tokens.is_empty()
@@ -180,12 +226,12 @@ impl Ingress {
             }
         };
         let events = normalized.events;
-        if !self.auth.allowed_sub_keys.is_empty() {
+        if !self.allowed_sub_keys.is_empty() {
             for event in &events {
                 let allowed = event
                     .sub_key
                     .as_ref()
-                    .is_some_and(|k| self.auth.allowed_sub_keys.iter().any(|a| a == k));
+                    .is_some_and(|k| self.allowed_sub_keys.iter().any(|a| a == k));
                 if !allowed {
                     self.metrics.auth_failure("forbidden_sub_key");
                     return Err(IngressError::Forbidden(format!(

@@ -7,7 +7,7 @@ mod accept;
 mod listener;
 mod server;
 
-pub use accept::{Accepted, Acceptor, Ingress};
+pub use accept::{Accepted, Acceptor, Ingress, Parts};
 pub use listener::{Limits, backlog, bind};
 pub use server::{AdminState, CLIENT_CLOSED_REQUEST, serve_admin, serve_webhooks};
 
