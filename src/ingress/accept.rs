@@ -50,6 +50,18 @@ pub struct Accepted {
     pub rejected: usize,
 }
 
+/// A request's messages between normalizing and claiming.
+struct Candidates {
+    /// Each message to claim: its id, its event's action (`None` for a dead letter), the job.
+    unique: Vec<(Id, Option<normalize::Action>, Job)>,
+    /// Actions of the events repeated within the request.
+    duplicates: Vec<normalize::Action>,
+    /// Invalid items in the batch.
+    rejected: usize,
+    /// Invalid items kept on disk with the body (the dead-letter budget was spent).
+    spilled: usize,
+}
+
 /// What the webhook listener is built from besides its config sections: the parts it shares
 /// with the rest of the process.
 pub struct Parts {
@@ -211,36 +223,71 @@ impl Ingress {
         }
     }
 
+    /// The pipeline, step by step over one [`Candidates`]: normalize → check sub_keys → build
+    /// messages → drop repeats within the request → add the invalid items' dead letters →
+    /// claim → accept.
     async fn process(&self, body: Bytes, received_ms: u64) -> Result<Accepted, IngressError> {
-        let normalized = match normalize::normalize_items(&body, received_ms, self.max_batch_items)
-        {
-            Ok(normalized) => normalized,
+        let normalized = self.normalize(&body, received_ms).await?;
+        self.check_sub_keys(&normalized.events)?;
+        let jobs = self
+            .messages(&body, &normalized.events, received_ms)
+            .await?;
+        for event in &normalized.events {
+            self.metrics.event_received(event.format, event.action);
+        }
+        let mut candidates = self.unique(&normalized.events, jobs);
+        self.rejected_items(&mut candidates, &body, normalized.rejected, received_ms);
+        self.claim_and_accept(candidates, body).await
+    }
+
+    /// The body's events; a body that is invalid as a whole is dead-lettered, then refused.
+    async fn normalize(
+        &self,
+        body: &Bytes,
+        received_ms: u64,
+    ) -> Result<normalize::Normalized, IngressError> {
+        match normalize::normalize_items(body, received_ms, self.max_batch_items) {
+            Ok(normalized) => Ok(normalized),
             Err(normalize::NormalizeError::TooManyItems { count, max }) => {
-                return Err(IngressError::TooManyItems { count, max });
+                Err(IngressError::TooManyItems { count, max })
             }
             Err(error) => {
                 let message = error.to_string();
-                self.dead_letter(body, "invalid_payload", &message, received_ms)
+                self.dead_letter(body.clone(), "invalid_payload", &message, received_ms)
                     .await?;
-                return Err(IngressError::InvalidPayload(message));
-            }
-        };
-        let events = normalized.events;
-        if !self.allowed_sub_keys.is_empty() {
-            for event in &events {
-                let allowed = event
-                    .sub_key
-                    .as_ref()
-                    .is_some_and(|k| self.allowed_sub_keys.iter().any(|a| a == k));
-                if !allowed {
-                    self.metrics.auth_failure("forbidden_sub_key");
-                    return Err(IngressError::Forbidden(format!(
-                        "sub_key {:?} is not in auth.allowed_sub_keys",
-                        event.sub_key.as_deref().unwrap_or("")
-                    )));
-                }
+                Err(IngressError::InvalidPayload(message))
             }
         }
+    }
+
+    /// `Forbidden` when `auth.allowed_sub_keys` is set and an event's keyset is not in it.
+    fn check_sub_keys(&self, events: &[Event]) -> Result<(), IngressError> {
+        if self.allowed_sub_keys.is_empty() {
+            return Ok(());
+        }
+        for event in events {
+            let allowed = event
+                .sub_key
+                .as_ref()
+                .is_some_and(|k| self.allowed_sub_keys.iter().any(|a| a == k));
+            if !allowed {
+                self.metrics.auth_failure("forbidden_sub_key");
+                return Err(IngressError::Forbidden(format!(
+                    "sub_key {:?} is not in auth.allowed_sub_keys",
+                    event.sub_key.as_deref().unwrap_or("")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// One message per event; a name no broker accepts refuses the body (dead-lettered).
+    async fn messages(
+        &self,
+        body: &Bytes,
+        events: &[Event],
+        received_ms: u64,
+    ) -> Result<Vec<Job>, IngressError> {
         let mut jobs = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
             match self.job(event) {
@@ -251,60 +298,86 @@ impl Ingress {
                     } else {
                         error.to_string()
                     };
-                    self.dead_letter(body, "unroutable", &message, received_ms)
+                    self.dead_letter(body.clone(), "unroutable", &message, received_ms)
                         .await?;
                     return Err(IngressError::InvalidPayload(message));
                 }
             }
         }
-        for event in &events {
-            self.metrics.event_received(event.format, event.action);
-        }
+        Ok(jobs)
+    }
 
-        // The same id twice in one batch counts once; the rest are duplicates.
-        let mut keys = Vec::with_capacity(events.len() + normalized.rejected.len());
-        let mut unique = Vec::with_capacity(events.len());
-        let mut duplicates = Vec::new();
+    /// The events to claim: the same id twice in one batch counts once, the rest are
+    /// duplicates.
+    fn unique(&self, events: &[Event], jobs: Vec<Job>) -> Candidates {
+        let mut candidates = Candidates {
+            unique: Vec::with_capacity(events.len()),
+            duplicates: Vec::new(),
+            rejected: 0,
+            spilled: 0,
+        };
         let mut in_request: HashSet<Key> = HashSet::new();
         for (event, job) in events.iter().zip(jobs) {
             let id = self.claims.id(&event.id);
             if events.len() > 1 && !in_request.insert(id.key()) {
-                duplicates.push(event.action);
+                candidates.duplicates.push(event.action);
                 continue;
             }
-            keys.push(id.clone());
-            unique.push((id, Some(event.action), job));
+            candidates.unique.push((id, Some(event.action), job));
         }
-        // Invalid items are dead-lettered one by one, each once per window (PubNub retries
-        // the whole batch), while the window's dead-letter budget lasts; the items beyond it
-        // are kept with the whole body in one file on disk.
-        let rejected = normalized.rejected.len();
-        let mut spilled = 0;
-        if rejected > 0 {
-            let body_id = normalize::body_id(&body);
-            let now = now_ms();
-            for item in normalized.rejected {
-                if spilled > 0 || !self.dead_letter_budget.try_take(item.span.len(), now) {
-                    spilled += 1;
-                    continue;
-                }
-                let id = format!("dead-letter:{body_id}:{}", item.index);
-                let job = self.dead_letter_job(
-                    body.slice(item.span),
-                    "invalid_item",
-                    &item.error.to_string(),
-                    Some(item.index),
-                    id,
-                    received_ms,
-                );
-                let key = self
-                    .claims
-                    .id(job.message.msg_id.as_deref().unwrap_or_default());
-                keys.push(key.clone());
-                unique.push((key, None, job));
-            }
-        }
+        candidates
+    }
 
+    /// Invalid items are dead-lettered one by one, each once per window (PubNub retries the
+    /// whole batch), while the window's dead-letter budget lasts; the items beyond it are kept
+    /// with the whole body in one file on disk ([`Ingress::spill`]).
+    fn rejected_items(
+        &self,
+        candidates: &mut Candidates,
+        body: &Bytes,
+        rejected: Vec<normalize::Rejected>,
+        received_ms: u64,
+    ) {
+        candidates.rejected = rejected.len();
+        if rejected.is_empty() {
+            return;
+        }
+        let body_id = normalize::body_id(body);
+        let now = now_ms();
+        for item in rejected {
+            if candidates.spilled > 0 || !self.dead_letter_budget.try_take(item.span.len(), now) {
+                candidates.spilled += 1;
+                continue;
+            }
+            let id = format!("dead-letter:{body_id}:{}", item.index);
+            let job = self.dead_letter_job(
+                body.slice(item.span),
+                "invalid_item",
+                &item.error.to_string(),
+                Some(item.index),
+                id,
+                received_ms,
+            );
+            let key = self
+                .claims
+                .id(job.message.msg_id.as_deref().unwrap_or_default());
+            candidates.unique.push((key, None, job));
+        }
+    }
+
+    /// Claims every candidate's id, then accepts the new ones under the ack mode.
+    async fn claim_and_accept(
+        &self,
+        candidates: Candidates,
+        body: Bytes,
+    ) -> Result<Accepted, IngressError> {
+        let Candidates {
+            unique,
+            mut duplicates,
+            rejected,
+            spilled,
+        } = candidates;
+        let keys: Vec<Id> = unique.iter().map(|(id, _, _)| id.clone()).collect();
         let mut held = Held::new(&self.claims);
         let found = self
             .claims
@@ -340,7 +413,7 @@ impl Ingress {
         }
         let accepted = fresh.len() - dead_lettered;
         if spilled > 0 {
-            self.spill(body.clone(), "invalid_item", spilled).await;
+            self.spill(body, "invalid_item", spilled).await;
         }
         self.accept(fresh, held).await?;
         for action in &duplicates {
