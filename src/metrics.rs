@@ -128,330 +128,179 @@ impl Metrics {
         sink: &str,
         dedup_store: bool,
     ) -> prometheus::Result<Metrics> {
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "hookbus_http_requests_total",
-                "Webhook responses by status code.",
-            ),
-            &["code"],
-        )?;
-        let ack_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "hookbus_ack_duration_seconds",
-                "Webhook request received to response written, every response.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )?;
-        let publish_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "hookbus_publish_duration_seconds",
-                "Webhook request received to broker confirmed, per event.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["sink"],
-        )?;
-        let event_lag = Histogram::with_opts(
-            HistogramOpts::new(
-                "hookbus_event_lag_seconds",
-                "Event timestamp (PubNub) to broker confirmed.",
-            )
-            .buckets(LAG_BUCKETS.to_vec()),
-        )?;
-        let events_received = IntCounterVec::new(
-            Opts::new(
-                "hookbus_events_received_total",
-                "Valid events received, duplicates included.",
-            ),
-            &["format", "action"],
-        )?;
-        let events_published = IntCounterVec::new(
-            Opts::new(
-                "hookbus_events_published_total",
-                "Events confirmed by the broker.",
-            ),
-            &["sink", "action"],
-        )?;
-        let duplicates = IntCounterVec::new(
-            Opts::new(
-                "hookbus_duplicates_total",
-                "Events recognized as retries and not published again.",
-            ),
-            &["action"],
-        )?;
-        let publish_errors = IntCounterVec::new(
-            Opts::new(
-                "hookbus_publish_errors_total",
-                "Failed publish attempts by error class.",
-            ),
-            &["sink", "kind"],
-        )?;
-        let dead_letters = IntCounterVec::new(
-            Opts::new(
-                "hookbus_dead_letters_total",
-                "Rejected bodies kept as dead letters.",
-            ),
-            &["reason"],
-        )?;
-        let spool_pending_events = IntGauge::new(
-            "hookbus_spool_pending_events",
-            "Events accepted and not yet confirmed by the broker.",
-        )?;
-        let spool_bytes = IntGauge::new("hookbus_spool_bytes", "Bytes the spool uses on disk.")?;
-        let oldest_unpublished_age = prometheus::Gauge::new(
-            "hookbus_oldest_unpublished_age_seconds",
-            "Age of the oldest accepted event not yet confirmed by the broker.",
-        )?;
-        let acks_before_durable = IntCounter::new(
-            "hookbus_acks_before_durable_total",
-            "Events answered 200 before they were durable (ack.mode = memory).",
-        )?;
-        let dead_letters_spilled = IntCounter::new(
-            "hookbus_dead_letters_spilled_total",
-            "Dead letters written to spool.dir/dead-letters/ because the window's broker \
-             budget (routing.dead_letter_budget_bytes) was spent.",
-        )?;
-        let sink_up = IntGaugeVec::new(
-            Opts::new(
-                "hookbus_sink_up",
-                "1 when the sink is connected to its broker.",
-            ),
-            &["sink"],
-        )?;
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "hookbus_build_info",
-                "Always 1; the version label names the build.",
-            ),
-            &["version"],
-        )?;
-        let config_warnings = IntCounter::new(
-            "hookbus_config_warnings_total",
-            "Configuration problems found at start that did not stop it (see the log).",
-        )?;
-        let queue_events = IntGauge::new(
-            "hookbus_queue_events",
-            "Events in the in-memory publish queue (memory and publish ack modes).",
-        )?;
-
-        registry.register(Box::new(http_requests.clone()))?;
-        registry.register(Box::new(ack_duration.clone()))?;
-        registry.register(Box::new(publish_duration.clone()))?;
-        registry.register(Box::new(event_lag.clone()))?;
-        registry.register(Box::new(events_received.clone()))?;
-        registry.register(Box::new(events_published.clone()))?;
-        registry.register(Box::new(duplicates.clone()))?;
-        registry.register(Box::new(publish_errors.clone()))?;
-        registry.register(Box::new(dead_letters.clone()))?;
-        registry.register(Box::new(spool_pending_events.clone()))?;
-        registry.register(Box::new(spool_bytes.clone()))?;
-        registry.register(Box::new(oldest_unpublished_age.clone()))?;
-        registry.register(Box::new(acks_before_durable.clone()))?;
-        registry.register(Box::new(dead_letters_spilled.clone()))?;
-        registry.register(Box::new(sink_up.clone()))?;
-        registry.register(Box::new(build_info.clone()))?;
-        registry.register(Box::new(config_warnings.clone()))?;
-        registry.register(Box::new(queue_events.clone()))?;
-        let broker_duplicates = IntCounterVec::new(
-            Opts::new(
-                "hookbus_broker_duplicates_total",
-                "Messages the broker recognized as already stored (JetStream Nats-Msg-Id): \
-                 another replica or a replay after a crash published them first.",
-            ),
-            &["sink"],
-        )?;
-        registry.register(Box::new(broker_duplicates.clone()))?;
-        let publisher_restarts = IntCounter::new(
-            "hookbus_publisher_restarts_total",
-            "Times the publisher loop panicked and was restarted from the last confirmed position.",
-        )?;
-        let publisher_errors = IntCounterVec::new(
-            Opts::new(
-                "hookbus_publisher_errors_total",
-                "Errors inside the publisher: spool reads that failed (retried), sink panics \
-                 (the message is retried).",
-            ),
-            &["kind"],
-        )?;
-        let spool_corrupt_records = IntCounter::new(
-            "hookbus_spool_corrupt_records_total",
-            "Spool records found damaged (checksum) with valid records after them; their bytes \
-             are kept in spool.dir/corrupt/.",
-        )?;
-        registry.register(Box::new(publisher_restarts.clone()))?;
-        let spool_unpublished_bytes = IntGauge::new(
-            "hookbus_spool_unpublished_bytes",
-            "Spool bytes from the first unpublished record on: what a broker outage piled up. \
-             Appends get 503 when this reaches hookbus_spool_capacity_bytes.",
-        )?;
-        let spool_retained_bytes = IntGauge::new(
-            "hookbus_spool_retained_bytes",
-            "Spool bytes already published, kept to rebuild the dedup set after a restart and \
-             deleted whenever the space is needed.",
-        )?;
-        let spool_capacity_bytes = IntGauge::new(
-            "hookbus_spool_capacity_bytes",
-            "spool.max_bytes: the disk the spool may use.",
-        )?;
-        let dedup_entries = IntGauge::new(
-            "hookbus_dedup_entries",
-            "Event ids remembered for duplicate detection (at most dedup.max_entries).",
-        )?;
-        let dedup_window = prometheus::Gauge::new(
-            "hookbus_dedup_window_seconds",
-            "How far back retries are recognized now: dedup.window, or less once \
-             dedup.max_entries is reached (the oldest ids are forgotten first).",
-        )?;
-        let ready = IntGauge::new(
-            "hookbus_ready",
-            "1 while /readyz answers 200 (the pod takes webhooks), 0 while not ready or draining.",
-        )?;
-        for gauge in [
-            &ready,
-            &spool_unpublished_bytes,
-            &spool_retained_bytes,
-            &spool_capacity_bytes,
-            &dedup_entries,
-        ] {
-            registry.register(Box::new(gauge.clone()))?;
-        }
-        registry.register(Box::new(dedup_window.clone()))?;
+        let r = Registrar(registry);
         // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        registry.register(Box::new(publisher_errors.clone()))?;
-        registry.register(Box::new(spool_corrupt_records.clone()))?;
-        let overflow_events = IntCounterVec::new(
-            Opts::new(
-                "hookbus_overflow_events_total",
-                "Events sent to routing.overflow because their topic would exceed kafka.max_topics.",
-            ),
+        r.gauge_vec(
+            "hookbus_build_info",
+            "Always 1; the version label names the build.",
+            &["version"],
+        )?
+        .with_label_values(&[version])
+        .set(1);
+        let http_requests = r.counter_vec(
+            "hookbus_http_requests_total",
+            "Webhook responses by status code.",
+            &["code"],
+        )?;
+        let received = r.counter_vec(
+            "hookbus_events_received_total",
+            "Valid events received, duplicates included.",
+            &["format", "action"],
+        )?;
+        let published = r.counter_vec(
+            "hookbus_events_published_total",
+            "Events confirmed by the broker.",
+            &["sink", "action"],
+        )?;
+        let duplicates = r.counter_vec(
+            "hookbus_duplicates_total",
+            "Events recognized as retries and not published again.",
             &["action"],
         )?;
-        registry.register(Box::new(overflow_events.clone()))?;
-        let auth_failures = IntCounterVec::new(
-            Opts::new(
-                "hookbus_auth_failures_total",
-                "Webhooks refused 401 (missing or wrong token) or 403 (sub_key not allowed).",
-            ),
+        let publish_errors = r.counter_vec(
+            "hookbus_publish_errors_total",
+            "Failed publish attempts by error class.",
+            &["sink", "kind"],
+        )?;
+        let dead_letters = r.counter_vec(
+            "hookbus_dead_letters_total",
+            "Rejected bodies kept as dead letters.",
             &["reason"],
         )?;
-        let connections_closed = IntCounterVec::new(
-            Opts::new(
-                "hookbus_connections_closed_total",
-                "Connections hookbus closed: headers or body too slow, idle too long, or the \
-                 longest-idle one closed to admit a new connection at the cap.",
-            ),
-            &["listener", "reason"],
+        let publisher_errors = r.counter_vec("hookbus_publisher_errors_total", "Errors inside the publisher: spool reads that failed (retried), sink panics (the message is retried).", &["kind"])?;
+        let overflow = r.counter_vec(
+            "hookbus_overflow_events_total",
+            "Events sent to routing.overflow because their topic would exceed kafka.max_topics.",
+            &["action"],
         )?;
-        registry.register(Box::new(auth_failures.clone()))?;
-        registry.register(Box::new(connections_closed.clone()))?;
+        let auth_failures = r.counter_vec(
+            "hookbus_auth_failures_total",
+            "Webhooks refused 401 (missing or wrong token) or 403 (sub_key not allowed).",
+            &["reason"],
+        )?;
+        let closed = r.counter_vec("hookbus_connections_closed_total", "Connections hookbus closed: headers or body too slow, idle too long, or the longest-idle one closed to admit a new connection at the cap.", &["listener", "reason"])?;
+        let publish_duration = r.histogram_vec(
+            "hookbus_publish_duration_seconds",
+            "Webhook request received to broker confirmed, per event.",
+            &LATENCY_BUCKETS,
+            &["sink"],
+        )?;
+        let broker_duplicates = r.counter_vec("hookbus_broker_duplicates_total", "Messages the broker recognized as already stored (JetStream Nats-Msg-Id): another replica or a replay after a crash published them first.", &["sink"])?;
+        let sink_up = r.gauge_vec(
+            "hookbus_sink_up",
+            "1 when the sink is connected to its broker.",
+            &["sink"],
+        )?;
         let dedup_store = if dedup_store {
-            let up = IntGauge::new(
-                "hookbus_dedup_store_up",
-                "1 while the shared dedup store (dedup.shared) answers; 0 while retries that land \
-                 on another replica are decided locally.",
-            )?;
-            let errors = IntCounter::new(
-                "hookbus_dedup_store_errors_total",
-                "Shared dedup store operations that failed or timed out (decided locally).",
-            )?;
-            registry.register(Box::new(up.clone()))?;
-            registry.register(Box::new(errors.clone()))?;
-            Some((up, errors))
+            Some((
+                r.gauge("hookbus_dedup_store_up", "1 while the shared dedup store (dedup.shared) answers; 0 while retries that land on another replica are decided locally.")?,
+                r.counter("hookbus_dedup_store_errors_total", "Shared dedup store operations that failed or timed out (decided locally).")?,
+            ))
         } else {
             None
         };
-        let auth_failures_by = AUTH_FAILURES
-            .iter()
-            .map(|r| auth_failures.with_label_values(&[r]))
-            .collect();
-        let closed_by = LISTENERS
-            .iter()
-            .flat_map(|l| {
-                CLOSE_REASONS
-                    .iter()
-                    .map(|r| connections_closed.with_label_values(&[l, r]))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let overflow_by = Action::ALL
-            .iter()
-            .map(|a| overflow_events.with_label_values(&[a.as_str()]))
-            .collect();
-        let publisher_errors_by = PUBLISHER_ERROR_KINDS
-            .iter()
-            .map(|k| publisher_errors.with_label_values(&[k]))
-            .collect();
-
-        build_info.with_label_values(&[version]).set(1);
-        let http_by_code = HTTP_CODES
-            .iter()
-            .map(|c| http_requests.with_label_values(&[&c.to_string()]))
-            .collect();
-        let received_by = Format::ALL
-            .iter()
-            .flat_map(|f| {
-                Action::ALL
-                    .iter()
-                    .map(|a| events_received.with_label_values(&[f.as_str(), a.as_str()]))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let duplicates_by = Action::ALL
-            .iter()
-            .map(|a| duplicates.with_label_values(&[a.as_str()]))
-            .collect();
-        let published_by = Action::ALL
-            .iter()
-            .map(|a| events_published.with_label_values(&[sink, a.as_str()]))
-            .collect();
-        let errors_by = PUBLISH_ERROR_KINDS
-            .iter()
-            .map(|k| publish_errors.with_label_values(&[sink, k]))
-            .collect();
-        let dead_letters_by = DEAD_LETTER_REASONS
-            .iter()
-            .map(|r| dead_letters.with_label_values(&[r]))
-            .collect();
-        let publish_seconds = publish_duration.with_label_values(&[sink]);
-        let broker_duplicate = broker_duplicates.with_label_values(&[sink]);
-        let sink_up_gauge = sink_up.with_label_values(&[sink]);
-
         Ok(Metrics(Arc::new(Handles {
-            http_requests,
-            ack_duration,
-            event_lag,
-            spool_pending_events,
-            spool_bytes,
-            oldest_unpublished_age,
-            acks_before_durable,
-            dead_letters_spilled,
-            config_warnings,
-            queue_events,
-            publisher_restarts,
-            spool_unpublished_bytes,
-            spool_retained_bytes,
-            spool_capacity_bytes,
-            dedup_entries,
-            ready,
-            dedup_window,
-            spool_corrupt_records,
-            publisher_errors_by,
-            overflow_by,
-            auth_failures_by,
+            ack_duration: r.histogram("hookbus_ack_duration_seconds", "Webhook request received to response written, every response.", &LATENCY_BUCKETS)?,
+            event_lag: r.histogram("hookbus_event_lag_seconds", "Event timestamp (PubNub) to broker confirmed.", &LAG_BUCKETS)?,
+            spool_pending_events: r.gauge("hookbus_spool_pending_events", "Events accepted and not yet confirmed by the broker.")?,
+            spool_bytes: r.gauge("hookbus_spool_bytes", "Bytes the spool uses on disk.")?,
+            oldest_unpublished_age: r.float_gauge("hookbus_oldest_unpublished_age_seconds", "Age of the oldest accepted event not yet confirmed by the broker.")?,
+            acks_before_durable: r.counter("hookbus_acks_before_durable_total", "Events answered 200 before they were durable (ack.mode = memory).")?,
+            dead_letters_spilled: r.counter("hookbus_dead_letters_spilled_total", "Dead letters written to spool.dir/dead-letters/ because the window's broker budget (routing.dead_letter_budget_bytes) was spent.")?,
+            config_warnings: r.counter("hookbus_config_warnings_total", "Configuration problems found at start that did not stop it (see the log).")?,
+            queue_events: r.gauge("hookbus_queue_events", "Events in the in-memory publish queue (memory and publish ack modes).")?,
+            publisher_restarts: r.counter("hookbus_publisher_restarts_total", "Times the publisher loop panicked and was restarted from the last confirmed position.")?,
+            spool_unpublished_bytes: r.gauge("hookbus_spool_unpublished_bytes", "Spool bytes from the first unpublished record on: what a broker outage piled up. Appends get 503 when this reaches hookbus_spool_capacity_bytes.")?,
+            spool_retained_bytes: r.gauge("hookbus_spool_retained_bytes", "Spool bytes already published, kept to rebuild the dedup set after a restart and deleted whenever the space is needed.")?,
+            spool_capacity_bytes: r.gauge("hookbus_spool_capacity_bytes", "spool.max_bytes: the disk the spool may use.")?,
+            dedup_entries: r.gauge("hookbus_dedup_entries", "Event ids remembered for duplicate detection (at most dedup.max_entries).")?,
+            ready: r.gauge("hookbus_ready", "1 while /readyz answers 200 (the pod takes webhooks), 0 while not ready or draining.")?,
+            dedup_window: r.float_gauge("hookbus_dedup_window_seconds", "How far back retries are recognized now: dedup.window, or less once dedup.max_entries is reached (the oldest ids are forgotten first).")?,
+            spool_corrupt_records: r.counter("hookbus_spool_corrupt_records_total", "Spool records found damaged (checksum) with valid records after them; their bytes are kept in spool.dir/corrupt/.")?,
+            publisher_errors_by: series(&publisher_errors, PUBLISHER_ERROR_KINDS.iter().map(|k| vec![*k])),
+            overflow_by: series(&overflow, Action::ALL.iter().map(|a| vec![a.as_str()])),
+            auth_failures_by: series(&auth_failures, AUTH_FAILURES.iter().map(|r| vec![*r])),
             dedup_store,
-            closed_by,
-            http_by_code,
-            received_by,
-            duplicates_by,
-            published_by,
-            publish_seconds,
-            errors_by,
-            dead_letters_by,
-            broker_duplicate,
-            sink_up_gauge,
+            closed_by: series(&closed, LISTENERS.iter().flat_map(|l| CLOSE_REASONS.iter().map(move |r| vec![*l, *r]))),
+            http_by_code: HTTP_CODES.iter().map(|c| http_requests.with_label_values(&[&c.to_string()])).collect(),
+            received_by: series(&received, Format::ALL.iter().flat_map(|f| Action::ALL.iter().map(move |a| vec![f.as_str(), a.as_str()]))),
+            duplicates_by: series(&duplicates, Action::ALL.iter().map(|a| vec![a.as_str()])),
+            published_by: series(&published, Action::ALL.iter().map(|a| vec![sink, a.as_str()])),
+            publish_seconds: publish_duration.with_label_values(&[sink]),
+            errors_by: series(&publish_errors, PUBLISH_ERROR_KINDS.iter().map(|k| vec![sink, *k])),
+            dead_letters_by: series(&dead_letters, DEAD_LETTER_REASONS.iter().map(|r| vec![*r])),
+            broker_duplicate: broker_duplicates.with_label_values(&[sink]),
+            sink_up_gauge: sink_up.with_label_values(&[sink]),
+            http_requests,
         })))
+    }
+}
+
+/// The series of `vec` for every label tuple of a fixed set, resolved once.
+fn series<'a>(vec: &IntCounterVec, labels: impl Iterator<Item = Vec<&'a str>>) -> Vec<IntCounter> {
+    labels.map(|l| vec.with_label_values(&l)).collect()
+}
+
+/// Creates each metric and registers it in one step: the metric table above reads one line a
+/// metric.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn register<M: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        metric: M,
+    ) -> prometheus::Result<M> {
+        self.0.register(Box::new(metric.clone()))?;
+        Ok(metric)
+    }
+
+    fn counter(&self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+        self.register(IntCounter::new(name, help)?)
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+        self.register(IntGauge::new(name, help)?)
+    }
+
+    fn float_gauge(&self, name: &str, help: &str) -> prometheus::Result<prometheus::Gauge> {
+        self.register(prometheus::Gauge::new(name, help)?)
+    }
+
+    fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn gauge_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntGaugeVec> {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<Histogram> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(Histogram::with_opts(opts)?)
+    }
+
+    fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+        labels: &[&str],
+    ) -> prometheus::Result<HistogramVec> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(HistogramVec::new(opts, labels)?)
     }
 }
 
