@@ -1,8 +1,9 @@
 //! The `config.toml` file: one struct per section, deserialized strictly (unknown keys are
 //! errors) and then validated. Each component receives its own section, never the whole
 //! `Config`. Nothing here touches the network; the file system only to read the file and the
-//! `${file:…}` secrets it references ([`refs`]).
+//! `${file:…}` secrets it references ([`refs`], through the bounded reader in [`files`]).
 
+pub mod files;
 pub mod refs;
 
 use std::collections::BTreeMap;

@@ -1,8 +1,8 @@
 //! References to secrets outside `config.toml`: in any string value, `${NAME}` is replaced by
 //! the environment variable `NAME` and `${file:PATH}` by the contents of the file at `PATH`
-//! (one trailing newline dropped, as editors and `kubectl create secret --from-file` add one).
-//! `$${` stands for a literal `${`. An unset variable or an unreadable file is an error naming
-//! the key; the secret's value never appears in an error.
+//! (one trailing newline dropped, as editors and `kubectl create secret --from-file` add one),
+//! read through [`files`](super::files). `$${` stands for a literal `${`. An unset variable or
+//! an unreadable file is an error naming the key; the secret's value never appears in an error.
 
 use std::path::Path;
 
@@ -16,11 +16,11 @@ pub struct Resolver<'a> {
 }
 
 impl Resolver<'static> {
-    /// The process environment and the real file system.
+    /// The process environment and the real file system (regular files of at most 1 MiB).
     pub fn system() -> Resolver<'static> {
         Resolver {
             env: &|name| std::env::var(name).ok(),
-            file: &|path| std::fs::read_to_string(path),
+            file: &|path| super::files::read_to_string(path),
         }
     }
 }
