@@ -1,5 +1,5 @@
 //! The `hookbus` binary: CLI, config loading, logging, then `app::start` until SIGTERM/SIGINT.
-//! A bad config exits 64 (EX_USAGE) naming the key.
+//! A bad config exits 64 (EX_USAGE) naming the key, never showing a secret.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,7 +71,9 @@ fn main() -> ExitCode {
         };
     }
     let config = match Config::load(&cli.config).and_then(|config| {
-        hookbus::sink::check(&config.sink, &config.nats, &config.kafka).map(|()| config)
+        hookbus::sink::check(&config.sink, &config.nats, &config.kafka)
+            .map_err(|error| config.redact_error(error))
+            .map(|()| config)
     }) {
         Ok(config) => config,
         Err(error) => {
@@ -129,6 +131,7 @@ fn main() -> ExitCode {
         }
         return drain(config, timeout.into());
     }
+    warn_about_auth(&config.auth);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -138,6 +141,19 @@ fn main() -> ExitCode {
             tracing::error!(error = format!("{error:#}"), "hookbus failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// At every start: anonymous ingress is a choice worth repeating in the log, and an
+/// `allow_anonymous` that a token overrides is probably a leftover.
+fn warn_about_auth(auth: &hookbus::config::AuthConfig) {
+    if auth.anonymous() {
+        tracing::warn!("anonymous ingress is on: any client that reaches http.listen can publish");
+    } else if auth.allow_anonymous {
+        tracing::warn!(
+            "auth.allow_anonymous is ignored: a token is set (auth.token, auth.tokens or \
+             HOOKBUS_AUTH_TOKEN), and every webhook must carry one"
+        );
     }
 }
 

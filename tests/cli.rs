@@ -30,14 +30,29 @@ fn check(text: &str) -> (i32, String) {
 fn check_accepts_the_shipped_config_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+    // The shipped file has no token and does not allow anonymous webhooks: the quick start
+    // passes the token in HOOKBUS_AUTH_TOKEN.
     let out = Command::new(BIN)
         .args(["--config", shipped, "--check"])
         .current_dir(dir.path())
+        .env("HOOKBUS_AUTH_TOKEN", "t0ken")
         .output()
         .unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["--config", shipped, "--check"])
+        .current_dir(dir.path())
+        .env_remove("HOOKBUS_AUTH_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("auth.allow_anonymous"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -69,8 +84,14 @@ fn check_exits_64_naming_the_bad_key() {
         assert_eq!(code, 64, "{text}");
         assert!(text.contains(key), "{key} not named in: {text}");
     }
-    let (code, _) = check("");
-    assert_eq!(code, 0);
+    let (code, text) = check_with_env("", &[]);
+    assert_eq!(code, 64, "{text}");
+    assert!(
+        text.contains("no auth.token, auth.tokens or HOOKBUS_AUTH_TOKEN: set one, or auth.allow_anonymous = true"),
+        "{text}"
+    );
+    let (code, text) = check_with_env("[auth]\nallow_anonymous = true", &[]);
+    assert_eq!(code, 0, "{text}");
     // The HOOKBUS_* overrides are held to the same rules as the file.
     for (env, key) in [
         (
@@ -103,6 +124,7 @@ fn topic_and_unescape_show_consumers_the_names() {
             "--action",
             "leave",
         ])
+        .env("HOOKBUS_AUTH_TOKEN", "t0ken")
         .output()
         .unwrap();
     assert_eq!(
@@ -243,7 +265,7 @@ fn check_knows_what_the_broker_clients_will_refuse() {
             "sink.timeout",
         ),
     ] {
-        let (code, out) = check_with_env(&text, &[]);
+        let (code, out) = check_with_env(&text, &[("HOOKBUS_AUTH_TOKEN", "t0ken")]);
         assert_eq!(code, 64, "{text}\n→ {out}");
         assert!(
             out.contains(&format!("`{key}`")),
@@ -325,6 +347,7 @@ fn every_broker_example_in_the_readme_passes_check() {
         ("KAFKA_SASL_PASSWORD", "password"),
         ("OIDC_CLIENT_SECRET", "secret"),
         ("NATS_TOKEN", "token"),
+        ("HOOKBUS_AUTH_TOKEN", "t0ken"),
     ];
     for example in examples {
         let text = example.replace(
@@ -348,7 +371,8 @@ fn topic_names_the_rule_that_matched() {
     let path = dir.path().join("rules.toml");
     std::fs::write(
         &path,
-        "[[routing.rules]]\nchannel = \"chat.vip.*\"\ntemplate = \"presence.vip.{channel}.{action}\"\n\
+        "[auth]\nallow_anonymous = true\n\
+         [[routing.rules]]\nchannel = \"chat.vip.*\"\ntemplate = \"presence.vip.{channel}.{action}\"\n\
          [[routing.rules]]\nchannel = \"chat.*\"\ntemplate = \"presence.chat.{action}\"\n",
     )
     .unwrap();
@@ -385,7 +409,7 @@ fn topic_names_the_rule_that_matched() {
     // A rule whose template cannot render a valid name is refused by --check.
     std::fs::write(
         &path,
-        "[[routing.rules]]\nchannel = \"x*\"\ntemplate = \"bad..{action}\"\n",
+        "[auth]\nallow_anonymous = true\n[[routing.rules]]\nchannel = \"x*\"\ntemplate = \"bad..{action}\"\n",
     )
     .unwrap();
     let out = Command::new(BIN)

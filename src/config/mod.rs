@@ -1,11 +1,18 @@
 //! The `config.toml` file: one struct per section, deserialized strictly (unknown keys are
 //! errors) and then validated. Each component receives its own section, never the whole
-//! `Config`. Nothing here touches the network; the file system only to read the file and the
-//! `${file:…}` secrets it references ([`refs`], through the bounded reader in [`files`]).
+//! `Config`. Nothing here touches the network; the file system only to read the file, the
+//! `${file:…}` secrets it references ([`refs`], through the bounded reader in [`files`]) and
+//! to see that `spool.dir` is not something other than a directory. No error it returns
+//! shows a value that came from a reference or an environment override, or a URL's password.
 
+mod auth;
 pub mod files;
 pub mod refs;
+mod urls;
 mod validate;
+
+pub use auth::{AuthConfig, MAX_TOKEN_BYTES};
+pub use urls::{redact_url, redact_urls};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,6 +42,26 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// The same error with its message (or, for `Read`, nothing) passed through `f`.
+    #[must_use]
+    pub fn map_message(self, f: impl FnOnce(&str) -> String) -> ConfigError {
+        match self {
+            ConfigError::Read { .. } => self,
+            ConfigError::Parse { path, message } => ConfigError::Parse {
+                path,
+                message: f(&message),
+            },
+            ConfigError::Invalid { key, message } => ConfigError::Invalid {
+                key,
+                message: f(&message),
+            },
+            ConfigError::InvalidAt { key, message } => ConfigError::InvalidAt {
+                key,
+                message: f(&message),
+            },
+        }
+    }
+
     /// The dotted key at fault, when the error names one.
     pub fn key(&self) -> Option<&str> {
         match self {
@@ -52,7 +79,8 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The whole file. Every section is optional and defaults to the values of DESIGN §4.
+/// The whole file. Every section is optional and defaults to the values in the shipped
+/// `config.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -67,6 +95,9 @@ pub struct Config {
     pub nats: NatsConfig,
     pub kafka: KafkaConfig,
     pub shutdown: ShutdownConfig,
+    /// What references and environment overrides put where, to scrub them out of errors.
+    #[serde(skip)]
+    references: refs::Substitutions,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,42 +159,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Shared secret expected in the `header` or `?token=`; empty (and no `tokens`) disables
-    /// the check. Also from env `HOOKBUS_AUTH_TOKEN`.
-    pub token: String,
-    /// Further accepted tokens, for rotation without a window where PubNub is refused.
-    pub tokens: Vec<String>,
-    /// The request header the token is read from (the `token` query parameter always works).
-    pub header: String,
-    /// Accepted PubNub subscribe keys; empty accepts all.
-    pub allowed_sub_keys: Vec<String>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            token: String::new(),
-            tokens: Vec::new(),
-            header: "X-Hookbus-Token".to_owned(),
-            allowed_sub_keys: Vec::new(),
-        }
-    }
-}
-
-impl AuthConfig {
-    /// Every accepted token (empty strings left out).
-    pub fn accepted(&self) -> Vec<&str> {
-        std::iter::once(self.token.as_str())
-            .chain(self.tokens.iter().map(String::as_str))
-            .filter(|t| !t.is_empty())
-            .collect()
-    }
-}
-
-/// When the webhook is answered 200 (DESIGN §5).
+/// When the webhook is answered 200.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AckMode {
@@ -275,6 +271,13 @@ pub struct RoutingConfig {
     pub rules: Vec<RoutingRule>,
     /// Add the CloudEvents 1.0 binary-mode headers to every event message.
     pub cloudevents: bool,
+    /// Bytes of dead letters sent to the broker per `dead_letter_budget_window`; beyond it
+    /// they go to `spool.dir/dead-letters/`, and once that is full they are dropped and
+    /// counted. 0 sends none to the broker.
+    pub dead_letter_budget_bytes: u64,
+    /// The window `dead_letter_budget_bytes` is counted over (1s..=1h).
+    #[serde(deserialize_with = "duration")]
+    pub dead_letter_budget_window: Duration,
 }
 
 /// One `[[routing.rules]]` entry.
@@ -295,6 +298,8 @@ impl Default for RoutingConfig {
             overflow: "presence._overflow.{action}".to_owned(),
             rules: Vec::new(),
             cloudevents: false,
+            dead_letter_budget_bytes: 16 * 1024 * 1024,
+            dead_letter_budget_window: Duration::from_secs(60),
         }
     }
 }
@@ -381,6 +386,13 @@ pub struct NatsConfig {
     /// How long the stream remembers a `Nats-Msg-Id` to drop a repeat.
     #[serde(deserialize_with = "duration")]
     pub duplicate_window: Duration,
+    /// JetStream stream for dead letters (same name rules as `stream`, and a different name).
+    pub dead_letter_stream: String,
+    /// Oldest dead letters are dropped past this size; 0 = no limit.
+    pub dead_letter_max_bytes: u64,
+    /// Oldest dead letters are dropped past this age; `0s` keeps them for ever.
+    #[serde(deserialize_with = "duration")]
+    pub dead_letter_max_age: Duration,
 }
 
 /// Where JetStream keeps the stream.
@@ -412,6 +424,9 @@ impl Default for NatsConfig {
             storage: StreamStorage::File,
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
+            dead_letter_stream: "PRESENCE_DEAD_LETTERS".to_owned(),
+            dead_letter_max_bytes: 256 * 1024 * 1024,
+            dead_letter_max_age: Duration::from_secs(168 * 3600),
         }
     }
 }
@@ -545,72 +560,109 @@ fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
 }
 
 impl Config {
-    /// Reads, parses and validates the file, then applies the environment overrides.
+    /// Reads and parses the file, applies the environment overrides, then validates.
     ///
     /// # Errors
     /// Names the file and the bad key: unreadable file, TOML syntax, wrong type, unknown key,
-    /// or a value `validate` rejects.
+    /// or a value `validate` rejects (the overrides are held to the same rules as the file).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Config::parse(&text).map_err(|e| match e {
+        Config::parse_env(&text, &refs::Resolver::system()).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
             },
             other => other,
-        })?;
-        config.apply_env();
-        // The overrides are held to the same rules as the file (a non-redis
-        // HOOKBUS_DEDUP_SHARED, NATS credentials that clash with the file's).
-        config.validate()?;
-        Ok(config)
+        })
     }
 
     /// Parses TOML text, expands `${VAR}` / `${file:PATH}` references from the process
     /// environment and file system, and validates (no `HOOKBUS_*` environment overrides).
+    ///
+    /// # Errors
+    /// As [`Config::load`].
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse_with(text, &refs::Resolver::system())
     }
 
     /// [`Config::parse`] with references resolved by `resolver`.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
     pub fn parse_with(text: &str, resolver: &refs::Resolver<'_>) -> Result<Config, ConfigError> {
+        let config = Config::parse_unchecked(text, resolver)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`Config::parse_with`], with the `HOOKBUS_*` overrides read from `resolver.env` before
+    /// validating.
+    fn parse_env(text: &str, resolver: &refs::Resolver<'_>) -> Result<Config, ConfigError> {
+        let mut config = Config::parse_unchecked(text, resolver)?;
+        config.apply_env(resolver.env);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Syntax, references and types: everything but `validate`.
+    fn parse_unchecked(text: &str, resolver: &refs::Resolver<'_>) -> Result<Config, ConfigError> {
         let parse_error = |message: String| ConfigError::Parse {
             path: PathBuf::from("config"),
             message,
         };
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
-        refs::expand(&mut table, resolver)?;
-        let config: Config = toml::Value::Table(table)
+        let references = refs::expand(&mut table, resolver)?;
+        // A type error after expansion quotes the expanded value (`unknown variant `…``).
+        let mut config: Config = toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
-        config.validate()?;
+            .map_err(|e: toml::de::Error| references.redact(parse_error(e.to_string())))?;
+        config.references = references;
         Ok(config)
     }
 
-    fn apply_env(&mut self) {
-        if let Ok(url) = std::env::var("HOOKBUS_DEDUP_SHARED")
-            && !url.is_empty()
-        {
-            self.dedup.shared = url;
-        }
-        if let Ok(token) = std::env::var(TOKEN_ENV)
-            && !token.is_empty()
-        {
-            self.auth.token = token;
-        }
-        if let Ok(user) = std::env::var("HOOKBUS_NATS_USER") {
-            self.nats.user = user;
-        }
-        if let Ok(password) = std::env::var("HOOKBUS_NATS_PASSWORD") {
-            self.nats.password = password;
-        }
-        if let Ok(token) = std::env::var("HOOKBUS_NATS_TOKEN") {
-            self.nats.token = token;
-        }
+    /// `error` (from anything that checked this config, such as the sink's client checks)
+    /// with every value a reference or an environment override supplied replaced by its
+    /// reference, and URL passwords by `***`: safe to print.
+    #[must_use]
+    pub fn redact_error(&self, error: ConfigError) -> ConfigError {
+        self.references.redact(error)
+    }
+
+    /// The `HOOKBUS_*` overrides. A set `HOOKBUS_AUTH_TOKEN` always replaces `auth.token`,
+    /// even when blank, so that `validate` refuses a blank one rather than ignoring it.
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) {
+        let mut set = |name: &'static str, key: &'static str, field: &mut String, blank: bool| {
+            if let Some(value) = env(name)
+                && (blank || !value.is_empty())
+            {
+                self.references.record(key, name, &value);
+                *field = value;
+            }
+        };
+        set(
+            "HOOKBUS_DEDUP_SHARED",
+            "dedup.shared",
+            &mut self.dedup.shared,
+            false,
+        );
+        set(TOKEN_ENV, "auth.token", &mut self.auth.token, true);
+        set("HOOKBUS_NATS_USER", "nats.user", &mut self.nats.user, true);
+        set(
+            "HOOKBUS_NATS_PASSWORD",
+            "nats.password",
+            &mut self.nats.password,
+            true,
+        );
+        set(
+            "HOOKBUS_NATS_TOKEN",
+            "nats.token",
+            &mut self.nats.token,
+            true,
+        );
     }
 }
 

@@ -1,9 +1,10 @@
 //! `Config::validate`: what types alone do not constrain, naming the key at fault; ranges
-//! that cannot exhaust memory or overflow a clock, the NATS authentication rules.
+//! that cannot exhaust memory or overflow a clock, the NATS authentication rules, listeners
+//! that cannot clash, and, last, a token or an explicit `auth.allow_anonymous`.
 
 use std::time::Duration;
 
-use super::{AckMode, Config, ConfigError, SinkKind, invalid};
+use super::{AckMode, Config, ConfigError, SinkKind, invalid, urls};
 
 impl Config {
     /// One NATS authentication method at most, and TLS files that come in pairs.
@@ -212,33 +213,50 @@ impl Config {
             1,
             1_000_000,
         )?;
+        count(
+            "nats.dead_letter_max_bytes",
+            self.nats.dead_letter_max_bytes,
+            0,
+            i64::MAX as u64,
+        )?;
+        span(
+            "nats.dead_letter_max_age",
+            self.nats.dead_letter_max_age,
+            Duration::ZERO,
+            secs(10 * 365 * 24 * 3600),
+        )?;
+        count(
+            "routing.dead_letter_budget_bytes",
+            self.routing.dead_letter_budget_bytes,
+            0,
+            1024 * GIB,
+        )?;
+        span(
+            "routing.dead_letter_budget_window",
+            self.routing.dead_letter_budget_window,
+            secs(1),
+            secs(3600),
+        )?;
         span("shutdown.grace", self.shutdown.grace, secs(1), secs(3600))?;
         Ok(())
     }
 
-    /// Checks values that types alone do not constrain, naming the key at fault.
+    /// Checks values that types alone do not constrain, naming the key at fault. The error
+    /// shows no value that came from a reference or an environment override (it names the
+    /// reference instead) and no URL password.
+    ///
+    /// # Errors
+    /// The first key at fault. A config with no token at all and no
+    /// `auth.allow_anonymous = true` is refused last, after every other check.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|error| self.references.redact(error))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
         self.validate_bounds()?;
-        let header_ok = !self.auth.header.is_empty()
-            && self
-                .auth
-                .header
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !header_ok {
-            return Err(invalid(
-                "auth.header",
-                "must be a header name: letters, digits, `-` and `_`",
-            ));
-        }
-        let shared = &self.dedup.shared;
-        if !(shared.is_empty() || shared.starts_with("redis://") || shared.starts_with("rediss://"))
-        {
-            return Err(invalid(
-                "dedup.shared",
-                "must be empty or a redis:// or rediss:// URL",
-            ));
-        }
+        self.auth.validate(&self.references)?;
+        self.validate_listeners()?;
+        urls::check_redis_url(&self.dedup.shared).map_err(|m| invalid("dedup.shared", m))?;
         if self.http.max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be greater than 0"));
         }
@@ -257,6 +275,15 @@ impl Config {
         }
         if self.spool.dir.as_os_str().is_empty() {
             return Err(invalid("spool.dir", "must not be empty"));
+        }
+        // A missing directory is created at start; something else in its place never works.
+        if let Ok(metadata) = std::fs::metadata(&self.spool.dir)
+            && !metadata.is_dir()
+        {
+            return Err(invalid(
+                "spool.dir",
+                format!("{} exists and is not a directory", self.spool.dir.display()),
+            ));
         }
         if self.spool.segment_bytes < 4096 || self.spool.segment_bytes > self.spool.max_bytes {
             return Err(invalid(
@@ -316,16 +343,28 @@ impl Config {
                         "must be 0s (no limit) or at least nats.duplicate_window",
                     ));
                 }
-                if self.nats.stream.is_empty()
-                    || !self
-                        .nats
-                        .stream
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
+                let stream_name = |name: &str| {
+                    !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                };
+                if !stream_name(&self.nats.stream) {
                     return Err(invalid(
                         "nats.stream",
                         "must be a non-empty name of letters, digits, `-` and `_`",
+                    ));
+                }
+                if !stream_name(&self.nats.dead_letter_stream) {
+                    return Err(invalid(
+                        "nats.dead_letter_stream",
+                        "must be a non-empty name of letters, digits, `-` and `_`",
+                    ));
+                }
+                if self.nats.dead_letter_stream == self.nats.stream {
+                    return Err(invalid(
+                        "nats.dead_letter_stream",
+                        "must differ from nats.stream: dead letters have a stream of their own",
                     ));
                 }
                 if router.stream_subjects().is_empty() {
@@ -353,6 +392,31 @@ impl Config {
         }
         if self.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be greater than 0"));
+        }
+        self.auth.require_token()
+    }
+
+    /// The webhook and admin listeners cannot share a port: the same address, or the same
+    /// port where one is a wildcard that covers the other (`0.0.0.0` covers every IPv4
+    /// address; `::` every address, as Linux binds it dual-stack). Port 0 picks a free port.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let (http, admin) = (self.http.listen, self.admin.listen);
+        let covers = |wild: std::net::IpAddr, other: std::net::IpAddr| {
+            wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+        };
+        let clash = http.port() != 0
+            && http.port() == admin.port()
+            && (http.ip() == admin.ip()
+                || covers(http.ip(), admin.ip())
+                || covers(admin.ip(), http.ip()));
+        if clash {
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "{admin} and http.listen {http} cannot both listen on port {}",
+                    admin.port()
+                ),
+            ));
         }
         Ok(())
     }
