@@ -217,7 +217,9 @@ fn clip(text: &str, max: usize) -> String {
 /// container logs and files hold plain text.
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let directives = log_directives(std::env::var("RUST_LOG").ok().as_deref());
+    let filter =
+        EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new(log_directives(None)));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -227,5 +229,95 @@ fn init_tracing() {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// The most verbose level the NATS client may log at.
+const ASYNC_NATS_MAX: tracing_subscriber::filter::LevelFilter =
+    tracing_subscriber::filter::LevelFilter::INFO;
+
+/// `RUST_LOG` (or `info`) with the async-nats crate held at INFO at most, whatever the user
+/// asked for: at DEBUG it logs each server address with `?` formatting, which prints a URL's
+/// userinfo password (`nats://user:pass@host`) in full, and at TRACE every protocol operation.
+/// Each `async_nats…` directive is lowered to INFO if it asks for more, and `async_nats=info`
+/// is added unless the user set a level for `async_nats` itself (so a global `debug` does
+/// not reach it). A directive with a span filter and no target (`[conn]=debug`) would still
+/// apply to async-nats' events inside such spans; it has none that hookbus creates.
+fn log_directives(rust_log: Option<&str>) -> String {
+    use std::str::FromStr;
+    use tracing_subscriber::filter::LevelFilter;
+    let mut directives = Vec::new();
+    let mut crate_level_set = false;
+    for directive in rust_log.unwrap_or("info").split(',') {
+        let directive = directive.trim();
+        if directive.is_empty() {
+            continue;
+        }
+        // `target[span{field}]=level`, `target=level`, `target` (all levels) or `level`.
+        let (selector, level) = match directive.rsplit_once('=') {
+            Some((selector, level)) if !level.contains(['}', ']']) => (selector, Some(level)),
+            _ if LevelFilter::from_str(directive).is_ok() => ("", Some(directive)),
+            _ => (directive, None),
+        };
+        let target = selector.split('[').next().unwrap_or_default();
+        let nats = target == "async_nats" || target.starts_with("async_nats::");
+        if !nats {
+            directives.push(directive.to_owned());
+            continue;
+        }
+        crate_level_set |= selector == "async_nats";
+        let asked = level.map_or(Ok(LevelFilter::TRACE), LevelFilter::from_str);
+        match asked {
+            Ok(asked) if asked <= ASYNC_NATS_MAX => directives.push(directive.to_owned()),
+            // Too verbose, or a level EnvFilter would reject anyway.
+            _ => directives.push(format!("{selector}={ASYNC_NATS_MAX}")),
+        }
+    }
+    if !crate_level_set {
+        directives.push(format!("async_nats={ASYNC_NATS_MAX}"));
+    }
+    directives.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn async_nats_never_logs_below_info() {
+        for (rust_log, expected) in [
+            (None, "info,async_nats=info"),
+            (Some("debug"), "debug,async_nats=info"),
+            (Some("trace,hyper=warn"), "trace,hyper=warn,async_nats=info"),
+            (Some("async_nats=debug"), "async_nats=info"),
+            (Some("async_nats"), "async_nats=info"),
+            (Some("async_nats=warn,debug"), "async_nats=warn,debug"),
+            (Some("async_nats=off"), "async_nats=off"),
+            (
+                Some("async_nats::connector=trace"),
+                "async_nats::connector=info,async_nats=info",
+            ),
+            (
+                Some("async_nats[conn]=TRACE"),
+                "async_nats[conn]=info,async_nats=info",
+            ),
+            (Some("async_nats=5"), "async_nats=info"),
+            (Some("hookbus=debug"), "hookbus=debug,async_nats=info"),
+        ] {
+            assert_eq!(log_directives(rust_log), expected, "{rust_log:?}");
+        }
+        for rust_log in ["debug", "async_nats=trace", "async_nats::connector=debug"] {
+            let filter =
+                tracing_subscriber::EnvFilter::try_new(log_directives(Some(rust_log))).unwrap();
+            assert_eq!(
+                filter.max_level_hint(),
+                Some(if rust_log == "debug" {
+                    tracing_subscriber::filter::LevelFilter::DEBUG
+                } else {
+                    ASYNC_NATS_MAX
+                }),
+                "{rust_log}"
+            );
+        }
     }
 }
