@@ -1,5 +1,5 @@
 //! The `hookbus` binary: CLI, config loading, logging, then `app::start` until SIGTERM/SIGINT.
-//! A bad config exits 64 (EX_USAGE) naming the key.
+//! A bad config exits 64 (EX_USAGE) naming the key, never showing a secret.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,7 +71,9 @@ fn main() -> ExitCode {
         };
     }
     let config = match Config::load(&cli.config).and_then(|config| {
-        hookbus::sink::check(&config.sink, &config.nats, &config.kafka).map(|()| config)
+        hookbus::sink::check(&config.sink, &config.nats, &config.kafka)
+            .map_err(|error| config.redact_error(error))
+            .map(|()| config)
     }) {
         Ok(config) => config,
         Err(error) => {
@@ -129,6 +131,7 @@ fn main() -> ExitCode {
         }
         return drain(config, timeout.into());
     }
+    warn_about_auth(&config.auth);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -138,6 +141,19 @@ fn main() -> ExitCode {
             tracing::error!(error = format!("{error:#}"), "hookbus failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// At every start: anonymous ingress is a choice worth repeating in the log, and an
+/// `allow_anonymous` that a token overrides is probably a leftover.
+fn warn_about_auth(auth: &hookbus::config::AuthConfig) {
+    if auth.anonymous() {
+        tracing::warn!("anonymous ingress is on: any client that reaches http.listen can publish");
+    } else if auth.allow_anonymous {
+        tracing::warn!(
+            "auth.allow_anonymous is ignored: a token is set (auth.token, auth.tokens or \
+             HOOKBUS_AUTH_TOKEN), and every webhook must carry one"
+        );
     }
 }
 
@@ -201,7 +217,9 @@ fn clip(text: &str, max: usize) -> String {
 /// container logs and files hold plain text.
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let directives = log_directives(std::env::var("RUST_LOG").ok().as_deref());
+    let filter =
+        EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new(log_directives(None)));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -211,5 +229,95 @@ fn init_tracing() {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// The most verbose level the NATS client may log at.
+const ASYNC_NATS_MAX: tracing_subscriber::filter::LevelFilter =
+    tracing_subscriber::filter::LevelFilter::INFO;
+
+/// `RUST_LOG` (or `info`) with the async-nats crate held at INFO at most, whatever the user
+/// asked for: at DEBUG it logs each server address with `?` formatting, which prints a URL's
+/// userinfo password (`nats://user:pass@host`) in full, and at TRACE every protocol operation.
+/// Each `async_nats…` directive is lowered to INFO if it asks for more, and `async_nats=info`
+/// is added unless the user set a level for `async_nats` itself (so a global `debug` does
+/// not reach it). A directive with a span filter and no target (`[conn]=debug`) would still
+/// apply to async-nats' events inside such spans; it has none that hookbus creates.
+fn log_directives(rust_log: Option<&str>) -> String {
+    use std::str::FromStr;
+    use tracing_subscriber::filter::LevelFilter;
+    let mut directives = Vec::new();
+    let mut crate_level_set = false;
+    for directive in rust_log.unwrap_or("info").split(',') {
+        let directive = directive.trim();
+        if directive.is_empty() {
+            continue;
+        }
+        // `target[span{field}]=level`, `target=level`, `target` (all levels) or `level`.
+        let (selector, level) = match directive.rsplit_once('=') {
+            Some((selector, level)) if !level.contains(['}', ']']) => (selector, Some(level)),
+            _ if LevelFilter::from_str(directive).is_ok() => ("", Some(directive)),
+            _ => (directive, None),
+        };
+        let target = selector.split('[').next().unwrap_or_default();
+        let nats = target == "async_nats" || target.starts_with("async_nats::");
+        if !nats {
+            directives.push(directive.to_owned());
+            continue;
+        }
+        crate_level_set |= selector == "async_nats";
+        let asked = level.map_or(Ok(LevelFilter::TRACE), LevelFilter::from_str);
+        match asked {
+            Ok(asked) if asked <= ASYNC_NATS_MAX => directives.push(directive.to_owned()),
+            // Too verbose, or a level EnvFilter would reject anyway.
+            _ => directives.push(format!("{selector}={ASYNC_NATS_MAX}")),
+        }
+    }
+    if !crate_level_set {
+        directives.push(format!("async_nats={ASYNC_NATS_MAX}"));
+    }
+    directives.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn async_nats_never_logs_below_info() {
+        for (rust_log, expected) in [
+            (None, "info,async_nats=info"),
+            (Some("debug"), "debug,async_nats=info"),
+            (Some("trace,hyper=warn"), "trace,hyper=warn,async_nats=info"),
+            (Some("async_nats=debug"), "async_nats=info"),
+            (Some("async_nats"), "async_nats=info"),
+            (Some("async_nats=warn,debug"), "async_nats=warn,debug"),
+            (Some("async_nats=off"), "async_nats=off"),
+            (
+                Some("async_nats::connector=trace"),
+                "async_nats::connector=info,async_nats=info",
+            ),
+            (
+                Some("async_nats[conn]=TRACE"),
+                "async_nats[conn]=info,async_nats=info",
+            ),
+            (Some("async_nats=5"), "async_nats=info"),
+            (Some("hookbus=debug"), "hookbus=debug,async_nats=info"),
+        ] {
+            assert_eq!(log_directives(rust_log), expected, "{rust_log:?}");
+        }
+        for rust_log in ["debug", "async_nats=trace", "async_nats::connector=debug"] {
+            let filter =
+                tracing_subscriber::EnvFilter::try_new(log_directives(Some(rust_log))).unwrap();
+            assert_eq!(
+                filter.max_level_hint(),
+                Some(if rust_log == "debug" {
+                    tracing_subscriber::filter::LevelFilter::DEBUG
+                } else {
+                    ASYNC_NATS_MAX
+                }),
+                "{rust_log}"
+            );
+        }
     }
 }

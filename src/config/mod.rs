@@ -1,9 +1,18 @@
 //! The `config.toml` file: one struct per section, deserialized strictly (unknown keys are
 //! errors) and then validated. Each component receives its own section, never the whole
-//! `Config`. Nothing here touches the network; the file system only to read the file and the
-//! `${file:…}` secrets it references ([`refs`]).
+//! `Config`. Nothing here touches the network; the file system only to read the file, the
+//! `${file:…}` secrets it references ([`refs`], through the bounded reader in [`files`]) and
+//! to see that `spool.dir` is not something other than a directory. No error it returns
+//! shows a value that came from a reference or an environment override, or a URL's password.
 
+mod auth;
+pub mod files;
 pub mod refs;
+mod urls;
+mod validate;
+
+pub use auth::{AuthConfig, MAX_TOKEN_BYTES};
+pub use urls::{redact_url, redact_urls};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +42,26 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// The same error with its message (or, for `Read`, nothing) passed through `f`.
+    #[must_use]
+    pub fn map_message(self, f: impl FnOnce(&str) -> String) -> ConfigError {
+        match self {
+            ConfigError::Read { .. } => self,
+            ConfigError::Parse { path, message } => ConfigError::Parse {
+                path,
+                message: f(&message),
+            },
+            ConfigError::Invalid { key, message } => ConfigError::Invalid {
+                key,
+                message: f(&message),
+            },
+            ConfigError::InvalidAt { key, message } => ConfigError::InvalidAt {
+                key,
+                message: f(&message),
+            },
+        }
+    }
+
     /// The dotted key at fault, when the error names one.
     pub fn key(&self) -> Option<&str> {
         match self {
@@ -50,7 +79,8 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The whole file. Every section is optional and defaults to the values of DESIGN §4.
+/// The whole file. Every section is optional and defaults to the values in the shipped
+/// `config.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -65,6 +95,9 @@ pub struct Config {
     pub nats: NatsConfig,
     pub kafka: KafkaConfig,
     pub shutdown: ShutdownConfig,
+    /// What references and environment overrides put where, to scrub them out of errors.
+    #[serde(skip)]
+    references: refs::Substitutions,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,42 +159,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Shared secret expected in the `header` or `?token=`; empty (and no `tokens`) disables
-    /// the check. Also from env `HOOKBUS_AUTH_TOKEN`.
-    pub token: String,
-    /// Further accepted tokens, for rotation without a window where PubNub is refused.
-    pub tokens: Vec<String>,
-    /// The request header the token is read from (the `token` query parameter always works).
-    pub header: String,
-    /// Accepted PubNub subscribe keys; empty accepts all.
-    pub allowed_sub_keys: Vec<String>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            token: String::new(),
-            tokens: Vec::new(),
-            header: "X-Hookbus-Token".to_owned(),
-            allowed_sub_keys: Vec::new(),
-        }
-    }
-}
-
-impl AuthConfig {
-    /// Every accepted token (empty strings left out).
-    pub fn accepted(&self) -> Vec<&str> {
-        std::iter::once(self.token.as_str())
-            .chain(self.tokens.iter().map(String::as_str))
-            .filter(|t| !t.is_empty())
-            .collect()
-    }
-}
-
-/// When the webhook is answered 200 (DESIGN §5).
+/// When the webhook is answered 200.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AckMode {
@@ -273,8 +271,11 @@ pub struct RoutingConfig {
     pub rules: Vec<RoutingRule>,
     /// Add the CloudEvents 1.0 binary-mode headers to every event message.
     pub cloudevents: bool,
-    /// Bytes of dead letters sent to the broker per window.
+    /// Bytes of dead letters sent to the broker per `dead_letter_budget_window`; beyond it
+    /// they go to `spool.dir/dead-letters/`, and once that is full they are dropped and
+    /// counted. 0 sends none to the broker.
     pub dead_letter_budget_bytes: u64,
+    /// The window `dead_letter_budget_bytes` is counted over (1s..=1h).
     #[serde(deserialize_with = "duration")]
     pub dead_letter_budget_window: Duration,
 }
@@ -385,8 +386,12 @@ pub struct NatsConfig {
     /// How long the stream remembers a `Nats-Msg-Id` to drop a repeat.
     #[serde(deserialize_with = "duration")]
     pub duplicate_window: Duration,
+    /// JetStream stream for dead letters (same name rules as `stream`, and a different name);
+    /// empty: `<stream>_DEAD_LETTERS`.
     pub dead_letter_stream: String,
+    /// Oldest dead letters are dropped past this size; 0 = no limit.
     pub dead_letter_max_bytes: u64,
+    /// Oldest dead letters are dropped past this age; `0s` keeps them for ever.
     #[serde(deserialize_with = "duration")]
     pub dead_letter_max_age: Duration,
 }
@@ -422,7 +427,7 @@ impl Default for NatsConfig {
             duplicate_window: Duration::from_secs(120),
             dead_letter_stream: String::new(),
             dead_letter_max_bytes: 256 * 1024 * 1024,
-            dead_letter_max_age: Duration::from_secs(7 * 24 * 3600),
+            dead_letter_max_age: Duration::from_secs(168 * 3600),
         }
     }
 }
@@ -566,549 +571,111 @@ fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
 }
 
 impl Config {
-    /// Reads, parses and validates the file, then applies the environment overrides.
+    /// Reads and parses the file, applies the environment overrides, then validates.
     ///
     /// # Errors
     /// Names the file and the bad key: unreadable file, TOML syntax, wrong type, unknown key,
-    /// or a value `validate` rejects.
+    /// or a value `validate` rejects (the overrides are held to the same rules as the file).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Config::parse(&text).map_err(|e| match e {
+        Config::parse_env(&text, &refs::Resolver::system()).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
             },
             other => other,
-        })?;
-        config.apply_env();
-        // The overrides are held to the same rules as the file (a non-redis
-        // HOOKBUS_DEDUP_SHARED, NATS credentials that clash with the file's).
-        config.validate()?;
-        Ok(config)
+        })
     }
 
     /// Parses TOML text, expands `${VAR}` / `${file:PATH}` references from the process
     /// environment and file system, and validates (no `HOOKBUS_*` environment overrides).
+    ///
+    /// # Errors
+    /// As [`Config::load`].
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse_with(text, &refs::Resolver::system())
     }
 
     /// [`Config::parse`] with references resolved by `resolver`.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
     pub fn parse_with(text: &str, resolver: &refs::Resolver<'_>) -> Result<Config, ConfigError> {
+        let config = Config::parse_unchecked(text, resolver)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`Config::parse_with`], with the `HOOKBUS_*` overrides read from `resolver.env` before
+    /// validating.
+    fn parse_env(text: &str, resolver: &refs::Resolver<'_>) -> Result<Config, ConfigError> {
+        let mut config = Config::parse_unchecked(text, resolver)?;
+        config.apply_env(resolver.env);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Syntax, references and types: everything but `validate`.
+    fn parse_unchecked(text: &str, resolver: &refs::Resolver<'_>) -> Result<Config, ConfigError> {
         let parse_error = |message: String| ConfigError::Parse {
             path: PathBuf::from("config"),
             message,
         };
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
-        refs::expand(&mut table, resolver)?;
-        let config: Config = toml::Value::Table(table)
+        let references = refs::expand(&mut table, resolver)?;
+        // A type error after expansion quotes the expanded value (`unknown variant `…``).
+        let mut config: Config = toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
-        config.validate()?;
+            .map_err(|e: toml::de::Error| references.redact(parse_error(e.to_string())))?;
+        config.references = references;
         Ok(config)
     }
 
-    fn apply_env(&mut self) {
-        if let Ok(url) = std::env::var("HOOKBUS_DEDUP_SHARED")
-            && !url.is_empty()
-        {
-            self.dedup.shared = url;
-        }
-        if let Ok(token) = std::env::var(TOKEN_ENV)
-            && !token.is_empty()
-        {
-            self.auth.token = token;
-        }
-        if let Ok(user) = std::env::var("HOOKBUS_NATS_USER") {
-            self.nats.user = user;
-        }
-        if let Ok(password) = std::env::var("HOOKBUS_NATS_PASSWORD") {
-            self.nats.password = password;
-        }
-        if let Ok(token) = std::env::var("HOOKBUS_NATS_TOKEN") {
-            self.nats.token = token;
-        }
+    /// `error` (from anything that checked this config, such as the sink's client checks)
+    /// with every value a reference or an environment override supplied replaced by its
+    /// reference, and URL passwords by `***`: safe to print.
+    #[must_use]
+    pub fn redact_error(&self, error: ConfigError) -> ConfigError {
+        self.references.redact(error)
     }
 
-    /// One NATS authentication method at most, and TLS files that come in pairs.
-    fn validate_nats_auth(&self) -> Result<(), ConfigError> {
-        let n = &self.nats;
-        let methods: Vec<&'static str> = [
-            (
-                !n.user.is_empty() || !n.password.is_empty(),
-                "nats.user/nats.password",
-            ),
-            (!n.token.is_empty(), "nats.token"),
-            (
-                !n.nkey_seed_file.as_os_str().is_empty(),
-                "nats.nkey_seed_file",
-            ),
-            (
-                !n.credentials_file.as_os_str().is_empty(),
-                "nats.credentials_file",
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(set, name)| set.then_some(name))
-        .collect();
-        if methods.len() > 1 {
-            return Err(invalid(
-                "nats.credentials_file",
-                format!(
-                    "set one NATS authentication method, not {}",
-                    methods.join(" and ")
-                ),
-            ));
-        }
-        if n.user.is_empty() != n.password.is_empty() {
-            return Err(invalid(
-                "nats.password",
-                "nats.user and nats.password go together",
-            ));
-        }
-        if n.tls_cert_file.as_os_str().is_empty() != n.tls_key_file.as_os_str().is_empty() {
-            return Err(invalid(
-                "nats.tls_key_file",
-                "nats.tls_cert_file and nats.tls_key_file go together",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Every number and duration within a range that cannot exhaust memory, overflow a clock
-    /// or make a task panic.
-    fn validate_bounds(&self) -> Result<(), ConfigError> {
-        const KIB: u64 = 1024;
-        const MIB: u64 = 1024 * KIB;
-        const GIB: u64 = 1024 * MIB;
-        let ms = Duration::from_millis;
-        let secs = Duration::from_secs;
-        let count = |key: &'static str, value: u64, min: u64, max: u64| {
-            if (min..=max).contains(&value) {
-                Ok(())
-            } else {
-                Err(invalid(key, format!("{value} is outside {min}..={max}")))
+    /// The `HOOKBUS_*` overrides. A set `HOOKBUS_AUTH_TOKEN` always replaces `auth.token`,
+    /// even when blank, so that `validate` refuses a blank one rather than ignoring it.
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) {
+        let mut set = |name: &'static str, key: &'static str, field: &mut String, blank: bool| {
+            if let Some(value) = env(name)
+                && (blank || !value.is_empty())
+            {
+                self.references.record(key, name, &value);
+                *field = value;
             }
         };
-        let span = |key: &'static str, value: Duration, min: Duration, max: Duration| {
-            if (min..=max).contains(&value) {
-                Ok(())
-            } else {
-                Err(invalid(
-                    key,
-                    format!("{value:?} is outside {min:?}..={max:?}"),
-                ))
-            }
-        };
-        count(
-            "http.max_body_bytes",
-            self.http.max_body_bytes as u64,
-            1,
-            256 * MIB,
-        )?;
-        count(
-            "http.max_connections",
-            self.http.max_connections as u64,
-            1,
-            1_000_000,
-        )?;
-        span(
-            "http.header_timeout",
-            self.http.header_timeout,
-            ms(100),
-            secs(3600),
-        )?;
-        span(
-            "http.request_timeout",
-            self.http.request_timeout,
-            ms(100),
-            secs(3600),
-        )?;
-        span(
-            "http.idle_timeout",
-            self.http.idle_timeout,
-            ms(100),
-            secs(3600),
-        )?;
-        count(
-            "http.max_batch_items",
-            self.http.max_batch_items as u64,
-            1,
-            1_000_000,
-        )?;
-        count(
-            "http.max_inflight_bytes",
-            self.http.max_inflight_bytes as u64,
-            self.http.max_body_bytes as u64,
-            64 * GIB,
-        )?;
-        count(
-            "admin.max_connections",
-            self.admin.max_connections as u64,
-            1,
-            100_000,
-        )?;
-        count(
-            "ack.queue_capacity",
-            self.ack.queue_capacity as u64,
-            1,
-            10_000_000,
-        )?;
-        count(
-            "ack.queue_max_bytes",
-            self.ack.queue_max_bytes as u64,
-            MIB,
-            64 * GIB,
-        )?;
-        span("ack.retry_after", self.ack.retry_after, secs(1), secs(3600))?;
-        count(
-            "spool.max_bytes",
-            self.spool.max_bytes,
-            64 * KIB,
-            16 * 1024 * GIB,
-        )?;
-        count(
-            "spool.dead_letter_max_bytes",
-            self.spool.dead_letter_max_bytes,
-            0,
-            1024 * GIB,
-        )?;
-        span(
-            "dedup.window",
-            self.dedup.window,
-            ms(100),
-            secs(7 * 24 * 3600),
-        )?;
-        count(
-            "dedup.max_entries",
-            self.dedup.max_entries as u64,
-            1,
-            100_000_000,
-        )?;
-        span(
-            "dedup.shared_timeout",
-            self.dedup.shared_timeout,
-            ms(1),
-            secs(10),
-        )?;
-        count(
-            "sink.max_in_flight",
-            self.sink.max_in_flight as u64,
-            1,
-            100_000,
-        )?;
-        span("sink.timeout", self.sink.timeout, ms(100), secs(600))?;
-        span("sink.max_backoff", self.sink.max_backoff, ms(1), secs(600))?;
-        span(
-            "nats.connect_timeout",
-            self.nats.connect_timeout,
-            ms(100),
-            secs(600),
-        )?;
-        span(
-            "nats.max_age",
-            self.nats.max_age,
-            Duration::ZERO,
-            secs(10 * 365 * 24 * 3600),
-        )?;
-        count("nats.max_bytes", self.nats.max_bytes, 0, i64::MAX as u64)?;
-        span(
-            "nats.duplicate_window",
-            self.nats.duplicate_window,
-            secs(1),
-            secs(7 * 24 * 3600),
-        )?;
-        count(
-            "kafka.partitions",
-            self.kafka.partitions.max(0) as u64,
-            1,
-            10_000,
-        )?;
-        count(
-            "kafka.replication_factor",
-            self.kafka.replication_factor.max(0) as u64,
-            1,
-            10,
-        )?;
-        count(
-            "kafka.max_topics",
-            self.kafka.max_topics as u64,
-            1,
-            1_000_000,
-        )?;
-        span("shutdown.grace", self.shutdown.grace, secs(1), secs(3600))?;
-        Ok(())
-    }
-
-    /// Checks values that types alone do not constrain, naming the key at fault.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_bounds()?;
-        let header_ok = !self.auth.header.is_empty()
-            && self
-                .auth
-                .header
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !header_ok {
-            return Err(invalid(
-                "auth.header",
-                "must be a header name: letters, digits, `-` and `_`",
-            ));
-        }
-        let shared = &self.dedup.shared;
-        if !(shared.is_empty() || shared.starts_with("redis://") || shared.starts_with("rediss://"))
-        {
-            return Err(invalid(
-                "dedup.shared",
-                "must be empty or a redis:// or rediss:// URL",
-            ));
-        }
-        if self.http.max_body_bytes == 0 {
-            return Err(invalid("http.max_body_bytes", "must be greater than 0"));
-        }
-        if self.http.max_connections == 0 {
-            return Err(invalid("http.max_connections", "must be greater than 0"));
-        }
-        if self.ack.queue_capacity == 0 {
-            return Err(invalid("ack.queue_capacity", "must be greater than 0"));
-        }
-        if self.ack.publish_timeout.is_zero() || self.ack.publish_timeout >= Duration::from_secs(5)
-        {
-            return Err(invalid(
-                "ack.publish_timeout",
-                "must be between 0 and 5s (PubNub gives up after 5 s)",
-            ));
-        }
-        if self.spool.dir.as_os_str().is_empty() {
-            return Err(invalid("spool.dir", "must not be empty"));
-        }
-        if self.spool.segment_bytes < 4096 || self.spool.segment_bytes > self.spool.max_bytes {
-            return Err(invalid(
-                "spool.segment_bytes",
-                "must be at least 4096 and at most spool.max_bytes",
-            ));
-        }
-        if self.dedup.window.is_zero() {
-            return Err(invalid("dedup.window", "must be greater than 0"));
-        }
-        if self.dedup.max_entries == 0 {
-            return Err(invalid("dedup.max_entries", "must be greater than 0"));
-        }
-        let router = crate::route::Router::new(&self.routing).map_err(|e| match e {
-            crate::route::TemplateError::DeadLetter(m) => invalid("routing.dead_letter", m),
-            crate::route::TemplateError::Overflow(m) => invalid("routing.overflow", m),
-            crate::route::TemplateError::Rule(i, m) => ConfigError::InvalidAt {
-                key: format!("routing.rules[{i}]"),
-                message: m,
-            },
-            other => invalid("routing.template", other.to_string()),
-        })?;
-        if self.sink.max_in_flight == 0 {
-            return Err(invalid("sink.max_in_flight", "must be greater than 0"));
-        }
-        if self.sink.timeout.is_zero() {
-            return Err(invalid("sink.timeout", "must be greater than 0"));
-        }
-        if self.ack.mode == AckMode::Publish && self.sink.timeout <= self.ack.publish_timeout {
-            return Err(invalid(
-                "sink.timeout",
-                "must be longer than ack.publish_timeout in publish mode: a message sent again \
-                 after a confirmation timeout while its request still waits would be a second \
-                 publish of the same event",
-            ));
-        }
-        if self.sink.kind == SinkKind::Nats {
-            if self.nats.url.is_empty() {
-                return Err(invalid("nats.url", "must not be empty"));
-            }
-            self.validate_nats_auth()?;
-            if self.nats.jetstream {
-                if !(1..=5).contains(&self.nats.replicas) {
-                    return Err(invalid("nats.replicas", "must be between 1 and 5"));
-                }
-                if self.nats.duplicate_window <= self.sink.timeout {
-                    return Err(invalid(
-                        "nats.duplicate_window",
-                        "must be longer than sink.timeout: a message whose PubAck timed out is \
-                         sent again with the same Nats-Msg-Id, and only the stream's duplicate \
-                         window keeps the copy out",
-                    ));
-                }
-                if !self.nats.max_age.is_zero() && self.nats.max_age < self.nats.duplicate_window {
-                    return Err(invalid(
-                        "nats.max_age",
-                        "must be 0s (no limit) or at least nats.duplicate_window",
-                    ));
-                }
-                if self.nats.stream.is_empty()
-                    || !self
-                        .nats
-                        .stream
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
-                    return Err(invalid(
-                        "nats.stream",
-                        "must be a non-empty name of letters, digits, `-` and `_`",
-                    ));
-                }
-                if router.stream_subjects().is_empty() {
-                    return Err(invalid(
-                        "routing.template",
-                        "JetStream needs a literal first token, like `presence.{channel}`",
-                    ));
-                }
-            }
-        }
-        if self.sink.kind == SinkKind::Kafka {
-            if self.kafka.brokers.is_empty() {
-                return Err(invalid("kafka.brokers", "must not be empty"));
-            }
-            if self.kafka.partitions < 1 {
-                return Err(invalid("kafka.partitions", "must be at least 1"));
-            }
-            if self.kafka.replication_factor < 1 {
-                return Err(invalid("kafka.replication_factor", "must be at least 1"));
-            }
-            if self.kafka.max_topics == 0 || self.kafka.max_topics > 1_000_000 {
-                return Err(invalid("kafka.max_topics", "must be between 1 and 1000000"));
-            }
-            self.kafka.validate_properties()?;
-        }
-        if self.shutdown.grace.is_zero() {
-            return Err(invalid("shutdown.grace", "must be greater than 0"));
-        }
-        Ok(())
+        set(
+            "HOOKBUS_DEDUP_SHARED",
+            "dedup.shared",
+            &mut self.dedup.shared,
+            false,
+        );
+        set(TOKEN_ENV, "auth.token", &mut self.auth.token, true);
+        set("HOOKBUS_NATS_USER", "nats.user", &mut self.nats.user, true);
+        set(
+            "HOOKBUS_NATS_PASSWORD",
+            "nats.password",
+            &mut self.nats.password,
+            true,
+        );
+        set(
+            "HOOKBUS_NATS_TOKEN",
+            "nats.token",
+            &mut self.nats.token,
+            true,
+        );
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn empty_file_gives_contract_defaults() {
-        let c = Config::parse("").unwrap();
-        assert_eq!(c.http.listen.port(), 8080);
-        assert_eq!(c.http.max_body_bytes, 8_388_608);
-        assert_eq!(c.admin.listen.port(), 9090);
-        assert_eq!(c.ack.mode, AckMode::Spool);
-        assert_eq!(c.spool.max_bytes, 1_073_741_824);
-        assert_eq!(c.dedup.window, Duration::from_secs(1200));
-        assert_eq!(c.dedup.max_entries, 1_000_000);
-        assert_eq!(c.routing.template, "presence.{channel}.{action}");
-        assert_eq!(c.sink.kind, SinkKind::Nats);
-        assert!(c.nats.jetstream);
-        assert_eq!(c.shutdown.grace, Duration::from_secs(20));
-        assert_eq!(c.kafka.partitions, 3);
-    }
-
-    #[test]
-    fn shipped_config_toml_is_valid() {
-        let text = include_str!("../../config.toml");
-        Config::parse(text).unwrap();
-    }
-
-    /// Every key of every section appears in the shipped `config.toml` (set, or commented out
-    /// with its explanation): the file is the user documentation. The keys are read from the
-    /// parser's own "expected one of" list.
-    #[test]
-    fn shipped_config_toml_shows_every_key() {
-        let shipped = include_str!("../../config.toml");
-        let sections = [
-            "http", "admin", "auth", "ack", "spool", "dedup", "routing", "sink", "nats", "kafka",
-            "shutdown",
-        ];
-        for section in sections {
-            let e = Config::parse(&format!("[{section}]\nzz_not_a_key = 1"))
-                .unwrap_err()
-                .to_string();
-            let expected = e
-                .split("expected ")
-                .nth(1)
-                .unwrap_or_else(|| panic!("{section}: {e}"));
-            let keys: Vec<&str> = expected
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .split('`')
-                .skip(1)
-                .step_by(2)
-                .collect();
-            assert!(!keys.is_empty(), "{section}: {e}");
-            for key in keys {
-                let shown = shipped.lines().any(|l| {
-                    let l = l.trim_start_matches('#').trim_start();
-                    l.starts_with(&format!("{key} ="))
-                        || l.starts_with(&format!("[{section}.{key}]"))
-                        || l.starts_with(&format!("[[{section}.{key}]]"))
-                });
-                assert!(shown, "config.toml does not show {section}.{key}");
-            }
-        }
-    }
-
-    #[test]
-    fn durations_accept_units() {
-        let c = Config::parse("[dedup]\nwindow = \"500ms\"\n[shutdown]\ngrace = \"5s\"").unwrap();
-        assert_eq!(c.dedup.window, Duration::from_millis(500));
-        assert_eq!(c.shutdown.grace, Duration::from_secs(5));
-        let e = Config::parse("[dedup]\nwindow = \"soon\"").unwrap_err();
-        assert!(e.to_string().contains("window"), "{e}");
-    }
-
-    #[test]
-    fn errors_name_the_bad_key() {
-        let cases = [
-            ("[http]\nlisten = 5", "listen"),
-            ("[http]\nlisten_addr = \"0.0.0.0:1\"", "listen_addr"),
-            ("[surprise]\nx = 1", "surprise"),
-            ("[ack]\nmode = \"fast\"", "fast"),
-            ("[sink]\nkind = \"redis\"", "redis"),
-            (
-                "[routing]\ntemplate = \"presence.{chanel}\"",
-                "routing.template",
-            ),
-            (
-                "[routing]\ndead_letter = \"bad subject\"",
-                "routing.dead_letter",
-            ),
-            (
-                "[kafka]\npartitions = 0\n[sink]\nkind = \"kafka\"",
-                "kafka.partitions",
-            ),
-            ("[ack]\npublish_timeout = \"6s\"", "ack.publish_timeout"),
-            ("[nats]\nstream = \"a.b\"", "nats.stream"),
-        ];
-        for (text, key) in cases {
-            let e = Config::parse(text).unwrap_err().to_string();
-            assert!(e.contains(key), "{text:?} → {e}");
-        }
-    }
-
-    #[test]
-    fn kafka_properties_pass_through() {
-        let c = Config::parse("[kafka.properties]\n\"linger.ms\" = \"5\"").unwrap();
-        assert_eq!(c.kafka.properties["linger.ms"], "5");
-        assert_eq!(
-            c.kafka.for_ack_mode(AckMode::Publish).properties["linger.ms"],
-            "5",
-            "an explicit linger wins"
-        );
-        let d = Config::parse("").unwrap();
-        assert_eq!(
-            d.kafka.for_ack_mode(AckMode::Publish).properties["linger.ms"],
-            "0"
-        );
-        assert!(
-            !d.kafka
-                .for_ack_mode(AckMode::Spool)
-                .properties
-                .contains_key("linger.ms")
-        );
-    }
-}
+mod tests;

@@ -14,7 +14,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::{HeaderMap, HeaderName, HeaderValue, ServerAddr};
 
 use super::{Ack, Confirm, SinkError};
-use crate::config::{ConfigError, NatsConfig, SinkConfig, StreamStorage};
+use crate::config::{ConfigError, NatsConfig, SinkConfig, StreamStorage, redact_url, redact_urls};
 use crate::message::Message;
 use crate::route::subject_covers;
 
@@ -53,7 +53,10 @@ impl NatsSink {
                     async_nats::Event::Connected => {
                         tracing::info!(sink = "nats", "connected");
                     }
-                    event => tracing::warn!(%event, sink = "nats", "connection event"),
+                    event => {
+                        let event = redact_urls(&event.to_string());
+                        tracing::warn!(%event, sink = "nats", "connection event");
+                    }
                 }
             })
             .connect(addrs)
@@ -103,10 +106,11 @@ impl NatsSink {
             Ok(result) => result,
             Err(_) => Err("connection attempt timed out".to_owned()),
         };
+        // The URL may carry credentials (`nats://user:password@host`): never in a message.
         SinkError::Retriable(format!(
             "not connected to {}: {}",
-            self.config.url,
-            detail.err().unwrap_or_default()
+            redact_urls(&self.config.url),
+            redact_urls(&detail.err().unwrap_or_default())
         ))
     }
 
@@ -395,17 +399,20 @@ pub(super) fn server_addrs(config: &NatsConfig) -> Result<Vec<ServerAddr>, Confi
                 .parse::<ServerAddr>()
                 .map_err(|e| ConfigError::Invalid {
                     key: "nats.url",
-                    message: format!("{:?} is not a NATS server URL: {e}", u.trim()),
+                    message: format!("{:?} is not a NATS server URL: {e}", redact_url(u.trim())),
                 })
         })
         .collect()
 }
 
 /// Client options for the `[nats]` section: name, connect timeout, authentication, TLS. Reads
-/// and parses every file it names, so a bad file is reported here, naming its key.
+/// and parses every file it names, so a bad file is reported here, naming its key. Every file
+/// goes through the config's bounded reader first: a regular file of at most 1 MiB, so a
+/// device or FIFO fails at once instead of hanging or filling memory.
 ///
 /// # Errors
-/// A TLS, NKey or credentials file that is missing or does not parse.
+/// A TLS, NKey or credentials file that is missing, not a small regular file, or does not
+/// parse.
 pub(super) fn options(config: &NatsConfig) -> Result<async_nats::ConnectOptions, ConfigError> {
     let mut options = async_nats::ConnectOptions::new()
         .name("hookbus")
@@ -417,7 +424,7 @@ pub(super) fn options(config: &NatsConfig) -> Result<async_nats::ConnectOptions,
         options = options.token(config.token.clone());
     }
     if !config.nkey_seed_file.as_os_str().is_empty() {
-        let seed = read("nats.nkey_seed_file", &config.nkey_seed_file)?;
+        let seed = crate::config::files::read_at("nats.nkey_seed_file", &config.nkey_seed_file)?;
         let seed = seed.trim();
         nkeys::KeyPair::from_seed(seed).map_err(|e| ConfigError::Invalid {
             key: "nats.nkey_seed_file",
@@ -429,7 +436,8 @@ pub(super) fn options(config: &NatsConfig) -> Result<async_nats::ConnectOptions,
         options = options.nkey(seed.to_owned());
     }
     if !config.credentials_file.as_os_str().is_empty() {
-        let creds = read("nats.credentials_file", &config.credentials_file)?;
+        let creds =
+            crate::config::files::read_at("nats.credentials_file", &config.credentials_file)?;
         options = options
             .credentials(&creds)
             .map_err(|e| ConfigError::Invalid {
@@ -439,6 +447,17 @@ pub(super) fn options(config: &NatsConfig) -> Result<async_nats::ConnectOptions,
                     config.credentials_file.display()
                 ),
             })?;
+    }
+    // The PEM checks and the client read these files by path themselves: the bounded read
+    // comes first so that they only ever see a small regular file.
+    for (key, path) in [
+        ("nats.tls_ca_file", &config.tls_ca_file),
+        ("nats.tls_cert_file", &config.tls_cert_file),
+        ("nats.tls_key_file", &config.tls_key_file),
+    ] {
+        if !path.as_os_str().is_empty() {
+            crate::config::files::read_at(key, path)?;
+        }
     }
     if !config.tls_ca_file.as_os_str().is_empty() {
         super::tls::check_certificates("nats.tls_ca_file", &config.tls_ca_file)?;
@@ -454,13 +473,6 @@ pub(super) fn options(config: &NatsConfig) -> Result<async_nats::ConnectOptions,
         options = options.require_tls(true);
     }
     Ok(options)
-}
-
-fn read(key: &'static str, path: &std::path::Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
-        key,
-        message: format!("cannot read {}: {e}", path.display()),
-    })
 }
 
 /// Our header names, parsed once (no per-message parsing or validation).

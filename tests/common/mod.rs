@@ -396,11 +396,13 @@ pub fn config_with(spool_dir: &Path, fragments: &[&str]) -> Config {
     Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
 }
 
-/// TOML text: the listeners, a private spool dir and a short grace, then `fragments` merged
-/// over it section by section (later keys win).
+/// TOML text: the listeners, anonymous webhooks allowed (a fragment that sets a token wins),
+/// a private spool dir and a short grace, then `fragments` merged over it section by section
+/// (later keys win).
 fn config_text(spool_dir: &Path, http: &str, admin: &str, fragments: &[&str]) -> String {
     let base = format!(
         "[http]\nlisten = \"{http}\"\n[admin]\nlisten = \"{admin}\"\n\
+         [auth]\nallow_anonymous = true\n\
          [spool]\ndir = {:?}\nsegment_bytes = 1048576\n[shutdown]\ngrace = \"10s\"\n",
         spool_dir.display().to_string()
     );
