@@ -191,6 +191,8 @@ class Bench:
         config = self.work / f"{name}.toml"
         config.write_text(
             f'[http]\nlisten = "127.0.0.1:{http}"\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+            # Loopback only: wrk sends no token.
+            f'[auth]\nallow_anonymous = true\n'
             f'[ack]\nmode = "{mode}"\n[spool]\ndir = "{self.work / ("spool-" + name)}"\n'
             f'[routing]\ntemplate = "{name}.{{channel}}.{{action}}"\n'
             f'dead_letter = "{name}.dead-letter"\noverflow = "{name}._overflow.{{action}}"\n'
