@@ -11,6 +11,9 @@ use tokio::sync::oneshot;
 use super::writer::Request;
 use super::*;
 
+/// Format versions: old (v0) directories, mixed ones, unknown versions refused.
+mod version;
+
 const WAIT: Duration = Duration::from_secs(20);
 
 fn config(dir: &Path) -> SpoolConfig {
