@@ -1,9 +1,16 @@
-//! On-disk encoding of segment records and of the checkpoint file.
+//! On-disk encoding of segment files (version header, records) and of the checkpoint file.
+//!
+//! A segment file of the current version (1) is `header(16) | record*`: the header is
+//! `b"HBSPSEG\0" | version u32 LE | crc32 of the first 12 bytes`. A file whose first eight bytes
+//! are not that magic was written before versions existed (version 0): records from offset 0.
+//! Record offsets and byte counts elsewhere in the spool are relative to where the records
+//! start (the segment's `data_start`), so only the code that seeks in a file adds it.
 //!
 //! Pure encode/decode and validation; no policy (what to do with a bad record is decided by
 //! `recover` and `reader`).
 
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -20,8 +27,18 @@ const SEGMENT_SUFFIX: &str = ".seg";
 pub(super) const CHECKPOINT_FILE: &str = "checkpoint";
 pub(super) const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 pub(super) const LOCK_FILE: &str = "lock";
+/// `HBSPCK` followed by the checkpoint format version as two ASCII digits.
+const CHECKPOINT_PREFIX: &[u8; 6] = b"HBSPCK";
+/// The only checkpoint version there is; its files have always been `HBSPCK01`.
+pub(super) const CHECKPOINT_VERSION: u32 = 1;
 const CHECKPOINT_MAGIC: &[u8; 8] = b"HBSPCK01";
 const CHECKPOINT_LEN: usize = 20;
+
+const SEGMENT_MAGIC: &[u8; 8] = b"HBSPSEG\0";
+/// Version written into every new segment. Version 0 is the headerless layout.
+pub(super) const SEGMENT_VERSION: u32 = 1;
+/// Length of the segment header; the records of a current-version segment start here.
+pub(super) const SEGMENT_HEADER_LEN: u64 = 16;
 
 /// A sparse index entry is kept per segment whenever this much time or data has passed since
 /// the previous one; it bounds the scan needed to position a reader and the error of
@@ -206,17 +223,106 @@ pub(super) fn encode_checkpoint(low: u64) -> [u8; CHECKPOINT_LEN] {
     out
 }
 
-pub(super) fn decode_checkpoint(bytes: &[u8]) -> Option<u64> {
+/// What a checkpoint file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Checkpoint {
+    /// A valid watermark.
+    Low(u64),
+    /// `HBSPCK` and two digits other than `01`: a format this code does not know. Its length
+    /// and checksum are not looked at, they may differ in that format.
+    Unknown(u32),
+    /// Anything else (torn, damaged, not a checkpoint): as if there were none.
+    Unreadable,
+}
+
+pub(super) fn decode_checkpoint(bytes: &[u8]) -> Checkpoint {
+    if let Some(found) = checkpoint_version(bytes)
+        && found != CHECKPOINT_VERSION
+    {
+        return Checkpoint::Unknown(found);
+    }
     if bytes.len() != CHECKPOINT_LEN || &bytes[..8] != CHECKPOINT_MAGIC {
-        return None;
+        return Checkpoint::Unreadable;
     }
     let crc = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
     if crc32fast::hash(&bytes[..16]) != crc {
-        return None;
+        return Checkpoint::Unreadable;
     }
     let mut low = [0u8; 8];
     low.copy_from_slice(&bytes[8..16]);
-    Some(u64::from_le_bytes(low))
+    Checkpoint::Low(u64::from_le_bytes(low))
+}
+
+/// The version digits after the `HBSPCK` prefix, if the file has both.
+fn checkpoint_version(bytes: &[u8]) -> Option<u32> {
+    let digits = bytes.strip_prefix(CHECKPOINT_PREFIX)?.get(..2)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(u32::from(digits[0] - b'0') * 10 + u32::from(digits[1] - b'0'))
+}
+
+/// `magic(8) | version u32 LE | crc32 of the first 12 bytes`.
+fn encode_segment_header() -> [u8; SEGMENT_HEADER_LEN as usize] {
+    let mut out = [0u8; SEGMENT_HEADER_LEN as usize];
+    out[..8].copy_from_slice(SEGMENT_MAGIC);
+    out[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    let crc = crc32fast::hash(&out[..12]);
+    out[12..].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// What the first bytes of a segment file say about its layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SegmentHead {
+    /// No header (written before versions existed, or a file never written to): records, or
+    /// preallocated zeros, from offset 0.
+    V0,
+    /// A valid header of [`SEGMENT_VERSION`]: records from [`SEGMENT_HEADER_LEN`].
+    Current,
+    /// A valid header naming another version: a layout this code does not know.
+    Unknown(u32),
+    /// The magic, but a short header or a failed checksum.
+    Damaged,
+}
+
+/// Classifies the first bytes of a segment file (up to [`SEGMENT_HEADER_LEN`] of them). A v0
+/// file starts with the magic only if its first record has a payload of exactly 4,670,803
+/// bytes whose checksum happens to read `HBSP` (odds of 2^-32 for such a record).
+pub(super) fn decode_segment_header(first: &[u8]) -> SegmentHead {
+    if first.len() < SEGMENT_MAGIC.len() || &first[..8] != SEGMENT_MAGIC {
+        return SegmentHead::V0;
+    }
+    if first.len() < SEGMENT_HEADER_LEN as usize {
+        return SegmentHead::Damaged;
+    }
+    let crc = u32::from_le_bytes([first[12], first[13], first[14], first[15]]);
+    if crc32fast::hash(&first[..12]) != crc {
+        return SegmentHead::Damaged;
+    }
+    match u32::from_le_bytes([first[8], first[9], first[10], first[11]]) {
+        SEGMENT_VERSION => SegmentHead::Current,
+        other => SegmentHead::Unknown(other),
+    }
+}
+
+/// Reads and classifies the header of the segment file at `path`.
+pub(super) fn read_segment_head(path: &Path) -> io::Result<SegmentHead> {
+    let mut first = Vec::with_capacity(SEGMENT_HEADER_LEN as usize);
+    File::open(path)?
+        .take(SEGMENT_HEADER_LEN)
+        .read_to_end(&mut first)?;
+    Ok(decode_segment_header(&first))
+}
+
+/// Creates (or truncates) a segment file holding only the current header, and syncs it: the
+/// version is on disk before any record is, so no record sits in a file of unknown layout.
+/// The file position is left at the end of the header, where the first record goes.
+pub(super) fn create_segment(path: &Path) -> io::Result<File> {
+    let mut file = File::create(path)?;
+    file.write_all(&encode_segment_header())?;
+    file.sync_data()?;
+    Ok(file)
 }
 
 /// Makes a directory entry change (create, rename, unlink) durable.

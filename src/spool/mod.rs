@@ -40,11 +40,12 @@ pub struct SpoolConfig {
     /// Directory holding the segments and the checkpoint; created if missing. Other entries
     /// (e.g. `dead-letters/`) are left alone.
     pub dir: PathBuf,
-    /// Bound on the bytes of all segment files. An append that would exceed it after deleting
+    /// Bound on the record bytes of all segment files (each file adds a 16-byte version
+    /// header, not counted). An append that would exceed it after deleting
     /// every fully confirmed segment fails with [`SpoolError::Full`].
     pub max_bytes: u64,
-    /// A segment is closed and a new one started once the next record would take it past this
-    /// size (a single larger record gets a segment of its own).
+    /// A segment is closed and a new one started once the next record would take its file
+    /// (header included) past this size (a single larger record gets a segment of its own).
     pub segment_bytes: u64,
     /// How long fully confirmed segments are kept (unless the space is needed), so that
     /// [`Spool::scan_since`] can rebuild the dedup set at start. Usually the dedup window.
@@ -79,6 +80,20 @@ pub enum SpoolError {
     /// cache can no longer be trusted, and a restart recovers from what is on disk.
     #[error("spool I/O: {0}")]
     Io(#[from] io::Error),
+    /// A segment or checkpoint file names a format version this build cannot read, most
+    /// likely written by a newer hookbus. Refused at open before anything in the directory
+    /// was changed, so the version that wrote it can still read every record.
+    #[error(
+        "spool file {} has format version {found}, but this hookbus reads versions up to \
+         {supported}: upgrade hookbus, or run `hookbus drain` with the version that wrote it \
+         to empty the spool first",
+        path.display()
+    )]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
 }
 
 /// One record as stored: the payload bytes the app appended, with their seq and append time.
@@ -104,7 +119,8 @@ impl SpoolStats {
 pub struct SpoolStats {
     /// Records appended (and fsynced) but not confirmed.
     pub pending_events: u64,
-    /// Bytes of all segment files on disk (committed data).
+    /// Record bytes of all segment files on disk (committed data; the 16-byte version header
+    /// of each file is not counted).
     pub bytes: u64,
     /// Of `bytes`, those from the first unpublished record on (see [`SpoolStats::retained`]).
     pub unpublished_bytes: u64,
@@ -161,8 +177,10 @@ impl Spool {
     ///
     /// # Errors
     /// `Io` when the directory cannot be created or read, is locked by another live spool,
-    /// or holds overlapping segments; `Io(InvalidInput)` for a zero `segment_bytes` or
-    /// `max_bytes`.
+    /// or holds overlapping segments or a segment with a damaged version header;
+    /// `Io(InvalidInput)` for a zero `segment_bytes` or `max_bytes`; `UnsupportedVersion`
+    /// when a segment or the checkpoint is of a format this build does not know (then
+    /// nothing in the directory was changed).
     pub fn open(config: SpoolConfig) -> Result<Spool, SpoolError> {
         if config.segment_bytes == 0 || config.max_bytes == 0 {
             return Err(io::Error::new(

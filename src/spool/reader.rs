@@ -41,10 +41,12 @@ struct OpenSegment {
     file: File,
 }
 
-/// A committed snapshot of one segment, taken under the state lock.
+/// A committed snapshot of one segment, taken under the state lock. `bytes` and offsets count
+/// from `data_start` (the file offset of the first record), as in `SegmentMeta`.
 struct SegmentView {
     first_seq: u64,
     end_seq: u64,
+    data_start: u64,
     bytes: u64,
     path: PathBuf,
     /// Indexed position at or before where reading starts.
@@ -177,6 +179,7 @@ impl SpoolReader {
             .map(|s| SegmentView {
                 first_seq: s.first_seq,
                 end_seq: s.end_seq,
+                data_start: s.data_start,
                 bytes: s.bytes,
                 path: s.path.clone(),
                 start: s.position_before(self.cursor.seq.max(s.first_seq)),
@@ -238,7 +241,7 @@ fn read_batch(
             _ => (seg.start.offset, seg.start.seq),
         };
         let mut reader = BufReader::with_capacity(READ_BUFFER, &open.file);
-        reader.seek(SeekFrom::Start(offset))?;
+        reader.seek(SeekFrom::Start(seg.data_start + offset))?;
         let mut invalid = None;
         // Skip from the indexed position to `seq`; these records were validated before.
         while at_seq < seq {
@@ -276,7 +279,7 @@ fn read_batch(
         if let Some(reason) = invalid {
             let mut rest = vec![0u8; (seg.bytes.saturating_sub(offset)) as usize];
             let resumed = (&open.file)
-                .seek(SeekFrom::Start(offset))
+                .seek(SeekFrom::Start(seg.data_start + offset))
                 .and_then(|_| io::Read::read_exact(&mut &open.file, &mut rest))
                 .ok()
                 .and_then(|()| format::next_valid(&rest, at_seq.saturating_sub(1)));
@@ -286,9 +289,10 @@ fn read_batch(
                     None,
                 ));
             };
-            let aside = format::keep_corrupt(dir, &seg.path, offset, &rest[..at]);
+            let file_offset = seg.data_start + offset;
+            let aside = format::keep_corrupt(dir, &seg.path, file_offset, &rest[..at]);
             error!(
-                segment = %seg.path.display(), offset, damaged_bytes = at, reason,
+                segment = %seg.path.display(), offset = file_offset, damaged_bytes = at, reason,
                 lost_from_seq = at_seq, lost_to_seq = next_seq, kept = ?aside,
                 "spool: corrupt records; reading resumes at the next valid record"
             );
@@ -344,6 +348,7 @@ pub(super) fn scan_since(
                 SegmentView {
                     first_seq: s.first_seq,
                     end_seq: s.end_seq,
+                    data_start: s.data_start,
                     bytes: s.bytes,
                     path: s.path.clone(),
                     start,
@@ -358,7 +363,7 @@ pub(super) fn scan_since(
             Err(e) => return Err(e.into()),
         };
         let mut reader = BufReader::with_capacity(READ_BUFFER, file);
-        reader.seek(SeekFrom::Start(seg.start.offset))?;
+        reader.seek(SeekFrom::Start(seg.data_start + seg.start.offset))?;
         let (mut offset, mut seq) = (seg.start.offset, seg.start.seq);
         while seq < seg.end_seq {
             match format::read_record(&mut reader, seg.bytes - offset, seq) {

@@ -6,6 +6,11 @@
 //! A bad record *followed by valid ones* is corruption, not a tear: the damaged bytes are kept
 //! in `corrupt/`, counted and logged as an error, and the valid records after them are split
 //! into a segment of their own so they are still published.
+//!
+//! Format versions are checked first, before anything is changed: a segment or checkpoint of
+//! an unknown version stops the open with [`SpoolError::UnsupportedVersion`] and the directory
+//! is left exactly as it was. Headerless (v0) segments are read like current ones, records
+//! from offset 0; appends always go to a segment of the current version.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -14,13 +19,17 @@ use std::path::{Path, PathBuf};
 
 use tracing::{error, info, warn};
 
-use super::format::{self, Decoded, IndexEntry};
+use super::SpoolError;
+use super::format::{self, Checkpoint, Decoded, IndexEntry, SegmentHead};
 use super::state::{RangeSet, SegmentMeta, State};
 
 /// What the writer needs to continue the log.
 pub(super) struct ActiveInit {
     pub(super) first_seq: u64,
     pub(super) end_seq: u64,
+    /// File offset of the first record.
+    pub(super) data_start: u64,
+    /// Committed record bytes (from `data_start`).
     pub(super) bytes: u64,
     pub(super) last_index: Option<IndexEntry>,
     pub(super) path: PathBuf,
@@ -37,32 +46,19 @@ pub(super) struct Recovered {
     pub(super) corrupt_records: u64,
 }
 
-pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
-    let checkpoint = read_checkpoint(dir);
+pub(super) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
+    // Both reads only look; nothing is changed until every file's version is known.
+    let checkpoint = read_checkpoint(dir)?;
+    let names = list_segments(dir)?;
     match fs::remove_file(dir.join(format::CHECKPOINT_TMP)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
         _ => {}
     }
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if !entry.file_type()?.is_file() {
-            continue;
-        }
-        if let Some(first) = entry
-            .file_name()
-            .to_str()
-            .and_then(format::parse_segment_name)
-        {
-            names.push((first, entry.path()));
-        }
-    }
-    names.sort_unstable();
 
     let mut segments: VecDeque<SegmentMeta> = VecDeque::new();
-    let mut todo: VecDeque<(u64, PathBuf)> = names.into();
+    let mut todo: VecDeque<(u64, PathBuf, u64)> = names.into();
     let mut corrupt_records = 0;
-    while let Some((first_seq, path)) = todo.pop_front() {
+    while let Some((first_seq, path, data_start)) = todo.pop_front() {
         if let Some(prev) = segments.back()
             && first_seq < prev.end_seq
         {
@@ -73,17 +69,21 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
                     path.display(),
                     prev.end_seq
                 ),
-            ));
+            )
+            .into());
         }
         let is_last = todo.is_empty();
-        let (meta, split) = scan_segment(dir, path, first_seq, is_last)?;
+        let (meta, split) = scan_segment(dir, path, first_seq, data_start, is_last)?;
         if let Some(split) = split {
             corrupt_records += split.first_seq - meta.end_seq;
             if todo
                 .front()
-                .is_none_or(|(first, _)| *first != split.first_seq)
+                .is_none_or(|(first, _, _)| *first != split.first_seq)
             {
-                todo.push_front((split.first_seq, split.path));
+                // Usually the file just written (current version), but it may be one an
+                // interrupted earlier recovery left, of whichever version wrote it.
+                let data_start = segment_data_start(&split.path)?;
+                todo.push_front((split.first_seq, split.path, data_start));
             }
         }
         if meta.end_seq == meta.first_seq && !todo.is_empty() {
@@ -95,9 +95,14 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
 
     let last_end = segments.back().map_or(0, |s| s.end_seq);
     let next_seq = last_end.max(checkpoint.unwrap_or(0));
-    // The last segment is the writer's: it must end exactly where the next append goes, and
-    // a segment file must always exist so the next seq survives a restart with no records.
-    if segments.back().is_none_or(|s| s.end_seq != next_seq) {
+    // The last segment is the writer's: it must end exactly where the next append goes, it
+    // must be of the current version (a v0 file from before versions is left to be read and
+    // deleted, never extended), and a segment file must always exist so the next seq
+    // survives a restart with no records.
+    if segments
+        .back()
+        .is_none_or(|s| s.end_seq != next_seq || s.data_start != format::SEGMENT_HEADER_LEN)
+    {
         if let Some(last) = segments.back()
             && last.bytes == 0
         {
@@ -105,11 +110,12 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
             segments.pop_back();
         }
         let path = dir.join(format::segment_name(next_seq));
-        File::create(&path)?;
+        format::create_segment(&path)?;
         format::sync_dir(dir)?;
         segments.push_back(SegmentMeta {
             first_seq: next_seq,
             end_seq: next_seq,
+            data_start: format::SEGMENT_HEADER_LEN,
             bytes: 0,
             last_ms: 0,
             index: Vec::new(),
@@ -133,11 +139,12 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
         .collect();
     // Never fails: a segment was pushed above when none was left.
     let Some(last) = segments.back() else {
-        return Err(io::Error::other("spool recovery left no segment"));
+        return Err(io::Error::other("spool recovery left no segment").into());
     };
     let active = ActiveInit {
         first_seq: last.first_seq,
         end_seq: last.end_seq,
+        data_start: last.data_start,
         bytes: last.bytes,
         last_index: last.index.last().copied(),
         path: last.path.clone(),
@@ -172,24 +179,92 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
     })
 }
 
-fn read_checkpoint(dir: &Path) -> Option<u64> {
+/// The watermark in the checkpoint file; `None` when there is none or it is unreadable
+/// (everything on disk is replayed then).
+///
+/// # Errors
+/// `UnsupportedVersion` for a checkpoint of another format version: replaying from the
+/// start would not be wrong, but it would mean this build is running on a directory a newer
+/// one wrote.
+fn read_checkpoint(dir: &Path) -> Result<Option<u64>, SpoolError> {
     let path = dir.join(format::CHECKPOINT_FILE);
     match fs::read(&path) {
-        Ok(bytes) => {
-            let low = format::decode_checkpoint(&bytes);
-            if low.is_none() {
+        Ok(bytes) => match format::decode_checkpoint(&bytes) {
+            Checkpoint::Low(low) => Ok(Some(low)),
+            Checkpoint::Unknown(found) => Err(SpoolError::UnsupportedVersion {
+                path,
+                found,
+                supported: format::CHECKPOINT_VERSION,
+            }),
+            Checkpoint::Unreadable => {
                 warn!(
                     path = %path.display(),
                     "spool checkpoint unreadable; replaying every record on disk"
                 );
+                Ok(None)
             }
-            low
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(error) => {
             warn!(%error, path = %path.display(), "spool checkpoint unreadable; replaying every record on disk");
-            None
+            Ok(None)
         }
+    }
+}
+
+/// The segment files in seq order, each with the offset its records start at.
+///
+/// # Errors
+/// `UnsupportedVersion` (or `Io(InvalidData)` for a damaged header) for the first file this
+/// build cannot read; the caller has changed nothing yet.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, SpoolError> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        if let Some(first) = entry
+            .file_name()
+            .to_str()
+            .and_then(format::parse_segment_name)
+        {
+            names.push((first, entry.path()));
+        }
+    }
+    names.sort_unstable();
+    names
+        .into_iter()
+        .map(|(first, path)| {
+            let data_start = segment_data_start(&path)?;
+            Ok((first, path, data_start))
+        })
+        .collect()
+}
+
+/// Where the records of the segment at `path` start, from its header.
+///
+/// # Errors
+/// `UnsupportedVersion` for a header of an unknown version. `Io(InvalidData)` for a damaged
+/// header: the header is synced before any record is written, so a crash does not leave
+/// one, and guessing the layout could move valid records of a newer format to `corrupt/`.
+fn segment_data_start(path: &Path) -> Result<u64, SpoolError> {
+    match format::read_segment_head(path)? {
+        SegmentHead::Unknown(found) => Err(SpoolError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found,
+            supported: format::SEGMENT_VERSION,
+        }),
+        SegmentHead::Damaged => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "spool segment {} has a damaged version header; the file was left as it is",
+                path.display()
+            ),
+        )
+        .into()),
+        SegmentHead::V0 => Ok(0),
+        SegmentHead::Current => Ok(format::SEGMENT_HEADER_LEN),
     }
 }
 
@@ -199,25 +274,31 @@ struct Split {
     path: PathBuf,
 }
 
-/// Validates every record of one segment. At the first bad record the file is cut there; when
-/// valid records follow the damage, they are first copied to a new segment file (returned) and
-/// the damaged bytes kept aside.
+/// Validates every record of one segment, from `data_start`. At the first bad record the file
+/// is cut there; when valid records follow the damage, they are first copied to a new segment
+/// file (returned) and the damaged bytes kept aside. `offset` and `len` count record bytes
+/// (from `data_start`), like the index.
 fn scan_segment(
     dir: &Path,
     path: PathBuf,
     first_seq: u64,
+    data_start: u64,
     is_last: bool,
 ) -> io::Result<(SegmentMeta, Option<Split>)> {
     let file = File::options().read(true).write(true).open(&path)?;
-    let len = file.metadata()?.len();
+    let file_len = file.metadata()?.len();
+    let len = file_len.saturating_sub(data_start);
     let mut reader = BufReader::with_capacity(1 << 20, &file);
+    reader.seek(SeekFrom::Start(data_start))?;
     let (mut offset, mut seq, mut last_ms) = (0u64, first_seq, 0u64);
     let mut index: Vec<IndexEntry> = Vec::new();
     let invalid = loop {
         match format::read_record(&mut reader, len - offset, seq) {
             Ok(Decoded::End) => break None,
             // Preallocated tail: clean unless something was written into it (a torn write).
-            Ok(Decoded::Unwritten) => break nonzero_after(&file, offset)?.then_some("torn write"),
+            Ok(Decoded::Unwritten) => {
+                break nonzero_after(&file, data_start + offset)?.then_some("torn write");
+            }
             Ok(Decoded::Invalid(reason)) => break Some(reason),
             Ok(Decoded::Record(record, record_len)) => {
                 if format::index_due(index.last(), offset, record.appended_ms) {
@@ -237,25 +318,28 @@ fn scan_segment(
     };
     drop(reader);
     let mut split = None;
+    // Logs and the names of kept bytes give file offsets, to find the bytes with any tool.
+    let file_offset = data_start + offset;
     if let Some(reason) = invalid {
         let mut rest = Vec::new();
-        (&file).seek(SeekFrom::Start(offset))?;
+        (&file).seek(SeekFrom::Start(file_offset))?;
         (&file).read_to_end(&mut rest)?;
         // A valid record of the expected seq may follow junk, except at the very start of the
         // file (it would split into a segment of the same name).
         let after = if seq == first_seq { seq } else { seq - 1 };
         match format::next_valid(&rest, after) {
             Some((at, next_seq)) => {
-                let aside = format::keep_corrupt(dir, &path, offset, &rest[..at]);
+                let aside = format::keep_corrupt(dir, &path, file_offset, &rest[..at]);
                 error!(
-                    segment = %path.display(), offset, damaged_bytes = at, reason,
+                    segment = %path.display(), offset = file_offset, damaged_bytes = at, reason,
                     lost_from_seq = seq, lost_to_seq = next_seq, kept = ?aside,
                     "spool: corrupt records inside the log; the valid records after them are kept"
                 );
                 let new_path = dir.join(format::segment_name(next_seq));
                 if !new_path.exists() {
+                    // Written by this code, so of the current version whatever the source was.
                     let tmp = new_path.with_extension("split");
-                    let mut out = File::create(&tmp)?;
+                    let mut out = format::create_segment(&tmp)?;
                     out.write_all(&rest[at..])?;
                     out.sync_all()?;
                     fs::rename(&tmp, &new_path)?;
@@ -267,23 +351,25 @@ fn scan_segment(
                 });
             }
             None if is_last => warn!(
-                segment = %path.display(), offset, dropped_bytes = len - offset, reason,
-                "spool: discarding the torn tail of the log"
+                segment = %path.display(), offset = file_offset, dropped_bytes = len - offset,
+                reason, "spool: discarding the torn tail of the log"
             ),
             None => error!(
-                segment = %path.display(), offset, dropped_bytes = len - offset, reason,
+                segment = %path.display(), offset = file_offset, dropped_bytes = len - offset,
+                reason,
                 first_lost_seq = seq,
                 "spool: corrupt record inside the log; the rest of this segment is lost"
             ),
         }
     }
-    if offset != len {
-        file.set_len(offset)?;
+    if file_offset != file_len {
+        file.set_len(file_offset)?;
         file.sync_all()?;
     }
     let meta = SegmentMeta {
         first_seq,
         end_seq: seq,
+        data_start,
         bytes: offset,
         last_ms,
         index,

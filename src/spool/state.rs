@@ -9,22 +9,28 @@ use std::path::PathBuf;
 use super::format::IndexEntry;
 
 /// One segment file as far as it is committed (fsynced).
+///
+/// `bytes` and the index offsets count from `data_start`, where the records begin (after the
+/// version header, or 0 in a headerless v0 file): byte accounting ignores headers, and only
+/// code that seeks in the file adds `data_start`.
 #[derive(Debug)]
 pub(super) struct SegmentMeta {
     pub(super) first_seq: u64,
     /// One past the last committed record (`first_seq` when empty).
     pub(super) end_seq: u64,
-    /// Committed bytes.
+    /// File offset of the first record: `format::SEGMENT_HEADER_LEN`, or 0 for a v0 file.
+    pub(super) data_start: u64,
+    /// Committed record bytes.
     pub(super) bytes: u64,
     /// Append time of the newest record; 0 when empty.
     pub(super) last_ms: u64,
-    /// Sparse, seq-ordered; the first entry is the first record at offset 0.
+    /// Sparse, seq-ordered; the first entry is the first record, at (data) offset 0.
     pub(super) index: Vec<IndexEntry>,
     pub(super) path: PathBuf,
 }
 
 impl SegmentMeta {
-    /// The indexed position closest to `seq` from below (offset 0 if none).
+    /// The indexed position closest to `seq` from below (the first record if none).
     pub(super) fn position_before(&self, seq: u64) -> IndexEntry {
         let i = self.index.partition_point(|e| e.seq <= seq);
         match i.checked_sub(1) {
@@ -43,6 +49,7 @@ impl SegmentMeta {
 pub(super) struct SegmentUpdate {
     pub(super) first_seq: u64,
     pub(super) end_seq: u64,
+    pub(super) data_start: u64,
     pub(super) bytes: u64,
     pub(super) last_ms: u64,
     pub(super) new_index: Vec<IndexEntry>,
@@ -211,6 +218,7 @@ impl State {
         self.segments.push_back(SegmentMeta {
             first_seq: update.first_seq,
             end_seq: update.end_seq,
+            data_start: update.data_start,
             bytes: update.bytes,
             last_ms: update.last_ms,
             index: update.new_index,

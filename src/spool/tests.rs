@@ -11,6 +11,9 @@ use tokio::sync::oneshot;
 use super::writer::Request;
 use super::*;
 
+/// Format versions: old (v0) directories, mixed ones, unknown versions refused.
+mod version;
+
 const WAIT: Duration = Duration::from_secs(20);
 
 fn config(dir: &Path) -> SpoolConfig {
@@ -357,7 +360,7 @@ fn torn_tail_is_truncated_and_appends_continue() {
         drop(file);
 
         let spool = Spool::open(config(dir.path())).expect("reopen");
-        assert_eq!(spool.stats().bytes, complete);
+        assert_eq!(spool.stats().bytes, complete - format::SEGMENT_HEADER_LEN);
         assert_eq!(spool.stats().pending_events, 4);
         let mut reader = spool.reader();
         let records = read_n(&mut reader, 4).await;
@@ -427,7 +430,7 @@ fn crash_leaves_a_preallocated_tail_that_recovery_reads_as_unwritten() {
             .expect("open seg");
         let mut torn = Vec::new();
         format::encode_record(&mut torn, 4, 1, b"never acknowledged");
-        file.write_all_at(&torn[..30], committed_4)
+        file.write_all_at(&torn[..30], format::SEGMENT_HEADER_LEN + committed_4)
             .expect("torn write");
         drop(file);
         let spool = Spool::open(config(dir.path())).expect("reopen");
@@ -457,7 +460,8 @@ fn corruption_followed_by_valid_records_keeps_them_and_the_damaged_bytes() {
         let seg = segments(dir.path()).pop().expect("segment");
         let mut bytes = fs::read(&seg).expect("read");
         let third: u64 = (0..2).map(|i| format::record_len(payload(i).len())).sum();
-        let at = (third + format::HEADER_LEN + 2) as usize; // inside record 2's payload
+        // inside record 2's payload
+        let at = (format::SEGMENT_HEADER_LEN + third + format::HEADER_LEN + 2) as usize;
         bytes[at] ^= 0x01;
         fs::write(&seg, &bytes).expect("write");
 
@@ -499,7 +503,7 @@ fn corruption_inside_an_older_segment_loses_only_the_damaged_record() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = config(dir.path());
         let body = |i: u64| Bytes::from(format!("p{i}-{}", "z".repeat(20)));
-        cfg.segment_bytes = 3 * format::record_len(body(0).len());
+        cfg.segment_bytes = format::SEGMENT_HEADER_LEN + 3 * format::record_len(body(0).len());
         let spool = Spool::open(cfg.clone()).expect("open");
         for i in 0..9 {
             spool.append(vec![body(i)]).await.expect("append");
@@ -508,7 +512,8 @@ fn corruption_inside_an_older_segment_loses_only_the_damaged_record() {
         let segs = segments(dir.path());
         assert_eq!(segs.len(), 3);
         let mut bytes = fs::read(&segs[0]).expect("read");
-        let second = bytes.len() / 3;
+        let header = format::SEGMENT_HEADER_LEN as usize;
+        let second = header + (bytes.len() - header) / 3;
         bytes[second + 1] ^= 0x40; // record 1's header (crc field)
         fs::write(&segs[0], &bytes).expect("write");
 
@@ -545,8 +550,10 @@ fn damage_after_commit_is_skipped_by_the_reader_which_resumes_after_it() {
         {
             use std::io::{Seek, SeekFrom, Write};
             let mut file = fs::OpenOptions::new().write(true).open(&seg).expect("open");
-            file.seek(SeekFrom::Start(offset + format::HEADER_LEN))
-                .expect("seek");
+            file.seek(SeekFrom::Start(
+                format::SEGMENT_HEADER_LEN + offset + format::HEADER_LEN,
+            ))
+            .expect("seek");
             file.write_all(b"XX").expect("damage record 3");
         }
         let mut reader = spool.reader();
@@ -593,7 +600,7 @@ fn full_until_confirmed_segments_can_be_deleted() {
         let cfg = SpoolConfig {
             dir: dir.path().to_path_buf(),
             max_bytes: 10 * rec,
-            segment_bytes: 4 * rec,
+            segment_bytes: format::SEGMENT_HEADER_LEN + 4 * rec,
             retain: Duration::from_secs(3600),
         };
         let spool = Spool::open(cfg.clone()).expect("open");
@@ -650,7 +657,7 @@ fn segments_rotate_and_confirmed_ones_are_deleted() {
         let body = Bytes::from_static(b"0123456789");
         let rec = format::record_len(body.len());
         let mut cfg = config(dir.path());
-        cfg.segment_bytes = 3 * rec;
+        cfg.segment_bytes = format::SEGMENT_HEADER_LEN + 3 * rec;
         let spool = Spool::open(cfg.clone()).expect("open");
         for _ in 0..10 {
             spool.append(vec![body.clone()]).await.expect("append");
@@ -668,7 +675,8 @@ fn segments_rotate_and_confirmed_ones_are_deleted() {
             segments(dir.path())
                 .iter()
                 .take(3)
-                .all(|p| fs::metadata(p).map(|m| m.len()).ok() == Some(3 * rec))
+                .all(|p| fs::metadata(p).map(|m| m.len()).ok()
+                    == Some(format::SEGMENT_HEADER_LEN + 3 * rec))
         );
 
         let mut reader = spool.reader();
@@ -694,7 +702,7 @@ fn segments_rotate_and_confirmed_ones_are_deleted() {
         spool.close().await.expect("close");
         assert_eq!(
             fs::metadata(&left[0]).expect("meta").len(),
-            0,
+            format::SEGMENT_HEADER_LEN,
             "close trims preallocation"
         );
 

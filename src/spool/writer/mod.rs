@@ -58,14 +58,16 @@ pub(super) struct Append {
     pub(super) reply: Reply<Range<u64>>,
 }
 
-/// The segment being appended to.
+/// The segment being appended to. Byte counts are of records, from `data_start` on.
 struct Active {
     first_seq: u64,
     path: PathBuf,
     file: File,
-    /// Bytes known to be on disk (fsynced).
+    /// File offset of the first record (after the version header).
+    data_start: u64,
+    /// Record bytes known to be on disk (fsynced).
     committed_bytes: u64,
-    /// Bytes written or buffered so far.
+    /// Record bytes written or buffered so far.
     written: u64,
     /// The seq the next record gets.
     end_seq: u64,
@@ -80,6 +82,7 @@ impl Active {
         SegmentUpdate {
             first_seq: self.first_seq,
             end_seq: self.end_seq,
+            data_start: self.data_start,
             bytes: self.written,
             last_ms: self.last_ms,
             new_index: std::mem::take(&mut self.new_index),
@@ -92,6 +95,7 @@ impl Active {
 struct Undo {
     first_seq: u64,
     path: PathBuf,
+    data_start: u64,
     committed_bytes: u64,
     end_seq: u64,
     last_ms: u64,
@@ -138,11 +142,12 @@ impl Writer {
     ) -> io::Result<(mpsc::Sender<Request>, watch::Receiver<u64>)> {
         let mut file = File::options().write(true).open(&init.path)?;
         preallocate(&file, core.config.segment_bytes)?;
-        file.seek(SeekFrom::Start(init.bytes))?;
+        file.seek(SeekFrom::Start(init.data_start + init.bytes))?;
         let active = Active {
             first_seq: init.first_seq,
             path: init.path,
             file,
+            data_start: init.data_start,
             committed_bytes: init.bytes,
             written: init.bytes,
             end_seq: init.end_seq,
@@ -250,6 +255,7 @@ impl Writer {
         let undo = Undo {
             first_seq: self.active.first_seq,
             path: self.active.path.clone(),
+            data_start: self.active.data_start,
             committed_bytes: self.active.committed_bytes,
             end_seq: self.active.end_seq,
             last_ms: self.active.last_ms,
@@ -289,7 +295,8 @@ impl Writer {
             let start = self.active.end_seq;
             for payload in &append.payloads {
                 let len = format::record_len(payload.len());
-                if self.active.written > 0 && self.active.written + len > segment_bytes {
+                let active = &self.active;
+                if active.written > 0 && active.data_start + active.written + len > segment_bytes {
                     self.rotate()?;
                 }
                 let active = &mut self.active;
@@ -343,7 +350,7 @@ impl Writer {
         // Drop the unused preallocated tail; the sync below makes the new size durable.
         self.active
             .file
-            .set_len(self.active.written)
+            .set_len(self.active.data_start + self.active.written)
             .map_err(write_failed)?;
         self.sync()?;
         let sealed = self.active.update();
@@ -353,18 +360,20 @@ impl Writer {
         Ok(())
     }
 
-    /// Creates an empty segment named after the next seq and makes it the active one.
+    /// Creates an empty segment (current version header only) named after the next seq and
+    /// makes it the active one.
     fn start_segment(&mut self) -> io::Result<()> {
         let first_seq = self.active.end_seq;
         let dir = &self.core.config.dir;
         let path = dir.join(format::segment_name(first_seq));
-        let file = File::create(&path)?;
+        let file = format::create_segment(&path)?;
         preallocate(&file, self.core.config.segment_bytes)?;
         format::sync_dir(dir)?;
         self.active = Active {
             first_seq,
             path,
             file,
+            data_start: format::SEGMENT_HEADER_LEN,
             committed_bytes: 0,
             written: 0,
             end_seq: first_seq,
@@ -423,13 +432,15 @@ impl Writer {
         } else {
             File::options().write(true).open(&undo.path)?
         };
-        file.set_len(undo.committed_bytes)?;
+        let end = undo.data_start + undo.committed_bytes;
+        file.set_len(end)?;
         let mut file = file;
-        file.seek(SeekFrom::Start(undo.committed_bytes))?;
+        file.seek(SeekFrom::Start(end))?;
         self.active = Active {
             first_seq: undo.first_seq,
             path: undo.path,
             file,
+            data_start: undo.data_start,
             committed_bytes: undo.committed_bytes,
             written: undo.committed_bytes,
             end_seq: undo.end_seq,

@@ -37,7 +37,10 @@ impl Writer {
         }
         // Leave exact files behind; only a crash leaves a preallocated (zero) tail.
         if !self.core.failed.load(Ordering::Acquire) {
-            self.active.file.set_len(self.active.committed_bytes)?;
+            let active = &self.active;
+            active
+                .file
+                .set_len(active.data_start + active.committed_bytes)?;
             self.active.file.sync_data()?;
         }
         format::sync_dir(&self.core.config.dir)
