@@ -461,7 +461,11 @@ async fn a_connection_cut_mid_burst_keeps_the_channel_in_order() {
 fn record_offsets(segment: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();
     // Records follow the 16-byte segment header (spool format v1); a v0 file has none.
-    let mut at = if segment.starts_with(b"HBSPSEG\0") { 16 } else { 0 };
+    let mut at = if segment.starts_with(b"HBSPSEG\0") {
+        16
+    } else {
+        0
+    };
     while at + 24 <= segment.len() {
         let len = u32::from_le_bytes(segment[at + 4..at + 8].try_into().unwrap()) as usize;
         if segment[at..at + 24].iter().all(|&b| b == 0) {

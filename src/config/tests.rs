@@ -479,7 +479,10 @@ fn dedup_shared_is_a_redis_url_with_a_host_and_a_port() {
 #[test]
 fn dead_letter_keys_have_defaults_and_bounds() {
     let c = Config::parse(&anonymous("")).unwrap();
-    assert_eq!(c.nats.dead_letter_stream, "", "empty: named after nats.stream");
+    assert_eq!(
+        c.nats.dead_letter_stream, "",
+        "empty: named after nats.stream"
+    );
     assert_eq!(c.nats.dead_letter_stream_name(), "PRESENCE_DEAD_LETTERS");
     assert_eq!(c.nats.dead_letter_max_bytes, 268_435_456);
     assert_eq!(c.nats.dead_letter_max_age, Duration::from_secs(168 * 3600));
