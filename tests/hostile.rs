@@ -657,7 +657,8 @@ fn padded(head: &str, unit: &str, tail: &str) -> Vec<u8> {
     let room = (8 << 20) - head.len() - tail.len() - 64;
     let mut body = String::with_capacity(8 << 20);
     body.push_str(head);
-    let n = room / unit.len();
+    // Each unit takes a comma too.
+    let n = room / (unit.len() + 1);
     for i in 0..n {
         if i > 0 {
             body.push(',');

@@ -507,10 +507,8 @@ fn dead_letter_keys_have_defaults_and_bounds() {
             "[nats]\ndead_letter_stream = \"a.b\"",
             "nats.dead_letter_stream",
         ),
-        (
-            "[nats]\ndead_letter_stream = \"\"",
-            "nats.dead_letter_stream",
-        ),
+        // Empty is the default: named after nats.stream.
+        ("[nats]\ndead_letter_stream = \"\"", ""),
         (
             "[nats]\ndead_letter_max_bytes = 9223372036854775807\n[sink]\nkind = \"stdout\"",
             "",
