@@ -762,11 +762,16 @@ async fn adversarial_bodies_in_parallel_parse_within_bounded_memory_and_all_get_
             "every body gets an answer: {codes:?}"
         );
     }
-    assert!(
-        codes.iter().filter(|&&c| c == 400).count() >= 4,
-        "the oversized states and deltas are refused: {codes:?}"
+    // The states and the delta beyond the parse budget are refused, the batch of millions
+    // of items is over the item cap, and the rest (unknown members dropped unstored, a full
+    // batch of modest states) are accepted.
+    assert_eq!(
+        codes,
+        vec![400, 400, 200, 200, 413, 200, 400, 200],
+        "answers in body order"
     );
     let peak = peak_rss_kib(pid);
+    eprintln!("peak RSS after 8 adversarial 8 MiB bodies: {peak} KiB");
     assert!(
         peak < 256 * 1024,
         "peak RSS {peak} KiB for 8 adversarial 8 MiB bodies ({codes:?})"
