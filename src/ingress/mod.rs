@@ -1,13 +1,13 @@
 //! The HTTP side: the webhook listener and the admin listener (hyper 1.x, HTTP/1.1). Only this
-//! folder sees hyper. `accept` holds the request pipeline (normalize → dedup → accept under
+//! folder sees hyper. `pipeline` holds the request pipeline (normalize → dedup → accept under
 //! the ack mode), `server` the listeners; every failure is an [`IngressError`] and becomes a
 //! status and a JSON body in [`IngressError::status`], the one mapping.
 
-mod accept;
+mod pipeline;
 mod listener;
 mod server;
 
-pub use accept::{Accepted, Acceptor, Ingress, Parts};
+pub use pipeline::{Accepted, Acceptor, Ingress, Parts};
 pub use listener::{Limits, backlog, bind};
 pub use server::{AdminState, CLIENT_CLOSED_REQUEST, serve_admin, serve_webhooks};
 
