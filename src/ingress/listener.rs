@@ -1,6 +1,6 @@
-//! The connection loop (TCP accept with back-off) and the life of each connection, for both listeners: a connection cap that
-//! makes room by closing the longest-idle connection, a header timeout, a keep-alive idle
-//! timeout, accept errors that back off, and a shutdown that lets in-flight requests finish for
+//! The connection loop (TCP accept with back-off) and the life of each connection, for both
+//! listeners: a connection cap that makes room by closing the longest-idle connection, a header
+//! timeout, a keep-alive idle timeout, accept errors that back off, and a shutdown that lets in-flight requests finish for
 //! a bounded time and then closes what is left (a stalled client never eats the drain).
 //!
 //! Each connection's [`Activity`] is what the timeouts and the eviction look at: the IO
