@@ -89,108 +89,72 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// As [`start`].
 pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Running> {
     let (registry, metrics, router) = metrics_and_router(&config)?;
-    let sink = connect_sink(&config, &router).await?;
-    let claims = claims(&config, &metrics)?;
-    let dead_letters = open_dead_letters(&config).await?;
-    metrics
+    let shared = Shared {
+        sink: connect_sink(&config, &router).await?,
+        claims: claims(&config, &metrics)?,
+        dead_letters: open_dead_letters(&config).await?,
+        health: Health::new(),
+        router,
+        metrics,
+    };
+    shared
+        .metrics
         .spool_capacity_bytes
         .set(config.spool.max_bytes as i64);
-    let health = Health::new();
-    let (acceptor, source, ready) = acceptor(&config, &sink, &claims).await?;
+    let (acceptor, source, ready) = acceptor(&config, &shared.sink, &shared.claims).await?;
     let spool = match &source {
         Source::Spool(spool) => Some(spool.clone()),
         Source::Queue(_) => None,
     };
-
     let http = ingress::bind(config.http.listen, config.http.max_connections)
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
     let admin = ingress::bind(config.admin.listen, config.admin.max_connections)
         .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
-    let http_addr = http.local_addr()?;
-    let admin_addr = admin.local_addr()?;
+    let (http_addr, admin_addr) = (http.local_addr()?, admin.local_addr()?);
 
     let shutdown = Shutdown::new();
-    let parts = ingress::Parts {
-        router: router.clone(),
-        claims: claims.clone(),
-        metrics: metrics.clone(),
-        acceptor,
-        max_message_bytes: {
-            let sink = sink.clone();
-            Arc::new(move || sink.max_message_bytes())
-        },
-        dead_letter_dir: dead_letters.clone(),
-        cloudevents: cloudevent_names(&config),
-        faults: faults.clone(),
-    };
-    let webhook_state = Arc::new(Ingress::new(
-        &config.http,
-        &config.auth,
-        &config.ack,
-        &config.routing,
-        parts,
-    ));
-    let admin_state = Arc::new(AdminState {
+    let webhooks = serve_webhooks(&config, &shared, acceptor, faults.clone(), http, &shutdown);
+    let admin_state = AdminState {
         registry,
-        metrics: metrics.clone(),
+        metrics: shared.metrics.clone(),
         ready: ready.clone(),
-        health: health.clone(),
+        health: shared.health.clone(),
         draining: shutdown.clone(),
-    });
-    // In-flight requests get a bounded part of the grace period, so a stalled client never
-    // eats the publisher's drain.
-    let request_drain = (config.shutdown.grace / 4).min(Duration::from_secs(5));
-    let webhooks = tokio::spawn(ingress::serve_webhooks(
-        http,
-        webhook_state,
-        limits(&config, config.http.max_connections, request_drain),
-        shutdown.clone(),
-    ));
+    };
+    // The admin port stops last, on its own signal, so probes see the drain.
     let admin_stop = Shutdown::new();
+    let admin_limits = limits(
+        &config,
+        config.admin.max_connections,
+        Duration::from_secs(1),
+    );
     let admin_task = tokio::spawn(ingress::serve_admin(
         admin,
-        admin_state,
-        limits(
-            &config,
-            config.admin.max_connections,
-            Duration::from_secs(1),
-        ),
+        Arc::new(admin_state),
+        admin_limits,
         admin_stop.clone(),
     ));
-    let context = publisher::Context {
-        sink: sink.clone(),
-        metrics: metrics.clone(),
-        health: health.clone(),
-        faults,
-    };
-    let observed = Observed {
-        metrics,
-        sink: sink.clone(),
-        claims,
-        spool: spool.clone(),
-        health,
-        ready,
-        draining: shutdown.clone(),
-    };
+    let spool_probe = spool.clone();
     let publisher_drain = Shutdown::new();
+    let publisher = publisher::run(
+        source,
+        shared.publisher_context(faults),
+        publisher_config(&config, &shared.router, shared.dead_letters.clone()),
+        publisher_drain.clone(),
+    );
     let drain = Drain {
         grace: config.shutdown.grace,
         webhooks,
-        publisher: tokio::spawn(publisher::run(
-            source,
-            context,
-            publisher_config(&config, &router, dead_letters),
-            publisher_drain.clone(),
-        )),
+        publisher: tokio::spawn(publisher),
         publisher_drain,
-        sink: sink.clone(),
+        sink: shared.sink.clone(),
         spool,
-        gauges: tokio::spawn(observed.run()),
+        gauges: tokio::spawn(shared.observed(spool_probe, ready, &shutdown).run()),
         admin_stop,
         admin_task,
     };
     tracing::info!(
-        %http_addr, %admin_addr, sink = sink.name(), ack_mode = config.ack.mode.as_str(),
+        %http_addr, %admin_addr, sink = shared.sink.name(), ack_mode = config.ack.mode.as_str(),
         "hookbus started"
     );
     let trigger = shutdown.clone();
@@ -204,6 +168,77 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
         shutdown,
         task,
     })
+}
+
+/// What the webhook listener, the publisher and the gauges share.
+struct Shared {
+    router: Router,
+    metrics: Metrics,
+    sink: Arc<Sink>,
+    claims: Arc<Claims>,
+    dead_letters: Arc<DeadLetterDir>,
+    health: Health,
+}
+
+impl Shared {
+    /// What keeps the gauges, readiness and liveness current.
+    fn observed(&self, spool: Option<Spool>, ready: Readiness, draining: &Shutdown) -> Observed {
+        Observed {
+            metrics: self.metrics.clone(),
+            sink: self.sink.clone(),
+            claims: self.claims.clone(),
+            spool,
+            health: self.health.clone(),
+            ready,
+            draining: draining.clone(),
+        }
+    }
+
+    fn publisher_context(&self, faults: Faults) -> publisher::Context {
+        publisher::Context {
+            sink: self.sink.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+            faults,
+        }
+    }
+}
+
+/// Starts the webhook listener on `http`; in-flight requests get a bounded part of the grace
+/// period when `shutdown` fires, so a stalled client never eats the publisher's drain.
+fn serve_webhooks(
+    config: &Config,
+    shared: &Shared,
+    acceptor: Acceptor,
+    faults: Faults,
+    http: tokio::net::TcpListener,
+    shutdown: &Shutdown,
+) -> JoinHandle<()> {
+    let sink = shared.sink.clone();
+    let parts = ingress::Parts {
+        router: shared.router.clone(),
+        claims: shared.claims.clone(),
+        metrics: shared.metrics.clone(),
+        acceptor,
+        max_message_bytes: Arc::new(move || sink.max_message_bytes()),
+        dead_letter_dir: shared.dead_letters.clone(),
+        cloudevents: cloudevent_names(config),
+        faults,
+    };
+    let state = Ingress::new(
+        &config.http,
+        &config.auth,
+        &config.ack,
+        &config.routing,
+        parts,
+    );
+    let request_drain = (config.shutdown.grace / 4).min(Duration::from_secs(5));
+    tokio::spawn(ingress::serve_webhooks(
+        http,
+        Arc::new(state),
+        limits(config, config.http.max_connections, request_drain),
+        shutdown.clone(),
+    ))
 }
 
 /// The shutdown order, owned in one place: stop taking webhooks (in-flight ones finish within

@@ -1,7 +1,8 @@
 //! The connection loop (TCP accept with back-off) and the life of each connection, for both
 //! listeners: a connection cap that makes room by closing the longest-idle connection, a header
-//! timeout, a keep-alive idle timeout, accept errors that back off, and a shutdown that lets in-flight requests finish for
-//! a bounded time and then closes what is left (a stalled client never eats the drain).
+//! timeout, a keep-alive idle timeout, accept errors that back off, and a shutdown that lets
+//! in-flight requests finish for a bounded time and then closes what is left (a stalled client
+//! never eats the drain).
 //!
 //! Each connection's [`Activity`] is what the timeouts and the eviction look at: the IO
 //! wrapper marks the first byte of a request, the service marks it busy and done.
@@ -264,6 +265,57 @@ impl Registry {
     }
 }
 
+/// The next connection; `None` once `stop` fires. An accept error (out of file descriptors and
+/// the like) pauses for `backoff`, doubled up to a second, instead of spinning.
+async fn accept(
+    listener: &TcpListener,
+    backoff: &mut Duration,
+    stop: &Shutdown,
+) -> Option<TcpStream> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    *backoff = Duration::from_millis(5);
+                    return Some(stream);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, backoff = ?*backoff, "accept failed; pausing");
+                    tokio::select! {
+                        () = tokio::time::sleep(*backoff) => {}
+                        () = stop.wait() => return None,
+                    }
+                    *backoff = (*backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+            () = stop.wait() => return None,
+        }
+    }
+}
+
+/// A place under the connection cap; at the cap the longest-idle connection is closed to make
+/// room. `None` once `stop` fires.
+async fn admit(
+    permits: &Arc<Semaphore>,
+    registry: &Arc<Mutex<Registry>>,
+    stop: &Shutdown,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(permit) = permits.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    let evicted = registry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .evict_oldest();
+    if !evicted {
+        tracing::debug!("connection cap reached with every connection busy");
+    }
+    tokio::select! {
+        permit = permits.clone().acquire_owned() => permit.ok(),
+        () = stop.wait() => None,
+    }
+}
+
 /// Serves connections from `listener` until `stop` fires. `service` makes the service of one
 /// connection from its [`Activity`] (which the service must mark busy and idle).
 pub async fn serve<S, F>(
@@ -287,44 +339,11 @@ pub async fn serve<S, F>(
     let mut connections = JoinSet::new();
     let mut backoff = Duration::from_millis(5);
     loop {
-        let stream: TcpStream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    backoff = Duration::from_millis(5);
-                    stream
-                }
-                Err(error) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(%error, ?backoff, "accept failed; pausing");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = stop.wait() => break,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-            () = stop.wait() => break,
+        let Some(stream) = accept(&listener, &mut backoff, &stop).await else {
+            break;
         };
-        // At the cap, the longest-idle connection makes room for this one.
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let evicted = registry
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .evict_oldest();
-                if !evicted {
-                    tracing::debug!("connection cap reached with every connection busy");
-                }
-                tokio::select! {
-                    permit = permits.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
-                    () = stop.wait() => break,
-                }
-            }
+        let Some(permit) = admit(&permits, &registry, &stop).await else {
+            break;
         };
         while connections.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);

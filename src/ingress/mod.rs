@@ -3,12 +3,12 @@
 //! the ack mode), `server` the listeners; every failure is an [`IngressError`] and becomes a
 //! status and a JSON body in [`IngressError::status`], the one mapping.
 
-mod pipeline;
 mod listener;
+mod pipeline;
 mod server;
 
-pub use pipeline::{Accepted, Acceptor, Ingress, Parts};
 pub use listener::{Limits, backlog, bind};
+pub use pipeline::{Accepted, Acceptor, Ingress, Parts};
 pub use server::{AdminState, CLIENT_CLOSED_REQUEST, serve_admin, serve_webhooks};
 
 use hyper::StatusCode;

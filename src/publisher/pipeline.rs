@@ -154,22 +154,7 @@ impl<'a> Pipeline<'a> {
                 taken = rx.recv_many(&mut batch, room.min(256)), if take => {
                     // 0: the queue is closed and empty (or the spool feeder stopped).
                     source_done = taken == 0;
-                    let mut waited_on = false;
-                    for job in &mut batch {
-                        waited_on |= matches!(job.done, Done::Ticket(_));
-                        self.overflow(job);
-                    }
-                    let topics = batch.iter().map(|j| j.message.topic.as_str());
-                    let ready = sink.prepare_batch(topics).map(FutureExt::shared);
-                    let small = batch.len() < LINGER_BELOW;
-                    for job in batch.drain(..) {
-                        let mark = self.marks.open(job.received_ms);
-                        self.launch(job, mark, ready.clone());
-                    }
-                    // A short linger after a small batch lets the next requests queue up, so
-                    // one wake-up serves many (cross-thread wake-ups cost more than the work
-                    // here). Not when a request waits for the confirmation (`publish` mode).
-                    if small && !draining && !waited_on {
+                    if self.launch_batch(&mut batch) && !draining {
                         lingering = true;
                         linger.as_mut().reset(Instant::now() + LINGER);
                     }
@@ -180,6 +165,30 @@ impl<'a> Pipeline<'a> {
             }
         }
         self.gauges(rx.len());
+    }
+
+    /// Sends every job of `batch` (emptied), in order, after its topics are prepared. Returns
+    /// whether to linger before taking more: a short linger after a small batch lets the next
+    /// requests queue up, so one wake-up serves many (cross-thread wake-ups cost more than the
+    /// work here); not when a request waits for the confirmation (`publish` mode).
+    fn launch_batch(&mut self, batch: &mut Vec<Job>) -> bool {
+        let mut waited_on = false;
+        for job in batch.iter_mut() {
+            waited_on |= matches!(job.done, Done::Ticket(_));
+            self.overflow(job);
+        }
+        let topics = batch.iter().map(|j| j.message.topic.as_str());
+        let ready = self
+            .context
+            .sink
+            .prepare_batch(topics)
+            .map(FutureExt::shared);
+        let small = batch.len() < LINGER_BELOW;
+        for job in batch.drain(..) {
+            let mark = self.marks.open(job.received_ms);
+            self.launch(job, mark, ready.clone());
+        }
+        small && !waited_on
     }
 
     /// Sends an event whose topic is over `kafka.max_topics` to the overflow destination.
