@@ -54,7 +54,37 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
         _ => {}
     }
+    let (mut segments, corrupt_records) = scan_all(dir, names)?;
+    let last_end = segments.back().map_or(0, |s| s.end_seq);
+    let next_seq = last_end.max(checkpoint.unwrap_or(0));
+    writable_last(dir, &mut segments, next_seq)?;
+    let (state, active) = state_of(segments, checkpoint, next_seq)?;
+    let pending = state.pending;
+    let used_bytes = state.used_bytes;
+    info!(
+        dir = %dir.display(),
+        segments = state.segments.len(),
+        pending,
+        bytes = used_bytes,
+        first_unconfirmed = state.low,
+        next_seq,
+        "spool opened"
+    );
+    Ok(Recovered {
+        checkpoint: state.low,
+        state,
+        active,
+        corrupt_records,
+    })
+}
 
+/// Every segment validated in seq order (damage split off into a file of its own and scanned
+/// in turn); empty segments before the last are removed. Returns them and the records lost to
+/// corruption.
+fn scan_all(
+    dir: &Path,
+    names: Vec<(u64, PathBuf, u64)>,
+) -> Result<(VecDeque<SegmentMeta>, u64), SpoolError> {
     let mut segments: VecDeque<SegmentMeta> = VecDeque::new();
     let mut todo: VecDeque<(u64, PathBuf, u64)> = names.into();
     let mut corrupt_records = 0;
@@ -93,8 +123,16 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         segments.push_back(meta);
     }
 
-    let last_end = segments.back().map_or(0, |s| s.end_seq);
-    let next_seq = last_end.max(checkpoint.unwrap_or(0));
+    Ok((segments, corrupt_records))
+}
+
+/// Makes the last segment the writer's: it must end exactly where the next append goes, be of
+/// the current version, and exist.
+fn writable_last(
+    dir: &Path,
+    segments: &mut VecDeque<SegmentMeta>,
+    next_seq: u64,
+) -> Result<(), SpoolError> {
     // The last segment is the writer's: it must end exactly where the next append goes, it
     // must be of the current version (a v0 file from before versions is left to be read and
     // deleted, never extended), and a segment file must always exist so the next seq
@@ -123,6 +161,15 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         });
     }
 
+    Ok(())
+}
+
+/// The in-memory state and the writer's active segment for the recovered segments.
+fn state_of(
+    segments: VecDeque<SegmentMeta>,
+    checkpoint: Option<u64>,
+    next_seq: u64,
+) -> Result<(State, ActiveInit), SpoolError> {
     let first = segments.front().map_or(next_seq, |s| s.first_seq);
     let low = checkpoint.unwrap_or(0).max(first).min(next_seq);
     let pending = segments
@@ -162,21 +209,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
     for gap in gaps {
         state.skip_missing(gap);
     }
-    info!(
-        dir = %dir.display(),
-        segments = state.segments.len(),
-        pending,
-        bytes = used_bytes,
-        first_unconfirmed = state.low,
-        next_seq,
-        "spool opened"
-    );
-    Ok(Recovered {
-        checkpoint: state.low,
-        state,
-        active,
-        corrupt_records,
-    })
+    Ok((state, active))
 }
 
 /// The watermark in the checkpoint file; `None` when there is none or it is unreadable
