@@ -277,35 +277,13 @@ fn read_batch(
         }
         drop(reader);
         if let Some(reason) = invalid {
-            let mut rest = vec![0u8; (seg.bytes.saturating_sub(offset)) as usize];
-            let resumed = (&open.file)
-                .seek(SeekFrom::Start(seg.data_start + offset))
-                .and_then(|_| io::Read::read_exact(&mut &open.file, &mut rest))
-                .ok()
-                .and_then(|()| format::next_valid(&rest, at_seq.saturating_sub(1)));
-            let Some((at, next_seq)) = resumed else {
-                return Ok((
-                    BatchOut::skipping(records, at_seq..seg.end_seq, reason),
-                    None,
-                ));
-            };
-            let file_offset = seg.data_start + offset;
-            let aside = format::keep_corrupt(dir, &seg.path, file_offset, &rest[..at]);
-            error!(
-                segment = %seg.path.display(), offset = file_offset, damaged_bytes = at, reason,
-                lost_from_seq = at_seq, lost_to_seq = next_seq, kept = ?aside,
-                "spool: corrupt records; reading resumes at the next valid record"
-            );
-            let out = BatchOut {
+            let damage = Damage {
                 records,
-                cursor: Cursor {
-                    seq: next_seq,
-                    at: Some((seg.first_seq, offset + at as u64)),
-                },
-                lost: Some((at_seq..next_seq, reason)),
-                corrupt: next_seq - at_seq,
+                offset,
+                at_seq,
+                reason,
             };
-            return Ok((out, Some(open)));
+            return Ok(resume_after_damage(dir, seg, open, damage));
         }
         cursor = Cursor {
             seq: at_seq,
@@ -388,4 +366,60 @@ pub(super) fn scan_since(
         debug_assert!(seq >= seg.first_seq);
     }
     Ok(())
+}
+
+/// Where a batch stopped on a damaged record.
+struct Damage {
+    /// The records read before it.
+    records: Vec<Record>,
+    /// Its offset (from the segment's data start) and seq.
+    offset: u64,
+    at_seq: u64,
+    reason: &'static str,
+}
+
+/// After a damaged record: the batch read so far, resumed at the next valid record of the
+/// segment (the damaged bytes kept aside and logged), or ended at the segment when nothing
+/// valid follows.
+fn resume_after_damage(
+    dir: &std::path::Path,
+    seg: &SegmentView,
+    open: OpenSegment,
+    damage: Damage,
+) -> (BatchOut, Option<OpenSegment>) {
+    let Damage {
+        records,
+        offset,
+        at_seq,
+        reason,
+    } = damage;
+    let mut rest = vec![0u8; (seg.bytes.saturating_sub(offset)) as usize];
+    let resumed = (&open.file)
+        .seek(SeekFrom::Start(seg.data_start + offset))
+        .and_then(|_| io::Read::read_exact(&mut &open.file, &mut rest))
+        .ok()
+        .and_then(|()| format::next_valid(&rest, at_seq.saturating_sub(1)));
+    let Some((at, next_seq)) = resumed else {
+        return (
+            BatchOut::skipping(records, at_seq..seg.end_seq, reason),
+            None,
+        );
+    };
+    let file_offset = seg.data_start + offset;
+    let aside = format::keep_corrupt(dir, &seg.path, file_offset, &rest[..at]);
+    error!(
+        segment = %seg.path.display(), offset = file_offset, damaged_bytes = at, reason,
+        lost_from_seq = at_seq, lost_to_seq = next_seq, kept = ?aside,
+        "spool: corrupt records; reading resumes at the next valid record"
+    );
+    let out = BatchOut {
+        records,
+        cursor: Cursor {
+            seq: next_seq,
+            at: Some((seg.first_seq, offset + at as u64)),
+        },
+        lost: Some((at_seq..next_seq, reason)),
+        corrupt: next_seq - at_seq,
+    };
+    (out, Some(open))
 }
