@@ -1,7 +1,7 @@
 //! Wiring only: builds the registry, sink, spool or queue, dedup set and both listeners from
-//! the config sections, runs them, and orders the drain on shutdown (DESIGN §10): readiness
-//! 503 → stop accepting → finish in-flight requests → publish what is queued within
-//! `shutdown.grace` → flush the producer → close the spool.
+//! the config sections and runs them; [`Drain`] orders the shutdown (docs/configuration.md,
+//! "Shutdown"): readiness 503 → stop accepting → finish in-flight requests → publish what is
+//! queued within `shutdown.grace` → flush the producer → close the spool.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

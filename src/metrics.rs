@@ -1,4 +1,4 @@
-//! The Prometheus handles of DESIGN §9, registered into a registry the caller owns (no
+//! The Prometheus handles (docs/metrics.md), registered into a registry the caller owns (no
 //! globals). Every label value comes from a fixed set and every series of those sets is created
 //! at start-up, so `rate()` works before the first event. Handles are resolved once here; the
 //! hot path only touches atomics.

@@ -40,7 +40,7 @@ impl Unauthorized {
     }
 }
 
-/// Every way a webhook request can fail, each with its status and error code (DESIGN §3).
+/// Every way a webhook request can fail, each with its status and error code (docs/events.md).
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
     #[error("{0}")]

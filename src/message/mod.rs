@@ -115,7 +115,7 @@ pub struct DeadLetter<'a> {
     pub index: Option<usize>,
 }
 
-/// The message for `event`: routed by `router`, the §6 JSON as payload, the contract's headers
+/// The message for `event`: routed by `router`, the event JSON as payload, the contract's headers
 /// and, with `cloudevents` (the sink's header names), the CloudEvents attributes.
 ///
 /// # Errors

@@ -1,7 +1,7 @@
 //! Pure normalization: one webhook request body → the normalized presence events it carries.
 //!
-//! Owns the [`Event`] type (the published message value, DESIGN §6), generation detection and
-//! the 400 rules of DESIGN §3. One file per PubNub generation. Must stay synchronous and free of
+//! Owns the [`Event`] type (the published message value, docs/events.md), generation detection and
+//! the 400 rules (docs/events.md). One file per PubNub generation. Must stay synchronous and free of
 //! I/O: no tokio, hyper or broker crate, no clock (the receive time is passed in).
 
 pub mod bounded;
@@ -127,9 +127,9 @@ impl fmt::Display for Format {
     }
 }
 
-/// One normalized presence event: the message value published to the broker (DESIGN §6).
+/// One normalized presence event: the message value published to the broker (docs/events.md).
 ///
-/// Serializes to the §6 JSON (with the constant `schema` and `source` fields, in §6 order) and
+/// Serializes to the event JSON (with the constant `schema` and `source` fields, in the documented order) and
 /// deserializes from it, so spooled events read back unchanged. `docs/event.schema.json`
 /// describes the same JSON.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -224,7 +224,7 @@ pub struct Delta {
 }
 
 impl Event {
-    /// The message value: the §6 JSON, fields in §6 order, absent fields as `null`.
+    /// The message value: the event JSON, fields in the documented order, absent fields as `null`.
     pub fn to_json(&self) -> Vec<u8> {
         // Cannot fail: every field is a string, integer, bool or a `Value` (string keys,
         // finite numbers), and writing into a Vec does no I/O.

@@ -1,4 +1,4 @@
-//! The §6 wire form of [`Event`]: serialization in the contract's field order with the
+//! The wire form of [`Event`]: serialization in the contract's field order with the
 //! constant `schema` and `source` fields, and the checked read-back used for spooled events.
 //!
 //! Borrowing serializer (no clone per event); `Event::to_json` is the only caller on the hot path.
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::{Action, Delta, Event, Format, SCHEMA, SOURCE, State};
 
-/// The §6 field order, borrowed from an [`Event`], with the constant fields filled in.
+/// The field order, borrowed from an [`Event`], with the constant fields filled in.
 #[derive(Serialize)]
 struct WireEventRef<'a> {
     schema: &'static str,
@@ -50,7 +50,7 @@ impl Serialize for Event {
     }
 }
 
-/// The §6 JSON as read back; `schema` and `source` are optional but checked when present.
+/// The event JSON as read back; `schema` and `source` are optional but checked when present.
 #[derive(Deserialize)]
 pub(super) struct WireEvent {
     #[serde(default)]

@@ -1,6 +1,6 @@
 //! Event → destination name (Kafka topic / NATS subject), the escaping that makes any channel
 //! name safe for both brokers, and its inverse. Pure: no I/O, no broker crate. The rules
-//! (DESIGN §7) live here only.
+//! (docs/events.md, "Topic and subject names") live here only.
 //!
 //! Escaping: bytes of the UTF-8 value in `[A-Za-z0-9-]` stay; every other byte becomes `_`
 //! followed by two uppercase hex digits. A name longer than 249 bytes keeps the longest prefix of

@@ -1,5 +1,5 @@
 //! Write-ahead spool: durable local log of opaque records between the ingress ack and the
-//! broker publish (DESIGN §5 `ack.mode = "spool"`).
+//! broker publish (`ack.mode = "spool"`, docs/configuration.md).
 //!
 //! Owns the spool directory: segment files, the confirmed-watermark checkpoint, recovery of a
 //! torn tail, group-commit fsync on a dedicated thread, and deletion of published segments.

@@ -15,7 +15,7 @@ macro_rules! corpus {
     };
 }
 
-/// Expected events as §6 JSON minus the constant `schema`, `source` and `received_at_ms`.
+/// Expected events as event JSON minus the constant `schema`, `source` and `received_at_ms`.
 /// G1 ids are `sha256sum FILE | cut -c1-32` (the files end with a newline, hashed too).
 fn fixture_table() -> Vec<((&'static str, &'static [u8]), Value)> {
     vec![

@@ -1,5 +1,6 @@
-//! Table-driven tests over every PubNub fixture and bad input, edge cases of DESIGN §3/§6, the
-//! §6 wire format and `docs/event.schema.json`, and property tests (never panics, round-trips).
+//! Table-driven tests over every PubNub fixture and bad input, edge cases of the HTTP answers
+//! and the event format (docs/events.md), the wire format and `docs/event.schema.json`, and
+//! property tests (never panics, round-trips).
 
 mod fixtures;
 mod generations;

@@ -1,4 +1,4 @@
-//! The §6 wire format: field order, constant fields, read-back, names, and the published
+//! The wire format: field order, constant fields, read-back, names, and the published
 //! JSON Schema kept in step with the type.
 
 use serde_json::{Value, json};
@@ -124,7 +124,7 @@ fn published_json_schema_matches_the_event() {
             .unwrap();
     let wire_keys: Vec<&String> = wire.as_object().unwrap().keys().collect();
     let doc_keys: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
-    assert_eq!(wire_keys, doc_keys, "properties in §6 order");
+    assert_eq!(wire_keys, doc_keys, "properties in the documented order");
     let required: Vec<&str> = schema["required"]
         .as_array()
         .unwrap()
