@@ -3,6 +3,7 @@
 //! the ack mode), `server` the listeners; every failure is an [`IngressError`] and becomes a
 //! status and a JSON body in [`IngressError::status`], the one mapping.
 
+mod dead_letter;
 mod listener;
 mod pipeline;
 mod server;

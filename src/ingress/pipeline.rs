@@ -20,7 +20,7 @@ use super::{IngressError, Unauthorized};
 use crate::config::{AckConfig, AuthConfig, HttpConfig, RoutingConfig};
 use crate::dedup::{Claims, Held, Id, Key, Seen};
 use crate::faults::Faults;
-use crate::message::{self, DeadLetter, DeadLetterBudget, DeadLetterDir};
+use crate::message::{self, DeadLetterBudget, DeadLetterDir};
 use crate::metrics::Metrics;
 use crate::normalize::{self, Event};
 use crate::publisher::{Done, Job, QueueSender, Ticket};
@@ -445,121 +445,13 @@ impl Ingress {
         })
     }
 
-    /// Keeps a rejected body: published byte-identical to the dead-letter destination, or
-    /// written to `spool.dir/dead-letters/` when larger than the broker accepts. The same body
-    /// again within the dedup window (PubNub retrying a 400) is not dead-lettered twice.
-    async fn dead_letter(
-        &self,
-        body: Bytes,
-        reason: &'static str,
-        error: &str,
-        received_ms: u64,
-    ) -> Result<(), IngressError> {
-        let id = format!("dead-letter:{}", normalize::body_id(&body));
-        let key = self.claims.id(&id);
-        let mut held = Held::new(&self.claims);
-        let found = self
-            .claims
-            .claim(
-                std::slice::from_ref(&key),
-                now_ms,
-                self.pending_wait,
-                &mut held,
-            )
-            .await
-            .map_err(|_| {
-                IngressError::Unavailable(
-                    "an earlier delivery of this body is still being dead-lettered; retry shortly"
-                        .to_owned(),
-                )
-            })?;
-        if found != [Seen::New] {
-            return Ok(());
-        }
-        // Leave room for the headers in the broker's message limit.
-        if body.len() + 1024 > (self.max_message_bytes)() {
-            if self.write_dead_letter(body, "too_large").await {
-                held.commit_all(now_ms());
-                self.metrics.dead_letter("too_large");
-            }
-            return Ok(());
-        }
-        if !self.dead_letter_budget.try_take(body.len(), now_ms()) {
-            self.spill(body, reason, 1).await;
-            held.commit_all(now_ms());
-            return Ok(());
-        }
-        let job = self.dead_letter_job(body, reason, error, None, id, received_ms);
-        self.accept(vec![(key, job)], held).await?;
-        self.metrics.dead_letter(reason);
-        Ok(())
-    }
-
-    /// Keeps `body` on disk as the dead letter of `count` refused items (or of itself) once the
-    /// window's broker budget is spent; counted as dead letters of `reason`, and as spilled.
-    async fn spill(&self, body: Bytes, reason: &'static str, count: usize) {
-        if self.write_dead_letter(body, reason).await {
-            self.metrics.dead_letters_spilled.inc_by(count as u64);
-            for _ in 0..count {
-                self.metrics.dead_letter(reason);
-            }
-        } else if count > 1 {
-            // One `dropped` was counted for the body; the other items went with it.
-            for _ in 1..count {
-                self.metrics.dead_letter("dropped");
-            }
-        }
-    }
-
-    /// Writes a dead letter to `spool.dir/dead-letters/` off the runtime; `false` (counted as
-    /// dropped, logged at a bounded rate) when the directory is at its budget or the disk
-    /// refuses. The answer to the client does not depend on it: the body is refused either
-    /// way.
-    async fn write_dead_letter(&self, body: Bytes, reason: &'static str) -> bool {
-        let dir = self.dead_letter_dir.clone();
-        let bytes = body.len();
-        let written = tokio::task::spawn_blocking(move || dir.write(&body, reason)).await;
-        let error = match written {
-            Ok(Ok(_)) => return true,
-            Ok(Err(error)) => error.to_string(),
-            Err(error) => error.to_string(),
-        };
-        self.metrics.dead_letter("dropped");
-        if let Some(suppressed) = message::DROPPED_LOG.admit(now_ms()) {
-            tracing::error!(%error, bytes, suppressed, "dead letter dropped");
-        }
-        false
-    }
-
-    /// The dead letter of a rejected body or batch item: its bytes as they came, the reason,
-    /// the error sent to the client and, for an item, its index in the batch.
-    fn dead_letter_job(
-        &self,
-        payload: Bytes,
-        reason: &'static str,
-        error: &str,
-        index: Option<usize>,
-        id: String,
-        received_ms: u64,
-    ) -> Job {
-        let why = DeadLetter {
-            reason,
-            error,
-            index,
-        };
-        Job {
-            message: message::dead_letter(payload, &why, self.router.dead_letter(), None, Some(id)),
-            action: None,
-            received_ms,
-            event_ms: None,
-            done: Done::Nobody,
-            charge: None,
-        }
-    }
-
     /// Accepts `jobs` (each with its pending key, held in `held`) under the ack mode, all or
     /// none, and settles their keys: committed on success, released on failure.
-    async fn accept(&self, jobs: Vec<(Id, Job)>, mut held: Held) -> Result<(), IngressError> {
+    pub(super) async fn accept(
+        &self,
+        jobs: Vec<(Id, Job)>,
+        mut held: Held,
+    ) -> Result<(), IngressError> {
         if jobs.is_empty() {
             return Ok(());
         }

@@ -3,6 +3,7 @@
 //! call order (so per-channel order holds), and the returned [`Confirm`] resolves when the broker
 //! has confirmed it. Each sink classifies its client's errors in one function.
 
+mod jetstream;
 mod kafka;
 mod nats;
 mod stdout;
