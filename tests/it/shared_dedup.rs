@@ -3,14 +3,12 @@
 //! duplicate there; a claim left by a killed replica expires; the store going away never fails
 //! a request, and coming back restores shared dedup without a restart.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::kafka::{assert_exactly_once, consume};
-use common::proxy::Proxy;
-use common::*;
+use crate::common::kafka::{assert_exactly_once, consume};
+use crate::common::proxy::Proxy;
+use crate::common::*;
 
 const SECS: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_secs(2);
@@ -110,7 +108,7 @@ async fn a_claim_left_by_a_killed_replica_expires_and_the_retry_is_published() {
     let dir = tempfile::tempdir().unwrap();
     // Replica A loses the broker after connecting: its publish-mode request claims the id and
     // hands the event to the producer (the topic exists), which cannot deliver it.
-    common::kafka::create_topics(&broker.brokers(), &[TOPIC], 1).await;
+    crate::common::kafka::create_topics(&broker.brokers(), &[TOPIC], 1).await;
     let mut a = Process::spawn(
         &dir.path().join("a"),
         &replica(&broker.brokers(), &redis.url(), "publish"),

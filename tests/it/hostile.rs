@@ -2,12 +2,10 @@
 //! connections, many large bodies at once, oversized batches, bad tokens, dead letters that
 //! would fill the disk, and mutated or random bodies. Loopback only, every wait bounded.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -3,12 +3,10 @@
 //! unenveloped twin on NATS and Kafka, and with `routing.cloudevents` a CloudEvents SDK in
 //! another language (Python) reads every message as a valid CloudEvent.
 
-mod common;
-
 use std::time::Duration;
 
-use common::kafka::{Record, assert_exactly_once, consume};
-use common::*;
+use crate::common::kafka::{Record, assert_exactly_once, consume};
+use crate::common::*;
 
 const QUIET: Duration = Duration::from_secs(2);
 

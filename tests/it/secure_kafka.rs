@@ -4,14 +4,12 @@
 //! client certificate or a wrong password is a clear error in the log, the sink stays down
 //! and spool mode keeps accepting.
 
-mod common;
-
 use std::time::Duration;
 
-use common::kafka::Reader;
-use common::pki::Pki;
-use common::stunnel::Stunnel;
-use common::*;
+use crate::common::kafka::Reader;
+use crate::common::pki::Pki;
+use crate::common::stunnel::Stunnel;
+use crate::common::*;
 
 const SECS: Duration = Duration::from_secs(30);
 
@@ -46,7 +44,7 @@ async fn fixtures_round_trip(
     .await
     .unwrap();
     let ids = expected.iter().map(|(_, _, e)| e["id"].as_str().unwrap());
-    common::kafka::assert_exactly_once(&records, ids);
+    crate::common::kafka::assert_exactly_once(&records, ids);
 }
 
 /// hookbus with `properties` cannot get through: 200 in spool mode, sink down, and the log

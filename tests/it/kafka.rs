@@ -3,11 +3,9 @@
 //! topic with the raw channel as key, the contract's headers and JSON; bad input is
 //! dead-lettered byte-identical.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};

@@ -2,13 +2,11 @@
 //! and a real Prometheus server scraping hookbus answers queries for duplicates and an ack
 //! latency quantile.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn offline(spool: &std::path::Path) -> hookbus::config::Config {
     let dead = free_port();

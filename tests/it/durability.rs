@@ -3,8 +3,6 @@
 //! and SIGTERM under load. Every event answered 200 must reach the broker, none twice on
 //! JetStream, none corrupted.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::*;
+use crate::common::*;
 use tokio::sync::Mutex;
 
 const LONG: Duration = Duration::from_secs(60);

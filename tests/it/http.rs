@@ -1,9 +1,7 @@
 //! The webhook listener's contract (DESIGN §3) without a reachable broker: `memory` mode
 //! accepts into the queue while the NATS client keeps trying a port nobody listens on.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn offline(spool: &std::path::Path, extra: &str) -> hookbus::config::Config {
     let dead = free_port();

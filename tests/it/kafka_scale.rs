@@ -3,12 +3,10 @@
 //! that existed at start never count against it, and routing rules send whole channel
 //! families to one topic keyed by channel.
 
-mod common;
-
 use std::time::Duration;
 
-use common::kafka::{assert_exactly_once, consume, create_topics};
-use common::*;
+use crate::common::kafka::{assert_exactly_once, consume, create_topics};
+use crate::common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
 

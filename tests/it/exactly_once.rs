@@ -5,14 +5,12 @@
 //! needs to rebuild the dedup set. NATS variants also assert that JetStream's own dedup
 //! (`hookbus_broker_duplicates_total`) never had to hide a second publish.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::kafka::{Record, assert_exactly_once, consume, create_topics};
-use common::proxy::Proxy;
-use common::*;
+use crate::common::kafka::{Record, assert_exactly_once, consume, create_topics};
+use crate::common::proxy::Proxy;
+use crate::common::*;
 use hookbus::faults::Faults;
 
 const SECS: Duration = Duration::from_secs(30);
