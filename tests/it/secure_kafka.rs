@@ -6,22 +6,21 @@
 
 use std::time::Duration;
 
-use crate::common::kafka::Reader;
+use crate::common::kafka::{Reader, assert_exactly_once, kafka};
 use crate::common::pki::Pki;
 use crate::common::stunnel::Stunnel;
 use crate::common::*;
 
 const SECS: Duration = Duration::from_secs(30);
 
+/// [`kafka`] in spool mode with short timeouts and these client `properties`.
 fn kafka_section(brokers: &str, properties: &[(&str, String)]) -> String {
-    let mut toml = format!(
-        "[ack]\nmode = \"spool\"\n[sink]\nkind = \"kafka\"\ntimeout = \"5s\"\nmax_backoff = \"200ms\"\n\
-         [kafka]\nbrokers = \"{brokers}\"\npartitions = 1\n[kafka.properties]\n"
-    );
+    let mut extra =
+        "[sink]\ntimeout = \"5s\"\nmax_backoff = \"200ms\"\n[kafka.properties]\n".to_owned();
     for (k, v) in properties {
-        toml.push_str(&format!("{k:?} = {v:?}\n"));
+        extra.push_str(&format!("{k:?} = {v:?}\n"));
     }
-    toml
+    kafka(brokers, "spool", &extra)
 }
 
 /// Posts every fixture and reads them back with a consumer using `consumer` settings.
@@ -44,7 +43,7 @@ async fn fixtures_round_trip(
     .await
     .unwrap();
     let ids = expected.iter().map(|(_, _, e)| e["id"].as_str().unwrap());
-    crate::common::kafka::assert_exactly_once(&records, ids);
+    assert_exactly_once(&records, ids);
 }
 
 /// hookbus with `properties` cannot get through: 200 in spool mode, sink down, and the log

@@ -406,12 +406,20 @@ fn config_text(spool_dir: &Path, http: &str, admin: &str, fragments: &[&str]) ->
          [spool]\ndir = {:?}\nsegment_bytes = 1048576\n[shutdown]\ngrace = \"10s\"\n",
         spool_dir.display().to_string()
     );
-    let mut merged: toml::Table = base.parse().expect("base config");
-    for extra in fragments {
-        let extra: toml::Table = extra
+    let mut all = vec![base.as_str()];
+    all.extend_from_slice(fragments);
+    toml::to_string(&merge_toml(&all)).expect("serialize config")
+}
+
+/// TOML `fragments` merged in order, section by section: a later fragment's keys replace
+/// those of the same section (sections may repeat across fragments, unlike in one file).
+pub fn merge_toml(fragments: &[&str]) -> toml::Table {
+    let mut merged = toml::Table::new();
+    for fragment in fragments {
+        let fragment: toml::Table = fragment
             .parse()
-            .unwrap_or_else(|e| panic!("test config fragment: {e}\n{extra}"));
-        for (section, value) in extra {
+            .unwrap_or_else(|e| panic!("test config fragment: {e}\n{fragment}"));
+        for (section, value) in fragment {
             match (merged.get_mut(&section), value) {
                 (Some(toml::Value::Table(into)), toml::Value::Table(from)) => into.extend(from),
                 (_, value) => {
@@ -420,7 +428,7 @@ fn config_text(spool_dir: &Path, http: &str, admin: &str, fragments: &[&str]) ->
             }
         }
     }
-    toml::to_string(&merged).expect("serialize config")
+    merged
 }
 
 pub async fn start(config: Config) -> Running {
