@@ -282,10 +282,10 @@ impl NatsSink {
     /// created with the dead-letter subject alone and limits of its own
     /// (`nats.dead_letter_max_bytes`, `nats.dead_letter_max_age`).
     async fn prepare_dead_letters(&self, js: &jetstream::Context) -> Result<(), SinkError> {
-        if let Ok(name) = js.stream_by_subject(self.dead_letter.clone()).await {
-            if name != self.stream {
-                return Ok(());
-            }
+        if let Ok(name) = js.stream_by_subject(self.dead_letter.clone()).await
+            && name != self.stream
+        {
+            return Ok(());
         }
         let c = &self.config;
         let name = c.dead_letter_stream_name();
