@@ -1,6 +1,5 @@
 //! Test helpers: real broker processes on free loopback ports (stopped on drop), hookbus started
 //! in-process on port 0, a minimal HTTP/1.1 client, and condition waits with deadlines.
-#![allow(dead_code)]
 
 pub mod kafka;
 pub mod nats_jwt;

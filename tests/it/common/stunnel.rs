@@ -7,7 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Stunnel {
-    pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -45,7 +44,6 @@ impl Stunnel {
             .spawn()
             .expect("stunnel4 on PATH (scripts/setup installs it)");
         let tunnel = Stunnel {
-            port,
             dir,
             child: Some(child),
         };
