@@ -551,7 +551,7 @@ async fn a_restart_rebuilds_the_dedup_set_within_the_tables_memory() {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "[ack]\nmode = \"spool\"\n[spool]\nmax_bytes = 1073741824\n[nats]\nurl = \"nats://127.0.0.1:{}\"",
-        free_port()
+        dead_port()
     );
     // A full window of spooled events (~500-byte records), written with the spool's own API.
     let full = dir.path().join("full");

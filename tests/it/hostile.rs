@@ -17,7 +17,7 @@ fn offline(extra: &str) -> String {
     format!(
         "[ack]\nmode = \"memory\"\n[nats]\nurl = \"nats://127.0.0.1:{}\"\n\
          [shutdown]\ngrace = \"2s\"\n{extra}",
-        free_port()
+        dead_port()
     )
 }
 

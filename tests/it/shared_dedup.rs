@@ -226,7 +226,7 @@ async fn an_eviction_policy_that_can_drop_claims_is_warned_about() {
         dir.path(),
         &format!(
             "[ack]\nmode = \"memory\"\n[nats]\nurl = \"nats://127.0.0.1:{}\"\n[dedup]\nshared = \"{}\"",
-            free_port(),
+            dead_port(),
             redis.url()
         ),
     ))
