@@ -3,21 +3,12 @@
 //! unenveloped twin on NATS and Kafka, and with `routing.cloudevents` a CloudEvents SDK in
 //! another language (Python) reads every message as a valid CloudEvent.
 
-mod common;
-
 use std::time::Duration;
 
-use common::kafka::{Record, assert_exactly_once, consume};
-use common::*;
+use crate::common::kafka::{Record, assert_exactly_once, consume, kafka};
+use crate::common::*;
 
 const QUIET: Duration = Duration::from_secs(2);
-
-fn kafka(brokers: &str, extra: &str) -> String {
-    format!(
-        "[ack]\nmode = \"spool\"\n[sink]\nkind = \"kafka\"\n\
-         [kafka]\nbrokers = \"{brokers}\"\npartitions = 1\n{extra}"
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_invalid_items_publishes_the_valid_ones_and_dead_letters_each_bad_one() {
@@ -27,6 +18,7 @@ async fn a_batch_with_invalid_items_publishes_the_valid_ones_and_dead_letters_ea
         dir.path(),
         &kafka(
             &broker.brokers(),
+            "spool",
             "[routing]\ntemplate = \"presence.all.{action}\"",
         ),
     ))
@@ -185,6 +177,7 @@ async fn every_envelope_round_trips_through_kafka() {
             dir.path(),
             &kafka(
                 &broker.brokers(),
+                "spool",
                 &format!(
                     "[routing]\ntemplate = \"env{n}.all.{{action}}\"\ndead_letter = \"env{n}.dead\""
                 ),
@@ -273,7 +266,7 @@ async fn cloudevents_on_kafka_read_by_the_python_sdk() {
     let dir = tempfile::tempdir().unwrap();
     let hb = start(config(
         dir.path(),
-        &kafka(&broker.brokers(), "[routing]\ncloudevents = true"),
+        &kafka(&broker.brokers(), "spool", "[routing]\ncloudevents = true"),
     ))
     .await;
     let expected = post_fixtures(hb.http_addr).await;

@@ -2,12 +2,10 @@
 //! re-posted Events & Actions batch only for its new items, a failed accept releases the ids
 //! so the retry goes through, and replicas sharing a stream are deduplicated by the broker.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use async_nats::jetstream;
-use common::*;
 
 const SECS: Duration = Duration::from_secs(20);
 

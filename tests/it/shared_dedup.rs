@@ -3,26 +3,29 @@
 //! duplicate there; a claim left by a killed replica expires; the store going away never fails
 //! a request, and coming back restores shared dedup without a restart.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::kafka::{assert_exactly_once, consume};
-use common::proxy::Proxy;
-use common::*;
+use crate::common::kafka::{assert_exactly_once, consume, create_topics, kafka};
+use crate::common::proxy::Proxy;
+use crate::common::*;
 
 const SECS: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_secs(2);
 const TOPIC: &str = "presence.all.join";
 
+/// A replica's config: [`kafka`] with short timeouts, every join on [`TOPIC`], dedup shared
+/// through `redis`.
 fn replica(brokers: &str, redis: &str, mode: &str) -> String {
-    format!(
-        "[ack]\nmode = \"{mode}\"\npublish_timeout = \"1s\"\n\
-         [sink]\nkind = \"kafka\"\ntimeout = \"2s\"\nmax_backoff = \"200ms\"\n\
-         [kafka]\nbrokers = \"{brokers}\"\npartitions = 1\n\
-         [routing]\ntemplate = \"presence.all.{{action}}\"\n\
-         [dedup]\nshared = \"{redis}\"\nshared_timeout = \"200ms\""
+    kafka(
+        brokers,
+        mode,
+        &format!(
+            "[ack]\npublish_timeout = \"1s\"\n\
+             [sink]\ntimeout = \"2s\"\nmax_backoff = \"200ms\"\n\
+             [routing]\ntemplate = \"presence.all.{{action}}\"\n\
+             [dedup]\nshared = \"{redis}\"\nshared_timeout = \"200ms\""
+        ),
     )
 }
 
@@ -110,7 +113,7 @@ async fn a_claim_left_by_a_killed_replica_expires_and_the_retry_is_published() {
     let dir = tempfile::tempdir().unwrap();
     // Replica A loses the broker after connecting: its publish-mode request claims the id and
     // hands the event to the producer (the topic exists), which cannot deliver it.
-    common::kafka::create_topics(&broker.brokers(), &[TOPIC], 1).await;
+    create_topics(&broker.brokers(), &[TOPIC], 1).await;
     let mut a = Process::spawn(
         &dir.path().join("a"),
         &replica(&broker.brokers(), &redis.url(), "publish"),
@@ -223,7 +226,7 @@ async fn an_eviction_policy_that_can_drop_claims_is_warned_about() {
         dir.path(),
         &format!(
             "[ack]\nmode = \"memory\"\n[nats]\nurl = \"nats://127.0.0.1:{}\"\n[dedup]\nshared = \"{}\"",
-            free_port(),
+            dead_port(),
             redis.url()
         ),
     ))

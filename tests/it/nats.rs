@@ -2,12 +2,10 @@
 //! subject with the contract's headers and JSON; bad input is dead-lettered byte-identical;
 //! PubNub retries are published once.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use async_nats::jetstream;
-use common::*;
 
 const SECS: Duration = Duration::from_secs(20);
 

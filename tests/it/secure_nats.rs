@@ -3,13 +3,11 @@
 //! round-trips; a wrong CA, client key, seed or token is a clear error in the log, the sink
 //! stays down (`hookbus_sink_up` 0) and spool mode keeps accepting.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::pki::Pki;
+use crate::common::*;
 use async_nats::jetstream;
-use common::pki::Pki;
-use common::*;
 
 const SECS: Duration = Duration::from_secs(30);
 

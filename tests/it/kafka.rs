@@ -3,111 +3,35 @@
 //! topic with the raw channel as key, the contract's headers and JSON; bad input is
 //! dead-lettered byte-identical.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use crate::common::kafka::{consume, kafka};
+use crate::common::*;
 
-struct Record {
-    topic: String,
-    key: Option<Vec<u8>>,
-    headers: Vec<(String, String)>,
-    payload: Vec<u8>,
-    timestamp_order: (i32, i64),
-}
-
-impl Record {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads every record of `topics` (all partitions) until `count` are seen.
-fn consume(brokers: &str, topics: &[&str], partitions: i32, count: usize) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "hookbus-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for topic in topics {
-        for p in 0..partitions {
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-    }
-    consumer.assign(&assignment).expect("assign");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut out = Vec::new();
-    while out.len() < count {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {} of {count} records arrived",
-            out.len()
-        );
-        let Some(result) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let Ok(m) = result else { continue };
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|x| {
-                        (
-                            x.key.to_owned(),
-                            String::from_utf8(x.value.unwrap_or_default().to_vec()).unwrap(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push(Record {
-            topic: m.topic().to_owned(),
-            key: m.key().map(<[u8]>::to_vec),
-            headers,
-            payload: m.payload().unwrap_or_default().to_vec(),
-            timestamp_order: (m.partition(), m.offset()),
-        });
-    }
-    out
-}
-
-fn kafka_config(spool: &std::path::Path, broker: &Tansu, mode: &str) -> hookbus::config::Config {
-    config(
-        spool,
-        &format!(
-            "[ack]\nmode = \"{mode}\"\n[sink]\nkind = \"kafka\"\ntimeout = \"10s\"\n\
-             [kafka]\nbrokers = \"{}\"\npartitions = 2",
-            broker.brokers()
-        ),
-    )
-}
+/// Over [`kafka`]: two partitions, a longer sink timeout.
+const TWO_PARTITIONS: &str = "[sink]\ntimeout = \"10s\"\n[kafka]\npartitions = 2";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fixture_round_trips_through_kafka() {
     let broker = Tansu::start();
     let spool = tempfile::tempdir().unwrap();
-    let hookbus = start(kafka_config(spool.path(), &broker, "publish")).await;
+    let hookbus = start(config(
+        spool.path(),
+        &kafka(&broker.brokers(), "publish", TWO_PARTITIONS),
+    ))
+    .await;
     let expected = post_fixtures(hookbus.http_addr).await;
     let mut topics: Vec<&str> = expected.iter().map(|(_, t, _)| *t).collect();
     topics.sort();
     topics.dedup();
-    let brokers = broker.brokers();
-    let count = expected.len();
-    let records = tokio::task::spawn_blocking(move || consume(&brokers, &topics, 2, count))
-        .await
-        .unwrap();
+    let records = consume(
+        &broker.brokers(),
+        &topics,
+        2,
+        expected.len(),
+        Duration::ZERO,
+    )
+    .await;
     assert_eq!(records.len(), expected.len());
     for (name, topic, event) in &expected {
         let id = event["id"].as_str().unwrap();
@@ -144,7 +68,7 @@ async fn every_fixture_round_trips_through_kafka() {
     let room1: Vec<_> = records
         .iter()
         .filter(|r| r.key.as_deref() == Some(b"room.1".as_slice()))
-        .map(|r| r.timestamp_order)
+        .map(|r| (r.partition, r.offset))
         .collect();
     assert_eq!(room1.len(), 2);
     assert_eq!(room1[0].0, room1[1].0);
@@ -156,19 +80,25 @@ async fn every_fixture_round_trips_through_kafka() {
 async fn bad_input_is_dead_lettered_to_kafka() {
     let broker = Tansu::start();
     let spool = tempfile::tempdir().unwrap();
-    let hookbus = start(kafka_config(spool.path(), &broker, "memory")).await;
+    let hookbus = start(config(
+        spool.path(),
+        &kafka(&broker.brokers(), "memory", TWO_PARTITIONS),
+    ))
+    .await;
     let bad = bad_inputs();
     for (name, body) in &bad {
         let response = post(hookbus.http_addr, body).await;
         assert_eq!(response.status, 400, "{name}");
         assert_eq!(response.json()["error"], "invalid_payload", "{name}");
     }
-    let brokers = broker.brokers();
-    let count = bad.len();
-    let records =
-        tokio::task::spawn_blocking(move || consume(&brokers, &["presence.dead-letter"], 2, count))
-            .await
-            .unwrap();
+    let records = consume(
+        &broker.brokers(),
+        &["presence.dead-letter"],
+        2,
+        bad.len(),
+        Duration::ZERO,
+    )
+    .await;
     for (name, body) in &bad {
         let r = records
             .iter()
@@ -187,7 +117,11 @@ async fn bad_input_is_dead_lettered_to_kafka() {
 async fn a_burst_of_new_channels_creates_every_topic() {
     let broker = Tansu::start();
     let spool = tempfile::tempdir().unwrap();
-    let hookbus = start(kafka_config(spool.path(), &broker, "spool")).await;
+    let hookbus = start(config(
+        spool.path(),
+        &kafka(&broker.brokers(), "spool", TWO_PARTITIONS),
+    ))
+    .await;
     let items: Vec<serde_json::Value> = (0..40)
         .map(|i| {
             serde_json::json!({
@@ -205,13 +139,8 @@ async fn a_burst_of_new_channels_creates_every_topic() {
     let topics: Vec<String> = (0..40)
         .map(|i| format!("presence.new_2Eroom_2E{i}.join"))
         .collect();
-    let brokers = broker.brokers();
-    let records = tokio::task::spawn_blocking(move || {
-        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consume(&brokers, &topics, 2, 40)
-    })
-    .await
-    .unwrap();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let records = consume(&broker.brokers(), &topics, 2, 40, Duration::ZERO).await;
     let mut channels: Vec<_> = records
         .iter()
         .map(|r| r.header("hookbus-channel").unwrap().to_owned())

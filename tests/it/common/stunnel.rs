@@ -4,24 +4,26 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::ports::spawn_on;
 
 pub struct Stunnel {
-    pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl Stunnel {
     /// Listens on `port` (TLS with `cert`/`key`) and forwards to `127.0.0.1:target`; with
-    /// `client_ca`, a client certificate signed by it is required.
+    /// `client_ca`, a client certificate signed by it is required. `None` when another process
+    /// took `port` first (the caller picks another one and starts again).
     pub fn start(
         port: u16,
         target: u16,
         cert: &Path,
         key: &Path,
         client_ca: Option<&Path>,
-    ) -> Stunnel {
+    ) -> Option<Stunnel> {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut conf = format!(
             "foreground = yes\npid =\noutput = {}\ndebug = 5\n[broker]\naccept = 127.0.0.1:{port}\n\
@@ -38,31 +40,27 @@ impl Stunnel {
         }
         let file = dir.path().join("stunnel.conf");
         std::fs::write(&file, conf).expect("stunnel.conf");
-        let child = Command::new("stunnel4")
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("stunnel4 on PATH (scripts/setup installs it)");
-        let tunnel = Stunnel {
+        // Errors before the log file opens (a taken port among them) go to stderr.
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr.log");
+        let mut tunnel = Stunnel { dir, child: None };
+        let mut command = Command::new("stunnel4");
+        command.arg(&file).stdout(Stdio::null()).stderr(stderr);
+        let child = spawn_on(
+            &mut command,
             port,
-            dir,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "stunnel did not listen:\n{}",
-                tunnel.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        tunnel
+            "stunnel4",
+            Duration::from_secs(10),
+            &|| tunnel.log(),
+        )?;
+        tunnel.child = Some(child);
+        Some(tunnel)
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stunnel.log")).unwrap_or_default()
+        ["stderr.log", "stunnel.log"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(self.dir.path().join(f)).ok())
+            .collect()
     }
 }
 

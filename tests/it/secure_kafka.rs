@@ -4,26 +4,24 @@
 //! client certificate or a wrong password is a clear error in the log, the sink stays down
 //! and spool mode keeps accepting.
 
-mod common;
-
 use std::time::Duration;
 
-use common::kafka::Reader;
-use common::pki::Pki;
-use common::stunnel::Stunnel;
-use common::*;
+use crate::common::kafka::{Reader, assert_exactly_once, kafka};
+use crate::common::pki::Pki;
+use crate::common::ports::PORT_ATTEMPTS;
+use crate::common::stunnel::Stunnel;
+use crate::common::*;
 
 const SECS: Duration = Duration::from_secs(30);
 
+/// [`kafka`] in spool mode with short timeouts and these client `properties`.
 fn kafka_section(brokers: &str, properties: &[(&str, String)]) -> String {
-    let mut toml = format!(
-        "[ack]\nmode = \"spool\"\n[sink]\nkind = \"kafka\"\ntimeout = \"5s\"\nmax_backoff = \"200ms\"\n\
-         [kafka]\nbrokers = \"{brokers}\"\npartitions = 1\n[kafka.properties]\n"
-    );
+    let mut extra =
+        "[sink]\ntimeout = \"5s\"\nmax_backoff = \"200ms\"\n[kafka.properties]\n".to_owned();
     for (k, v) in properties {
-        toml.push_str(&format!("{k:?} = {v:?}\n"));
+        extra.push_str(&format!("{k:?} = {v:?}\n"));
     }
-    toml
+    kafka(brokers, "spool", &extra)
 }
 
 /// Posts every fixture and reads them back with a consumer using `consumer` settings.
@@ -46,7 +44,7 @@ async fn fixtures_round_trip(
     .await
     .unwrap();
     let ids = expected.iter().map(|(_, _, e)| e["id"].as_str().unwrap());
-    common::kafka::assert_exactly_once(&records, ids);
+    assert_exactly_once(&records, ids);
 }
 
 /// hookbus with `properties` cannot get through: 200 in spool mode, sink down, and the log
@@ -77,6 +75,25 @@ async fn refused(brokers: &str, properties: &[(&str, String)], why: &[&str], env
     }
 }
 
+/// A broker made by `broker(tls_port)` behind a TLS terminator on `tls_port`, a port picked
+/// here (tansu must be told the port it advertises before the terminator binds it): when
+/// another process takes the port first, both start again on another one.
+fn behind_tls(
+    pki: &Pki,
+    client_ca: Option<&std::path::Path>,
+    broker: impl Fn(u16) -> Tansu,
+) -> (Tansu, Stunnel) {
+    for _ in 0..PORT_ATTEMPTS {
+        let tls_port = free_port();
+        let broker = broker(tls_port);
+        let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+        if let Some(tunnel) = Stunnel::start(tls_port, broker.port, &cert, &key, client_ca) {
+            return (broker, tunnel);
+        }
+    }
+    panic!("each of {PORT_ATTEMPTS} TLS ports was taken before stunnel could bind it");
+}
+
 fn tls(pki: &Pki, ca: &str) -> Vec<(&'static str, String)> {
     vec![
         ("security.protocol", "SSL".to_owned()),
@@ -87,15 +104,7 @@ fn tls(pki: &Pki, ca: &str) -> Vec<(&'static str, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_server_verification() {
     let pki = Pki::new();
-    let tls_port = free_port();
-    let broker = Tansu::behind(tls_port);
-    let _tunnel = Stunnel::start(
-        tls_port,
-        broker.port,
-        &pki.path("server.pem"),
-        &pki.path("server.key"),
-        None,
-    );
+    let (broker, _tunnel) = behind_tls(&pki, None, Tansu::behind);
     let dir = tempfile::tempdir().unwrap();
     let hb = start(config(
         dir.path(),
@@ -117,15 +126,7 @@ async fn tls_with_server_verification() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_with_a_required_client_certificate() {
     let pki = Pki::new();
-    let tls_port = free_port();
-    let broker = Tansu::behind(tls_port);
-    let _tunnel = Stunnel::start(
-        tls_port,
-        broker.port,
-        &pki.path("server.pem"),
-        &pki.path("server.key"),
-        Some(&pki.path("ca.pem")),
-    );
+    let (broker, _tunnel) = behind_tls(&pki, Some(&pki.path("ca.pem")), Tansu::behind);
     let mut mtls = tls(&pki, "ca.pem");
     mtls.push((
         "ssl.certificate.location",
@@ -153,15 +154,9 @@ async fn mutual_tls_with_a_required_client_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_ssl_scram_with_the_password_from_the_environment() {
     let pki = Pki::new();
-    let tls_port = free_port();
-    let broker = Tansu::with_scram_user(Some(tls_port), "hookbus", "pa55word");
-    let _tunnel = Stunnel::start(
-        tls_port,
-        broker.port,
-        &pki.path("server.pem"),
-        &pki.path("server.key"),
-        None,
-    );
+    let (broker, _tunnel) = behind_tls(&pki, None, |tls_port| {
+        Tansu::with_scram_user(Some(tls_port), "hookbus", "pa55word")
+    });
     let sasl = |password: &str| {
         let mut p = tls(&pki, "ca.pem");
         p[0].1 = "SASL_SSL".to_owned();

@@ -1,14 +1,15 @@
-//! Test helpers: real broker processes on free loopback ports (stopped on drop), hookbus started
-//! in-process on port 0, a minimal HTTP/1.1 client, and condition waits with deadlines.
-#![allow(dead_code)]
+//! Test helpers: real broker processes on loopback ports (stopped on drop; how each gets its
+//! port without losing a race for it: [`ports`]), hookbus started in-process on port 0, a
+//! minimal HTTP/1.1 client, and condition waits with deadlines.
 
 pub mod kafka;
 pub mod nats_jwt;
 pub mod pki;
+pub mod ports;
 pub mod proxy;
 pub mod stunnel;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,11 +24,11 @@ pub const FIXTURES: &str = concat!(
 );
 pub const BAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pubnub/bad");
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
+pub use ports::{dead_port, free_port};
+use ports::{port_taken, respawn_on, spawn_on_free_port};
+
+/// How long a broker process may take to listen.
+const SERVER_START: Duration = Duration::from_secs(20);
 
 /// Polls `check` until it returns `Some` or `within` passes.
 pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
@@ -45,16 +46,9 @@ where
     }
 }
 
-fn wait_port(port: u16, within: Duration, what: &str) {
-    let deadline = Instant::now() + within;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not open port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A `nats-server -js` process with its own store directory.
+/// A `nats-server -js` process with its own store directory, on a port it binds itself.
 pub struct NatsServer {
+    /// The port the server chose at its first start (`-p -1`); restarts reuse it.
     pub port: u16,
     dir: tempfile::TempDir,
     /// Extra server config (TLS, authorization); `None` runs with flags only.
@@ -75,7 +69,7 @@ impl NatsServer {
 
     fn start_inner(conf: Option<String>) -> NatsServer {
         let mut server = NatsServer {
-            port: free_port(),
+            port: 0,
             dir: tempfile::tempdir().expect("tempdir"),
             conf,
             child: None,
@@ -93,17 +87,44 @@ impl NatsServer {
         std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
     }
 
-    /// Starts (again) on the same port and store.
+    /// Starts (again) on the same store. The first start lets the server bind a port of its
+    /// own (`-1`); a restart binds that port again (clients were told it), and while another
+    /// process holds it the start is retried until a deadline.
     pub fn restart(&mut self) {
         self.stop();
+        let within = Duration::from_secs(20);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(port) = self.spawn() {
+                self.port = port;
+                return;
+            }
+            assert!(
+                self.port != 0 && Instant::now() < deadline,
+                "nats-server could not bind port {} (-1: any) within {within:?}:\n{}",
+                self.port,
+                self.log()
+            );
+            // Another process holds the port: give it time to let go (a retry, not a sync).
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// One `nats-server` on `self.port` (`-1` before the first start). Its port, read from
+    /// the ports file the server writes once it listens (`--ports_file_dir`), or `None` when it
+    /// exited because the port was taken.
+    fn spawn(&mut self) -> Option<u16> {
+        let port = match self.port {
+            0 => "-1".to_owned(),
+            port => port.to_string(),
+        };
         let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log file");
         let mut command = Command::new("nats-server");
         match &self.conf {
             Some(conf) => {
                 let file = self.dir.path().join("nats.conf");
                 let text = format!(
-                    "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{conf}\n",
-                    self.port,
+                    "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\n{conf}\n",
                     self.dir.path().join("js").display().to_string()
                 );
                 std::fs::write(&file, text).expect("nats.conf");
@@ -111,29 +132,44 @@ impl NatsServer {
             }
             None => {
                 command
-                    .args([
-                        "-a",
-                        "127.0.0.1",
-                        "-p",
-                        &self.port.to_string(),
-                        "-js",
-                        "-sd",
-                    ])
+                    .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
                     .arg(self.dir.path());
             }
         }
         let child = command
+            .arg("--ports_file_dir")
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("nats-server on PATH (scripts/setup installs it)");
-        self.child = Some(child);
+        let pid = child.id();
+        let child = self.child.insert(child);
+        let ports_file = self.dir.path().join(format!("nats-server_{pid}.ports"));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            // {"nats":["nats://127.0.0.1:PORT"]}, written whole once the server listens.
+            let listening = std::fs::read(&ports_file)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .and_then(|ports| {
+                    let url = ports["nats"].get(0)?.as_str()?;
+                    url.rsplit_once(':')?.1.parse::<u16>().ok()
+                });
+            if let Some(port) = listening {
+                return Some(port);
+            }
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                let log = self.log();
+                if port_taken(&log) {
+                    return None;
+                }
+                panic!("nats-server exited ({status}) before it listened:\n{log}");
+            }
             assert!(
                 Instant::now() < deadline,
-                "nats-server did not open port {}:\n{}",
-                self.port,
+                "nats-server did not listen on port {port}:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -174,7 +210,8 @@ impl Drop for NatsServer {
     }
 }
 
-/// A `redis-server` process on a free port, nothing persisted.
+/// A `redis-server` process on a free port, nothing persisted. (`--port 0` would turn TCP
+/// off, not pick a port: a start that loses the port to another process retries another.)
 pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -190,12 +227,17 @@ impl RedisServer {
     /// With extra `--name value` arguments (e.g. `--maxmemory-policy allkeys-lru`).
     pub fn start_with(args: &[&str]) -> RedisServer {
         let mut server = RedisServer {
-            port: free_port(),
+            port: 0,
             dir: tempfile::tempdir().expect("tempdir"),
             extra: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
         };
-        server.restart();
+        let (child, port) =
+            spawn_on_free_port("redis-server", SERVER_START, &|| server.log(), |port| {
+                server.server_command(port)
+            });
+        server.child = Some(child);
+        server.port = port;
         server
     }
 
@@ -203,20 +245,37 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Starts again on the same port (hookbus was told it), retried while another process
+    /// holds it.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let child = respawn_on(
+            self.port,
+            "redis-server",
+            SERVER_START,
+            &|| self.log(),
+            || self.server_command(self.port),
+        );
+        self.child = Some(child);
+    }
+
+    fn server_command(&self, port: u16) -> Command {
+        let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("log file");
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (scripts/setup installs it)");
-        self.child = Some(child);
-        wait_port(self.port, Duration::from_secs(10), "redis-server");
+            .stdout(log)
+            .stderr(Stdio::null());
+        command
+    }
+
+    /// What the server logged (to stdout) since its last start.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
     pub fn stop(&mut self) {
@@ -306,14 +365,19 @@ impl Tansu {
 
     fn advertising(storage: &str, advertised: Option<u16>) -> Tansu {
         let mut broker = Tansu {
-            port: free_port(),
+            port: 0,
             advertised,
             authentication: false,
             dir: tempfile::tempdir().expect("tempdir"),
             storage: storage.to_owned(),
             child: None,
         };
-        broker.restart();
+        // tansu must be told the port it advertises up front: it cannot bind port 0.
+        let (child, port) = spawn_on_free_port("tansu", SERVER_START, &|| broker.log(), |port| {
+            broker.server_command(port)
+        });
+        broker.child = Some(child);
+        broker.port = port;
         broker
     }
 
@@ -322,12 +386,23 @@ impl Tansu {
         format!("127.0.0.1:{}", self.advertised.unwrap_or(self.port))
     }
 
+    /// Starts again on the same port and storage (clients were told the port), retried while
+    /// another process holds it.
     pub fn restart(&mut self) {
         self.stop();
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
+        let child = respawn_on(self.port, "tansu", SERVER_START, &|| self.log(), || {
+            self.server_command(self.port)
+        });
+        self.child = Some(child);
+    }
+
+    /// `tansu broker` on `port`, its stdout and stderr (where a bind failure shows) to its log.
+    fn server_command(&self, port: u16) -> Command {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(port));
         let log = std::fs::File::create(self.dir.path().join("tansu.log")).expect("log file");
-        let child = Command::new(tansu_bin())
+        let mut command = Command::new(tansu_bin());
+        command
             .args([
                 "broker",
                 "--listener-url",
@@ -338,12 +413,13 @@ impl Tansu {
             .args(["--storage-engine", &self.storage])
             .args(self.authentication.then_some("--authentication"))
             .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("tansu on PATH or in ~/.cargo/bin (scripts/setup installs it)");
-        self.child = Some(child);
-        wait_port(self.port, Duration::from_secs(20), "tansu");
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        command
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
     }
 
     pub fn stop(&mut self) {
@@ -406,12 +482,20 @@ fn config_text(spool_dir: &Path, http: &str, admin: &str, fragments: &[&str]) ->
          [spool]\ndir = {:?}\nsegment_bytes = 1048576\n[shutdown]\ngrace = \"10s\"\n",
         spool_dir.display().to_string()
     );
-    let mut merged: toml::Table = base.parse().expect("base config");
-    for extra in fragments {
-        let extra: toml::Table = extra
+    let mut all = vec![base.as_str()];
+    all.extend_from_slice(fragments);
+    toml::to_string(&merge_toml(&all)).expect("serialize config")
+}
+
+/// TOML `fragments` merged in order, section by section: a later fragment's keys replace
+/// those of the same section (sections may repeat across fragments, unlike in one file).
+pub fn merge_toml(fragments: &[&str]) -> toml::Table {
+    let mut merged = toml::Table::new();
+    for fragment in fragments {
+        let fragment: toml::Table = fragment
             .parse()
-            .unwrap_or_else(|e| panic!("test config fragment: {e}\n{extra}"));
-        for (section, value) in extra {
+            .unwrap_or_else(|e| panic!("test config fragment: {e}\n{fragment}"));
+        for (section, value) in fragment {
             match (merged.get_mut(&section), value) {
                 (Some(toml::Value::Table(into)), toml::Value::Table(from)) => into.extend(from),
                 (_, value) => {
@@ -420,7 +504,7 @@ fn config_text(spool_dir: &Path, http: &str, admin: &str, fragments: &[&str]) ->
             }
         }
     }
-    toml::to_string(&merged).expect("serialize config")
+    merged
 }
 
 pub async fn start(config: Config) -> Running {
@@ -631,47 +715,65 @@ pub struct Process {
 
 impl Process {
     /// Writes `extra` TOML (merged over free ports and `spool_dir`) and starts the binary;
-    /// returns once `/healthz` answers. Its stderr goes to [`Process::log`].
+    /// returns once it listens on both ports. Its stderr goes to [`Process::log`]. A port
+    /// another process took before hookbus bound it is retried with new ports.
     pub async fn spawn(spool_dir: &Path, extra: &str) -> Process {
         Process::spawn_with_env(spool_dir, extra, &[]).await
     }
 
     /// [`Process::spawn`] with extra environment variables.
     pub async fn spawn_with_env(spool_dir: &Path, extra: &str, envs: &[(&str, &str)]) -> Process {
-        let (http, admin) = (free_port(), free_port());
-        let text = config_text(
-            spool_dir,
-            &format!("127.0.0.1:{http}"),
-            &format!("127.0.0.1:{admin}"),
-            &[extra],
-        );
         let config_path = spool_dir.with_extension("toml");
-        std::fs::write(&config_path, text).expect("config");
-        let log = std::fs::File::create(spool_dir.with_extension("log")).expect("log file");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "warn")
-            .envs(envs.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("hookbus binary");
-        let http_addr = SocketAddr::from(([127, 0, 0, 1], http));
-        let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
-        wait_for("hookbus /healthz", Duration::from_secs(30), || async move {
-            tokio::net::TcpStream::connect(admin_addr).await.ok()?;
-            tokio::net::TcpStream::connect(http_addr).await.ok()?;
-            Some(())
-        })
-        .await;
-        Process {
-            child,
-            http_addr,
-            admin_addr,
-            config_path,
+        let log_path = spool_dir.with_extension("log");
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        'ports: for _ in 0..ports::PORT_ATTEMPTS {
+            let (http, admin) = (free_port(), free_port());
+            let text = config_text(
+                spool_dir,
+                &format!("127.0.0.1:{http}"),
+                &format!("127.0.0.1:{admin}"),
+                &[extra],
+            );
+            std::fs::write(&config_path, text).expect("config");
+            let log_file = std::fs::File::create(&log_path).expect("log file");
+            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
+                .arg("--config")
+                .arg(&config_path)
+                .env("RUST_LOG", "warn")
+                .envs(envs.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(log_file)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("hookbus binary");
+            let pid = child.id().expect("running");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !(ports::listens(pid, http) && ports::listens(pid, admin)) {
+                if let Some(status) = child.try_wait().expect("try_wait") {
+                    if port_taken(&log()) {
+                        continue 'ports;
+                    }
+                    panic!("hookbus exited ({status}) before it listened:\n{}", log());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "hookbus did not listen on ports {http} and {admin}:\n{}",
+                    log()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            return Process {
+                child,
+                http_addr: SocketAddr::from(([127, 0, 0, 1], http)),
+                admin_addr: SocketAddr::from(([127, 0, 0, 1], admin)),
+                config_path,
+            };
         }
+        panic!(
+            "hookbus: the ports of each of {} starts were taken before it could bind them:\n{}",
+            ports::PORT_ATTEMPTS,
+            log()
+        );
     }
 
     /// What the process wrote to stderr so far.

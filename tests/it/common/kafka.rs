@@ -86,33 +86,38 @@ impl Reader {
                 "only {} of {count} records arrived within {within:?}",
                 out.len()
             );
-            let Some(result) = self.consumer.poll(Duration::from_millis(100)) else {
-                continue;
-            };
-            let Ok(m) = result else { continue };
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|x| {
-                            (
-                                x.key.to_owned(),
-                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push(Record {
-                topic: m.topic().to_owned(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                headers,
-                payload: m.payload().unwrap_or_default().to_vec(),
-            });
-            last_new = Instant::now();
+            if let Some(record) = self.poll() {
+                out.push(record);
+                last_new = Instant::now();
+            }
         }
+    }
+
+    /// The next record, or `None` when none arrived within 100 ms (or the poll was an error:
+    /// the client retries by itself). Header values are hookbus's strings: UTF-8 or a panic.
+    pub fn poll(&self) -> Option<Record> {
+        let m = self.consumer.poll(Duration::from_millis(100))?.ok()?;
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| {
+                        let value = x.value.unwrap_or_default().to_vec();
+                        let value = String::from_utf8(value)
+                            .unwrap_or_else(|e| panic!("header {} is not UTF-8: {e}", x.key));
+                        (x.key.to_owned(), value)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Record {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            headers,
+            payload: m.payload().unwrap_or_default().to_vec(),
+        })
     }
 }
 
@@ -168,4 +173,15 @@ pub fn assert_exactly_once<'a>(records: &[Record], ids: impl IntoIterator<Item =
         missing.is_empty() && repeated.is_empty() && extra.is_empty(),
         "missing {missing:?}, repeated {repeated:?}, unexpected {extra:?}"
     );
+}
+
+/// A test hookbus's Kafka sink: `[ack] mode = mode`, `[sink] kind = "kafka"` and
+/// `[kafka] brokers` with one partition, then `extra` TOML merged over it section by section
+/// (later keys win: `[kafka]\npartitions = 2`, `[routing]\ntemplate = …`).
+pub fn kafka(brokers: &str, mode: &str, extra: &str) -> String {
+    let base = format!(
+        "[ack]\nmode = \"{mode}\"\n[sink]\nkind = \"kafka\"\n\
+         [kafka]\nbrokers = \"{brokers}\"\npartitions = 1"
+    );
+    toml::to_string(&super::merge_toml(&[&base, extra])).expect("serialize config")
 }

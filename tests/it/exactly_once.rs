@@ -5,29 +5,23 @@
 //! needs to rebuild the dedup set. NATS variants also assert that JetStream's own dedup
 //! (`hookbus_broker_duplicates_total`) never had to hide a second publish.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::kafka::{Record, assert_exactly_once, consume, create_topics};
-use common::proxy::Proxy;
-use common::*;
+use crate::common::kafka::{Record, assert_exactly_once, consume, create_topics, kafka};
+use crate::common::proxy::Proxy;
+use crate::common::*;
 use hookbus::faults::Faults;
 
 const SECS: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_secs(2);
 const TOPIC: &str = "presence.all.join";
 
-/// One topic for every join (one partition, so order is easy to read back).
-fn kafka(brokers: &str, mode: &str) -> String {
-    format!(
-        "[ack]\nmode = \"{mode}\"\npublish_timeout = \"2s\"\n\
-         [sink]\nkind = \"kafka\"\ntimeout = \"5s\"\nmax_backoff = \"200ms\"\n\
-         [kafka]\nbrokers = \"{brokers}\"\npartitions = 1\n\
-         [routing]\ntemplate = \"presence.all.{{action}}\""
-    )
-}
+/// Over [`kafka`]: short timeouts, one topic for every join (one partition, so order is easy
+/// to read back).
+const FAST: &str = "[ack]\npublish_timeout = \"2s\"\n\
+     [sink]\ntimeout = \"5s\"\nmax_backoff = \"200ms\"\n\
+     [routing]\ntemplate = \"presence.all.{action}\"";
 
 async fn start_faulty(dir: &std::path::Path, toml: &str, faults: &Faults) -> hookbus::app::Running {
     hookbus::app::start_with(config(dir, toml), faults.clone())
@@ -74,7 +68,7 @@ async fn client_leaves_while_the_accept_waits(mode: &str) {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::none();
-    let hb = start_faulty(dir.path(), &kafka(&broker.brokers(), mode), &faults).await;
+    let hb = start_faulty(dir.path(), &kafka(&broker.brokers(), mode, FAST), &faults).await;
     let body = g1_event(1, 1);
     faults.hold_accepts();
     post_and_leave(hb.http_addr, &body, Duration::from_millis(500)).await;
@@ -106,7 +100,11 @@ async fn memory_mode_client_leaves_mid_accept() {
 async fn publish_mode_client_leaves_while_kafka_stalls() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let hb = start(config(dir.path(), &kafka(&broker.brokers(), "publish"))).await;
+    let hb = start(config(
+        dir.path(),
+        &kafka(&broker.brokers(), "publish", FAST),
+    ))
+    .await;
     // The topic exists and the path works before the stall.
     let warmup = g1_event(0, 0);
     assert_eq!(post(hb.http_addr, &warmup).await.status, 200);
@@ -178,7 +176,11 @@ async fn publish_mode_client_leaves_while_jetstream_stalls() {
 async fn stall_then_retries(stall: Duration) {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let hb = start(config(dir.path(), &kafka(&broker.brokers(), "publish"))).await;
+    let hb = start(config(
+        dir.path(),
+        &kafka(&broker.brokers(), "publish", FAST),
+    ))
+    .await;
     let warmup = g1_event(0, 0);
     assert_eq!(post(hb.http_addr, &warmup).await.status, 200);
     broker.pause();
@@ -310,7 +312,12 @@ async fn spool_read_errors_are_retried_and_a_lasting_one_fails_health() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::none();
-    let hb = start_faulty(dir.path(), &kafka(&broker.brokers(), "spool"), &faults).await;
+    let hb = start_faulty(
+        dir.path(),
+        &kafka(&broker.brokers(), "spool", FAST),
+        &faults,
+    )
+    .await;
     let admin = hb.admin_addr;
     faults.fail_spool_reads(3);
     let mut ids = publish_one_by_one(&hb, 0, 2).await;
@@ -363,7 +370,12 @@ async fn panics_in_the_sink_and_the_publisher_are_recovered_from() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::none();
-    let hb = start_faulty(dir.path(), &kafka(&broker.brokers(), "spool"), &faults).await;
+    let hb = start_faulty(
+        dir.path(),
+        &kafka(&broker.brokers(), "spool", FAST),
+        &faults,
+    )
+    .await;
     let admin = hb.admin_addr;
     faults.panic_sends(1);
     let mut ids = publish_one_by_one(&hb, 0, 2).await;
@@ -396,7 +408,7 @@ async fn refused_topic_creation_does_not_divert_events_of_an_existing_topic() {
     let broker = Tansu::behind(proxy.port);
     proxy.target(broker.port);
     let dir = tempfile::tempdir().unwrap();
-    let hb = start(config(dir.path(), &kafka(&broker.brokers(), "spool"))).await;
+    let hb = start(config(dir.path(), &kafka(&broker.brokers(), "spool", FAST))).await;
     // The topic appears after hookbus looked at the cluster, so hookbus will try to create
     // it; the cluster refuses CreateTopics (the connection asking is dropped).
     let admin = hb.admin_addr;
@@ -426,7 +438,7 @@ async fn a_connection_cut_mid_burst_keeps_the_channel_in_order() {
     let broker = Tansu::behind(proxy.port);
     proxy.target(broker.port);
     let dir = tempfile::tempdir().unwrap();
-    let hb = start(config(dir.path(), &kafka(&broker.brokers(), "spool"))).await;
+    let hb = start(config(dir.path(), &kafka(&broker.brokers(), "spool", FAST))).await;
     let body = |n: usize| {
         format!(
             r#"{{"action":"join","sub_key":"sub-c-1","channel":"one.channel","uuid":"u-{n:04}","timestamp":1718035200}}"#
@@ -485,7 +497,7 @@ async fn corruption_in_the_middle_of_the_last_segment_keeps_the_records_after_it
     proxy.cut(); // the broker is unreachable: everything stays in the spool
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let toml = kafka(&broker.brokers(), "spool");
+    let toml = kafka(&broker.brokers(), "spool", FAST);
     let mut hb = Process::spawn(&spool, &toml).await;
     let bodies: Vec<Vec<u8>> = (0..10).map(|n| g1_event(4, n)).collect();
     for body in &bodies {
@@ -544,7 +556,7 @@ async fn a_restart_rebuilds_the_dedup_set_within_the_tables_memory() {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "[ack]\nmode = \"spool\"\n[spool]\nmax_bytes = 1073741824\n[nats]\nurl = \"nats://127.0.0.1:{}\"",
-        free_port()
+        dead_port()
     );
     // A full window of spooled events (~500-byte records), written with the spool's own API.
     let full = dir.path().join("full");
@@ -605,7 +617,7 @@ async fn drain_publishes_a_killed_instances_spool_exactly_once() {
     proxy.cut();
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let mut hb = Process::spawn(&spool, &kafka(&broker.brokers(), "spool")).await;
+    let mut hb = Process::spawn(&spool, &kafka(&broker.brokers(), "spool", FAST)).await;
     let ids: Vec<String> = (0..20).map(|n| g1_id(&g1_event(6, n))).collect();
     for n in 0..20 {
         assert_eq!(post(hb.http_addr, &g1_event(6, n)).await.status, 200);

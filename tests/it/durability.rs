@@ -3,16 +3,15 @@
 //! and SIGTERM under load. Every event answered 200 must reach the broker, none twice on
 //! JetStream, none corrupted.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::common::kafka::{Reader, kafka};
+use crate::common::*;
 use async_nats::jetstream;
-use common::*;
 use tokio::sync::Mutex;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -259,19 +258,15 @@ async fn nats_outage_under_load_loses_nothing_acked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_outage_under_load_loses_nothing_acked() {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
-    use rdkafka::{Offset, TopicPartitionList};
-
     let mut broker = Tansu::start_persistent();
     let dir = tempfile::tempdir().unwrap();
     let hb = start(config(
         dir.path(),
-        &format!(
-            "[ack]\nmode = \"spool\"\n[sink]\nkind = \"kafka\"\ntimeout = \"5s\"\nmax_backoff = \"500ms\"\n\
-             [kafka]\nbrokers = \"{}\"\npartitions = 1\n[routing]\ntemplate = \"presence.all.{{action}}\"",
-            broker.brokers()
+        &kafka(
+            &broker.brokers(),
+            "spool",
+            "[sink]\ntimeout = \"5s\"\nmax_backoff = \"500ms\"\n\
+             [routing]\ntemplate = \"presence.all.{action}\"",
         ),
     ))
     .await;
@@ -295,15 +290,7 @@ async fn kafka_outage_under_load_loses_nothing_acked() {
     let ids = acked.ids().await;
     let brokers = broker.brokers();
     let seen = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", "durability")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("presence.all.join", 0, Offset::Beginning)
-            .unwrap();
-        consumer.assign(&tpl).unwrap();
+        let reader = Reader::new(&brokers, &["presence.all.join"], 1, &[]);
         let mut seen = HashSet::new();
         let deadline = std::time::Instant::now() + LONG;
         while !ids.iter().all(|id| seen.contains(id)) {
@@ -313,15 +300,9 @@ async fn kafka_outage_under_load_loses_nothing_acked() {
                 ids.iter().filter(|id| seen.contains(*id)).count(),
                 ids.len()
             );
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                let id = m
-                    .headers()
-                    .and_then(|h| h.iter().find(|x| x.key == "hookbus-event-id"))
-                    .and_then(|x| x.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .expect("event id header");
-                let event: serde_json::Value =
-                    serde_json::from_slice(m.payload().unwrap()).unwrap();
+            if let Some(record) = reader.poll() {
+                let id = record.event_id().to_owned();
+                let event: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
                 assert_eq!(event["id"], id.as_str());
                 seen.insert(id);
             }

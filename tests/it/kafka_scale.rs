@@ -3,23 +3,14 @@
 //! that existed at start never count against it, and routing rules send whole channel
 //! families to one topic keyed by channel.
 
-mod common;
-
 use std::time::Duration;
 
-use common::kafka::{assert_exactly_once, consume, create_topics};
-use common::*;
+use crate::common::kafka::{assert_exactly_once, consume, create_topics, kafka};
+use crate::common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
 
 const QUIET: Duration = Duration::from_secs(2);
-
-fn kafka(brokers: &str, extra: &str) -> String {
-    format!(
-        "[ack]\nmode = \"spool\"\n[sink]\nkind = \"kafka\"\n\
-         [kafka]\nbrokers = \"{brokers}\"\npartitions = 1\n{extra}"
-    )
-}
 
 /// Every topic on the broker.
 fn topics(brokers: &str) -> Vec<String> {
@@ -54,7 +45,7 @@ async fn the_topic_cap_sends_the_rest_to_the_overflow_topic_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let hb = start(config(
         dir.path(),
-        &kafka(&broker.brokers(), "max_topics = 20"),
+        &kafka(&broker.brokers(), "spool", "[kafka]\nmax_topics = 20"),
     ))
     .await;
     let channels: Vec<String> = (0..200).map(|i| format!("ch{i}")).collect();
@@ -126,7 +117,7 @@ async fn topics_that_existed_at_start_never_count_against_the_cap() {
     let dir = tempfile::tempdir().unwrap();
     let hb = start(config(
         dir.path(),
-        &kafka(&broker.brokers(), "max_topics = 1"),
+        &kafka(&broker.brokers(), "spool", "[kafka]\nmax_topics = 1"),
     ))
     .await;
     let admin = hb.admin_addr;
@@ -185,6 +176,7 @@ async fn a_rule_sends_a_channel_family_to_one_topic_keyed_by_channel() {
         dir.path(),
         &kafka(
             &broker.brokers(),
+            "spool",
             "[[routing.rules]]\nchannel = \"chat.*\"\ntemplate = \"presence.chat.{action}\"",
         ),
     ))

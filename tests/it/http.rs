@@ -1,12 +1,10 @@
 //! The webhook listener's contract (DESIGN §3) without a reachable broker: `memory` mode
 //! accepts into the queue while the NATS client keeps trying a port nobody listens on.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn offline(spool: &std::path::Path, extra: &str) -> hookbus::config::Config {
-    let dead = free_port();
+    let dead = dead_port();
     // Nothing can be published, so a drain can only time out: keep it short.
     let base = format!(
         "[ack]\nmode = \"memory\"\n[nats]\nurl = \"nats://127.0.0.1:{dead}\"\n[shutdown]\ngrace = \"1s\""

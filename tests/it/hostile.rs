@@ -2,12 +2,10 @@
 //! connections, many large bodies at once, oversized batches, bad tokens, dead letters that
 //! would fill the disk, and mutated or random bodies. Loopback only, every wait bounded.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -19,7 +17,7 @@ fn offline(extra: &str) -> String {
     format!(
         "[ack]\nmode = \"memory\"\n[nats]\nurl = \"nats://127.0.0.1:{}\"\n\
          [shutdown]\ngrace = \"2s\"\n{extra}",
-        free_port()
+        dead_port()
     )
 }
 

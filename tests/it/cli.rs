@@ -1,13 +1,11 @@
 //! The real binary: `--check` exit codes and refusals (tokens, files, listeners, no secret in
 //! any message), the topic/unescape helpers, warnings at start, and SIGTERM draining to exit 0.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookbus");
 
@@ -314,7 +312,7 @@ fn secrets_dir() -> tempfile::TempDir {
     std::fs::write(dir.path().join("hookbus.nk"), user.seed().unwrap()).unwrap();
     std::fs::write(
         dir.path().join("hookbus.creds"),
-        common::nats_jwt::Decentralized::new().creds,
+        crate::common::nats_jwt::Decentralized::new().creds,
     )
     .unwrap();
     dir
@@ -323,7 +321,7 @@ fn secrets_dir() -> tempfile::TempDir {
 /// The ```toml blocks of `docs/brokers.md` ("Connecting to your brokers"), the whole page:
 /// every block on it is a broker example.
 fn readme_broker_examples() -> Vec<String> {
-    let page = include_str!("../docs/brokers.md");
+    let page = include_str!("../../docs/brokers.md");
     page.split("```toml\n")
         .skip(1)
         .map(|block| block.split("```").next().unwrap().to_owned())

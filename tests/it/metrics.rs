@@ -2,16 +2,15 @@
 //! and a real Prometheus server scraping hookbus answers queries for duplicates and an ack
 //! latency quantile.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::ports::spawn_on_free_port;
+use crate::common::*;
 
 fn offline(spool: &std::path::Path) -> hookbus::config::Config {
-    let dead = free_port();
+    let dead = dead_port();
     config(
         spool,
         &format!(
@@ -83,18 +82,26 @@ fn prometheus(target: std::net::SocketAddr) -> Prometheus {
         ),
     )
     .unwrap();
-    let port = free_port();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus on PATH (scripts/setup installs it)");
+    // Its log (stderr) says when a lost race took the port first: then another one is tried.
+    let log = dir.path().join("prometheus.log");
+    let (child, port) = spawn_on_free_port(
+        "prometheus",
+        Duration::from_secs(30),
+        &|| std::fs::read_to_string(&log).unwrap_or_default(),
+        |port| {
+            let mut command = Command::new("prometheus");
+            command
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file"));
+            command
+        },
+    );
     Prometheus {
         port,
         child,
