@@ -195,6 +195,26 @@ fn signal_child(child: Option<&Child>, signal: i32) {
     let pid = child.expect("running").id() as i32;
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { kill(pid, signal) }, 0, "kill({pid}, {signal})");
+    if signal == SIGSTOP {
+        // kill(2) returns before the process has stopped: a busy broker could still answer a
+        // request sent right after. Wait until the kernel reports it stopped (state T).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
+            if state == Some("T") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} did not stop: {stat}"
+            );
+            std::thread::yield_now();
+        }
+    }
 }
 
 fn stop_child(child: &mut Option<Child>) {
