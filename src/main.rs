@@ -1,22 +1,25 @@
-//! The `hookbus` binary: CLI, config loading, logging, then `app::start` until SIGTERM/SIGINT.
-//! A bad config exits 64 (EX_USAGE) naming the key, never showing a secret.
+//! The `hookbus` binary: a dispatcher. Each subcommand is a function below that reads like a
+//! runbook: load and check the config, set up logging, run, report. `hookbus --config PATH`
+//! with no subcommand runs the bridge (`run`); `--check` validates and exits. A bad config
+//! exits 64 (EX_USAGE) naming the key, never showing a secret.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hookbus::config::Config;
-use hookbus::route::{self, Router};
+use hookbus::config::{Config, ConfigError};
+use hookbus::route;
 
 /// PubNub Presence webhooks → normalized events on Kafka or NATS.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, default_value = "config.toml")]
+    #[arg(long, global = true, default_value = "config.toml")]
     config: PathBuf,
-    /// Validate the configuration file (syntax, types, values, unknown keys) and exit.
-    #[arg(long)]
+    /// Validate the configuration file (syntax, types, values, unknown keys, routing
+    /// templates, client settings) and exit.
+    #[arg(long, global = true)]
     check: bool,
     #[command(subcommand)]
     command: Option<Command>,
@@ -24,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the bridge until SIGTERM/SIGINT (the default).
+    Run,
     /// Print the topic/subject a channel's events are published on (stdout), and which
     /// routing rule or template named it (stderr).
     Topic {
@@ -58,88 +63,115 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Unescape { escaped }) = &cli.command {
-        return match route::unescape(escaped) {
-            Ok(raw) => {
-                println!("{raw}");
-                ExitCode::SUCCESS
+    match cli.command {
+        // Needs no config: a pure function of its argument.
+        Some(Command::Unescape { escaped }) => unescape(&escaped),
+        command => {
+            let config = match load(&cli.config) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            if cli.check {
+                println!("{}: ok", cli.config.display());
+                return ExitCode::SUCCESS;
             }
-            Err(error) => {
-                eprintln!("hookbus: {error}");
-                ExitCode::from(EX_USAGE)
-            }
-        };
-    }
-    let config = match Config::load(&cli.config).and_then(|config| {
-        hookbus::sink::check(&config.sink, &config.nats, &config.kafka)
-            .map_err(|error| config.redact_error(error))
-            .map(|()| config)
-    }) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!(
-                "hookbus: invalid configuration: {}",
-                clip(&error.to_string(), 2000)
-            );
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    if cli.check {
-        println!("{}: ok", cli.config.display());
-        return ExitCode::SUCCESS;
-    }
-    if let Some(Command::Topic {
-        channel,
-        action,
-        sub_key,
-    }) = &cli.command
-    {
-        let mut out = String::new();
-        return match Router::new(&config.routing)
-            .map_err(|e| e.to_string())
-            .and_then(|r| {
-                r.render(channel, action, sub_key.as_deref(), &mut out)
-                    .map(|()| r.matched(channel))
-                    .map_err(|e| e.to_string())
-            }) {
-            Ok(matched) => {
-                println!("{out}");
-                match matched {
-                    route::Matched::Rule(i) => eprintln!(
-                        "(routing.rules[{i}]: channel {:?}, template {:?})",
-                        config.routing.rules[i].channel, config.routing.rules[i].template
-                    ),
-                    route::Matched::Default => eprintln!(
-                        "(routing.template {:?}: no rule matched)",
-                        config.routing.template
-                    ),
+            match command {
+                None | Some(Command::Run) => run(config),
+                Some(Command::Topic {
+                    channel,
+                    action,
+                    sub_key,
+                }) => topic(&config, &channel, &action, sub_key.as_deref()),
+                Some(Command::Drain { spool_dir, timeout }) => {
+                    drain(config, spool_dir, timeout.into())
                 }
-                ExitCode::SUCCESS
+                Some(Command::Unescape { .. }) => unreachable!("handled above"),
             }
-            Err(error) => {
-                eprintln!("hookbus: {error}");
-                ExitCode::from(EX_USAGE)
-            }
-        };
-    }
-
-    init_tracing();
-    if let Some(Command::Drain { spool_dir, timeout }) = cli.command {
-        let mut config = config;
-        if let Some(dir) = spool_dir {
-            config.spool.dir = dir;
         }
-        return drain(config, timeout.into());
     }
+}
+
+/// The config file read, validated section by section, its routing compiled and its client
+/// settings checked; or exit 64 with the key at fault (no secret shown).
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    let also = |config: &Config| -> Result<(), ConfigError> {
+        route::check(config)?;
+        hookbus::sink::check(&config.sink, &config.nats, &config.kafka)
+    };
+    Config::load_checked(path, &also).map_err(|error| {
+        eprintln!(
+            "hookbus: invalid configuration: {}",
+            clip(&error.to_string(), 2000)
+        );
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+/// `hookbus run`: the bridge until SIGTERM/SIGINT.
+fn run(config: Config) -> ExitCode {
+    init_tracing();
     warn_about_auth(&config.auth);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(run(config)) {
+    let serve = async {
+        let running = hookbus::app::start(config).await?;
+        let signal = hookbus::shutdown::signal().await?;
+        tracing::info!(signal, "shutting down");
+        running.shutdown();
+        running.wait().await
+    };
+    match runtime.block_on(serve) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "hookbus failed");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `hookbus unescape`: one topic/subject token back to the raw channel name.
+fn unescape(escaped: &str) -> ExitCode {
+    match route::unescape(escaped) {
+        Ok(raw) => {
+            println!("{raw}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("hookbus: {error}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+/// `hookbus topic`: the name a channel's events get, and the rule or template that named it.
+fn topic(config: &Config, channel: &str, action: &str, sub_key: Option<&str>) -> ExitCode {
+    let mut out = String::new();
+    let rendered = route::Router::new(&config.routing)
+        .map_err(|e| e.to_string())
+        .and_then(|r| {
+            r.render(channel, action, sub_key, &mut out)
+                .map(|()| r.matched(channel))
+                .map_err(|e| e.to_string())
+        });
+    match rendered {
+        Ok(matched) => {
+            println!("{out}");
+            match matched {
+                route::Matched::Rule(i) => eprintln!(
+                    "(routing.rules[{i}]: channel {:?}, template {:?})",
+                    config.routing.rules[i].channel, config.routing.rules[i].template
+                ),
+                route::Matched::Default => eprintln!(
+                    "(routing.template {:?}: no rule matched)",
+                    config.routing.template
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("hookbus: {error}");
+            ExitCode::from(EX_USAGE)
         }
     }
 }
@@ -166,7 +198,12 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
         .ok()
 }
 
-fn drain(config: Config, timeout: std::time::Duration) -> ExitCode {
+/// `hookbus drain`: publish what a stopped instance left in a spool directory, then exit.
+fn drain(mut config: Config, spool_dir: Option<PathBuf>, timeout: std::time::Duration) -> ExitCode {
+    init_tracing();
+    if let Some(dir) = spool_dir {
+        config.spool.dir = dir;
+    }
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -189,14 +226,6 @@ fn drain(config: Config, timeout: std::time::Duration) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn run(config: Config) -> anyhow::Result<()> {
-    let running = hookbus::app::start(config).await?;
-    let signal = hookbus::shutdown::signal().await?;
-    tracing::info!(signal, "shutting down");
-    running.shutdown();
-    running.wait().await
 }
 
 /// `text` cut to `max` bytes (at a character boundary): an error quoting a 10 MB line of a

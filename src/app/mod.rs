@@ -74,7 +74,7 @@ fn metrics_and_router(config: &Config) -> anyhow::Result<(prometheus::Registry, 
         !config.dedup.shared.is_empty(),
     )
     .context("registering metrics")?;
-    let router = Router::new(&config.routing).context("routing.template")?;
+    let router = crate::route::check(config).map_err(|e| config.redact_error(e))?;
     Ok((registry, metrics, router))
 }
 

@@ -7,6 +7,10 @@
 //! the escaped channel that does not split an escape, then `_h` and 16 hex chars of the
 //! channel's SHA-256. `_h` never comes out of the escaping, so names stay distinct.
 
+mod check;
+
+pub use check::check;
+
 use sha2::{Digest, Sha256};
 
 use crate::config::RoutingConfig;

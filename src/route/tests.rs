@@ -356,3 +356,44 @@ fn cut_names_of_channels_sharing_a_prefix_differ() {
     let channel_part = &cut["presence.".len()..cut.len() - ".join".len()];
     assert_ne!(render(&r, channel_part), cut);
 }
+
+/// `route::check` is what `--check` and every start run on `[routing]`: it names the key at
+/// fault, and under JetStream refuses templates no stream can capture apart from the dead
+/// letters.
+#[test]
+fn check_names_the_routing_key_at_fault() {
+    use crate::config::Config;
+    let config =
+        |text: &str| Config::parse(&format!("[auth]\nallow_anonymous = true\n{text}")).unwrap();
+    let cases = [
+        (
+            "[routing]\ntemplate = \"presence.{chanel}\"",
+            "routing.template",
+        ),
+        (
+            "[routing]\ndead_letter = \"bad subject\"",
+            "routing.dead_letter",
+        ),
+        ("[routing]\noverflow = \"x.{channel}\"", "routing.overflow"),
+        (
+            "[[routing.rules]]\nchannel = \"x*\"\ntemplate = \"bad..{action}\"",
+            "routing.rules[0]",
+        ),
+        (
+            "[routing]\ntemplate = \"{channel}.{action}\"",
+            "routing.template",
+        ),
+        (
+            "[routing]\ndead_letter = \"presence.dl.x\"",
+            "routing.dead_letter",
+        ),
+    ];
+    for (text, key) in cases {
+        let e = check(&config(text)).unwrap_err();
+        assert_eq!(e.key(), Some(key), "{text:?} → {e}");
+    }
+    // The JetStream rules hold only where JetStream is the sink.
+    let kafka = config("[sink]\nkind = \"kafka\"\n[routing]\ntemplate = \"{channel}.{action}\"");
+    assert!(check(&kafka).is_ok());
+    assert!(check(&config("")).is_ok());
+}
