@@ -4,6 +4,8 @@
 //! message → spool or queue → publisher → sink. The module map, with what each module owns,
 //! is in `docs/design.md` (the one map; this list would only drift from it).
 
+#![warn(clippy::too_many_lines)]
+
 pub mod app;
 pub mod config;
 pub mod dedup;

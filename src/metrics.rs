@@ -122,6 +122,10 @@ impl Metrics {
     ///
     /// # Errors
     /// As [`Metrics::new`].
+    #[allow(
+        clippy::too_many_lines,
+        reason = "a table: one registration per series, each with its name, help and labels"
+    )]
     pub fn with_store(
         registry: &Registry,
         version: &str,

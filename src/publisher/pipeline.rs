@@ -85,10 +85,11 @@ impl<'a> Pipeline<'a> {
             Jobs::Queue(rx) => (rx, true),
             Jobs::Spool(rx) => (rx, false),
         };
-        let sink = self.context.sink.clone();
-        let metrics = self.context.metrics.clone();
-        let max_backoff = self.config.max_backoff;
-        let mut prepare = Box::pin(prepare(sink.clone(), metrics.clone(), max_backoff));
+        let mut prepare = Box::pin(prepare(
+            self.context.sink.clone(),
+            self.context.metrics.clone(),
+            self.config.max_backoff,
+        ));
         let mut prepared = false;
         let mut batch = Vec::with_capacity(256);
         let mut gauges = tokio::time::interval(Duration::from_millis(500));
@@ -101,21 +102,7 @@ impl<'a> Pipeline<'a> {
         tokio::pin!(drain_started);
         let mut draining = false;
         let mut source_done = false;
-        loop {
-            let idle = self.in_flight.is_empty() && self.retry.is_empty();
-            if idle && source_done {
-                break;
-            }
-            if draining
-                && idle
-                && !from_queue
-                && self
-                    .spool
-                    .as_ref()
-                    .is_some_and(|s| s.stats().pending_events == 0)
-            {
-                break;
-            }
+        while !self.finished(source_done, draining, from_queue) {
             if let Some(at) = self.retry_at {
                 retry_timer.as_mut().reset(at);
             }
@@ -139,15 +126,7 @@ impl<'a> Pipeline<'a> {
                 () = &mut prepare, if !prepared => {
                     prepared = true;
                 }
-                () = &mut retry_timer, if self.retry_at.is_some() => {
-                    if sink.is_up() {
-                        self.retry_at = None;
-                        self.resend();
-                    } else {
-                        // Re-sending into a client that is reconnecting only piles up copies.
-                        self.retry_at = Some(Instant::now() + self.backoff);
-                    }
-                }
+                () = &mut retry_timer, if self.retry_at.is_some() => self.retry_due(),
                 () = &mut linger, if lingering => {
                     lingering = false;
                 }
@@ -165,6 +144,29 @@ impl<'a> Pipeline<'a> {
             }
         }
         self.gauges(rx.len());
+    }
+
+    /// Whether the loop is over: the source ended and nothing is in flight or waiting for a
+    /// retry; or, draining from the spool, that and nothing left in the spool either.
+    fn finished(&self, source_done: bool, draining: bool, from_queue: bool) -> bool {
+        let idle = self.in_flight.is_empty() && self.retry.is_empty();
+        let spool_empty = || {
+            self.spool
+                .as_ref()
+                .is_some_and(|s| s.stats().pending_events == 0)
+        };
+        idle && (source_done || (draining && !from_queue && spool_empty()))
+    }
+
+    /// The retry timer fired: re-send what waits, unless the client is reconnecting (re-sending
+    /// into it only piles up copies); then wait another backoff.
+    fn retry_due(&mut self) {
+        if self.context.sink.is_up() {
+            self.retry_at = None;
+            self.resend();
+        } else {
+            self.retry_at = Some(Instant::now() + self.backoff);
+        }
     }
 
     /// Sends every job of `batch` (emptied), in order, after its topics are prepared. Returns

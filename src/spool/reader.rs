@@ -196,6 +196,43 @@ impl std::fmt::Debug for SpoolReader {
     }
 }
 
+/// `file` when it is `seg`'s, else `seg` opened; `None` when the file is gone (deleted because
+/// fully confirmed, a reader behind the watermark having raced it, or removed by hand).
+fn open_segment(seg: &SegmentView, file: Option<OpenSegment>) -> io::Result<Option<OpenSegment>> {
+    match file {
+        Some(open) if open.first_seq == seg.first_seq => Ok(Some(open)),
+        _ => match File::open(&seg.path) {
+            Ok(file) => Ok(Some(OpenSegment {
+                first_seq: seg.first_seq,
+                file,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Skips from the indexed position (`offset`, `at_seq`) to `seq`; these records were validated
+/// before, so only their headers are read. `Some(reason)` when a header does not fit.
+fn skip_to(
+    reader: &mut BufReader<&File>,
+    seg: &SegmentView,
+    offset: &mut u64,
+    at_seq: &mut u64,
+    seq: u64,
+) -> io::Result<Option<&'static str>> {
+    while *at_seq < seq {
+        let (found, len) = format::read_header(reader)?;
+        if found != *at_seq || *offset + len > seg.bytes {
+            return Ok(Some("bad record header"));
+        }
+        reader.seek_relative((len - format::HEADER_LEN) as i64)?;
+        *offset += len;
+        *at_seq += 1;
+    }
+    Ok(None)
+}
+
 /// Blocking: reads up to `max` records from `cursor` through the planned segments.
 fn read_batch(
     dir: &std::path::Path,
@@ -218,23 +255,11 @@ fn read_batch(
             }
             continue;
         }
-        let open = match file.take() {
-            Some(open) if open.first_seq == seg.first_seq => open,
-            _ => match File::open(&seg.path) {
-                Ok(f) => OpenSegment {
-                    first_seq: seg.first_seq,
-                    file: f,
-                },
-                // Deleted because fully confirmed (a reader behind the watermark raced it), or
-                // removed by hand.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Ok((
-                        BatchOut::skipping(records, seq..seg.end_seq, "segment file missing"),
-                        None,
-                    ));
-                }
-                Err(e) => return Err(e),
-            },
+        let Some(open) = open_segment(seg, file.take())? else {
+            return Ok((
+                BatchOut::skipping(records, seq..seg.end_seq, "segment file missing"),
+                None,
+            ));
         };
         let (mut offset, mut at_seq) = match cursor.at {
             Some((first, offset)) if first == seg.first_seq && cursor.seq == seq => (offset, seq),
@@ -242,18 +267,7 @@ fn read_batch(
         };
         let mut reader = BufReader::with_capacity(READ_BUFFER, &open.file);
         reader.seek(SeekFrom::Start(seg.data_start + offset))?;
-        let mut invalid = None;
-        // Skip from the indexed position to `seq`; these records were validated before.
-        while at_seq < seq {
-            let (found, len) = format::read_header(&mut reader)?;
-            if found != at_seq || offset + len > seg.bytes {
-                invalid = Some("bad record header");
-                break;
-            }
-            reader.seek_relative((len - format::HEADER_LEN) as i64)?;
-            offset += len;
-            at_seq += 1;
-        }
+        let mut invalid = skip_to(&mut reader, seg, &mut offset, &mut at_seq, seq)?;
         while invalid.is_none()
             && at_seq < seg.end_seq
             && records.len() < max

@@ -354,46 +354,13 @@ fn scan_segment(
     // Logs and the names of kept bytes give file offsets, to find the bytes with any tool.
     let file_offset = data_start + offset;
     if let Some(reason) = invalid {
-        let mut rest = Vec::new();
-        (&file).seek(SeekFrom::Start(file_offset))?;
-        (&file).read_to_end(&mut rest)?;
-        // A valid record of the expected seq may follow junk, except at the very start of the
-        // file (it would split into a segment of the same name).
-        let after = if seq == first_seq { seq } else { seq - 1 };
-        match format::next_valid(&rest, after) {
-            Some((at, next_seq)) => {
-                let aside = format::keep_corrupt(dir, &path, file_offset, &rest[..at]);
-                error!(
-                    segment = %path.display(), offset = file_offset, damaged_bytes = at, reason,
-                    lost_from_seq = seq, lost_to_seq = next_seq, kept = ?aside,
-                    "spool: corrupt records inside the log; the valid records after them are kept"
-                );
-                let new_path = dir.join(format::segment_name(next_seq));
-                if !new_path.exists() {
-                    // Written by this code, so of the current version whatever the source was.
-                    let tmp = new_path.with_extension("split");
-                    let mut out = format::create_segment(&tmp)?;
-                    out.write_all(&rest[at..])?;
-                    out.sync_all()?;
-                    fs::rename(&tmp, &new_path)?;
-                    format::sync_dir(dir)?;
-                }
-                split = Some(Split {
-                    first_seq: next_seq,
-                    path: new_path,
-                });
-            }
-            None if is_last => warn!(
-                segment = %path.display(), offset = file_offset, dropped_bytes = len - offset,
-                reason, "spool: discarding the torn tail of the log"
-            ),
-            None => error!(
-                segment = %path.display(), offset = file_offset, dropped_bytes = len - offset,
-                reason,
-                first_lost_seq = seq,
-                "spool: corrupt record inside the log; the rest of this segment is lost"
-            ),
-        }
+        let damage = Damaged {
+            file_offset,
+            seq,
+            dropped: len - offset,
+            reason,
+        };
+        split = salvage(dir, &path, &file, first_seq, is_last, &damage)?;
     }
     if file_offset != file_len {
         file.set_len(file_offset)?;
@@ -409,6 +376,81 @@ fn scan_segment(
         path,
     };
     Ok((meta, split))
+}
+
+/// Where a segment's records stop being valid.
+struct Damaged {
+    /// File offset of the first bad byte.
+    file_offset: u64,
+    /// The seq the bad record should have had.
+    seq: u64,
+    /// Record bytes from there to the end of the file.
+    dropped: u64,
+    reason: &'static str,
+}
+
+/// After damage in `path`: the valid records that follow it (from the expected seq on) copied
+/// to a segment file of their own (returned), the damaged bytes kept aside; or, when none
+/// follow, the loss logged (a torn tail of the last segment is only a warning).
+fn salvage(
+    dir: &Path,
+    path: &Path,
+    mut file: &File,
+    first_seq: u64,
+    is_last: bool,
+    damage: &Damaged,
+) -> io::Result<Option<Split>> {
+    let mut rest = Vec::new();
+    file.seek(SeekFrom::Start(damage.file_offset))?;
+    file.read_to_end(&mut rest)?;
+    // A valid record of the expected seq may follow junk, except at the very start of the
+    // file (it would split into a segment of the same name).
+    let after = if damage.seq == first_seq {
+        damage.seq
+    } else {
+        damage.seq - 1
+    };
+    match format::next_valid(&rest, after) {
+        Some((at, next_seq)) => {
+            let aside = format::keep_corrupt(dir, path, damage.file_offset, &rest[..at]);
+            error!(
+                segment = %path.display(), offset = damage.file_offset, damaged_bytes = at,
+                reason = damage.reason, lost_from_seq = damage.seq, lost_to_seq = next_seq, kept = ?aside,
+                "spool: corrupt records inside the log; the valid records after them are kept"
+            );
+            let new_path = dir.join(format::segment_name(next_seq));
+            if !new_path.exists() {
+                // Written by this code, so of the current version whatever the source was.
+                let tmp = new_path.with_extension("split");
+                let mut out = format::create_segment(&tmp)?;
+                out.write_all(&rest[at..])?;
+                out.sync_all()?;
+                fs::rename(&tmp, &new_path)?;
+                format::sync_dir(dir)?;
+            }
+            Ok(Some(Split {
+                first_seq: next_seq,
+                path: new_path,
+            }))
+        }
+        None if is_last => {
+            warn!(
+                segment = %path.display(), offset = damage.file_offset,
+                dropped_bytes = damage.dropped, reason = damage.reason,
+                "spool: discarding the torn tail of the log"
+            );
+            Ok(None)
+        }
+        None => {
+            error!(
+                segment = %path.display(), offset = damage.file_offset,
+                dropped_bytes = damage.dropped, reason = damage.reason,
+                first_lost_seq = damage.seq,
+                "spool: corrupt record inside the log; the rest of this segment is lost"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Whether any byte from `offset` to the end of `file` is not zero.
