@@ -141,17 +141,25 @@ class Bench:
         self.nats = self.start("nats", ["nats-server", "-a", "127.0.0.1", "-p", str(self.nats_port), "-js",
                             "-sd", str(self.work / "nats")])
         wait_for("nats-server", lambda: port_open(self.nats_port))
-        self.kafka_port = free_port()
-        tansu = shutil.which("tansu") or str(Path.home() / ".cargo/bin/tansu")
-        url = f"tcp://127.0.0.1:{self.kafka_port}"
-        self.tansu = self.start("tansu", [tansu, "broker", "--listener-url", url, "--advertised-listener-url",
-                             url, "--storage-engine", "memory://tansu/"], cwd=self.work)
-        wait_for("tansu", lambda: port_open(self.kafka_port))
+        self.kafka_port, self.tansu = None, None
         self.redis_port = free_port()
         self.start("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
                              "--save", "", "--appendonly", "no",
                              "--maxmemory-policy", "noeviction"])
         wait_for("redis", lambda: port_open(self.redis_port))
+
+    def fresh_tansu(self, name):
+        """A Kafka broker of its own for one row: thousands of topics left by an earlier row
+        slow tansu down, which would be charged to the next row."""
+        if self.tansu is not None:
+            self.tansu.stop(signal.SIGKILL, 5)
+        self.kafka_port = free_port()
+        tansu = shutil.which("tansu") or str(Path.home() / ".cargo/bin/tansu")
+        url = f"tcp://127.0.0.1:{self.kafka_port}"
+        self.tansu = self.start(f"tansu-{name}", [tansu, "broker", "--listener-url", url,
+                                "--advertised-listener-url", url,
+                                "--storage-engine", "memory://tansu/"], cwd=self.work)
+        wait_for("tansu", lambda: port_open(self.kafka_port))
 
     # -- load --------------------------------------------------------------------------------
     def wrk(self, port):
@@ -175,15 +183,20 @@ class Bench:
         port = free_port()
         proc = self.start("bare", [str(RELEASE / "examples/bare_hyper"), f"127.0.0.1:{port}"])
         wait_for("bare hyper", lambda: port_open(port))
+        cpu0 = proc.cpu_seconds()
         result = self.wrk(port)
+        result["cpu_us"] = (proc.cpu_seconds() - cpu0) * 1e6 / max(result["total"], 1)
         proc.stop()
         return result
 
     # -- hookbus -----------------------------------------------------------------------------
-    def hookbus(self, name, mode, sink, extra="", ready=True):
+    def hookbus(self, name, mode, sink, extra="", ready=True, template=None, kafka="",
+                wrap=None):
         http, admin = free_port(), free_port()
+        template = template or f"{name}.{{channel}}.{{action}}"
         if sink == "kafka":
-            sink_toml = f'[sink]\nkind = "kafka"\n[kafka]\nbrokers = "127.0.0.1:{self.kafka_port}"\n'
+            sink_toml = (f'[sink]\nkind = "kafka"\n[kafka]\nbrokers = "127.0.0.1:{self.kafka_port}"\n'
+                         + kafka)
         else:
             sink_toml = (f'[sink]\nkind = "nats"\n[nats]\nurl = "nats://127.0.0.1:{self.nats_port}"\n'
                          f'jetstream = {"true" if sink == "jetstream" else "false"}\n'
@@ -194,17 +207,19 @@ class Bench:
             # Loopback only: wrk sends no token.
             f'[auth]\nallow_anonymous = true\n'
             f'[ack]\nmode = "{mode}"\n[spool]\ndir = "{self.work / ("spool-" + name)}"\n'
-            f'[routing]\ntemplate = "{name}.{{channel}}.{{action}}"\n'
+            f'[routing]\ntemplate = "{template}"\n'
             f'dead_letter = "{name}.dead-letter"\noverflow = "{name}._overflow.{{action}}"\n'
             f'[shutdown]\ngrace = "30s"\n' + sink_toml + extra
             # BENCH_EXTRA: more config for experiments (appended last).
             + os.environ.get("BENCH_EXTRA", "").replace("\\n", "\n"))
         env = dict(os.environ, RUST_LOG="warn")
-        proc = self.start(name, [str(RELEASE / "hookbus"), "--config", str(config)], env=env)
+        proc = self.start(name, [*(wrap or []), str(RELEASE / "hookbus"), "--config", str(config)],
+                          env=env)
         metrics = f"http://127.0.0.1:{admin}/metrics"
         if ready:
             wait_for(f"{name} ready",
-                     lambda: http_get(f"http://127.0.0.1:{admin}/readyz")[0] == 200)
+                     lambda: http_get(f"http://127.0.0.1:{admin}/readyz")[0] == 200,
+                     timeout=120 if wrap else 30)
         else:
             wait_for(f"{name} listening", lambda: port_open(http))
         return proc, http, metrics
@@ -230,8 +245,10 @@ class Bench:
             raise SystemExit(f"bench: count {args}: {out.stderr.strip()}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    def path(self, name, mode, sink, bare_ok_per_s=None, extra=""):
+    def path(self, name, mode, sink, extra="", template=None, kafka=""):
         counter = None
+        if sink == "kafka":
+            self.fresh_tansu(name)
         if sink == "nats":
             counter = self.start(
                 f"{name}-count",
@@ -239,7 +256,7 @@ class Bench:
                  f"{name}.>"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             if counter.p.stdout.readline().strip() != "ready":
                 raise SystemExit("bench: core NATS counter did not subscribe")
-        proc, http, metrics = self.hookbus(name, mode, sink, extra)
+        proc, http, metrics = self.hookbus(name, mode, sink, extra, template=template, kafka=kafka)
         time.sleep(1)  # idle RSS: after start-up and the broker handshake settle
         idle = proc.status_kib("VmRSS")
         broker = {"kafka": self.tansu, "jetstream": self.nats, "nats": self.nats}[sink]
@@ -275,6 +292,52 @@ class Bench:
                 "cpu_us": cpu * 1e6 / max(published, 1),
                 "broker_us": broker_cpu * 1e6 / max(published, 1), "idle_mib": idle / 1024,
                 "peak_mib": peak / 1024, "got": got, "exact": exact}
+
+    # -- instructions ------------------------------------------------------------------------
+    CALLGRIND = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+
+    def callgrind_total(self, proc, out):
+        """Stops counting, stops the process and reads the instruction total of its dump."""
+        subprocess.run(["callgrind_control", "-i", "off", str(proc.p.pid)], check=True,
+                       capture_output=True)
+        proc.stop(timeout=120)
+        for line in out.read_text().splitlines():
+            if line.startswith("totals:") or line.startswith("summary:"):
+                return int(line.split()[1])
+        raise SystemExit(f"bench: no instruction total in {out}")
+
+    def load_count(self, port, n):
+        subprocess.run([str(RELEASE / "examples/load"), "--addr", f"127.0.0.1:{port}",
+                        "--connections", "4", "--count", str(n), "--run", "3"],
+                       capture_output=True, check=True, timeout=600)
+
+    def instructions_bare(self, n):
+        port = free_port()
+        out = self.work / "bare.callgrind"
+        proc = self.start("bare-callgrind", [*self.CALLGRIND, f"--callgrind-out-file={out}",
+                                             str(RELEASE / "examples/bare_hyper"),
+                                             f"127.0.0.1:{port}"])
+        wait_for("bare hyper under callgrind", lambda: port_open(port), timeout=120)
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.p.pid)], check=True,
+                       capture_output=True)
+        self.load_count(port, n)
+        return self.callgrind_total(proc, out) / n
+
+    def instructions(self, name, mode, sink, n, template=None, kafka=""):
+        """hookbus's instructions per request on one path: from ready until every event of
+        `n` requests (one event each) is published."""
+        if sink == "kafka":
+            self.fresh_tansu(name + "-count")
+        out = self.work / f"{name}.callgrind"
+        proc, http, metrics = self.hookbus(
+            name + "-count", mode, sink, template=template, kafka=kafka,
+            wrap=[*self.CALLGRIND, f"--callgrind-out-file={out}"])
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.p.pid)], check=True,
+                       capture_output=True)
+        self.load_count(http, n)
+        wait_for(f"{name}: {n} published under callgrind", lambda: metric_sum(
+            http_get(metrics)[1], "hookbus_events_published_total") >= n, timeout=600)
+        return self.callgrind_total(proc, out) / n
 
     def half(self, name, mode, sink, saturated):
         rate = int(saturated / 2)
@@ -316,17 +379,25 @@ class Bench:
         return seconds, got
 
 
+ONE_TOPIC = {"template": "pubkafka1.all", "kafka": "partitions = 1\n"}
+
 PATHS = [
-    # name, ack mode, sink, extra config, label
-    ("memcore", "memory", "nats", "", "memory → core NATS"),
-    ("memjs", "memory", "jetstream", "", "memory → JetStream"),
-    ("spooljs", "spool", "jetstream", "", "spool → JetStream"),
-    ("pubjs", "publish", "jetstream", "", "publish → JetStream"),
-    ("memkafka", "memory", "kafka", "", "memory → Kafka"),
-    ("spoolkafka", "spool", "kafka", "", "spool → Kafka"),
-    ("pubkafka", "publish", "kafka", "", "publish → Kafka"),
-    ("spooljsredis", "spool", "jetstream", "SHARED", "spool → JetStream, shared dedup (Redis)"),
+    # name, ack mode, sink, extra config, label, hookbus() options
+    ("memcore", "memory", "nats", "", "memory → core NATS", {}),
+    ("memjs", "memory", "jetstream", "", "memory → JetStream", {}),
+    ("spooljs", "spool", "jetstream", "", "spool → JetStream", {}),
+    ("pubjs", "publish", "jetstream", "", "publish → JetStream", {}),
+    ("memkafka", "memory", "kafka", "", "memory → Kafka", {}),
+    ("spoolkafka", "spool", "kafka", "", "spool → Kafka", {}),
+    ("pubkafka", "publish", "kafka", "", "publish → Kafka, topic per channel", {}),
+    ("pubkafka1", "publish", "kafka", "", "publish → Kafka, one topic, one partition", ONE_TOPIC),
+    ("spooljsredis", "spool", "jetstream", "SHARED", "spool → JetStream, shared dedup (Redis)", {}),
 ]
+
+# Instructions per request under callgrind (deterministic: the same binary and inputs give the
+# same count whatever else the machine does): bare hyper and these paths.
+COUNTED = ["memcore", "spooljs", "pubkafka", "pubkafka1"]
+COUNTED_REQUESTS = 2000
 
 
 def main():
@@ -339,18 +410,26 @@ def main():
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         bare1 = bench.bare()
         rows = []
-        for name, mode, sink, extra, label in PATHS:
+        for name, mode, sink, extra, label, options in PATHS:
             if only and name not in only:
                 continue
             if extra == "SHARED":
                 extra = f'[dedup]\nshared = "redis://127.0.0.1:{bench.redis_port}/"\n'
-            row = bench.path(name, mode, sink, extra=extra)
+            row = bench.path(name, mode, sink, extra=extra, **options)
             row["label"] = label
             rows.append(row)
             print(f"bench: {label}: {row['load']['ok_per_s']:.0f} 2xx/s, exact={row['exact']}",
                   file=sys.stderr, flush=True)
         bare2 = bench.bare()
         baseline = (bare1["ok_per_s"] + bare2["ok_per_s"]) / 2
+        bare_cpu = (bare1["cpu_us"] + bare2["cpu_us"]) / 2
+        counted = []
+        if os.environ.get("BENCH_INSTRUCTIONS", "1") != "0":
+            counted.append(("bare hyper", bench.instructions_bare(COUNTED_REQUESTS)))
+            for name, mode, sink, extra, label, options in PATHS:
+                if name in COUNTED and (not only or name in only):
+                    counted.append((label, bench.instructions(name, mode, sink,
+                                                              COUNTED_REQUESTS, **options)))
         halves = []
         if not only:
             by = {r["name"]: r for r in rows}
@@ -364,12 +443,12 @@ def main():
         print(f"scripts/bench {seconds} {conns}, {started}, {os.cpu_count()} cores: "
               f"wrk -t2 -c{conns} -d{seconds}s, distinct G1 events")
         print()
-        print("| path | 2xx/s | non-2xx | ratio | p50 / p99 | CPU µs/event | idle / peak RSS "
-              "| exactly once |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| path | 2xx/s | non-2xx | ratio | p50 / p99 | CPU µs/event (broker) | × bare "
+              "| idle / peak RSS | exactly once |")
+        print("|---|---|---|---|---|---|---|---|---|")
         print(f"| bare hyper (read body, 200), mean of {bare1['ok_per_s']:.0f} before and "
               f"{bare2['ok_per_s']:.0f} after | {baseline:.0f} | {bare1['non2xx'] + bare2['non2xx']} "
-              f"| 1.00 | {bare1['p50']} / {bare1['p99']} | | | |")
+              f"| 1.00 | {bare1['p50']} / {bare1['p99']} | {bare_cpu:.1f} per request | 1.0 | | |")
         for r in rows:
             load = r["load"]
             check = (f"yes: {r['got']['distinct']:,} events" if r["exact"]
@@ -377,7 +456,18 @@ def main():
                           f"distinct, {r['published']:,} published, {r['acked']:,} acked")
             print(f"| {r['label']} | {load['ok_per_s']:.0f} | {load['non2xx']} | "
                   f"{load['ok_per_s'] / baseline:.2f} | {load['p50']} / {load['p99']} | "
-                  f"{r['cpu_us']:.1f} ({r['broker_us']:.1f}) | {r['idle_mib']:.0f} / {r['peak_mib']:.0f} MiB | {check} |")
+                  f"{r['cpu_us']:.1f} ({r['broker_us']:.1f}) | {r['cpu_us'] / bare_cpu:.1f}× | "
+                  f"{r['idle_mib']:.0f} / {r['peak_mib']:.0f} MiB | {check} |")
+        if counted:
+            print()
+            print(f"Instructions per request under callgrind ({COUNTED_REQUESTS} distinct G1 "
+                  "requests, 4 connections; counted from ready until every event is published):")
+            print()
+            print("| path | instructions / request | × bare |")
+            print("|---|---|---|")
+            base = counted[0][1]
+            for label, per in counted:
+                print(f"| {label} | {per:,.0f} | {per / base:.1f}× |")
         if halves:
             print()
             print("At half the saturation rate of the JetStream path (open loop, "
