@@ -1,5 +1,5 @@
-//! Small text helpers used across the crate, each in one place: hex digits and cutting text
-//! at a character boundary. Pure.
+//! Small text helpers used across the crate, each in one place: hex digits, cutting text at a
+//! character boundary, a caught panic's message. Pure.
 
 const LOWER: &[u8; 16] = b"0123456789abcdef";
 const UPPER: &[u8; 16] = b"0123456789ABCDEF";
@@ -51,4 +51,13 @@ mod tests {
         assert_eq!(truncate("héllo", 3), "hé");
         assert_eq!(truncate("abc", 9), "abc");
     }
+}
+
+/// The message of a caught panic (`panic!("…")` carries a `&str` or a `String`).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }

@@ -9,7 +9,10 @@
 //! Rejected bodies go to the dead-letter destination before the 400 is sent, once per window.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -189,11 +192,16 @@ impl Ingress {
             })
     }
 
-    /// Runs one webhook body through the pipeline in a task of its own.
+    /// Runs one webhook body through the pipeline.
     ///
     /// Cancel safe: dropping the returned future (the client left) does not stop the
     /// pipeline; its events are accepted (or not) exactly as if the client had stayed, and a
-    /// retry learns the outcome.
+    /// retry learns the outcome. The pipeline is polled once here, in the request's own
+    /// future: when it finishes without waiting (the common case in `memory` mode) no task is
+    /// spawned, and nothing can be cancelled because nothing was awaited. When it must wait
+    /// (the spool's fsync, the broker's confirmation, a pending retry, the shared store), the
+    /// rest moves into a task of its own before this future can be dropped. A panic in the
+    /// pipeline is answered 503 either way.
     ///
     /// # Errors
     /// `InvalidPayload` (after dead-lettering the body), `Forbidden`, `TooManyItems`, or
@@ -207,20 +215,28 @@ impl Ingress {
         budget: OwnedSemaphorePermit,
     ) -> Result<Accepted, IngressError> {
         let this = self.clone();
-        let task = async move {
+        let mut task = Box::pin(async move {
             let result = this.process(body, received_ms).await;
             drop(budget);
             result
+        });
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
+                task.as_mut().poll(cx)
+            })))
+        })
+        .await;
+        let outcome = match first {
+            Ok(Poll::Ready(result)) => return result,
+            Ok(Poll::Pending) => tokio::spawn(task).await.map_err(|e| e.to_string()),
+            Err(panic) => Err(crate::text::panic_message(panic.as_ref())),
         };
-        match tokio::spawn(task).await {
-            Ok(result) => result,
-            Err(error) => {
-                tracing::error!(%error, "webhook pipeline failed");
-                Err(IngressError::Unavailable(
-                    "internal error while accepting; retry shortly".to_owned(),
-                ))
-            }
-        }
+        outcome.unwrap_or_else(|error| {
+            tracing::error!(%error, "webhook pipeline failed");
+            Err(IngressError::Unavailable(
+                "internal error while accepting; retry shortly".to_owned(),
+            ))
+        })
     }
 
     /// The pipeline, step by step over one [`Candidates`]: normalize → check sub_keys → build

@@ -292,6 +292,22 @@ pub fn normalize_items(
     if text.trim_ascii().is_empty() {
         return Err(NormalizeError::EmptyBody);
     }
+    if let Some(event) = g1::fast(text, body, received_at_ms) {
+        return Ok(Normalized {
+            events: vec![event],
+            rejected: Vec::new(),
+        });
+    }
+    normalize_general(text, body, received_at_ms, max_items)
+}
+
+/// [`normalize_items`] without the plain G1 path: every generation through the raw object.
+fn normalize_general(
+    text: &str,
+    body: &[u8],
+    received_at_ms: u64,
+    max_items: usize,
+) -> Result<Normalized, NormalizeError> {
     let top = raw::object(text, "body")?;
     // One node budget for a single event's body; a batch gives each item its own.
     let budget = bounded::Budget::new();

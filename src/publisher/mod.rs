@@ -230,7 +230,7 @@ pub async fn run(source: Source, context: Context, config: PublisherConfig, drai
         match std::panic::AssertUnwindSafe(pass).catch_unwind().await {
             Ok(()) => return,
             Err(panic) => {
-                let message = panic_message(&panic);
+                let message = crate::text::panic_message(panic.as_ref());
                 context.metrics.publisher_restarts.inc();
                 let now = Instant::now();
                 restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
@@ -253,12 +253,4 @@ pub async fn run(source: Source, context: Context, config: PublisherConfig, drai
         }
         backoff = (backoff * 2).min(config.max_backoff.max(Duration::from_millis(100)));
     }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned())
 }

@@ -372,7 +372,7 @@ impl<'a> Pipeline<'a> {
 }
 
 fn panicked(metrics: &crate::metrics::Metrics, panic: &Box<dyn std::any::Any + Send>) -> SinkError {
-    let message = super::panic_message(panic);
+    let message = crate::text::panic_message(panic.as_ref());
     metrics.publisher_error("panic");
     tracing::error!(panic = %message, "the sink panicked; the message is retried");
     SinkError::Retriable(format!("the sink panicked: {message}"))

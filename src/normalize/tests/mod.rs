@@ -5,6 +5,7 @@
 mod fixtures;
 mod generations;
 mod items;
+mod plain_g1;
 mod properties;
 mod rejections;
 mod wire;
