@@ -30,6 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "target" / "release"
+# BENCH_HOOKBUS: another hookbus binary to measure (e.g. a build of an earlier commit, for a
+# before/after comparison in one sitting).
+HOOKBUS = Path(os.environ.get("BENCH_HOOKBUS", RELEASE / "hookbus"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -213,7 +216,7 @@ class Bench:
             # BENCH_EXTRA: more config for experiments (appended last).
             + os.environ.get("BENCH_EXTRA", "").replace("\\n", "\n"))
         env = dict(os.environ, RUST_LOG="warn")
-        proc = self.start(name, [*(wrap or []), str(RELEASE / "hookbus"), "--config", str(config)],
+        proc = self.start(name, [*(wrap or []), str(HOOKBUS), "--config", str(config)],
                           env=env)
         metrics = f"http://127.0.0.1:{admin}/metrics"
         if ready:
@@ -301,10 +304,11 @@ class Bench:
         subprocess.run(["callgrind_control", "-i", "off", str(proc.p.pid)], check=True,
                        capture_output=True)
         proc.stop(timeout=120)
-        for line in out.read_text().splitlines():
-            if line.startswith("totals:") or line.startswith("summary:"):
-                return int(line.split()[1])
-        raise SystemExit(f"bench: no instruction total in {out}")
+        totals = [int(line.split()[1]) for line in out.read_text().splitlines()
+                  if line.startswith("totals:")]
+        if not totals or totals[-1] == 0:
+            raise SystemExit(f"bench: no instruction total in {out}")
+        return totals[-1]
 
     def load_count(self, port, n):
         subprocess.run([str(RELEASE / "examples/load"), "--addr", f"127.0.0.1:{port}",
@@ -367,7 +371,7 @@ class Bench:
         config = self.work / "replay.toml"
         config.write_text(config.read_text().replace(f":{dead}", f":{self.nats_port}"))
         t0 = time.monotonic()
-        proc = self.start("replay2", [str(RELEASE / "hookbus"), "--config", str(config)],
+        proc = self.start("replay2", [str(HOOKBUS), "--config", str(config)],
                           env=dict(os.environ, RUST_LOG="warn"))
         wait_for("replay published", lambda: metric_sum(
             http_get(metrics)[1], "hookbus_events_published_total") >= backlog, timeout=120)

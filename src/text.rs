@@ -37,6 +37,15 @@ pub fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// The message of a caught panic (`panic!("…")` carries a `&str` or a `String`).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,13 +60,4 @@ mod tests {
         assert_eq!(truncate("héllo", 3), "hé");
         assert_eq!(truncate("abc", 9), "abc");
     }
-}
-
-/// The message of a caught panic (`panic!("…")` carries a `&str` or a `String`).
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned())
 }
