@@ -823,7 +823,8 @@ AUTH_CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"secret": {"existingSecret": "hookbus-env"}}, "existingSecret", "an existing Secret (offline: assumed to hold it)"),
     ({"config": {"auth": {"tokens": ["${HOOKBUS_AUTH_TOKEN_NEXT}"]}}, "secret": {"env": {"HOOKBUS_AUTH_TOKEN_NEXT": "next-0123456789"}}},
      "generated", "config.auth.tokens are further tokens: the primary is still generated"),
-    ({"fullnameOverride": "h" * 63}, "generated", "a 63-character full name: the -auth Secret name still fits"),
+    ({"fullnameOverride": "h" * 63, "persistence": {"enabled": False}, "replicaCount": 1}, "generated",
+     "a 63-character full name: the -auth Secret name still fits"),
 ]
 
 
@@ -896,24 +897,139 @@ def check_auth_cases(f: Failures) -> None:
         f.fail(f"rendering against the fake API server failed: {' '.join(str(e).split())[:300]}")
 
 
+def notes_of(manifests: dict[str, str]) -> str:
+    return next((m for t, m in manifests.items() if t.endswith("NOTES.txt")), "")
+
+
+def runbook_section(title: str) -> str:
+    """The text of the '## title' section of docs/runbooks.md ('' when there is none)."""
+    text = RUNBOOKS.read_text() if RUNBOOKS.exists() else ""
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^#{{1,2}} |\Z)", text, re.S | re.M)
+    return m.group(1) if m else ""
+
+
+def check_durability(f: Failures) -> None:
+    """The default values keep acknowledged events through scale-in, eviction and node loss:
+    a StatefulSet whose claims are retained; the HPA scales that StatefulSet; the retained
+    claims of removed pods are drained by the drainJobs the runbooks describe; Kafka topics
+    get 3 replicas unless NOTES warns; the ServiceMonitor labels targets with the release."""
+    before = len(f.items)
+    docs = docs_of(render({}))
+    sts = by_kind(docs, "StatefulSet")
+    if f.check(len(sts) == 1 and not by_kind(docs, "Deployment"), "[durability] default values render no StatefulSet"):
+        pol = sts[0]["spec"].get("persistentVolumeClaimRetentionPolicy") or {}
+        f.check(pol == {"whenDeleted": "Retain", "whenScaled": "Retain"},
+                f"[durability] default claims not retained on scale-in and delete: {pol}")
+        f.check(sts[0]["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "spool",
+                "[durability] the spool claim template is not named spool (claims spool-<sts>-<ordinal>)")
+    _, cfg = config_toml_of(docs)  # type: ignore[misc]
+    f.check(cfg["ack"]["mode"] == "spool", "[durability] default ack mode is not spool")
+
+    # The HPA scales the StatefulSet in: the removed ordinals' claims stay (Retain).
+    docs = docs_of(render({"autoscaling": {"enabled": True}}))
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")
+    f.check(bool(hpa) and hpa[0]["spec"]["scaleTargetRef"]["kind"] == "StatefulSet",
+            "[durability] the default HPA does not scale the StatefulSet")
+
+    # Kafka: 3 replicas by default; 1 renders with a NOTES warning; NATS gets no such warning.
+    m = render({"config": {"sink": {"kind": "kafka"}}})
+    _, cfg = config_toml_of(docs_of(m))  # type: ignore[misc]
+    f.check(cfg["kafka"]["replication_factor"] == 3, f"[durability] kafka replication_factor {cfg['kafka']['replication_factor']}, expected 3")
+    f.check("replication_factor" not in notes_of(m), "[durability] NOTES warns about replication factor 3")
+    m = render({"config": {"sink": {"kind": "kafka"}, "kafka": {"replication_factor": 1}}})
+    f.check("WARNING: config.kafka.replication_factor is 1" in notes_of(m),
+            "[durability] replication_factor 1 with sink kafka renders without a NOTES warning")
+    m = render({"config": {"kafka": {"replication_factor": 1}}})
+    f.check("replication_factor" not in notes_of(m), "[durability] NOTES warns about Kafka with sink nats")
+    # An acknowledged emptyDir: rendered, and NOTES says what it risks.
+    m = render({"persistence": {"enabled": False}, "spoolVolume": {"acknowledgeEventLoss": True}})
+    f.check("WARNING: the spool is an emptyDir" in notes_of(m), "[durability] an emptyDir spool renders without a NOTES warning")
+
+    # The ServiceMonitor labels every target with the release (alerts group by it).
+    docs = docs_of(render({"metrics": {"serviceMonitor": {"enabled": True, "relabelings": [{"action": "labeldrop", "regex": "x"}]}}}))
+    eps = by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]
+    rl = eps.get("relabelings") or []
+    f.check(bool(rl) and rl[0] == {"action": "replace", "targetLabel": "release", "replacement": RELEASE}
+            and rl[-1] == {"action": "labeldrop", "regex": "x"},
+            f"[durability] ServiceMonitor relabelings do not set release={RELEASE} before the user's: {rl}")
+
+    # drainJobs: one Job per retained claim, with the pods' config, Secrets and security.
+    claims = [f"spool-{RELEASE}-3", f"spool-{RELEASE}-4"]
+    docs = docs_of(render({"drainJobs": {"claims": claims, "timeout": "5m"},
+                           "secretFiles": {"existingSecret": "hookbus-tls"}}))
+    pod = (by_kind(docs, "StatefulSet") + by_kind(docs, "Deployment"))[0]["spec"]["template"]["spec"]
+    hb = next(c for c in pod["containers"] if c["name"] == "hookbus")
+    jobs = by_kind(docs, "Job")
+    f.check(sorted(j["metadata"]["annotations"]["hookbus.io/claim"] for j in jobs) == claims,
+            f"[drain] expected one Job per claim {claims}, got {[j['metadata']['name'] for j in jobs]}")
+    for job in jobs:
+        claim = job["metadata"]["annotations"]["hookbus.io/claim"]
+        js = job["spec"]["template"]["spec"]
+        c = js["containers"][0]
+        vols = {v["name"]: v for v in js["volumes"]}
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        f.check(len(job["metadata"]["name"]) <= 52, f"[drain] Job name {job['metadata']['name']} too long")
+        f.check(c["command"][:2] == ["/usr/local/bin/hookbus", "drain"] and "--spool-dir" in c["command"]
+                and c["command"][c["command"].index("--spool-dir") + 1] == mounts.get("spool")
+                and c["command"][-2:] == ["--timeout", "5m"],
+                f"[drain] {claim}: command {c['command']} does not drain the mounted claim")
+        f.check(vols["spool"].get("persistentVolumeClaim") == {"claimName": claim}, f"[drain] {claim}: claim not mounted")
+        want = {v["name"]: v for v in pod["volumes"]}
+        f.check(vols["config"] == want["config"] and vols.get("secret-files") == want.get("secret-files"),
+                f"[drain] {claim}: config or secret files differ from the pods'")
+        f.check(c.get("envFrom") == hb.get("envFrom") and c.get("env") == hb.get("env"),
+                f"[drain] {claim}: environment differs from the hookbus container's (broker credentials)")
+        f.check(c["image"] == hb["image"] and c["securityContext"] == hb["securityContext"]
+                and js["securityContext"] == pod["securityContext"] and js["restartPolicy"] == "Never",
+                f"[drain] {claim}: image or security context differs from the pods'")
+    kube_validate(f, "drainJobs", [(f"drain/{j['metadata']['name']}", j) for j in jobs], ["1.31"])
+
+    # The runbooks say what to do, with the commands and values this chart has.
+    scale_in = runbook_section("Scale-in with unpublished events")
+    node_loss = runbook_section("Node loss under the StatefulSet")
+    for what, text, needles in (
+        ("Scale-in with unpublished events", scale_in,
+         ["drainJobs.claims", "whenScaled", "hookbus_spool_pending_events", "kubectl -n hookbus get pvc"]),
+        ("Node loss under the StatefulSet", node_loss,
+         ["--force", "--grace-period=0", "volumeattachment", "hookbus drain", "--spool-dir", "drainJobs.claims"]),
+    ):
+        f.check(bool(text), f"docs/runbooks.md has no section '## {what}'")
+        for n in needles:
+            f.check(n in text, f"docs/runbooks.md '## {what}' does not mention {n}")
+    if len(f.items) == before:
+        print("  ok   durability: default StatefulSet with retained claims (HPA scales it), Kafka replication 3 "
+              "(1 warns in NOTES), ServiceMonitor release label, drainJobs mount the claim with the pods' "
+              "config/Secrets/security, runbooks for scale-in and node loss")
+
+
 def base64_text(b64: str) -> str:
     import base64  # noqa: PLC0415
 
     return base64.b64decode(b64).decode() if b64 else ""
 
 
+# An emptyDir spool that the chart allows in ack mode spool: one replica, no HPA.
+EMPTYDIR: dict[str, Any] = {"persistence": {"enabled": False}, "replicaCount": 1}
+
 # Values the chart must refuse to render (values, text the error must contain).
 MUST_FAIL: list[tuple[dict[str, Any], str]] = [
-    ({"config": {"spool": {"max_bytes": 10737418240}}}, "do not fit spoolVolume.sizeLimit"),
+    ({**EMPTYDIR, "config": {"spool": {"max_bytes": 10737418240}}}, "do not fit spoolVolume.sizeLimit"),
     # 2e9 + 64 MiB segment + 100 MiB dead letters > 2Gi although max_bytes alone fits.
-    ({"config": {"spool": {"max_bytes": 2000000000}}}, "do not fit spoolVolume.sizeLimit"),
-    ({"config": {"spool": {"max_bytes": 1073741824, "dead_letter_max_bytes": 1073741824}}}, "do not fit spoolVolume.sizeLimit"),
+    ({**EMPTYDIR, "config": {"spool": {"max_bytes": 2000000000}}}, "do not fit spoolVolume.sizeLimit"),
+    ({**EMPTYDIR, "config": {"spool": {"max_bytes": 1073741824, "dead_letter_max_bytes": 1073741824}}}, "do not fit spoolVolume.sizeLimit"),
+    # Ack mode spool on an emptyDir with more than one pod or the HPA: scale-in, eviction or
+    # node loss deletes acknowledged events. Refused unless acknowledged.
+    ({"persistence": {"enabled": False}}, "emptyDir spool (persistence.enabled false) and replicaCount 2"),
+    ({"persistence": {"enabled": False}, "replicaCount": 1, "autoscaling": {"enabled": True}},
+     "emptyDir spool (persistence.enabled false) and the HPA"),
+    ({"persistence": {"enabled": False}, "replicaCount": 3, "spoolVolume": {"acknowledgeEventLoss": False}},
+     "spoolVolume.acknowledgeEventLoss=true to accept that loss"),
     ({"persistence": {"enabled": True, "size": "1Gi"}}, "do not fit persistence.size"),
     ({"persistence": {"enabled": True, "size": "10G"}, "config": {"spool": {"max_bytes": 10737418240}}}, "do not fit persistence.size"),
-    ({"spoolVolume": {"medium": "Memory", "sizeLimit": "2Gi"}}, "counts against resources.limits.memory"),
+    ({**EMPTYDIR, "spoolVolume": {"medium": "Memory", "sizeLimit": "2Gi"}}, "counts against resources.limits.memory"),
     ({"secret": {"existingSecret": "hookbus-env", "authToken": "x"}}, "secret.existingSecret is set together"),
     ({"persistence": {"enabled": True}, "fullnameOverride": "h" * 53}, "longer than 52 characters"),
-    ({"spoolVolume": {"sizeLimit": "2 GB"}}, "sizeLimit"),
+    ({**EMPTYDIR, "spoolVolume": {"sizeLimit": "2 GB"}}, "sizeLimit"),
     # hookbus exits 64 on a blank token: refused before it reaches a pod.
     ({"secret": {"env": {"HOOKBUS_AUTH_TOKEN": " "}}}, "secret.env.HOOKBUS_AUTH_TOKEN is blank"),
     ({"extraEnv": [{"name": "HOOKBUS_AUTH_TOKEN", "value": ""}]}, "extraEnv HOOKBUS_AUTH_TOKEN has a blank value"),
@@ -922,21 +1038,28 @@ MUST_FAIL: list[tuple[dict[str, Any], str]] = [
 ]
 # Values right at the edge that must render.
 MUST_PASS: list[dict[str, Any]] = [
-    {"config": {"spool": {"max_bytes": 1900000000}}},
-    {"spoolVolume": {"sizeLimit": None}, "config": {"spool": {"max_bytes": 10737418240}}},
+    {**EMPTYDIR, "config": {"spool": {"max_bytes": 1900000000}}},
+    {**EMPTYDIR, "spoolVolume": {"sizeLimit": None}, "config": {"spool": {"max_bytes": 10737418240}}},
     {"persistence": {"enabled": True, "size": "1.5Gi"}},
-    {"config": {"spool": {"max_bytes": 134217728, "segment_bytes": 16777216}}, "spoolVolume": {"sizeLimit": "256Mi"}},
-    {"spoolVolume": {"medium": "Memory", "sizeLimit": "300Mi"},
+    {**EMPTYDIR, "config": {"spool": {"max_bytes": 134217728, "segment_bytes": 16777216}}, "spoolVolume": {"sizeLimit": "256Mi"}},
+    {**EMPTYDIR, "spoolVolume": {"medium": "Memory", "sizeLimit": "300Mi"},
      "config": {"spool": {"max_bytes": 134217728, "segment_bytes": 16777216}}},
-    {"fullnameOverride": "h" * 63, "ingress": {"enabled": True, "className": "nginx"}},
+    {**EMPTYDIR, "fullnameOverride": "h" * 63, "ingress": {"enabled": True, "className": "nginx"}},
+    # The emptyDir refusal applies to ack mode spool only, and yields to an acknowledgement.
+    {"persistence": {"enabled": False}, "config": {"ack": {"mode": "memory"}}, "autoscaling": {"enabled": True}},
+    {"persistence": {"enabled": False}, "config": {"ack": {"mode": "publish"}}, "replicaCount": 3},
+    {"persistence": {"enabled": False}, "spoolVolume": {"acknowledgeEventLoss": True}, "autoscaling": {"enabled": True}},
+    # The HPA on the StatefulSet: allowed, the claims of removed pods are retained.
+    {"autoscaling": {"enabled": True}},
 ]
 
 
 EXPECT = {
-    # case: kinds that must be present / absent
-    "default": ({"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget", "Secret"},
-                {"StatefulSet", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule",
-                 "NetworkPolicy", "Ingress"}),
+    # case: kinds that must be present / absent. The default is a StatefulSet: in ack mode
+    # spool the spool must outlive its pod (persistence.enabled).
+    "default": ({"StatefulSet", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget", "Secret"},
+                {"Deployment", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule",
+                 "NetworkPolicy", "Ingress", "Job"}),
 }
 FULL_KINDS = {"StatefulSet", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule",
               "NetworkPolicy", "Ingress", "PodDisruptionBudget"}
@@ -987,6 +1110,9 @@ def cmd_render(args: argparse.Namespace) -> None:
 
     # The webhook token: generated unless named, kept across upgrades, none only when anonymous.
     check_auth_cases(f)
+
+    # Defaults that cannot lose an acknowledged event; the drain of retained claims.
+    check_durability(f)
 
     # The dead-letter keys reach config.toml as given; the routing budget only when set.
     dl = {"config": {"nats": {"dead_letter_stream": "PUBNUB_DL", "dead_letter_max_bytes": 1073741824,

@@ -428,6 +428,11 @@ full PVC answers ENOSPC), a tmpfs spool must fit the memory limit, names must fi
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if and (eq (toString .Values.config.ack.mode) "spool") (not .Values.persistence.enabled) (not .Values.spoolVolume.acknowledgeEventLoss) }}
+{{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}
+{{- fail (printf "ack mode spool with an emptyDir spool (persistence.enabled false) and %s: a pod removed by scale-in or eviction, or lost with its node, while the broker is away deletes acknowledged, unpublished events with its emptyDir. Set persistence.enabled=true (a StatefulSet whose retained claims keep them: docs/runbooks.md#scale-in-with-unpublished-events), or set spoolVolume.acknowledgeEventLoss=true to accept that loss." (ternary "the HPA (autoscaling.enabled)" (printf "replicaCount %d" (int .Values.replicaCount)) .Values.autoscaling.enabled)) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.secret.existingSecret (or .Values.secret.authToken .Values.secret.natsUser .Values.secret.natsPassword .Values.secret.natsToken .Values.secret.env) }}
 {{- fail "secret.existingSecret is set together with secret.authToken/natsUser/natsPassword/natsToken/env: put those keys in the existing Secret (they would be ignored)" }}
 {{- end }}
