@@ -778,8 +778,16 @@ def check_auth(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[
              and (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
     for pod in tests:
         c = pod["spec"]["containers"][0]
-        f.check(token_route(c, secrets) == got,
-                f"[{name}] the helm test pod gets {TOKEN} as {token_route(c, secrets)}, hookbus as {got}")
+        # The token alone: hookbus's envFrom Secret holds broker passwords too.
+        want_test = got
+        if got and got[0] == "envFrom":
+            ref = {"name": got[1], "key": TOKEN}
+            if source == "existingSecret":
+                ref["optional"] = True
+            want_test = ("env", {"name": TOKEN, "valueFrom": {"secretKeyRef": ref}})
+        f.check(not c.get("envFrom"), f"[{name}] the helm test pod mounts whole Secrets: {c.get('envFrom')}")
+        f.check(token_route(c, secrets) == want_test,
+                f"[{name}] the helm test pod gets {TOKEN} as {token_route(c, secrets)}, expected {want_test}")
         script = " ".join(c.get("args") or [])
         f.check('$TOKEN_HEADER: $HOOKBUS_AUTH_TOKEN' in script, f"[{name}] the helm test does not send the token header")
 
@@ -1002,6 +1010,57 @@ def check_durability(f: Failures) -> None:
               "config/Secrets/security, runbooks for scale-in and node loss")
 
 
+def pod_of(docs: list[tuple[str, dict]]) -> dict[str, Any]:
+    return (by_kind(docs, "StatefulSet") + by_kind(docs, "Deployment"))[0]["spec"]["template"]
+
+
+def check_logs_and_secret_roll(f: Failures) -> None:
+    before = len(f.items)
+
+    def env(values: dict[str, Any]) -> dict[str, Any]:
+        c = next(c for c in pod_of(docs_of(render(values)))["spec"]["containers"] if c["name"] == "hookbus")
+        names = [e["name"] for e in c.get("env") or []]
+        f.check(len(names) == len(set(names)), f"[logs] duplicate env names {names} for {values}")
+        return {e["name"]: e.get("value") for e in c.get("env") or []}
+
+    e = env({})
+    f.check(e.get("RUST_LOG") == "info" and "HOOKBUS_LOG_FORMAT" not in e, f"[logs] default env {e}")
+    e = env({"logFormat": "json", "logLevel": "info,hookbus=debug"})
+    f.check(e.get("HOOKBUS_LOG_FORMAT") == "json" and e.get("RUST_LOG") == "info,hookbus=debug",
+            f"[logs] logFormat json / logLevel not in env: {e}")
+    e = env({"logFormat": "json", "extraEnv": [{"name": "RUST_LOG", "value": "warn"}]})
+    f.check(e.get("RUST_LOG") == "warn" and e.get("HOOKBUS_LOG_FORMAT") == "json",
+            f"[logs] an extraEnv RUST_LOG does not replace logLevel: {e}")
+
+    def annotations(values: dict[str, Any]) -> dict[str, str]:
+        return pod_of(docs_of(render(values)))["metadata"].get("annotations") or {}
+
+    a1 = annotations({"secret": {"authToken": "token-one-0123456789"}})
+    a2 = annotations({"secret": {"authToken": "token-two-0123456789"}})
+    f.check("checksum/secret" in a1 and a1["checksum/secret"] != a2["checksum/secret"]
+            and a1["checksum/config"] == a2["checksum/config"],
+            "[secret roll] a changed secret.authToken does not change checksum/secret (pods would not roll)")
+    a3 = annotations({"secret": {"authToken": "token-one-0123456789"}, "rollOnSecretChange": False})
+    f.check(not any(k.startswith("checksum/secret") or k.startswith("checksum/external") for k in a3),
+            f"[secret roll] rollOnSecretChange false still rolls on Secrets: {sorted(a3)}")
+    # A Secret the chart does not manage, read from the cluster at upgrade: its change rolls.
+    from fake_kube import FakeKube  # noqa: PLC0415 - sibling module
+
+    vals = {"secret": {"existingSecret": "hookbus-env"}}
+    sums = []
+    h = helm()
+    for password in ("old-password", "rotated-password"):
+        with FakeKube({("roll", "hookbus-env"): {TOKEN: "existing-token-0123456789", "KAFKA_SASL_PASSWORD": password}}) as kube, \
+                h.Chart.load(str(CHART)) as chart:
+            ann = pod_of(docs_of(kube.render(chart, vals, name=RELEASE, namespace="roll", upgrade=True)))["metadata"]["annotations"]
+            sums.append(ann.get("checksum/external-secrets"))
+    f.check(None not in sums and sums[0] != sums[1],
+            f"[secret roll] rotating a key of secret.existingSecret does not change checksum/external-secrets: {sums}")
+    if len(f.items) == before:
+        print("  ok   logFormat json -> HOOKBUS_LOG_FORMAT, logLevel -> RUST_LOG (extraEnv replaces them); "
+              "Secret changes (chart-managed, and existing ones via lookup) roll the pods unless rollOnSecretChange false")
+
+
 def base64_text(b64: str) -> str:
     import base64  # noqa: PLC0415
 
@@ -1113,6 +1172,9 @@ def cmd_render(args: argparse.Namespace) -> None:
 
     # Defaults that cannot lose an acknowledged event; the drain of retained claims.
     check_durability(f)
+
+    # Log format and level; the pod roll on a Secret change (optional).
+    check_logs_and_secret_roll(f)
 
     # The dead-letter keys reach config.toml as given; the routing budget only when set.
     dl = {"config": {"nats": {"dead_letter_stream": "PUBNUB_DL", "dead_letter_max_bytes": 1073741824,

@@ -134,6 +134,48 @@ Call it once per render (the Secret template): each call outside a cluster is a 
 {{- end }}
 {{- end }}
 
+{{/*
+The env list of the hookbus container (and the drain Jobs): the generated token (when the chart
+generated it), RUST_LOG from logLevel, HOOKBUS_LOG_FORMAT from logFormat, then extraEnv (an
+extraEnv entry of the same name replaces the chart's).
+*/}}
+{{- define "hookbus.containerEnv" -}}
+{{- with include "hookbus.authTokenEnv" . }}
+# The webhook token the chart generated (no authToken, existing Secret key or extraEnv entry).
+{{ . | trim }}
+{{- end }}
+{{- $own := dict }}
+{{- range .Values.extraEnv }}{{ $_ := set $own (toString .name) true }}{{ end }}
+{{- if not (hasKey $own "RUST_LOG") }}
+- name: RUST_LOG
+  value: {{ .Values.logLevel | quote }}
+{{- end }}
+{{- if and (eq .Values.logFormat "json") (not (hasKey $own "HOOKBUS_LOG_FORMAT")) }}
+- name: HOOKBUS_LOG_FORMAT
+  value: json
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The data of the Secrets the chart does not render but hookbus reads (secret.existingSecret,
+secretFiles.existingSecret, the generated token's Secret), as found in the cluster at
+install/upgrade (lookup; "" offline, e.g. helm template): its checksum rolls the pods when one
+of them changed since the last upgrade.
+*/}}
+{{- define "hookbus.externalSecretsData" -}}
+{{- $names := list (include "hookbus.authSecretName" .) }}
+{{- with .Values.secret.existingSecret }}{{ $names = append $names . }}{{ end }}
+{{- with .Values.secretFiles.existingSecret }}{{ $names = append $names . }}{{ end }}
+{{- range $names }}
+{{- with lookup "v1" "Secret" $.Release.Namespace . }}
+{{ .metadata.name }}: {{ toJson .data }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Name of the Secret mounted as files, or "" when there is none. */}}
 {{- define "hookbus.filesSecretName" -}}
 {{- if .Values.secretFiles.existingSecret }}
@@ -399,7 +441,8 @@ there must name an alert of the file, so a typo fails the render instead of bein
 {{/*
 Guard rails that refuse to render: the spool must fit its volume (an emptyDir past its
 sizeLimit gets the pod evicted and the directory deleted with acknowledged events in it; a
-full PVC answers ENOSPC), a tmpfs spool must fit the memory limit, names must fit.
+full PVC answers ENOSPC), a tmpfs spool must fit the memory limit, names must fit; in ack
+mode spool an emptyDir only with one replica and no HPA, unless spoolVolume.acknowledgeEventLoss.
 */}}
 {{- define "hookbus.guardRails" -}}
 {{- $need := include "hookbus.spoolBudgetBytes" . | int64 }}
