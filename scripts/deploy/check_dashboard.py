@@ -180,6 +180,20 @@ def cmd_static(_: argparse.Namespace) -> int:
                         "hookbus_queue_events", "hookbus_broker_duplicates_total", "hookbus_dedup_window_seconds",
                         "hookbus_overflow_events_total", "hookbus_publisher_restarts_total",
                         "process_cpu_seconds_total", "process_resident_memory_bytes"]
+    # Units: a panel charting only rate()s of counters says "per second" in its unit (reqps,
+    # eps, cps, ops...); CPU in cores and ratios excepted.
+    per_second = {"reqps", "eps", "cps", "ops", "mps", "rps", "wps", "iops", "Bps", "binBps"}
+    for p in panels(dash):
+        exprs = [t.get("expr", "") for t in p.get("targets") or []]
+        if p.get("type") == "row" or not exprs or "(cores)" in p.get("title", ""):
+            continue
+        unit = ((p.get("fieldConfig") or {}).get("defaults") or {}).get("unit")
+        if all(re.search(r"\brate\(", e) and not re.search(r"\)\s*/|histogram_quantile", e) for e in exprs):
+            f.check(unit in per_second, f"panel {p.get('title')!r} charts rates in unit {unit!r}, not a per-second unit")
+    # The container as Kubernetes sees it: memory against its limit, CPU throttling, restarts.
+    for m in ("container_memory_working_set_bytes", "kube_pod_container_resource_limits",
+              "container_cpu_cfs_throttled_periods_total", "kube_pod_container_status_restarts_total"):
+        required_metrics.append(m)
     text = DASHBOARD.read_text()
     for m in required_metrics:
         f.check(m in text, f"dashboard does not chart {m}")
