@@ -992,6 +992,46 @@ def check_durability(f: Failures) -> None:
                 f"[drain] {claim}: image or security context differs from the pods'")
     kube_validate(f, "drainJobs", [(f"drain/{j['metadata']['name']}", j) for j in jobs], ["1.31"])
 
+    # Startup: the probe's budget covers reading a full spool back at the slowest rate allowed
+    # for (hookbus opens its admin port only after that read), in every rendering and the
+    # kustomize base; a budget that does not is refused.
+    def startup(docs: list[tuple[str, dict]]) -> int:
+        c = next(c for c in pod_of(docs)["spec"]["containers"] if c["name"] == "hookbus")
+        sp = c["startupProbe"]
+        return sp["periodSeconds"] * sp["failureThreshold"]
+
+    def need(cfg: dict[str, Any], rate: int = 8 * MIB, base: int = 60) -> int:
+        return base + -(-spool_budget(cfg) // rate)
+
+    for vals in ({}, {"config": {"spool": {"max_bytes": 10 * 2**30}}, "persistence": {"size": "12Gi"}},
+                 {"probes": {"startup": {"minReplayBytesPerSecond": 2 * MIB, "periodSeconds": 5}}},
+                 {**EMPTYDIR, "config": {"spool": {"max_bytes": 128 * MIB, "segment_bytes": 16 * MIB}},
+                  "spoolVolume": {"sizeLimit": "512Mi"}}):
+        docs = docs_of(render(vals))
+        _, cfg = config_toml_of(docs)  # type: ignore[misc]
+        st = (vals.get("probes") or {}).get("startup") or {}
+        want = need(cfg, st.get("minReplayBytesPerSecond", 8 * MIB))
+        got = startup(docs)
+        f.check(want <= got < want + st.get("periodSeconds", 2),
+                f"[startup] {json.dumps(vals)[:90]}: probe budget {got} s, expected the smallest >= {want} s")
+        f.check(got > 60 or spool_budget(cfg) < 8 * MIB * 2, f"[startup] {json.dumps(vals)[:90]}: the old fixed 60 s budget")
+    try:
+        render({"probes": {"startup": {"failureThreshold": 30}}})
+        f.fail("[startup] probes.startup.failureThreshold 30 (60 s) rendered although a full default spool needs 209 s")
+    except Exception as e:  # noqa: BLE001
+        f.check("does not cover reading the spool back" in str(e), f"[startup] refused for another reason: {e}")
+    try:
+        render({"probes": {"startup": {"failureThreshold": 200}}})
+    except Exception as e:  # noqa: BLE001
+        f.fail(f"[startup] a generous explicit failureThreshold is refused: {e}")
+    kdocs = kustomize_docs(f)
+    kcfg = next((tomllib.loads(d["data"]["config.toml"]) for _, d in kdocs
+                 if d.get("kind") == "ConfigMap" and "config.toml" in (d.get("data") or {})), None)
+    if f.check(kcfg is not None, "[startup] the kustomize base has no config.toml ConfigMap"):
+        kwl = next(d for _, d in kdocs if d.get("kind") == "Deployment")
+        f.check(startup([("", kwl)]) >= need(kcfg),
+                f"[startup] the kustomize base's startup probe allows {startup([('', kwl)])} s, reading its spool back needs {need(kcfg)} s")
+
     # The runbooks say what to do, with the commands and values this chart has.
     scale_in = runbook_section("Scale-in with unpublished events")
     node_loss = runbook_section("Node loss under the StatefulSet")
@@ -1007,7 +1047,8 @@ def check_durability(f: Failures) -> None:
     if len(f.items) == before:
         print("  ok   durability: default StatefulSet with retained claims (HPA scales it), Kafka replication 3 "
               "(1 warns in NOTES), ServiceMonitor release label, drainJobs mount the claim with the pods' "
-              "config/Secrets/security, runbooks for scale-in and node loss")
+              "config/Secrets/security, runbooks for scale-in and node loss; the startup probe covers reading "
+              "a full spool back at 8 MiB/s (209 s by default, not 60 s), a smaller explicit budget is refused")
 
 
 def pod_of(docs: list[tuple[str, dict]]) -> dict[str, Any]:

@@ -219,6 +219,28 @@ values.schema.json restricts durations to these units.
 {{- end }}
 {{- end }}
 
+{{/*
+Startup probe failureThreshold: probes.startup.failureThreshold when set (refused if it does not
+cover the budget below), else derived: periodSeconds x failureThreshold >= baseSeconds + the
+spool budget (hookbus.spoolBudgetBytes) read at minReplayBytesPerSecond. hookbus opens the admin
+port only after reading the spool back, so a fuller spool on a slower volume needs longer.
+*/}}
+{{- define "hookbus.startupFailureThreshold" -}}
+{{- $p := .Values.probes.startup }}
+{{- $period := $p.periodSeconds | int64 }}
+{{- $rate := $p.minReplayBytesPerSecond | default 8388608 | int64 }}
+{{- $budget := add ($p.baseSeconds | default 60 | int64) (div (add (include "hookbus.spoolBudgetBytes" . | int64) (sub $rate 1)) $rate) }}
+{{- $need := div (add $budget (sub $period 1)) $period }}
+{{- if kindIs "invalid" $p.failureThreshold }}
+{{- $need }}
+{{- else }}
+{{- if lt (int64 $p.failureThreshold) $need }}
+{{- fail (printf "probes.startup: periodSeconds %d x failureThreshold %d = %d s does not cover reading the spool back at start: baseSeconds + spool budget / minReplayBytesPerSecond = %d s. The kubelet would kill hookbus while it replays a full spool, again and again. Raise failureThreshold (or leave it null: derived), or lower minReplayBytesPerSecond only if the volume is faster." $period (int64 $p.failureThreshold) (mul $period (int64 $p.failureThreshold)) $budget) }}
+{{- end }}
+{{- int64 $p.failureThreshold }}
+{{- end }}
+{{- end }}
+
 {{/* One TOML value: booleans, integers (every number of config.toml is one), lists, strings. */}}
 {{- define "hookbus.tomlValue" -}}
 {{- if kindIs "bool" . }}{{ . }}

@@ -71,7 +71,8 @@ spec:
           port: admin
         periodSeconds: {{ .Values.probes.startup.periodSeconds }}
         timeoutSeconds: {{ .Values.probes.startup.timeoutSeconds }}
-        failureThreshold: {{ .Values.probes.startup.failureThreshold }}
+        # Covers reading a full spool back (hookbus.startupFailureThreshold).
+        failureThreshold: {{ include "hookbus.startupFailureThreshold" . }}
       {{- end }}
       livenessProbe:
         httpGet:
