@@ -933,6 +933,12 @@ def check_durability(f: Failures) -> None:
     _, cfg = config_toml_of(docs)  # type: ignore[misc]
     f.check(cfg["ack"]["mode"] == "spool", "[durability] default ack mode is not spool")
 
+    # The memory request covers the measured peak with the default dedup set full (157 MiB,
+    # docs/runbooks.md#sizing): below it the pod is among the first evicted under pressure.
+    hb = next(c for c in pod_of(docs)["spec"]["containers"] if c["name"] == "hookbus")
+    req = quantity_bytes(hb["resources"]["requests"]["memory"])
+    f.check(req >= 157 * MIB, f"[durability] memory request {hb['resources']['requests']['memory']} below the measured 157 MiB peak")
+
     # The HPA scales the StatefulSet in: the removed ordinals' claims stay (Retain).
     docs = docs_of(render({"autoscaling": {"enabled": True}}))
     hpa = by_kind(docs, "HorizontalPodAutoscaler")
