@@ -39,8 +39,7 @@ impl listener::Events for Counted {
 
     fn refused(&self, status: u16) {
         if self.listener == "webhook" {
-            self.metrics.http_response(status);
-            self.metrics.ack_duration.observe(0.0);
+            self.metrics.answered(status, 0.0);
         }
     }
 }
@@ -80,10 +79,8 @@ struct Answer<'a> {
 impl Answer<'_> {
     fn record(&mut self, code: u16) {
         self.answered = true;
-        self.metrics.http_response(code);
         self.metrics
-            .ack_duration
-            .observe(self.started.elapsed().as_secs_f64());
+            .answered(code, self.started.elapsed().as_secs_f64());
     }
 }
 
