@@ -359,7 +359,8 @@ replication_factor = {{ $c.kafka.replication_factor | int64 }}
 
 {{/*
 The alert rule groups, as a YAML list: files/prometheus/rules.yaml with ${threshold},
-${selector}, severity, for, extra labels and runbook_url from metrics.prometheusRule.
+${selector}, ${dedup_window_seconds} (config.dedup.window), severity (or severityByAckMode
+for config.ack.mode), for, extra labels and runbook_url from metrics.prometheusRule.
 Every alert of the file needs an entry in metrics.prometheusRule.rules and every entry
 there must name an alert of the file, so a typo fails the render instead of being ignored.
 */}}
@@ -372,6 +373,7 @@ there must name an alert of the file, so a typo fails the render instead of bein
 {{- $settings := $pr.rules | default dict }}
 {{- $selector := $pr.targetSelector | default (printf "job=%q" (include "hookbus.name" .)) }}
 {{- $base := $pr.runbookBase | default "docs/runbooks.md" }}
+{{- $dedupWindow := include "hookbus.durationSeconds" .Values.config.dedup.window }}
 {{- $known := dict }}
 {{- $groups := list }}
 {{- range $g := $src.groups }}
@@ -387,7 +389,7 @@ there must name an alert of the file, so a typo fails the render instead of bein
 {{- end }}
 {{- $s := index $settings $name | default dict }}
 {{- if ne (toString $s.enabled) "false" }}
-{{- $expr := $r.expr | replace "${selector}" $selector }}
+{{- $expr := $r.expr | replace "${selector}" $selector | replace "${dedup_window_seconds}" $dedupWindow }}
 {{- $th := "" }}
 {{- if contains "${threshold}" $r.expr }}
 {{- if kindIs "invalid" $s.threshold }}
@@ -398,13 +400,15 @@ there must name an alert of the file, so a typo fails the render instead of bein
 {{- else if not (kindIs "invalid" $s.threshold) }}
 {{- fail (printf "metrics.prometheusRule.rules.%s.threshold is set, but the alert has no threshold" $name) }}
 {{- end }}
-{{- $labels := dict "severity" ($s.severity | default "warning") }}
+{{- $severity := $s.severity | default "warning" }}
+{{- with $s.severityByAckMode }}{{ with index . (toString $.Values.config.ack.mode) }}{{ $severity = . }}{{ end }}{{ end }}
+{{- $labels := dict "severity" $severity }}
 {{- range $k, $v := $s.labels | default dict }}
 {{- if ne $k "severity" }}{{ $_ := set $labels $k (toString $v) }}{{ end }}
 {{- end }}
 {{- $annotations := dict }}
 {{- range $k, $v := $r.annotations }}
-{{- $_ := set $annotations $k ($v | replace "${threshold}" $th | replace "${selector}" $selector) }}
+{{- $_ := set $annotations $k ($v | replace "${threshold}" $th | replace "${selector}" $selector | replace "${dedup_window_seconds}" $dedupWindow) }}
 {{- end }}
 {{- $_ := set $annotations "runbook_url" (printf "%s#%s" $base (lower $name)) }}
 {{- $rule := dict "alert" $name "expr" $expr "labels" $labels "annotations" $annotations }}
