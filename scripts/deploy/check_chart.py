@@ -1424,9 +1424,49 @@ def cmd_kube(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- sync
 
-# What the chart README's "## Upgrading" must tell (the contract changes of chart 0.2.0).
+# What the chart README's "## Upgrading" must tell (the contract changes of charts 0.2.0, 0.3.0).
 UPGRADING_PHRASES = ["exits 64", "allow_anonymous", '"${VAR}"', "resolves blank", "hookbus narrows",
-                     "`presence.>` to `presence.*.*`", "dead_letter_stream", "new stream"]
+                     "`presence.>` to `presence.*.*`", "dead_letter_stream", "new stream",
+                     "persistence.enabled: false", "spoolVolume.acknowledgeEventLoss", "replication_factor: 1",
+                     "hookbus_ack_slo_duration_seconds", "severityByAckMode"]
+
+def check_changelog(f: Failures) -> None:
+    """CHANGELOG.md in the Keep a Changelog shape: [Unreleased] with upgrade notes, every
+    release `## [x.y.z] - YYYY-MM-DD` with a link reference, the crate's version released or
+    unreleased, known section names only; the chart README has upgrade notes for the chart's
+    version."""
+    path = ROOT / "CHANGELOG.md"
+    if not f.check(path.exists(), "CHANGELOG.md is missing"):
+        return
+    text = path.read_text()
+    before = len(f.items)
+    f.check("keepachangelog.com" in text, "CHANGELOG.md does not say it follows Keep a Changelog")
+    heads = re.findall(r"^## \[([^\]]+)\](.*)$", text, re.M)
+    f.check(bool(heads) and heads[0][0] == "Unreleased", "CHANGELOG.md does not start with ## [Unreleased]")
+    releases = []
+    for name, rest in heads[1:]:
+        if f.check(re.fullmatch(r"\d+\.\d+\.\d+", name) is not None and re.fullmatch(r" - \d{4}-\d\d-\d\d", rest) is not None,
+                   f"CHANGELOG.md heading '## [{name}]{rest}' is not '## [x.y.z] - YYYY-MM-DD'"):
+            releases.append(name)
+    for name, _ in heads:
+        f.check(re.search(rf"^\[{re.escape(name)}\]: \S+", text, re.M) is not None,
+                f"CHANGELOG.md has no link reference [{name}]: ...")
+    for sub in re.findall(r"^### (.+)$", text, re.M):
+        f.check(sub.split(":")[0].split(" ")[0] in ("Added", "Changed", "Deprecated", "Removed", "Fixed", "Security", "Upgrading"),
+                f"CHANGELOG.md section '### {sub}' is not a Keep a Changelog type (or Upgrading)")
+    unreleased = text.split("## [Unreleased]", 1)[1].split("\n## [", 1)[0] if "## [Unreleased]" in text else ""
+    f.check("### Upgrading" in unreleased, "CHANGELOG.md [Unreleased] has no '### Upgrading' notes")
+    version = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
+    f.check(version in releases or bool(unreleased.strip()),
+            f"Cargo.toml version {version} is neither released in CHANGELOG.md nor under [Unreleased]")
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    f.check(f"### To chart {chart['version']}" in readme,
+            f"helm/hookbus/README.md has no upgrade notes '### To chart {chart['version']}'")
+    if len(f.items) == before:
+        print(f"  ok   CHANGELOG.md: Keep a Changelog, releases {', '.join(releases)}, [Unreleased] with upgrade notes; "
+              f"chart {chart['version']} has upgrade notes")
+
 
 def cmd_sync(args: argparse.Namespace) -> None:
     f = Failures()
@@ -1466,7 +1506,8 @@ def cmd_sync(args: argparse.Namespace) -> None:
         f.check(phrase in upgrading, f"helm/hookbus/README.md \"## Upgrading\" does not say {phrase!r}")
     if upgrading and all(p in upgrading for p in UPGRADING_PHRASES):
         print("  ok   helm/hookbus/README.md Upgrading: exit 64 without a token or with a blank ${…}, "
-              "allow_anonymous, the stream migration")
+              "allow_anonymous, the stream migration; 0.3.0: StatefulSet default, Kafka replication 3, alerts")
+    check_changelog(f)
     import values_doc  # noqa: PLC0415 - sibling module
     if args.fix:
         values_doc.write()
