@@ -90,6 +90,8 @@ pub struct Handles {
     pub dedup_entries: IntGauge,
     pub ready: IntGauge,
     pub dedup_window: prometheus::Gauge,
+    /// `hookbus_recovery_progress`: 0..1 while the spool is read back at start, then 1.
+    pub recovery_progress: prometheus::Gauge,
     pub spool_corrupt_records: IntCounter,
     publisher_errors_by: Vec<IntCounter>,
     overflow_by: Vec<IntCounter>,
@@ -230,6 +232,7 @@ impl Metrics {
             dedup_entries: r.gauge("hookbus_dedup_entries", "Event ids remembered for duplicate detection (at most dedup.max_entries).")?,
             ready: r.gauge("hookbus_ready", "1 while /readyz answers 200 (the pod takes webhooks), 0 while not ready or draining.")?,
             dedup_window: r.float_gauge("hookbus_dedup_window_seconds", "How far back retries are recognized now: dedup.window, or less once dedup.max_entries is reached (the oldest ids are forgotten first).")?,
+            recovery_progress: r.float_gauge("hookbus_recovery_progress", "Share of the start-up recovery done (reading the spool back, then rebuilding the dedup set from it): 0 to 1 while /readyz answers recovering, 1 after.")?,
             spool_corrupt_records: r.counter("hookbus_spool_corrupt_records_total", "Spool records found damaged (checksum) with valid records after them; their bytes are kept in spool.dir/corrupt/.")?,
             publisher_errors_by: series(&publisher_errors, PUBLISHER_ERROR_KINDS.iter().map(|k| vec![*k])),
             overflow_by: series(&overflow, Action::ALL.iter().map(|a| vec![a.as_str()])),

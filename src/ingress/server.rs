@@ -259,6 +259,8 @@ pub struct AdminState {
     pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
     /// Liveness: fails when a component cannot recover (`/healthz` 503).
     pub health: crate::health::Health,
+    /// Start-up recovery: `/healthz` also fails when it stops making progress.
+    pub recovery: crate::health::Recovery,
     pub draining: Shutdown,
 }
 
@@ -315,7 +317,7 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
             );
             r
         }
-        "/healthz" => match state.health.check() {
+        "/healthz" => match state.health.check().and_then(|()| state.recovery.liveness()) {
             Ok(()) => text(StatusCode::OK, "ok\n".to_owned()),
             Err(reason) => text(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -296,6 +296,7 @@ dir = {{ $c.spool.dir | toJson }}
 max_bytes = {{ $c.spool.max_bytes | int64 }}
 {{- include "hookbus.tomlOpt" (list "segment_bytes" $c.spool.segment_bytes) }}
 {{- include "hookbus.tomlOpt" (list "dead_letter_max_bytes" $c.spool.dead_letter_max_bytes) }}
+{{- include "hookbus.tomlOpt" (list "recovery_stall_timeout" $c.spool.recovery_stall_timeout) }}
 
 [dedup]
 window = {{ $c.dedup.window | toString | toJson }}
