@@ -1,5 +1,5 @@
 //! Faults that tests inject into a running hookbus to prove it recovers: a spool read that
-//! fails, a sink that panics, an accept that stalls. Production code only ever reads these
+//! fails, a sink that panics, an accept that stalls, a start-up recovery that is slow or stuck. Production code only ever reads these
 //! (one relaxed atomic load at each point); [`Faults::none`] never fires.
 
 use std::sync::Arc;
@@ -20,6 +20,14 @@ struct Inner {
     sink_panics: AtomicU32,
     publisher_panics: AtomicU32,
     accept_gate: std::sync::Mutex<Option<Arc<Semaphore>>>,
+    /// Start-up recovery waits after each spool segment while true (a slow or stuck volume).
+    recovery_held: std::sync::Mutex<bool>,
+    recovery_released: std::sync::Condvar,
+    /// Segments recovery has read while held (so a test knows it is past the first).
+    recovery_steps: AtomicU32,
+    /// Where the admin port was bound, as soon as it is (before recovery; see
+    /// [`Faults::admin_addr`]).
+    admin_addr: std::sync::Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl Faults {
@@ -73,6 +81,65 @@ impl Faults {
             .take();
         if let Some(gate) = gate {
             gate.close();
+        }
+    }
+
+    /// Start-up recovery stops after each spool segment it reads until
+    /// [`Faults::release_recovery`]: a volume that reads slowly, or not at all.
+    pub fn hold_recovery(&self) {
+        *self
+            .inner
+            .recovery_held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    pub fn release_recovery(&self) {
+        *self
+            .inner
+            .recovery_held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = false;
+        self.inner.recovery_released.notify_all();
+    }
+
+    /// The admin port's address once bound: it answers while `start_with` is still
+    /// recovering, before it returns [`crate::app::Running`].
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        *self
+            .inner
+            .admin_addr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn admin_bound(&self, addr: std::net::SocketAddr) {
+        *self
+            .inner
+            .admin_addr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(addr);
+    }
+
+    /// Segments start-up recovery has read so far.
+    pub fn recovery_steps(&self) -> u32 {
+        self.inner.recovery_steps.load(Ordering::SeqCst)
+    }
+
+    /// Called by recovery after each segment; blocks (a blocking thread) while held.
+    pub(crate) fn recovery_step(&self) {
+        self.inner.recovery_steps.fetch_add(1, Ordering::SeqCst);
+        let mut held = self
+            .inner
+            .recovery_held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        while *held {
+            held = self
+                .inner
+                .recovery_released
+                .wait(held)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 

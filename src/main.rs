@@ -10,9 +10,18 @@ use clap::{Parser, Subcommand};
 use hookbus::config::{Config, ConfigError};
 use hookbus::route;
 
+/// `hookbus --version`: the crate version and the git revision it was built from (build.rs;
+/// `unknown` without git or `HOOKBUS_REVISION`), as `hookbus_build_info` reports them.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("HOOKBUS_REVISION"),
+    ")"
+);
+
 /// PubNub Presence webhooks → normalized events on Kafka or NATS.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     /// Configuration file.
     #[arg(long, global = true, default_value = "config.toml")]

@@ -12,6 +12,10 @@ use prometheus::{
 
 use crate::normalize::{Action, Format};
 
+/// The git revision this binary was built from (`build.rs`: `git rev-parse --short HEAD`, or
+/// `HOOKBUS_REVISION` at build time), "unknown" when neither was there.
+pub const REVISION: &str = env!("HOOKBUS_REVISION");
+
 /// Every status code the ingress answers with, and 499: the client left before the answer.
 pub const HTTP_CODES: [u16; 13] = [
     200, 400, 401, 403, 404, 405, 408, 413, 414, 431, 499, 500, 503,
@@ -66,7 +70,9 @@ impl std::ops::Deref for Metrics {
 
 pub struct Handles {
     http_requests: IntCounterVec,
-    pub ack_duration: Histogram,
+    ack_duration: Histogram,
+    /// `hookbus_ack_slo_duration_seconds`: 200 and 503 answers only (see [`Handles::answered`]).
+    ack_slo_duration: Histogram,
     pub event_lag: Histogram,
     pub spool_pending_events: IntGauge,
     pub spool_bytes: IntGauge,
@@ -84,6 +90,8 @@ pub struct Handles {
     pub dedup_entries: IntGauge,
     pub ready: IntGauge,
     pub dedup_window: prometheus::Gauge,
+    /// `hookbus_recovery_progress`: 0..1 while the spool is read back at start, then 1.
+    pub recovery_progress: prometheus::Gauge,
     pub spool_corrupt_records: IntCounter,
     publisher_errors_by: Vec<IntCounter>,
     overflow_by: Vec<IntCounter>,
@@ -139,10 +147,10 @@ impl Metrics {
         ))?;
         r.gauge_vec(
             "hookbus_build_info",
-            "Always 1; the version label names the build.",
-            &["version"],
+            "Always 1; the version and revision (git, or unknown) labels name the build.",
+            &["version", "revision"],
         )?
-        .with_label_values(&[version])
+        .with_label_values(&[version, REVISION])
         .set(1);
         let http_requests = r.counter_vec(
             "hookbus_http_requests_total",
@@ -208,6 +216,7 @@ impl Metrics {
         };
         Ok(Metrics(Arc::new(Handles {
             ack_duration: r.histogram("hookbus_ack_duration_seconds", "Webhook request received to response written, every response.", &LATENCY_BUCKETS)?,
+            ack_slo_duration: r.histogram("hookbus_ack_slo_duration_seconds", "Webhook request received to response written, 200 and 503 answers only: the ack latency SLO (4xx are the sender's, 408 and 499 last as long as the client takes).", &LATENCY_BUCKETS)?,
             event_lag: r.histogram("hookbus_event_lag_seconds", "Event timestamp (PubNub) to broker confirmed.", &LAG_BUCKETS)?,
             spool_pending_events: r.gauge("hookbus_spool_pending_events", "Events accepted and not yet confirmed by the broker.")?,
             spool_bytes: r.gauge("hookbus_spool_bytes", "Bytes the spool uses on disk.")?,
@@ -223,6 +232,7 @@ impl Metrics {
             dedup_entries: r.gauge("hookbus_dedup_entries", "Event ids remembered for duplicate detection (at most dedup.max_entries).")?,
             ready: r.gauge("hookbus_ready", "1 while /readyz answers 200 (the pod takes webhooks), 0 while not ready or draining.")?,
             dedup_window: r.float_gauge("hookbus_dedup_window_seconds", "How far back retries are recognized now: dedup.window, or less once dedup.max_entries is reached (the oldest ids are forgotten first).")?,
+            recovery_progress: r.float_gauge("hookbus_recovery_progress", "Share of the start-up recovery done (reading the spool back, then rebuilding the dedup set from it): 0 to 1 while /readyz answers recovering, 1 after.")?,
             spool_corrupt_records: r.counter("hookbus_spool_corrupt_records_total", "Spool records found damaged (checksum) with valid records after them; their bytes are kept in spool.dir/corrupt/.")?,
             publisher_errors_by: series(&publisher_errors, PUBLISHER_ERROR_KINDS.iter().map(|k| vec![*k])),
             overflow_by: series(&overflow, Action::ALL.iter().map(|a| vec![a.as_str()])),
@@ -309,7 +319,17 @@ impl Registrar<'_> {
 }
 
 impl Handles {
-    pub fn http_response(&self, code: u16) {
+    /// A webhook answered with `code`, `seconds` after its request arrived: counted by code,
+    /// in `hookbus_ack_duration_seconds`, and for 200 and 503 in the SLO histogram.
+    pub fn answered(&self, code: u16, seconds: f64) {
+        self.http_response(code);
+        self.ack_duration.observe(seconds);
+        if code == 200 || code == 503 {
+            self.ack_slo_duration.observe(seconds);
+        }
+    }
+
+    fn http_response(&self, code: u16) {
         match HTTP_CODES.iter().position(|&c| c == code) {
             Some(i) => self.http_by_code[i].inc(),
             None => self
@@ -431,14 +451,24 @@ mod tests {
             "hookbus_oldest_unpublished_age_seconds 0",
             "hookbus_acks_before_durable_total 0",
             "hookbus_sink_up{sink=\"nats\"} 0",
-            "hookbus_build_info{version=\"1.2.3\"} 1",
+            "hookbus_ack_slo_duration_seconds_count 0",
         ] {
             assert!(text.contains(needle), "missing {needle}");
         }
-        m.http_response(400);
+        assert!(text.contains(&format!(
+            "hookbus_build_info{{revision=\"{REVISION}\",version=\"1.2.3\"}} 1"
+        )));
+        m.answered(400, 0.5);
+        m.answered(200, 0.001);
+        m.answered(499, 3.0);
+        m.answered(503, 0.3);
         m.duplicate(Action::Join);
         let text = String::from_utf8(render(&registry)).unwrap();
         assert!(text.contains("hookbus_http_requests_total{code=\"400\"} 1"));
+        assert!(text.contains("hookbus_ack_duration_seconds_count 4"));
+        // The SLO histogram: the 200 and the 503 only, one of them within 250 ms.
+        assert!(text.contains("hookbus_ack_slo_duration_seconds_count 2"));
+        assert!(text.contains("hookbus_ack_slo_duration_seconds_bucket{le=\"0.25\"} 1"));
         assert!(text.contains("hookbus_duplicates_total{action=\"join\"} 1"));
         assert!(
             !text.contains("sink=\"kafka\""),

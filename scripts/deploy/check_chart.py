@@ -778,8 +778,16 @@ def check_auth(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[
              and (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
     for pod in tests:
         c = pod["spec"]["containers"][0]
-        f.check(token_route(c, secrets) == got,
-                f"[{name}] the helm test pod gets {TOKEN} as {token_route(c, secrets)}, hookbus as {got}")
+        # The token alone: hookbus's envFrom Secret holds broker passwords too.
+        want_test = got
+        if got and got[0] == "envFrom":
+            ref = {"name": got[1], "key": TOKEN}
+            if source == "existingSecret":
+                ref["optional"] = True
+            want_test = ("env", {"name": TOKEN, "valueFrom": {"secretKeyRef": ref}})
+        f.check(not c.get("envFrom"), f"[{name}] the helm test pod mounts whole Secrets: {c.get('envFrom')}")
+        f.check(token_route(c, secrets) == want_test,
+                f"[{name}] the helm test pod gets {TOKEN} as {token_route(c, secrets)}, expected {want_test}")
         script = " ".join(c.get("args") or [])
         f.check('$TOKEN_HEADER: $HOOKBUS_AUTH_TOKEN' in script, f"[{name}] the helm test does not send the token header")
 
@@ -823,7 +831,8 @@ AUTH_CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"secret": {"existingSecret": "hookbus-env"}}, "existingSecret", "an existing Secret (offline: assumed to hold it)"),
     ({"config": {"auth": {"tokens": ["${HOOKBUS_AUTH_TOKEN_NEXT}"]}}, "secret": {"env": {"HOOKBUS_AUTH_TOKEN_NEXT": "next-0123456789"}}},
      "generated", "config.auth.tokens are further tokens: the primary is still generated"),
-    ({"fullnameOverride": "h" * 63}, "generated", "a 63-character full name: the -auth Secret name still fits"),
+    ({"fullnameOverride": "h" * 63, "persistence": {"enabled": False}, "replicaCount": 1}, "generated",
+     "a 63-character full name: the -auth Secret name still fits"),
 ]
 
 
@@ -896,24 +905,237 @@ def check_auth_cases(f: Failures) -> None:
         f.fail(f"rendering against the fake API server failed: {' '.join(str(e).split())[:300]}")
 
 
+def notes_of(manifests: dict[str, str]) -> str:
+    return next((m for t, m in manifests.items() if t.endswith("NOTES.txt")), "")
+
+
+def runbook_section(title: str) -> str:
+    """The text of the '## title' section of docs/runbooks.md ('' when there is none)."""
+    text = RUNBOOKS.read_text() if RUNBOOKS.exists() else ""
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^#{{1,2}} |\Z)", text, re.S | re.M)
+    return m.group(1) if m else ""
+
+
+def check_durability(f: Failures) -> None:
+    """The default values keep acknowledged events through scale-in, eviction and node loss:
+    a StatefulSet whose claims are retained; the HPA scales that StatefulSet; the retained
+    claims of removed pods are drained by the drainJobs the runbooks describe; Kafka topics
+    get 3 replicas unless NOTES warns; the ServiceMonitor labels targets with the release."""
+    before = len(f.items)
+    docs = docs_of(render({}))
+    sts = by_kind(docs, "StatefulSet")
+    if f.check(len(sts) == 1 and not by_kind(docs, "Deployment"), "[durability] default values render no StatefulSet"):
+        pol = sts[0]["spec"].get("persistentVolumeClaimRetentionPolicy") or {}
+        f.check(pol == {"whenDeleted": "Retain", "whenScaled": "Retain"},
+                f"[durability] default claims not retained on scale-in and delete: {pol}")
+        f.check(sts[0]["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "spool",
+                "[durability] the spool claim template is not named spool (claims spool-<sts>-<ordinal>)")
+    _, cfg = config_toml_of(docs)  # type: ignore[misc]
+    f.check(cfg["ack"]["mode"] == "spool", "[durability] default ack mode is not spool")
+
+    # The memory request covers the measured peak with the default dedup set full (157 MiB,
+    # docs/runbooks.md#sizing): below it the pod is among the first evicted under pressure.
+    hb = next(c for c in pod_of(docs)["spec"]["containers"] if c["name"] == "hookbus")
+    req = quantity_bytes(hb["resources"]["requests"]["memory"])
+    f.check(req >= 157 * MIB, f"[durability] memory request {hb['resources']['requests']['memory']} below the measured 157 MiB peak")
+
+    # The HPA scales the StatefulSet in: the removed ordinals' claims stay (Retain).
+    docs = docs_of(render({"autoscaling": {"enabled": True}}))
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")
+    f.check(bool(hpa) and hpa[0]["spec"]["scaleTargetRef"]["kind"] == "StatefulSet",
+            "[durability] the default HPA does not scale the StatefulSet")
+
+    # Kafka: 3 replicas by default; 1 renders with a NOTES warning; NATS gets no such warning.
+    m = render({"config": {"sink": {"kind": "kafka"}}})
+    _, cfg = config_toml_of(docs_of(m))  # type: ignore[misc]
+    f.check(cfg["kafka"]["replication_factor"] == 3, f"[durability] kafka replication_factor {cfg['kafka']['replication_factor']}, expected 3")
+    f.check("replication_factor" not in notes_of(m), "[durability] NOTES warns about replication factor 3")
+    m = render({"config": {"sink": {"kind": "kafka"}, "kafka": {"replication_factor": 1}}})
+    f.check("WARNING: config.kafka.replication_factor is 1" in notes_of(m),
+            "[durability] replication_factor 1 with sink kafka renders without a NOTES warning")
+    m = render({"config": {"kafka": {"replication_factor": 1}}})
+    f.check("replication_factor" not in notes_of(m), "[durability] NOTES warns about Kafka with sink nats")
+    # An acknowledged emptyDir: rendered, and NOTES says what it risks.
+    m = render({"persistence": {"enabled": False}, "spoolVolume": {"acknowledgeEventLoss": True}})
+    f.check("WARNING: the spool is an emptyDir" in notes_of(m), "[durability] an emptyDir spool renders without a NOTES warning")
+
+    # The ServiceMonitor labels every target with the release (alerts group by it).
+    docs = docs_of(render({"metrics": {"serviceMonitor": {"enabled": True, "relabelings": [{"action": "labeldrop", "regex": "x"}]}}}))
+    eps = by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]
+    rl = eps.get("relabelings") or []
+    f.check(bool(rl) and rl[0] == {"action": "replace", "targetLabel": "release", "replacement": RELEASE}
+            and rl[-1] == {"action": "labeldrop", "regex": "x"},
+            f"[durability] ServiceMonitor relabelings do not set release={RELEASE} before the user's: {rl}")
+
+    # drainJobs: one Job per retained claim, with the pods' config, Secrets and security.
+    claims = [f"spool-{RELEASE}-3", f"spool-{RELEASE}-4"]
+    docs = docs_of(render({"drainJobs": {"claims": claims, "timeout": "5m"},
+                           "secretFiles": {"existingSecret": "hookbus-tls"}}))
+    pod = (by_kind(docs, "StatefulSet") + by_kind(docs, "Deployment"))[0]["spec"]["template"]["spec"]
+    hb = next(c for c in pod["containers"] if c["name"] == "hookbus")
+    jobs = by_kind(docs, "Job")
+    f.check(sorted(j["metadata"]["annotations"]["hookbus.io/claim"] for j in jobs) == claims,
+            f"[drain] expected one Job per claim {claims}, got {[j['metadata']['name'] for j in jobs]}")
+    for job in jobs:
+        claim = job["metadata"]["annotations"]["hookbus.io/claim"]
+        js = job["spec"]["template"]["spec"]
+        c = js["containers"][0]
+        vols = {v["name"]: v for v in js["volumes"]}
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        f.check(len(job["metadata"]["name"]) <= 52, f"[drain] Job name {job['metadata']['name']} too long")
+        f.check(c["command"][:2] == ["/usr/local/bin/hookbus", "drain"] and "--spool-dir" in c["command"]
+                and c["command"][c["command"].index("--spool-dir") + 1] == mounts.get("spool")
+                and c["command"][-2:] == ["--timeout", "5m"],
+                f"[drain] {claim}: command {c['command']} does not drain the mounted claim")
+        f.check(vols["spool"].get("persistentVolumeClaim") == {"claimName": claim}, f"[drain] {claim}: claim not mounted")
+        want = {v["name"]: v for v in pod["volumes"]}
+        f.check(vols["config"] == want["config"] and vols.get("secret-files") == want.get("secret-files"),
+                f"[drain] {claim}: config or secret files differ from the pods'")
+        f.check(c.get("envFrom") == hb.get("envFrom") and c.get("env") == hb.get("env"),
+                f"[drain] {claim}: environment differs from the hookbus container's (broker credentials)")
+        f.check(c["image"] == hb["image"] and c["securityContext"] == hb["securityContext"]
+                and js["securityContext"] == pod["securityContext"] and js["restartPolicy"] == "Never",
+                f"[drain] {claim}: image or security context differs from the pods'")
+    kube_validate(f, "drainJobs", [(f"drain/{j['metadata']['name']}", j) for j in jobs], ["1.31"])
+
+    # Startup: the probe's budget covers reading a full spool back at the slowest rate allowed
+    # for (hookbus opens its admin port only after that read), in every rendering and the
+    # kustomize base; a budget that does not is refused.
+    def startup(docs: list[tuple[str, dict]]) -> int:
+        c = next(c for c in pod_of(docs)["spec"]["containers"] if c["name"] == "hookbus")
+        sp = c["startupProbe"]
+        return sp["periodSeconds"] * sp["failureThreshold"]
+
+    def need(cfg: dict[str, Any], rate: int = 8 * MIB, base: int = 60) -> int:
+        return base + -(-spool_budget(cfg) // rate)
+
+    for vals in ({}, {"config": {"spool": {"max_bytes": 10 * 2**30}}, "persistence": {"size": "12Gi"}},
+                 {"probes": {"startup": {"minReplayBytesPerSecond": 2 * MIB, "periodSeconds": 5}}},
+                 {**EMPTYDIR, "config": {"spool": {"max_bytes": 128 * MIB, "segment_bytes": 16 * MIB}},
+                  "spoolVolume": {"sizeLimit": "512Mi"}}):
+        docs = docs_of(render(vals))
+        _, cfg = config_toml_of(docs)  # type: ignore[misc]
+        st = (vals.get("probes") or {}).get("startup") or {}
+        want = need(cfg, st.get("minReplayBytesPerSecond", 8 * MIB))
+        got = startup(docs)
+        f.check(want <= got < want + st.get("periodSeconds", 2),
+                f"[startup] {json.dumps(vals)[:90]}: probe budget {got} s, expected the smallest >= {want} s")
+        f.check(got > 60 or spool_budget(cfg) < 8 * MIB * 2, f"[startup] {json.dumps(vals)[:90]}: the old fixed 60 s budget")
+    try:
+        render({"probes": {"startup": {"failureThreshold": 30}}})
+        f.fail("[startup] probes.startup.failureThreshold 30 (60 s) rendered although a full default spool needs 209 s")
+    except Exception as e:  # noqa: BLE001
+        f.check("does not cover reading the spool back" in str(e), f"[startup] refused for another reason: {e}")
+    try:
+        render({"probes": {"startup": {"failureThreshold": 200}}})
+    except Exception as e:  # noqa: BLE001
+        f.fail(f"[startup] a generous explicit failureThreshold is refused: {e}")
+    kdocs = kustomize_docs(f)
+    kcfg = next((tomllib.loads(d["data"]["config.toml"]) for _, d in kdocs
+                 if d.get("kind") == "ConfigMap" and "config.toml" in (d.get("data") or {})), None)
+    if f.check(kcfg is not None, "[startup] the kustomize base has no config.toml ConfigMap"):
+        kwl = next(d for _, d in kdocs if d.get("kind") == "Deployment")
+        f.check(startup([("", kwl)]) >= need(kcfg),
+                f"[startup] the kustomize base's startup probe allows {startup([('', kwl)])} s, reading its spool back needs {need(kcfg)} s")
+
+    # The runbooks say what to do, with the commands and values this chart has.
+    scale_in = runbook_section("Scale-in with unpublished events")
+    node_loss = runbook_section("Node loss under the StatefulSet")
+    for what, text, needles in (
+        ("Scale-in with unpublished events", scale_in,
+         ["drainJobs.claims", "whenScaled", "hookbus_spool_pending_events", "kubectl -n hookbus get pvc"]),
+        ("Node loss under the StatefulSet", node_loss,
+         ["--force", "--grace-period=0", "volumeattachment", "hookbus drain", "--spool-dir", "drainJobs.claims"]),
+    ):
+        f.check(bool(text), f"docs/runbooks.md has no section '## {what}'")
+        for n in needles:
+            f.check(n in text, f"docs/runbooks.md '## {what}' does not mention {n}")
+    if len(f.items) == before:
+        print("  ok   durability: default StatefulSet with retained claims (HPA scales it), Kafka replication 3 "
+              "(1 warns in NOTES), ServiceMonitor release label, drainJobs mount the claim with the pods' "
+              "config/Secrets/security, runbooks for scale-in and node loss; the startup probe covers reading "
+              "a full spool back at 8 MiB/s (209 s by default, not 60 s), a smaller explicit budget is refused")
+
+
+def pod_of(docs: list[tuple[str, dict]]) -> dict[str, Any]:
+    return (by_kind(docs, "StatefulSet") + by_kind(docs, "Deployment"))[0]["spec"]["template"]
+
+
+def check_logs_and_secret_roll(f: Failures) -> None:
+    before = len(f.items)
+
+    def env(values: dict[str, Any]) -> dict[str, Any]:
+        c = next(c for c in pod_of(docs_of(render(values)))["spec"]["containers"] if c["name"] == "hookbus")
+        names = [e["name"] for e in c.get("env") or []]
+        f.check(len(names) == len(set(names)), f"[logs] duplicate env names {names} for {values}")
+        return {e["name"]: e.get("value") for e in c.get("env") or []}
+
+    e = env({})
+    f.check(e.get("RUST_LOG") == "info" and "HOOKBUS_LOG_FORMAT" not in e, f"[logs] default env {e}")
+    e = env({"logFormat": "json", "logLevel": "info,hookbus=debug"})
+    f.check(e.get("HOOKBUS_LOG_FORMAT") == "json" and e.get("RUST_LOG") == "info,hookbus=debug",
+            f"[logs] logFormat json / logLevel not in env: {e}")
+    e = env({"logFormat": "json", "extraEnv": [{"name": "RUST_LOG", "value": "warn"}]})
+    f.check(e.get("RUST_LOG") == "warn" and e.get("HOOKBUS_LOG_FORMAT") == "json",
+            f"[logs] an extraEnv RUST_LOG does not replace logLevel: {e}")
+
+    def annotations(values: dict[str, Any]) -> dict[str, str]:
+        return pod_of(docs_of(render(values)))["metadata"].get("annotations") or {}
+
+    a1 = annotations({"secret": {"authToken": "token-one-0123456789"}})
+    a2 = annotations({"secret": {"authToken": "token-two-0123456789"}})
+    f.check("checksum/secret" in a1 and a1["checksum/secret"] != a2["checksum/secret"]
+            and a1["checksum/config"] == a2["checksum/config"],
+            "[secret roll] a changed secret.authToken does not change checksum/secret (pods would not roll)")
+    a3 = annotations({"secret": {"authToken": "token-one-0123456789"}, "rollOnSecretChange": False})
+    f.check(not any(k.startswith("checksum/secret") or k.startswith("checksum/external") for k in a3),
+            f"[secret roll] rollOnSecretChange false still rolls on Secrets: {sorted(a3)}")
+    # A Secret the chart does not manage, read from the cluster at upgrade: its change rolls.
+    from fake_kube import FakeKube  # noqa: PLC0415 - sibling module
+
+    vals = {"secret": {"existingSecret": "hookbus-env"}}
+    sums = []
+    h = helm()
+    for password in ("old-password", "rotated-password"):
+        with FakeKube({("roll", "hookbus-env"): {TOKEN: "existing-token-0123456789", "KAFKA_SASL_PASSWORD": password}}) as kube, \
+                h.Chart.load(str(CHART)) as chart:
+            ann = pod_of(docs_of(kube.render(chart, vals, name=RELEASE, namespace="roll", upgrade=True)))["metadata"]["annotations"]
+            sums.append(ann.get("checksum/external-secrets"))
+    f.check(None not in sums and sums[0] != sums[1],
+            f"[secret roll] rotating a key of secret.existingSecret does not change checksum/external-secrets: {sums}")
+    if len(f.items) == before:
+        print("  ok   logFormat json -> HOOKBUS_LOG_FORMAT, logLevel -> RUST_LOG (extraEnv replaces them); "
+              "Secret changes (chart-managed, and existing ones via lookup) roll the pods unless rollOnSecretChange false")
+
+
 def base64_text(b64: str) -> str:
     import base64  # noqa: PLC0415
 
     return base64.b64decode(b64).decode() if b64 else ""
 
 
+# An emptyDir spool that the chart allows in ack mode spool: one replica, no HPA.
+EMPTYDIR: dict[str, Any] = {"persistence": {"enabled": False}, "replicaCount": 1}
+
 # Values the chart must refuse to render (values, text the error must contain).
 MUST_FAIL: list[tuple[dict[str, Any], str]] = [
-    ({"config": {"spool": {"max_bytes": 10737418240}}}, "do not fit spoolVolume.sizeLimit"),
+    ({**EMPTYDIR, "config": {"spool": {"max_bytes": 10737418240}}}, "do not fit spoolVolume.sizeLimit"),
     # 2e9 + 64 MiB segment + 100 MiB dead letters > 2Gi although max_bytes alone fits.
-    ({"config": {"spool": {"max_bytes": 2000000000}}}, "do not fit spoolVolume.sizeLimit"),
-    ({"config": {"spool": {"max_bytes": 1073741824, "dead_letter_max_bytes": 1073741824}}}, "do not fit spoolVolume.sizeLimit"),
+    ({**EMPTYDIR, "config": {"spool": {"max_bytes": 2000000000}}}, "do not fit spoolVolume.sizeLimit"),
+    ({**EMPTYDIR, "config": {"spool": {"max_bytes": 1073741824, "dead_letter_max_bytes": 1073741824}}}, "do not fit spoolVolume.sizeLimit"),
+    # Ack mode spool on an emptyDir with more than one pod or the HPA: scale-in, eviction or
+    # node loss deletes acknowledged events. Refused unless acknowledged.
+    ({"persistence": {"enabled": False}}, "emptyDir spool (persistence.enabled false) and replicaCount 2"),
+    ({"persistence": {"enabled": False}, "replicaCount": 1, "autoscaling": {"enabled": True}},
+     "emptyDir spool (persistence.enabled false) and the HPA"),
+    ({"persistence": {"enabled": False}, "replicaCount": 3, "spoolVolume": {"acknowledgeEventLoss": False}},
+     "spoolVolume.acknowledgeEventLoss=true to accept that loss"),
     ({"persistence": {"enabled": True, "size": "1Gi"}}, "do not fit persistence.size"),
     ({"persistence": {"enabled": True, "size": "10G"}, "config": {"spool": {"max_bytes": 10737418240}}}, "do not fit persistence.size"),
-    ({"spoolVolume": {"medium": "Memory", "sizeLimit": "2Gi"}}, "counts against resources.limits.memory"),
+    ({**EMPTYDIR, "spoolVolume": {"medium": "Memory", "sizeLimit": "2Gi"}}, "counts against resources.limits.memory"),
     ({"secret": {"existingSecret": "hookbus-env", "authToken": "x"}}, "secret.existingSecret is set together"),
     ({"persistence": {"enabled": True}, "fullnameOverride": "h" * 53}, "longer than 52 characters"),
-    ({"spoolVolume": {"sizeLimit": "2 GB"}}, "sizeLimit"),
+    ({**EMPTYDIR, "spoolVolume": {"sizeLimit": "2 GB"}}, "sizeLimit"),
     # hookbus exits 64 on a blank token: refused before it reaches a pod.
     ({"secret": {"env": {"HOOKBUS_AUTH_TOKEN": " "}}}, "secret.env.HOOKBUS_AUTH_TOKEN is blank"),
     ({"extraEnv": [{"name": "HOOKBUS_AUTH_TOKEN", "value": ""}]}, "extraEnv HOOKBUS_AUTH_TOKEN has a blank value"),
@@ -922,21 +1144,28 @@ MUST_FAIL: list[tuple[dict[str, Any], str]] = [
 ]
 # Values right at the edge that must render.
 MUST_PASS: list[dict[str, Any]] = [
-    {"config": {"spool": {"max_bytes": 1900000000}}},
-    {"spoolVolume": {"sizeLimit": None}, "config": {"spool": {"max_bytes": 10737418240}}},
+    {**EMPTYDIR, "config": {"spool": {"max_bytes": 1900000000}}},
+    {**EMPTYDIR, "spoolVolume": {"sizeLimit": None}, "config": {"spool": {"max_bytes": 10737418240}}},
     {"persistence": {"enabled": True, "size": "1.5Gi"}},
-    {"config": {"spool": {"max_bytes": 134217728, "segment_bytes": 16777216}}, "spoolVolume": {"sizeLimit": "256Mi"}},
-    {"spoolVolume": {"medium": "Memory", "sizeLimit": "300Mi"},
+    {**EMPTYDIR, "config": {"spool": {"max_bytes": 134217728, "segment_bytes": 16777216}}, "spoolVolume": {"sizeLimit": "256Mi"}},
+    {**EMPTYDIR, "spoolVolume": {"medium": "Memory", "sizeLimit": "300Mi"},
      "config": {"spool": {"max_bytes": 134217728, "segment_bytes": 16777216}}},
-    {"fullnameOverride": "h" * 63, "ingress": {"enabled": True, "className": "nginx"}},
+    {**EMPTYDIR, "fullnameOverride": "h" * 63, "ingress": {"enabled": True, "className": "nginx"}},
+    # The emptyDir refusal applies to ack mode spool only, and yields to an acknowledgement.
+    {"persistence": {"enabled": False}, "config": {"ack": {"mode": "memory"}}, "autoscaling": {"enabled": True}},
+    {"persistence": {"enabled": False}, "config": {"ack": {"mode": "publish"}}, "replicaCount": 3},
+    {"persistence": {"enabled": False}, "spoolVolume": {"acknowledgeEventLoss": True}, "autoscaling": {"enabled": True}},
+    # The HPA on the StatefulSet: allowed, the claims of removed pods are retained.
+    {"autoscaling": {"enabled": True}},
 ]
 
 
 EXPECT = {
-    # case: kinds that must be present / absent
-    "default": ({"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget", "Secret"},
-                {"StatefulSet", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule",
-                 "NetworkPolicy", "Ingress"}),
+    # case: kinds that must be present / absent. The default is a StatefulSet: in ack mode
+    # spool the spool must outlive its pod (persistence.enabled).
+    "default": ({"StatefulSet", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget", "Secret"},
+                {"Deployment", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule",
+                 "NetworkPolicy", "Ingress", "Job"}),
 }
 FULL_KINDS = {"StatefulSet", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule",
               "NetworkPolicy", "Ingress", "PodDisruptionBudget"}
@@ -987,6 +1216,12 @@ def cmd_render(args: argparse.Namespace) -> None:
 
     # The webhook token: generated unless named, kept across upgrades, none only when anonymous.
     check_auth_cases(f)
+
+    # Defaults that cannot lose an acknowledged event; the drain of retained claims.
+    check_durability(f)
+
+    # Log format and level; the pod roll on a Secret change (optional).
+    check_logs_and_secret_roll(f)
 
     # The dead-letter keys reach config.toml as given; the routing budget only when set.
     dl = {"config": {"nats": {"dead_letter_stream": "PUBNUB_DL", "dead_letter_max_bytes": 1073741824,
@@ -1189,9 +1424,49 @@ def cmd_kube(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- sync
 
-# What the chart README's "## Upgrading" must tell (the contract changes of chart 0.2.0).
+# What the chart README's "## Upgrading" must tell (the contract changes of charts 0.2.0, 0.3.0).
 UPGRADING_PHRASES = ["exits 64", "allow_anonymous", '"${VAR}"', "resolves blank", "hookbus narrows",
-                     "`presence.>` to `presence.*.*`", "dead_letter_stream", "new stream"]
+                     "`presence.>` to `presence.*.*`", "dead_letter_stream", "new stream",
+                     "persistence.enabled: false", "spoolVolume.acknowledgeEventLoss", "replication_factor: 1",
+                     "hookbus_ack_slo_duration_seconds", "severityByAckMode"]
+
+def check_changelog(f: Failures) -> None:
+    """CHANGELOG.md in the Keep a Changelog shape: [Unreleased] with upgrade notes, every
+    release `## [x.y.z] - YYYY-MM-DD` with a link reference, the crate's version released or
+    unreleased, known section names only; the chart README has upgrade notes for the chart's
+    version."""
+    path = ROOT / "CHANGELOG.md"
+    if not f.check(path.exists(), "CHANGELOG.md is missing"):
+        return
+    text = path.read_text()
+    before = len(f.items)
+    f.check("keepachangelog.com" in text, "CHANGELOG.md does not say it follows Keep a Changelog")
+    heads = re.findall(r"^## \[([^\]]+)\](.*)$", text, re.M)
+    f.check(bool(heads) and heads[0][0] == "Unreleased", "CHANGELOG.md does not start with ## [Unreleased]")
+    releases = []
+    for name, rest in heads[1:]:
+        if f.check(re.fullmatch(r"\d+\.\d+\.\d+", name) is not None and re.fullmatch(r" - \d{4}-\d\d-\d\d", rest) is not None,
+                   f"CHANGELOG.md heading '## [{name}]{rest}' is not '## [x.y.z] - YYYY-MM-DD'"):
+            releases.append(name)
+    for name, _ in heads:
+        f.check(re.search(rf"^\[{re.escape(name)}\]: \S+", text, re.M) is not None,
+                f"CHANGELOG.md has no link reference [{name}]: ...")
+    for sub in re.findall(r"^### (.+)$", text, re.M):
+        f.check(sub.split(":")[0].split(" ")[0] in ("Added", "Changed", "Deprecated", "Removed", "Fixed", "Security", "Upgrading"),
+                f"CHANGELOG.md section '### {sub}' is not a Keep a Changelog type (or Upgrading)")
+    unreleased = text.split("## [Unreleased]", 1)[1].split("\n## [", 1)[0] if "## [Unreleased]" in text else ""
+    f.check("### Upgrading" in unreleased, "CHANGELOG.md [Unreleased] has no '### Upgrading' notes")
+    version = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
+    f.check(version in releases or bool(unreleased.strip()),
+            f"Cargo.toml version {version} is neither released in CHANGELOG.md nor under [Unreleased]")
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    f.check(f"### To chart {chart['version']}" in readme,
+            f"helm/hookbus/README.md has no upgrade notes '### To chart {chart['version']}'")
+    if len(f.items) == before:
+        print(f"  ok   CHANGELOG.md: Keep a Changelog, releases {', '.join(releases)}, [Unreleased] with upgrade notes; "
+              f"chart {chart['version']} has upgrade notes")
+
 
 def cmd_sync(args: argparse.Namespace) -> None:
     f = Failures()
@@ -1231,7 +1506,8 @@ def cmd_sync(args: argparse.Namespace) -> None:
         f.check(phrase in upgrading, f"helm/hookbus/README.md \"## Upgrading\" does not say {phrase!r}")
     if upgrading and all(p in upgrading for p in UPGRADING_PHRASES):
         print("  ok   helm/hookbus/README.md Upgrading: exit 64 without a token or with a blank ${…}, "
-              "allow_anonymous, the stream migration")
+              "allow_anonymous, the stream migration; 0.3.0: StatefulSet default, Kafka replication 3, alerts")
+    check_changelog(f)
     import values_doc  # noqa: PLC0415 - sibling module
     if args.fix:
         values_doc.write()

@@ -20,6 +20,7 @@ Only the standard library is used, so it runs with any python3.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import re
@@ -180,6 +181,20 @@ def cmd_static(_: argparse.Namespace) -> int:
                         "hookbus_queue_events", "hookbus_broker_duplicates_total", "hookbus_dedup_window_seconds",
                         "hookbus_overflow_events_total", "hookbus_publisher_restarts_total",
                         "process_cpu_seconds_total", "process_resident_memory_bytes"]
+    # Units: a panel charting only rate()s of counters says "per second" in its unit (reqps,
+    # eps, cps, ops...); CPU in cores and ratios excepted.
+    per_second = {"reqps", "eps", "cps", "ops", "mps", "rps", "wps", "iops", "Bps", "binBps"}
+    for p in panels(dash):
+        exprs = [t.get("expr", "") for t in p.get("targets") or []]
+        if p.get("type") == "row" or not exprs or "(cores)" in p.get("title", ""):
+            continue
+        unit = ((p.get("fieldConfig") or {}).get("defaults") or {}).get("unit")
+        if all(re.search(r"\brate\(", e) and not re.search(r"\)\s*/|histogram_quantile", e) for e in exprs):
+            f.check(unit in per_second, f"panel {p.get('title')!r} charts rates in unit {unit!r}, not a per-second unit")
+    # The container as Kubernetes sees it: memory against its limit, CPU throttling, restarts.
+    for m in ("container_memory_working_set_bytes", "kube_pod_container_resource_limits",
+              "container_cpu_cfs_throttled_periods_total", "kube_pod_container_status_restarts_total"):
+        required_metrics.append(m)
     text = DASHBOARD.read_text()
     for m in required_metrics:
         f.check(m in text, f"dashboard does not chart {m}")
@@ -309,12 +324,22 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     """Prometheus evaluated the shipped rules against the live hookbus: every rule loaded and
     healthy, and nothing pending or firing except the alerts the load is meant to trigger."""
     f = Failures()
-    try:
-        with urllib.request.urlopen(f"{args.prom}/api/v1/rules", timeout=10) as r:
-            groups = json.load(r)["data"]["groups"]
-    except OSError as e:
-        print(f"  FAIL {args.prom}/api/v1/rules: {e}")
-        return 1
+    deadline = time.monotonic() + args.timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{args.prom}/api/v1/rules", timeout=10) as r:
+                groups = json.load(r)["data"]["groups"]
+        except OSError as e:
+            print(f"  FAIL {args.prom}/api/v1/rules: {e}")
+            return 1
+        # --evaluated-after: every group evaluated since then (it saw the load), polled.
+        stale = [g["name"] for g in groups if evaluated_at(g.get("lastEvaluation", "")) <= args.evaluated_after]
+        if not stale:
+            break
+        if time.monotonic() > deadline:
+            print(f"  FAIL rule groups {stale} not evaluated after {args.evaluated_after:.0f} within {args.timeout:g}s")
+            return 1
+        time.sleep(0.2)
     rules = [r for g in groups for r in g["rules"]]
     alerts = [r for r in rules if r["type"] == "alerting"]
     f.check(len(alerts) >= 20, f"Prometheus loaded only {len(alerts)} alerting rules")
@@ -335,6 +360,15 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     print(f"  ok   {len(rules)} rules loaded and evaluated ({len(alerts)} alerts); none pending or firing "
           f"beyond {sorted(allowed) or 'none'}; HookbusSpoolFilling silent")
     return 0
+
+
+def evaluated_at(stamp: str) -> float:
+    """Unix time of a Prometheus RFC 3339 timestamp (nanosecond fraction allowed); 0 if none."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", stamp)
+    if not m or stamp.startswith("0001"):
+        return 0.0
+    base = datetime.datetime.fromisoformat(m.group(1) + (m.group(3).replace("Z", "+00:00")))
+    return base.timestamp() + float("0" + (m.group(2) or ""))
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
@@ -361,6 +395,8 @@ def main() -> int:
     p.add_argument("--min-retained-ratio", type=float, default=0,
                    help="live: retained/capacity the load must reach (the scenario HookbusSpoolFilling must ignore)")
     p.add_argument("--allow", default="", help="alerts: comma-separated alerts the load may trigger")
+    p.add_argument("--evaluated-after", type=float, default=0,
+                   help="alerts: wait (up to --timeout) until every rule group was evaluated after this Unix time")
     p.add_argument("--prom", default="http://127.0.0.1:9090")
     p.add_argument("--expr")
     p.add_argument("--min", type=float, default=1)

@@ -51,10 +51,10 @@ def main() -> int:
         if op == "FROM":
             m = re.match(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", args, re.I)
             stages.append((m.group(1), (m.group(2) or "").lower()))
-    if not stages or stages[0][0] != "rust:1.95-bookworm":
+    if not stages or stages[0][0].split("@")[0] != "rust:1.95-bookworm":
         errors.append("first stage must be FROM rust:1.95-bookworm (builder)")
     final = stages[-1][0] if stages else ""
-    if not re.match(r"(debian:bookworm-slim|gcr\.io/distroless/cc-debian12(:\S+)?)$", final):
+    if not re.match(r"(debian:bookworm-slim|gcr\.io/distroless/cc-debian12(:\S+)?)(@sha256:[0-9a-f]{64})?$", final):
         errors.append(f"final stage {final!r} is not debian:bookworm-slim or distroless cc-debian12")
     body = DOCKERFILE.read_text()
     first_final = max(i for i, (_, op, _) in enumerate(ins) if op == "FROM")
@@ -87,6 +87,31 @@ def main() -> int:
         m = re.search(r"--from=(\S+)", a) if op == "COPY" else None
         if m and m.group(1).lower() not in aliases and not m.group(1).isdigit():
             errors.append(f"line {n}: COPY --from={m.group(1)} names no stage")
+    # Release engineering: OCI labels from build args, the git revision handed to build.rs,
+    # dependencies built in a layer of their own (no `COPY . .`: a docs edit must not rebuild
+    # librdkafka), bases pinned by digest or, while no digest could be looked up, saying so.
+    labels = " ".join(a for _, op, a in final_ins if op == "LABEL")
+    for key in ("title", "version", "revision", "created", "source"):
+        if f"org.opencontainers.image.{key}=" not in labels:
+            errors.append(f"the final stage must carry LABEL org.opencontainers.image.{key}")
+    for _, op, a in ins:
+        if op == "COPY" and re.fullmatch(r"(--\S+\s+)*\.\s+\.", a):
+            errors.append("COPY . . copies the whole context: every edit would rebuild all dependencies")
+    copies = [(i, a) for i, (_, op, a) in enumerate(ins[:first_final]) if op == "COPY"]
+    manifests = next((i for i, a in copies if "Cargo.toml" in a and "Cargo.lock" in a and "src" not in a.split()), None)
+    sources = next((i for i, a in copies if re.search(r"(^|\s)src/?(\s|$)", a)), None)
+    dep_build = next((i for i, (_, op, a) in enumerate(ins[:first_final])
+                      if op == "RUN" and "cargo build" in a and manifests is not None and i > manifests
+                      and (sources is None or i < sources)), None)
+    if manifests is None or sources is None or dep_build is None:
+        errors.append("the builder must copy Cargo.toml and Cargo.lock, build the dependencies, then copy src/")
+    if not re.search(r"ENV\s+HOOKBUS_REVISION=", body):
+        errors.append("the builder must pass the REVISION build argument to build.rs as HOOKBUS_REVISION")
+    for image, _ in stages:
+        if image.lower() in {a for _, a in stages if a}:
+            continue
+        if "@sha256:" not in image and "not yet by digest" not in body:
+            errors.append(f"base image {image} is neither pinned by digest nor documented as not yet pinned")
     ignore = IGNORE.read_text().split() if IGNORE.exists() else []
     for must in ("target", ".git"):
         if must not in ignore:

@@ -4,7 +4,7 @@
 //! queued within `shutdown.grace` → flush the producer → close the spool.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::config::{AckMode, Config};
 use crate::dedup::Claims;
 use crate::faults::Faults;
-use crate::health::Health;
+use crate::health::{Health, Recovery};
 use crate::ingress::{self, Acceptor, AdminState, Ingress, Limits};
 use crate::message::DeadLetterDir;
 use crate::metrics::Metrics;
@@ -93,51 +93,46 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// As [`start`].
 pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Running> {
     let (registry, metrics, router) = metrics_and_router(&config)?;
-    let shared = Shared {
-        sink: connect_sink(&config, &router).await?,
-        claims: claims(&config, &metrics)?,
-        dead_letters: open_dead_letters(&config).await?,
-        health: Health::new(),
-        router,
-        metrics,
+    // The admin port answers from the first moment: /readyz says "recovering" (and how far)
+    // while the sink connects and the spool is read back, /healthz fails only if that stops
+    // making progress.
+    let recovery = Recovery::new(
+        config.spool.recovery_stall_timeout,
+        Some(metrics.recovery_progress.clone()),
+    );
+    let (health, shutdown) = (Health::new(), Shutdown::new());
+    let ready_after: Arc<OnceLock<Readiness>> = Arc::default();
+    let ready = readiness_after_recovery(&recovery, &ready_after);
+    let admin = serve_admin_port(
+        &config,
+        AdminState {
+            registry,
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            health: health.clone(),
+            recovery: recovery.clone(),
+            draining: shutdown.clone(),
+        },
+        &faults,
+    )?;
+    let recovered = recover(&config, metrics, router, health, &recovery, &faults).await;
+    let (shared, acceptor, source, http) = match recovered {
+        Ok(parts) => parts,
+        Err(error) => {
+            admin.stop.trigger();
+            let _ = admin.task.await;
+            return Err(error);
+        }
     };
-    shared
-        .metrics
-        .spool_capacity_bytes
-        .set(config.spool.max_bytes as i64);
-    let (acceptor, source, ready) = acceptor(&config, &shared.sink, &shared.claims).await?;
+    let _ = ready_after.set(shared.ready.clone());
+    recovery.finish();
+    let admin_addr = admin.addr;
     let spool = match &source {
         Source::Spool(spool) => Some(spool.clone()),
         Source::Queue(_) => None,
     };
-    let http = ingress::bind(config.http.listen, config.http.max_connections)
-        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
-    let admin = ingress::bind(config.admin.listen, config.admin.max_connections)
-        .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
-    let (http_addr, admin_addr) = (http.local_addr()?, admin.local_addr()?);
-
-    let shutdown = Shutdown::new();
+    let http_addr = http.local_addr()?;
     let webhooks = serve_webhooks(&config, &shared, acceptor, faults.clone(), http, &shutdown);
-    let admin_state = AdminState {
-        registry,
-        metrics: shared.metrics.clone(),
-        ready: ready.clone(),
-        health: shared.health.clone(),
-        draining: shutdown.clone(),
-    };
-    // The admin port stops last, on its own signal, so probes see the drain.
-    let admin_stop = Shutdown::new();
-    let admin_limits = limits(
-        &config,
-        config.admin.max_connections,
-        Duration::from_secs(1),
-    );
-    let admin_task = tokio::spawn(ingress::serve_admin(
-        admin,
-        Arc::new(admin_state),
-        admin_limits,
-        admin_stop.clone(),
-    ));
     let spool_probe = spool.clone();
     let publisher_drain = Shutdown::new();
     let publisher = publisher::run(
@@ -154,8 +149,8 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
         sink: shared.sink.clone(),
         spool,
         gauges: tokio::spawn(shared.observed(spool_probe, ready, &shutdown).run()),
-        admin_stop,
-        admin_task,
+        admin_stop: admin.stop,
+        admin_task: admin.task,
     };
     tracing::info!(
         %http_addr, %admin_addr, sink = shared.sink.name(), ack_mode = config.ack.mode.as_str(),
@@ -174,6 +169,78 @@ pub async fn start_with(config: Config, faults: Faults) -> anyhow::Result<Runnin
     })
 }
 
+/// The admin listener: serving from before recovery until the end of the drain.
+struct AdminPort {
+    addr: SocketAddr,
+    /// The admin port stops last, on its own signal, so probes see the drain.
+    stop: Shutdown,
+    task: JoinHandle<()>,
+}
+
+fn serve_admin_port(
+    config: &Config,
+    state: AdminState,
+    faults: &Faults,
+) -> anyhow::Result<AdminPort> {
+    let listener = ingress::bind(config.admin.listen, config.admin.max_connections)
+        .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+    let addr = listener.local_addr()?;
+    faults.admin_bound(addr);
+    let stop = Shutdown::new();
+    let limits = limits(config, config.admin.max_connections, Duration::from_secs(1));
+    let task = tokio::spawn(ingress::serve_admin(
+        listener,
+        Arc::new(state),
+        limits,
+        stop.clone(),
+    ));
+    Ok(AdminPort { addr, stop, task })
+}
+
+/// `/readyz`: "recovering …" until `recovery` finishes, then the ack mode's readiness, which
+/// recovery leaves in `after`.
+fn readiness_after_recovery(recovery: &Recovery, after: &Arc<OnceLock<Readiness>>) -> Readiness {
+    let (recovery, after) = (recovery.clone(), after.clone());
+    Arc::new(move || {
+        recovery.readiness()?;
+        after
+            .get()
+            .map_or(Err("starting".to_owned()), |ready| ready())
+    })
+}
+
+/// Everything up to taking webhooks, while the admin port already answers: the sink, the
+/// dedup set, the spool read back (with `recovery` following it), the webhook port bound.
+async fn recover(
+    config: &Config,
+    metrics: Metrics,
+    router: Router,
+    health: Health,
+    recovery: &Recovery,
+    faults: &Faults,
+) -> anyhow::Result<(Shared, Acceptor, Source, tokio::net::TcpListener)> {
+    recovery.begin("connecting the sink", 0);
+    let sink = connect_sink(config, &router).await?;
+    let claims = claims(config, &metrics)?;
+    let dead_letters = open_dead_letters(config).await?;
+    metrics
+        .spool_capacity_bytes
+        .set(config.spool.max_bytes as i64);
+    let (acceptor, source, ready) = acceptor(config, &sink, &claims, recovery, faults).await?;
+    let http = ingress::bind(config.http.listen, config.http.max_connections)
+        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+    let shared = Shared {
+        sink,
+        claims,
+        dead_letters,
+        health,
+        router,
+        metrics,
+        ready,
+    };
+    Ok((shared, acceptor, source, http))
+}
+
 /// What the webhook listener, the publisher and the gauges share.
 struct Shared {
     router: Router,
@@ -182,6 +249,8 @@ struct Shared {
     claims: Arc<Claims>,
     dead_letters: Arc<DeadLetterDir>,
     health: Health,
+    /// Readiness as the ack mode defines it, once recovered (spool headroom, queue room).
+    ready: Readiness,
 }
 
 impl Shared {
@@ -367,11 +436,25 @@ fn spool_config(config: &Config) -> SpoolConfig {
 }
 
 /// Opens the spool directory off the runtime.
-async fn open_spool(config: SpoolConfig) -> anyhow::Result<Spool> {
+async fn open_spool(
+    config: SpoolConfig,
+    recovery: &Recovery,
+    faults: &Faults,
+) -> anyhow::Result<Spool> {
     let dir = config.dir.clone();
-    tokio::task::spawn_blocking(move || Spool::open(config))
-        .await?
-        .with_context(|| format!("opening spool.dir {}", dir.display()))
+    let (recovery, faults) = (recovery.clone(), faults.clone());
+    tokio::task::spawn_blocking(move || {
+        Spool::open_observed(config, &mut |done, total| {
+            if done == 0 {
+                recovery.begin("reading the spool back", total);
+            } else {
+                recovery.advance(done);
+                faults.recovery_step();
+            }
+        })
+    })
+    .await?
+    .with_context(|| format!("opening spool.dir {}", dir.display()))
 }
 
 /// The publisher's settings: `[sink]` limits, and where refused messages and overflow go.
@@ -417,10 +500,12 @@ async fn acceptor(
     config: &Config,
     sink: &Arc<Sink>,
     claims: &Arc<Claims>,
+    recovery: &Recovery,
+    faults: &Faults,
 ) -> anyhow::Result<(Acceptor, Source, Readiness)> {
     if config.ack.mode == AckMode::Spool {
-        let spool = open_spool(spool_config(config)).await?;
-        restore_dedup(&spool, claims, config.dedup.window).await?;
+        let spool = open_spool(spool_config(config), recovery, faults).await?;
+        restore_dedup(&spool, claims, config.dedup.window, recovery).await?;
         // Ready while a burst of large requests still fits: 5% of the spool, ≥ 16 MiB.
         let headroom = (config.spool.max_bytes / 20)
             .max(16 * 1024 * 1024)
@@ -482,7 +567,12 @@ pub async fn drain(config: Config, timeout: Duration) -> anyhow::Result<DrainRep
     if !dir.is_dir() {
         anyhow::bail!("{} is not a spool directory", dir.display());
     }
-    let spool = open_spool(spool_config(&config)).await?;
+    let spool = open_spool(
+        spool_config(&config),
+        &Recovery::finished(),
+        &Faults::none(),
+    )
+    .await?;
     let before = spool.stats().pending_events;
     tracing::info!(dir = %dir.display(), pending = before, "draining a spool directory");
     let sink = Arc::new(
@@ -527,17 +617,23 @@ async fn restore_dedup(
     spool: &Spool,
     claims: &Arc<Claims>,
     window: Duration,
+    recovery: &Recovery,
 ) -> anyhow::Result<()> {
     let now = publisher::now_ms();
     let since = now.saturating_sub(window.as_millis() as u64);
     let spool = spool.clone();
     let claims = claims.clone();
+    let recovery = recovery.clone();
+    recovery.begin("rebuilding the dedup set", 0);
     let restored = tokio::task::spawn_blocking(move || {
         let mut restored = 0usize;
         spool.scan_since(since, |appended_ms, payload| {
             if let Some(id) = publisher::msg_id_of(payload) {
                 claims.restore(claims.key(id), appended_ms, now);
                 restored += 1;
+                if restored.is_multiple_of(10_000) {
+                    recovery.advance(restored as u64);
+                }
             }
         })?;
         Ok::<_, crate::spool::SpoolError>(restored)

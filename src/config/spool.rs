@@ -1,11 +1,12 @@
 //! `[spool]`: the write-ahead spool on disk.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::validate::{GIB, KIB, count};
-use super::{ConfigError, invalid};
+use super::validate::{GIB, KIB, count, span};
+use super::{ConfigError, duration, invalid};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -19,6 +20,10 @@ pub struct SpoolConfig {
     /// Disk for dead letters too large for the broker (`dir/dead-letters/`); when full, the
     /// body is dropped and counted (`hookbus_dead_letters_total{reason="dropped"}`).
     pub dead_letter_max_bytes: u64,
+    /// Reading the spool back at start may take as long as it needs while it makes progress;
+    /// with none for this long, `/healthz` fails so the orchestrator restarts the process.
+    #[serde(deserialize_with = "duration")]
+    pub recovery_stall_timeout: Duration,
 }
 
 impl Default for SpoolConfig {
@@ -28,6 +33,7 @@ impl Default for SpoolConfig {
             max_bytes: 1024 * 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
             dead_letter_max_bytes: 100 * 1024 * 1024,
+            recovery_stall_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -40,6 +46,12 @@ impl SpoolConfig {
             self.dead_letter_max_bytes,
             0,
             1024 * GIB,
+        )?;
+        span(
+            "spool.recovery_stall_timeout",
+            self.recovery_stall_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(24 * 3600),
         )?;
         if self.dir.as_os_str().is_empty() {
             return Err(invalid("spool.dir", "must not be empty"));

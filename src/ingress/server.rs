@@ -39,8 +39,7 @@ impl listener::Events for Counted {
 
     fn refused(&self, status: u16) {
         if self.listener == "webhook" {
-            self.metrics.http_response(status);
-            self.metrics.ack_duration.observe(0.0);
+            self.metrics.answered(status, 0.0);
         }
     }
 }
@@ -80,10 +79,8 @@ struct Answer<'a> {
 impl Answer<'_> {
     fn record(&mut self, code: u16) {
         self.answered = true;
-        self.metrics.http_response(code);
         self.metrics
-            .ack_duration
-            .observe(self.started.elapsed().as_secs_f64());
+            .answered(code, self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -262,6 +259,8 @@ pub struct AdminState {
     pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
     /// Liveness: fails when a component cannot recover (`/healthz` 503).
     pub health: crate::health::Health,
+    /// Start-up recovery: `/healthz` also fails when it stops making progress.
+    pub recovery: crate::health::Recovery,
     pub draining: Shutdown,
 }
 
@@ -318,7 +317,7 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
             );
             r
         }
-        "/healthz" => match state.health.check() {
+        "/healthz" => match state.health.check().and_then(|()| state.recovery.liveness()) {
             Ok(()) => text(StatusCode::OK, "ok\n".to_owned()),
             Err(reason) => text(
                 StatusCode::SERVICE_UNAVAILABLE,

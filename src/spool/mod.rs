@@ -182,6 +182,18 @@ impl Spool {
     /// when a segment or the checkpoint is of a format this build does not know (then
     /// nothing in the directory was changed).
     pub fn open(config: SpoolConfig) -> Result<Spool, SpoolError> {
+        Spool::open_observed(config, &mut |_, _| {})
+    }
+
+    /// [`Spool::open`], calling `progress(bytes read, bytes of all segments)` as recovery
+    /// validates each segment (so a long read back is visible, and a stalled one too).
+    ///
+    /// # Errors
+    /// As [`Spool::open`].
+    pub fn open_observed(
+        config: SpoolConfig,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Spool, SpoolError> {
         if config.segment_bytes == 0 || config.max_bytes == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -205,7 +217,7 @@ impl Spool {
             ),
             fs::TryLockError::Error(e) => e,
         })?;
-        let recovered = recover::recover(&config.dir)?;
+        let recovered = recover::recover(&config.dir, progress)?;
         let state = recovered.state;
         let core = Arc::new(Core {
             config,

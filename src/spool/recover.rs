@@ -46,7 +46,10 @@ pub(super) struct Recovered {
     pub(super) corrupt_records: u64,
 }
 
-pub(super) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
+/// Called after each segment is validated with (bytes read so far, bytes of all segments).
+pub(super) type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+pub(super) fn recover(dir: &Path, progress: Progress<'_>) -> Result<Recovered, SpoolError> {
     // Both reads only look; nothing is changed until every file's version is known.
     let checkpoint = read_checkpoint(dir)?;
     let names = list_segments(dir)?;
@@ -54,7 +57,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
         _ => {}
     }
-    let (mut segments, corrupt_records) = scan_all(dir, names)?;
+    let (mut segments, corrupt_records) = scan_all(dir, names, progress)?;
     let last_end = segments.back().map_or(0, |s| s.end_seq);
     let next_seq = last_end.max(checkpoint.unwrap_or(0));
     writable_last(dir, &mut segments, next_seq)?;
@@ -84,7 +87,12 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
 fn scan_all(
     dir: &Path,
     names: Vec<(u64, PathBuf, u64)>,
+    progress: Progress<'_>,
 ) -> Result<(VecDeque<SegmentMeta>, u64), SpoolError> {
+    let size = |path: &Path| fs::metadata(path).map_or(0, |m| m.len());
+    let total: u64 = names.iter().map(|(_, path, _)| size(path)).sum();
+    let mut read = 0u64;
+    progress(0, total);
     let mut segments: VecDeque<SegmentMeta> = VecDeque::new();
     let mut todo: VecDeque<(u64, PathBuf, u64)> = names.into();
     let mut corrupt_records = 0;
@@ -103,7 +111,11 @@ fn scan_all(
             .into());
         }
         let is_last = todo.is_empty();
+        let bytes = size(&path);
         let (meta, split) = scan_segment(dir, path, first_seq, data_start, is_last)?;
+        read += bytes;
+        // A split-off file adds bytes the first count did not know.
+        progress(read, total.max(read));
         if let Some(split) = split {
             corrupt_records += split.first_seq - meta.end_seq;
             if todo

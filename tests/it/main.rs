@@ -17,3 +17,4 @@ mod normalize_fixtures;
 mod secure_kafka;
 mod secure_nats;
 mod shared_dedup;
+mod startup;

@@ -134,6 +134,48 @@ Call it once per render (the Secret template): each call outside a cluster is a 
 {{- end }}
 {{- end }}
 
+{{/*
+The env list of the hookbus container (and the drain Jobs): the generated token (when the chart
+generated it), RUST_LOG from logLevel, HOOKBUS_LOG_FORMAT from logFormat, then extraEnv (an
+extraEnv entry of the same name replaces the chart's).
+*/}}
+{{- define "hookbus.containerEnv" -}}
+{{- with include "hookbus.authTokenEnv" . }}
+# The webhook token the chart generated (no authToken, existing Secret key or extraEnv entry).
+{{ . | trim }}
+{{- end }}
+{{- $own := dict }}
+{{- range .Values.extraEnv }}{{ $_ := set $own (toString .name) true }}{{ end }}
+{{- if not (hasKey $own "RUST_LOG") }}
+- name: RUST_LOG
+  value: {{ .Values.logLevel | quote }}
+{{- end }}
+{{- if and (eq .Values.logFormat "json") (not (hasKey $own "HOOKBUS_LOG_FORMAT")) }}
+- name: HOOKBUS_LOG_FORMAT
+  value: json
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The data of the Secrets the chart does not render but hookbus reads (secret.existingSecret,
+secretFiles.existingSecret, the generated token's Secret), as found in the cluster at
+install/upgrade (lookup; "" offline, e.g. helm template): its checksum rolls the pods when one
+of them changed since the last upgrade.
+*/}}
+{{- define "hookbus.externalSecretsData" -}}
+{{- $names := list (include "hookbus.authSecretName" .) }}
+{{- with .Values.secret.existingSecret }}{{ $names = append $names . }}{{ end }}
+{{- with .Values.secretFiles.existingSecret }}{{ $names = append $names . }}{{ end }}
+{{- range $names }}
+{{- with lookup "v1" "Secret" $.Release.Namespace . }}
+{{ .metadata.name }}: {{ toJson .data }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Name of the Secret mounted as files, or "" when there is none. */}}
 {{- define "hookbus.filesSecretName" -}}
 {{- if .Values.secretFiles.existingSecret }}
@@ -174,6 +216,28 @@ values.schema.json restricts durations to these units.
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than lifecycle.preStopSleepSeconds + config.shutdown.grace (%d s): the kubelet would SIGKILL hookbus while it drains the spool" $tgps $floor) }}
 {{- end }}
 {{- $tgps }}
+{{- end }}
+{{- end }}
+
+{{/*
+Startup probe failureThreshold: probes.startup.failureThreshold when set (refused if it does not
+cover the budget below), else derived: periodSeconds x failureThreshold >= baseSeconds + the
+spool budget (hookbus.spoolBudgetBytes) read at minReplayBytesPerSecond. hookbus opens the admin
+port only after reading the spool back, so a fuller spool on a slower volume needs longer.
+*/}}
+{{- define "hookbus.startupFailureThreshold" -}}
+{{- $p := .Values.probes.startup }}
+{{- $period := $p.periodSeconds | int64 }}
+{{- $rate := $p.minReplayBytesPerSecond | default 8388608 | int64 }}
+{{- $budget := add ($p.baseSeconds | default 60 | int64) (div (add (include "hookbus.spoolBudgetBytes" . | int64) (sub $rate 1)) $rate) }}
+{{- $need := div (add $budget (sub $period 1)) $period }}
+{{- if kindIs "invalid" $p.failureThreshold }}
+{{- $need }}
+{{- else }}
+{{- if lt (int64 $p.failureThreshold) $need }}
+{{- fail (printf "probes.startup: periodSeconds %d x failureThreshold %d = %d s does not cover reading the spool back at start: baseSeconds + spool budget / minReplayBytesPerSecond = %d s. The kubelet would kill hookbus while it replays a full spool, again and again. Raise failureThreshold (or leave it null: derived), or lower minReplayBytesPerSecond only if the volume is faster." $period (int64 $p.failureThreshold) (mul $period (int64 $p.failureThreshold)) $budget) }}
+{{- end }}
+{{- int64 $p.failureThreshold }}
 {{- end }}
 {{- end }}
 
@@ -232,6 +296,7 @@ dir = {{ $c.spool.dir | toJson }}
 max_bytes = {{ $c.spool.max_bytes | int64 }}
 {{- include "hookbus.tomlOpt" (list "segment_bytes" $c.spool.segment_bytes) }}
 {{- include "hookbus.tomlOpt" (list "dead_letter_max_bytes" $c.spool.dead_letter_max_bytes) }}
+{{- include "hookbus.tomlOpt" (list "recovery_stall_timeout" $c.spool.recovery_stall_timeout) }}
 
 [dedup]
 window = {{ $c.dedup.window | toString | toJson }}
@@ -295,7 +360,8 @@ replication_factor = {{ $c.kafka.replication_factor | int64 }}
 
 {{/*
 The alert rule groups, as a YAML list: files/prometheus/rules.yaml with ${threshold},
-${selector}, severity, for, extra labels and runbook_url from metrics.prometheusRule.
+${selector}, ${dedup_window_seconds} (config.dedup.window), severity (or severityByAckMode
+for config.ack.mode), for, extra labels and runbook_url from metrics.prometheusRule.
 Every alert of the file needs an entry in metrics.prometheusRule.rules and every entry
 there must name an alert of the file, so a typo fails the render instead of being ignored.
 */}}
@@ -308,6 +374,7 @@ there must name an alert of the file, so a typo fails the render instead of bein
 {{- $settings := $pr.rules | default dict }}
 {{- $selector := $pr.targetSelector | default (printf "job=%q" (include "hookbus.name" .)) }}
 {{- $base := $pr.runbookBase | default "docs/runbooks.md" }}
+{{- $dedupWindow := include "hookbus.durationSeconds" .Values.config.dedup.window }}
 {{- $known := dict }}
 {{- $groups := list }}
 {{- range $g := $src.groups }}
@@ -323,7 +390,7 @@ there must name an alert of the file, so a typo fails the render instead of bein
 {{- end }}
 {{- $s := index $settings $name | default dict }}
 {{- if ne (toString $s.enabled) "false" }}
-{{- $expr := $r.expr | replace "${selector}" $selector }}
+{{- $expr := $r.expr | replace "${selector}" $selector | replace "${dedup_window_seconds}" $dedupWindow }}
 {{- $th := "" }}
 {{- if contains "${threshold}" $r.expr }}
 {{- if kindIs "invalid" $s.threshold }}
@@ -334,13 +401,15 @@ there must name an alert of the file, so a typo fails the render instead of bein
 {{- else if not (kindIs "invalid" $s.threshold) }}
 {{- fail (printf "metrics.prometheusRule.rules.%s.threshold is set, but the alert has no threshold" $name) }}
 {{- end }}
-{{- $labels := dict "severity" ($s.severity | default "warning") }}
+{{- $severity := $s.severity | default "warning" }}
+{{- with $s.severityByAckMode }}{{ with index . (toString $.Values.config.ack.mode) }}{{ $severity = . }}{{ end }}{{ end }}
+{{- $labels := dict "severity" $severity }}
 {{- range $k, $v := $s.labels | default dict }}
 {{- if ne $k "severity" }}{{ $_ := set $labels $k (toString $v) }}{{ end }}
 {{- end }}
 {{- $annotations := dict }}
 {{- range $k, $v := $r.annotations }}
-{{- $_ := set $annotations $k ($v | replace "${threshold}" $th | replace "${selector}" $selector) }}
+{{- $_ := set $annotations $k ($v | replace "${threshold}" $th | replace "${selector}" $selector | replace "${dedup_window_seconds}" $dedupWindow) }}
 {{- end }}
 {{- $_ := set $annotations "runbook_url" (printf "%s#%s" $base (lower $name)) }}
 {{- $rule := dict "alert" $name "expr" $expr "labels" $labels "annotations" $annotations }}
@@ -399,7 +468,8 @@ there must name an alert of the file, so a typo fails the render instead of bein
 {{/*
 Guard rails that refuse to render: the spool must fit its volume (an emptyDir past its
 sizeLimit gets the pod evicted and the directory deleted with acknowledged events in it; a
-full PVC answers ENOSPC), a tmpfs spool must fit the memory limit, names must fit.
+full PVC answers ENOSPC), a tmpfs spool must fit the memory limit, names must fit; in ack
+mode spool an emptyDir only with one replica and no HPA, unless spoolVolume.acknowledgeEventLoss.
 */}}
 {{- define "hookbus.guardRails" -}}
 {{- $need := include "hookbus.spoolBudgetBytes" . | int64 }}
@@ -426,6 +496,11 @@ full PVC answers ENOSPC), a tmpfs spool must fit the memory limit, names must fi
 {{- if ge $need $mem }}
 {{- fail (printf "spoolVolume.medium Memory: the spool (%s) counts against resources.limits.memory %s and would get hookbus OOM-killed. Raise the memory limit or lower config.spool.max_bytes." $what (toString $limit)) }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- if and (eq (toString .Values.config.ack.mode) "spool") (not .Values.persistence.enabled) (not .Values.spoolVolume.acknowledgeEventLoss) }}
+{{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}
+{{- fail (printf "ack mode spool with an emptyDir spool (persistence.enabled false) and %s: a pod removed by scale-in or eviction, or lost with its node, while the broker is away deletes acknowledged, unpublished events with its emptyDir. Set persistence.enabled=true (a StatefulSet whose retained claims keep them: docs/runbooks.md#scale-in-with-unpublished-events), or set spoolVolume.acknowledgeEventLoss=true to accept that loss." (ternary "the HPA (autoscaling.enabled)" (printf "replicaCount %d" (int .Values.replicaCount)) .Values.autoscaling.enabled)) }}
 {{- end }}
 {{- end }}
 {{- if and .Values.secret.existingSecret (or .Values.secret.authToken .Values.secret.natsUser .Values.secret.natsPassword .Values.secret.natsToken .Values.secret.env) }}

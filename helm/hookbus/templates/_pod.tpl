@@ -5,11 +5,17 @@
 metadata:
   annotations:
     checksum/config: {{ include "hookbus.configToml" . | sha256sum }}
+    {{- if .Values.rollOnSecretChange }}
+    {{- /* hookbus reads its Secrets at start: a changed one rolls the pods on helm upgrade. */}}
     {{- with include "hookbus.chartSecretData" . }}
     checksum/secret: {{ . | sha256sum }}
     {{- end }}
     {{- if and (not .Values.secretFiles.existingSecret) .Values.secretFiles.files }}
     checksum/secret-files: {{ toJson .Values.secretFiles.files | sha256sum }}
+    {{- end }}
+    {{- with include "hookbus.externalSecretsData" . }}
+    checksum/external-secrets: {{ . | sha256sum }}
+    {{- end }}
     {{- end }}
     {{- with .Values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
@@ -56,17 +62,8 @@ spec:
         - secretRef:
             name: {{ $envSecret }}
       {{- end }}
-      {{- $tokenEnv := include "hookbus.authTokenEnv" . }}
-      {{- if or $tokenEnv .Values.extraEnv }}
       env:
-        {{- with $tokenEnv }}
-        # The webhook token the chart generated (no authToken, existing Secret key or extraEnv entry).
-        {{- . | trim | nindent 8 }}
-        {{- end }}
-        {{- with .Values.extraEnv }}
-        {{- toYaml . | nindent 8 }}
-        {{- end }}
-      {{- end }}
+        {{- include "hookbus.containerEnv" . | nindent 8 }}
       {{- if .Values.probes.startup.enabled }}
       startupProbe:
         httpGet:
@@ -74,7 +71,8 @@ spec:
           port: admin
         periodSeconds: {{ .Values.probes.startup.periodSeconds }}
         timeoutSeconds: {{ .Values.probes.startup.timeoutSeconds }}
-        failureThreshold: {{ .Values.probes.startup.failureThreshold }}
+        # Covers reading a full spool back (hookbus.startupFailureThreshold).
+        failureThreshold: {{ include "hookbus.startupFailureThreshold" . }}
       {{- end }}
       livenessProbe:
         httpGet:
