@@ -10,7 +10,10 @@ wrk's p50/p99, hookbus's CPU time (user+system, /proc/PID/stat) per acknowledged
 and peak RSS, and the exactly-once check: the broker holds exactly the events hookbus
 acknowledged (records and distinct hookbus-event-ids counted by consuming; never fewer than
 wrk saw acknowledged). Then each ack mode at half its saturation rate (open loop) with hookbus's
-own ack latency, and the replay of a spool backlog.
+own ack latency, and the replay of a spool backlog. Bare hyper's CPU per request is measured
+the same way as hookbus's, and each row's CPU per event is printed as a multiple of it; every
+Kafka row gets a fresh tansu. Last, instructions per request under callgrind for bare hyper and
+the COUNTED paths (deterministic; BENCH_INSTRUCTIONS=0 skips them).
 
 Run through scripts/bench, which builds first. Exit status 1 if an exactly-once check failed.
 """
