@@ -203,8 +203,13 @@ async fn handle(ingress: &Arc<Ingress>, req: Request<Incoming>) -> Result<Accept
     // The body counts against the budget of bodies in flight from now until its events are
     // accepted; without a declared length, the largest allowed body is reserved.
     let budget = ingress.reserve_body(declared.map_or(limit, |n| n as usize))?;
-    let read = read_body(req.into_body(), declared, limit);
-    let body = match tokio::time::timeout(ingress.request_timeout, read).await {
+    let mut read = std::pin::pin!(read_body(req.into_body(), declared, limit));
+    // A small body has usually arrived with the head: read it without arming a timer.
+    let read = match futures::poll!(read.as_mut()) {
+        std::task::Poll::Ready(read) => Ok(read),
+        std::task::Poll::Pending => tokio::time::timeout(ingress.request_timeout, read).await,
+    };
+    let body = match read {
         Err(_) => return Err(IngressError::RequestTimeout(ingress.request_timeout)),
         Ok(Ok(body)) => body,
         Ok(Err(error)) if error.is::<LengthLimitError>() => {

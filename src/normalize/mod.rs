@@ -226,9 +226,14 @@ pub struct Delta {
 impl Event {
     /// The message value: the event JSON, fields in the documented order, absent fields as `null`.
     pub fn to_json(&self) -> Vec<u8> {
-        // Cannot fail: every field is a string, integer, bool or a `Value` (string keys,
-        // finite numbers), and writing into a Vec does no I/O.
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(
+            256 + self.id.len()
+                + self.channel.len()
+                + self.uuid.as_ref().map_or(0, String::len)
+                + self.state.as_ref().map_or(0, |s| s.as_str().len()),
+        );
+        wire::write(self, &mut out);
+        out
     }
 }
 

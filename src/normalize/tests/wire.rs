@@ -144,3 +144,51 @@ fn published_json_schema_matches_the_event() {
         json!(time::MAX_SECS)
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// The hand-written serializer of the hot path writes exactly what serde_json writes for
+    /// the same event: any text (control characters, quotes, backslashes, non-ASCII), any
+    /// integer, absent and present optional fields, deltas.
+    #[test]
+    fn hand_written_json_is_serde_json_byte_for_byte(
+        id in "\\PC{0,40}",
+        channel in "(\\PC|[\\x00-\\x1f\"\\\\\u{7f}])*",
+        sub_key in proptest::option::of("(\\PC|[\\x00-\\x1f])*"),
+        uuid in proptest::option::of("\\PC*"),
+        occupancy in proptest::option::of(proptest::prelude::any::<u64>()),
+        timestamp in proptest::prelude::any::<i64>(),
+        timestamp_ms in proptest::option::of(proptest::prelude::any::<i64>()),
+        received_at_ms in proptest::prelude::any::<u64>(),
+        state in proptest::option::of(proptest::prelude::any::<u32>()),
+        delta in proptest::option::of(proptest::collection::vec("(\\PC|[\\x00-\\x1f])*", 0..4)),
+        here_now_refresh in proptest::prelude::any::<bool>(),
+        action in proptest::sample::select(Action::ALL.to_vec()),
+        format in proptest::sample::select(Format::ALL.to_vec()),
+    ) {
+        let e = Event {
+            id,
+            format,
+            sub_key,
+            channel,
+            action,
+            uuid,
+            occupancy,
+            timestamp,
+            timestamp_ms,
+            received_at_ms,
+            state: state.map(|n| State::from_value(&json!({"n": n, "s": "x\u{1}\"y", "a": [1.5, null]}))),
+            delta: delta.map(|ids| Delta {
+                join: ids.clone(),
+                leave: ids.iter().rev().cloned().collect(),
+                timeout: Vec::new(),
+            }),
+            here_now_refresh,
+        };
+        proptest::prop_assert_eq!(
+            String::from_utf8(e.to_json()).unwrap(),
+            String::from_utf8(serde_json::to_vec(&e).unwrap()).unwrap()
+        );
+    }
+}
