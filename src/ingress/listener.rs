@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -99,30 +99,27 @@ const IDLE: u8 = 3;
 /// The state of one connection: fresh (no byte yet), reading a request head, busy with a
 /// request, or idle between requests.
 pub struct Activity {
-    state: AtomicU8,
-    /// When the state was entered, ms since the listener's start.
-    since: AtomicU64,
-    generation: AtomicU64,
-    changed: Notify,
+    /// The state (low 8 bits) and when it was entered (ms since the listener's start, the
+    /// rest), in one word so that a reader never pairs a new state with an old time.
+    now: AtomicU64,
+    /// Signalled when a request's first byte arrives: the one change that can bring the
+    /// connection's deadline forward (an idle connection's 90 s become the head's 10 s).
+    head: Notify,
     epoch: Instant,
 }
 
 impl Activity {
     fn new(epoch: Instant) -> Activity {
         Activity {
-            state: AtomicU8::new(FRESH),
-            since: AtomicU64::new(elapsed_ms(epoch)),
-            generation: AtomicU64::new(0),
-            changed: Notify::new(),
+            now: AtomicU64::new(pack(FRESH, elapsed_ms(epoch))),
+            head: Notify::new(),
             epoch,
         }
     }
 
     fn enter(&self, state: u8) {
-        self.state.store(state, Ordering::SeqCst);
-        self.since.store(elapsed_ms(self.epoch), Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_one();
+        self.now
+            .store(pack(state, elapsed_ms(self.epoch)), Ordering::SeqCst);
     }
 
     /// A request's head arrived: the service is running it.
@@ -136,53 +133,64 @@ impl Activity {
     }
 
     fn first_byte(&self) {
-        let state = self.state.load(Ordering::Relaxed);
+        let (state, _) = unpack(self.now.load(Ordering::Relaxed));
         if state == FRESH || state == IDLE {
             self.enter(HEAD);
+            self.head.notify_one();
         }
     }
 
     fn evictable_since(&self) -> Option<u64> {
-        match self.state.load(Ordering::SeqCst) {
-            FRESH | HEAD | IDLE => Some(self.since.load(Ordering::SeqCst)),
+        match unpack(self.now.load(Ordering::SeqCst)) {
+            (FRESH | HEAD | IDLE, since) => Some(since),
             _ => None,
         }
     }
 
     /// Resolves with the reason the connection must close: a timeout of its current state or
-    /// an eviction.
+    /// an eviction. Lazy: the watchdog is not woken for every state change, only when a
+    /// request's first byte may have brought the deadline forward. It wakes at the deadline
+    /// of the state it last saw and looks again (the state may have moved on: then it sleeps
+    /// until the new state's deadline); while a request is being served (no deadline) it
+    /// looks again every `min(header_timeout, idle_timeout)`, which is before any idle period
+    /// that follows can run out: each timeout is timed from its own state's start, as before.
     async fn expired(&self, limits: &Limits, evicted: &Notify) -> Closed {
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let generation = self.generation.load(Ordering::SeqCst);
-            let state = self.state.load(Ordering::SeqCst);
-            let since = self.since.load(Ordering::SeqCst);
+            let head = self.head.notified();
+            tokio::pin!(head);
+            head.as_mut().enable();
+            let (state, since) = unpack(self.now.load(Ordering::SeqCst));
             let (limit, reason) = match state {
                 FRESH | HEAD => (Some(limits.header_timeout), Closed::HeaderTimeout),
                 IDLE => (Some(limits.idle_timeout), Closed::IdleTimeout),
                 _ => (None, Closed::IdleTimeout),
             };
-            let deadline = limit.map(|limit| self.epoch + Duration::from_millis(since) + limit);
-            tokio::select! {
-                () = &mut changed => continue,
-                () = evicted.notified() => return Closed::Evicted,
-                () = sleep_until(deadline) => {
-                    if self.generation.load(Ordering::SeqCst) == generation {
+            let wake = match limit {
+                Some(limit) => {
+                    let deadline = self.epoch + Duration::from_millis(since) + limit;
+                    if Instant::now() >= deadline {
                         return reason;
                     }
+                    deadline
                 }
+                None => Instant::now() + limits.header_timeout.min(limits.idle_timeout),
+            };
+            tokio::select! {
+                () = &mut head => {}
+                () = evicted.notified() => return Closed::Evicted,
+                () = tokio::time::sleep_until(wake) => {}
             }
         }
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
+/// A state and the ms it was entered at, in one word.
+fn pack(state: u8, since_ms: u64) -> u64 {
+    (since_ms << 8) | u64::from(state)
+}
+
+fn unpack(word: u64) -> (u8, u64) {
+    ((word & 0xff) as u8, word >> 8)
 }
 
 fn elapsed_ms(epoch: Instant) -> u64 {

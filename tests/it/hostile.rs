@@ -153,6 +153,34 @@ async fn idle_keep_alive(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     out
 }
 
+/// A keep-alive connection that answered a request and then starts a head it never
+/// finishes is cut at the header timeout, counted from that first byte, not left to the
+/// longer idle timeout it was waiting under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_head_after_an_idle_spell_is_cut_at_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let hb = start(config(
+        dir.path(),
+        &offline("[http]\nheader_timeout = \"1s\"\nidle_timeout = \"60s\""),
+    ))
+    .await;
+    let mut conns = idle_keep_alive(hb.http_addr, 1).await;
+    let mut s = conns.pop().unwrap();
+    // Idle for a while, then a head that never ends.
+    assert!(!closed_within(&mut s, Duration::from_millis(300)).await);
+    s.write_all(b"POST /webhooks/pubnub HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(10)).await,
+        "a stalled head was not cut"
+    );
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "cut early: {took:?}");
+    assert!(took < Duration::from_secs(5), "cut late: {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_idle_connections_close_at_the_idle_timeout() {
     let dir = tempfile::tempdir().unwrap();
