@@ -15,8 +15,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use tokio::sync::oneshot;
 
 use super::{Ack, Confirm, SinkError};
 use crate::config::{ConfigError, KafkaConfig, SinkConfig};
@@ -42,6 +44,119 @@ impl ClientContext for UpContext {
             _ => {}
         }
         tracing::warn!(%error, reason, sink = "kafka", "client error");
+    }
+}
+
+/// What a delivery report says of one message: its partition and offset, or the error.
+type Delivered = Result<(i32, i64), KafkaError>;
+
+impl ProducerContext for UpContext {
+    type DeliveryOpaque = Box<oneshot::Sender<Delivered>>;
+
+    /// Runs on the runtime, inside [`serve_reports`]: settles the message's confirmation.
+    fn delivery(&self, result: &DeliveryResult<'_>, settle: Self::DeliveryOpaque) {
+        let delivered = match result {
+            Ok(message) => Ok((message.partition(), message.offset())),
+            Err((error, _)) => Err(error.clone()),
+        };
+        // The confirmation future may be gone (its request left); nothing to settle then.
+        let _ = settle.send(delivered);
+    }
+}
+
+/// librdkafka's main queue (delivery reports and errors) as the runtime sees it: the queue
+/// writes a byte to `signal` when it goes from empty to non-empty, and [`serve_reports`]
+/// serves it on a tokio task. No thread of its own polls the producer, so a delivery report
+/// crosses one thread (librdkafka's broker thread → the runtime) instead of two.
+struct ReportQueue {
+    queue: *mut rdkafka::bindings::rd_kafka_queue_t,
+    /// The write end librdkafka signals on; closed only after the signal is disabled.
+    _signal: std::os::unix::net::UnixStream,
+}
+
+// SAFETY: a librdkafka queue handle may be used from any thread; only `serve_reports` uses it.
+unsafe impl Send for ReportQueue {}
+
+impl ReportQueue {
+    fn new(
+        producer: &BaseProducer<UpContext>,
+    ) -> std::io::Result<(ReportQueue, tokio::net::UnixStream)> {
+        use std::os::fd::AsRawFd;
+        let (signal, wake) = std::os::unix::net::UnixStream::pair()?;
+        signal.set_nonblocking(true)?;
+        wake.set_nonblocking(true)?;
+        // SAFETY: the client outlives this handle (the task holding both drops the handle
+        // first); the fd stays open until the signal is disabled in `drop`.
+        let queue = unsafe {
+            let queue = rdkafka::bindings::rd_kafka_queue_get_main(producer.client().native_ptr());
+            rdkafka::bindings::rd_kafka_queue_io_event_enable(
+                queue,
+                signal.as_raw_fd(),
+                b"1".as_ptr().cast(),
+                1,
+            );
+            queue
+        };
+        let wake = tokio::net::UnixStream::from_std(wake)?;
+        Ok((
+            ReportQueue {
+                queue,
+                _signal: signal,
+            },
+            wake,
+        ))
+    }
+
+    fn len(&self) -> usize {
+        // SAFETY: a live handle (see `new`).
+        unsafe { rdkafka::bindings::rd_kafka_queue_length(self.queue) }
+    }
+}
+
+impl Drop for ReportQueue {
+    fn drop(&mut self) {
+        // SAFETY: a live handle; after this librdkafka no longer writes to the fd.
+        unsafe {
+            rdkafka::bindings::rd_kafka_queue_io_event_enable(self.queue, -1, std::ptr::null(), 0);
+            rdkafka::bindings::rd_kafka_queue_destroy(self.queue);
+        }
+    }
+}
+
+/// Serves the producer's delivery reports and errors on the runtime: whenever librdkafka
+/// signals (and every 100 ms in any case, for errors and as a backstop), the queue is served
+/// until empty, which re-arms the signal.
+async fn serve_reports(
+    producer: Arc<BaseProducer<UpContext>>,
+    queue: ReportQueue,
+    wake: tokio::net::UnixStream,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = [0u8; 64];
+    loop {
+        tokio::select! {
+            ready = wake.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                loop {
+                    match wake.try_read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => return,
+                    }
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        loop {
+            producer.poll(Duration::ZERO);
+            if queue.len() == 0 {
+                break;
+            }
+        }
     }
 }
 
@@ -119,7 +234,9 @@ pub(super) fn check(config: &KafkaConfig) -> Result<(), ConfigError> {
 }
 
 pub struct KafkaSink {
-    producer: FutureProducer<UpContext>,
+    producer: Arc<BaseProducer<UpContext>>,
+    /// Serves the delivery reports ([`serve_reports`]); aborted with the sink.
+    reports: tokio::task::JoinHandle<()>,
     context: UpContext,
     topics: Arc<Topics>,
     timeout: Duration,
@@ -165,14 +282,20 @@ impl KafkaSink {
             up: Arc::new(AtomicBool::new(false)),
             fatal: Arc::new(Mutex::new(None)),
         };
-        let producer = client
-            .create_with_context(context.clone())
-            .map_err(|e| anyhow::anyhow!("kafka producer: {e}"))?;
+        let producer: Arc<BaseProducer<UpContext>> = Arc::new(
+            client
+                .create_with_context(context.clone())
+                .map_err(|e| anyhow::anyhow!("kafka producer: {e}"))?,
+        );
+        let (queue, wake) = ReportQueue::new(&producer)
+            .map_err(|e| anyhow::anyhow!("kafka delivery report queue: {e}"))?;
+        let reports = tokio::spawn(serve_reports(producer.clone(), queue, wake));
         let admin = client
             .create_with_context(context.clone())
             .map_err(|e| anyhow::anyhow!("kafka admin client: {e}"))?;
         Ok(KafkaSink {
             producer,
+            reports,
             context,
             topics: Arc::new(Topics {
                 admin,
@@ -281,31 +404,32 @@ impl KafkaSink {
                 value: Some(value.as_bytes()),
             });
         }
-        let mut record = FutureRecord::to(&message.topic)
+        let (settle, settled) = oneshot::channel();
+        let mut record = BaseRecord::with_opaque_to(&message.topic, Box::new(settle))
             .payload(message.payload.as_ref())
             .headers(headers);
         if let Some(key) = &message.key {
             record = record.key(key.as_bytes());
         }
         // Waiting for room in librdkafka's queue happens here, in this message's future.
-        let delivery = loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => break delivery,
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((error, _)) => return Err(classify(&error)),
             }
-        };
+        }
         let up = self.context.up.clone();
         Ok(Box::pin(async move {
-            match delivery.await {
+            match settled.await {
                 Ok(Ok(_)) => {
                     up.store(true, Ordering::Relaxed);
                     Ok(Ack::default())
                 }
-                Ok(Err((error, _))) => Err(classify(&error)),
+                Ok(Err(error)) => Err(classify(&error)),
                 Err(_canceled) => Err(SinkError::Retriable("producer shut down".to_owned())),
             }
         }))
@@ -334,6 +458,12 @@ impl KafkaSink {
         if let Ok(Err(error)) = result {
             tracing::warn!(%error, sink = "kafka", "flush did not finish");
         }
+    }
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        self.reports.abort();
     }
 }
 
