@@ -1,4 +1,4 @@
-//! Kafka sink: an rdkafka `FutureProducer` with `acks=all` and idempotence, key = raw channel,
+//! Kafka sink: an rdkafka `BaseProducer` with `acks=all` and idempotence, key = raw channel,
 //! the contract's headers. A message handed to librdkafka stays there until delivered or
 //! refused for good (no local timeout, so nothing is ever re-sent as a new message: partition
 //! order and exactly-once hold). Missing topics are created through the admin API before the
