@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 mod feed;
 mod pipeline;
 mod record;
+mod replay;
 mod ticket;
 
 pub use record::{RecordError, msg_id_of};
@@ -176,6 +177,8 @@ pub struct PublisherConfig {
     pub overflow: Vec<String>,
     /// Where dead letters too large for the broker are written.
     pub dead_letter_dir: Arc<crate::message::DeadLetterDir>,
+    /// How long the broker check before a replay may read (`sink.timeout`).
+    pub check_timeout: Duration,
 }
 
 /// What [`run`] shares with the rest of the process.
@@ -200,6 +203,8 @@ const MAX_RESTARTS: usize = 5;
 /// what was not taken yet). More than a few restarts a minute mark the process unhealthy.
 pub async fn run(source: Source, context: Context, config: PublisherConfig, drain: Shutdown) {
     let mut source = source;
+    // The spool was opened before this: whoever wrote it last was gone by now.
+    let mut predecessor = replay::Predecessor::Process(Instant::now());
     let mut restarts: Vec<Instant> = Vec::new();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -212,7 +217,7 @@ pub async fn run(source: Source, context: Context, config: PublisherConfig, drai
             }
             Source::Spool(spool) => {
                 let (tx, rx) = mpsc::channel(config.max_in_flight.max(256));
-                let feeder = feed::Feeder::start(spool.clone(), tx, &context, config.max_backoff);
+                let feeder = feed::Feeder::start(spool.clone(), tx, &context, &config, predecessor);
                 let spool = spool.clone();
                 let context = &context;
                 let config = &config;
@@ -227,6 +232,7 @@ pub async fn run(source: Source, context: Context, config: PublisherConfig, drai
                 .boxed()
             }
         };
+        predecessor = replay::Predecessor::Loop;
         match std::panic::AssertUnwindSafe(pass).catch_unwind().await {
             Ok(()) => return,
             Err(panic) => {

@@ -20,12 +20,15 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use tokio::sync::oneshot;
 
+use super::readback::{self, Suspects, Verdict};
 use super::{Ack, Confirm, SinkError};
 use crate::config::{ConfigError, KafkaConfig, SinkConfig};
 use crate::message::Message;
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_MESSAGE: usize = 1_000_000;
+/// librdkafka's default `request.timeout.ms`.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Tracks broker reachability and fatal producer errors from librdkafka's error callback.
 #[derive(Clone)]
@@ -237,6 +240,13 @@ pub struct KafkaSink {
     producer: Arc<BaseProducer<UpContext>>,
     /// Serves the delivery reports ([`serve_reports`]); aborted with the sink.
     reports: tokio::task::JoinHandle<()>,
+    /// The replay check's consumer settings, and whether a keyed record's partition is
+    /// `crc32(key) % partitions` (the default partitioner).
+    readback: ClientConfig,
+    by_key: bool,
+    /// The producer's `request.timeout.ms`: how long the broker may still be working on a
+    /// produce request it received.
+    request_timeout: Duration,
     context: UpContext,
     topics: Arc<Topics>,
     timeout: Duration,
@@ -293,9 +303,18 @@ impl KafkaSink {
         let admin = client
             .create_with_context(context.clone())
             .map_err(|e| anyhow::anyhow!("kafka admin client: {e}"))?;
+        let partitioner = config.properties.get("partitioner").map(String::as_str);
+        let request_timeout = config
+            .properties
+            .get("request.timeout.ms")
+            .and_then(|v| v.parse().ok())
+            .map_or(DEFAULT_REQUEST_TIMEOUT, Duration::from_millis);
         Ok(KafkaSink {
             producer,
             reports,
+            readback: readback::consumer_config(&config.brokers, &config.properties),
+            by_key: matches!(partitioner, None | Some("consistent_random" | "consistent")),
+            request_timeout,
             context,
             topics: Arc::new(Topics {
                 admin,
@@ -437,6 +456,37 @@ impl KafkaSink {
 
     pub fn is_up(&self) -> bool {
         self.context.up.load(Ordering::Relaxed)
+    }
+
+    /// How long a produce request may still be stored after its sender died: the broker
+    /// answers (stored or not) within the request's timeout, the producer's
+    /// `request.timeout.ms`.
+    pub fn settle(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Waits until librdkafka holds no message (a restarted publisher's predecessor sent them),
+    /// at most `within`. Returns whether it got there.
+    pub async fn wait_idle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.producer.in_flight_count() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The replay check (see `readback`), off the runtime.
+    pub async fn read_back(&self, suspects: Suspects, within: Duration) -> Verdict {
+        let client = self.readback.clone();
+        let by_key = self.by_key;
+        tokio::task::spawn_blocking(move || readback::read_back(&client, &suspects, by_key, within))
+            .await
+            .unwrap_or_else(|_| Verdict::blind())
     }
 
     /// A fatal producer error (the idempotent producer cannot go on): the process must restart.
