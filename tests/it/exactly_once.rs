@@ -391,9 +391,12 @@ async fn panics_in_the_sink_and_the_publisher_are_recovered_from() {
     assert_exactly_once(&records, ids.iter().map(String::as_str));
 
     // A publisher that keeps panicking cannot recover by itself: the orchestrator restarts it.
+    // Each event panics the loop once it is confirmed (a restart does not send it again: the
+    // broker check before the replay finds it), so they come one per restart.
     faults.panic_publisher(100);
     for n in 10..20 {
         assert_eq!(post(hb.http_addr, &g1_event(3, n)).await.status, 200);
+        wait_metric(admin, "hookbus_publisher_restarts_total", (n - 8) as f64).await;
     }
     wait_for("/healthz to fail", SECS, || async move {
         (healthz(admin).await == 503).then_some(())
