@@ -236,6 +236,37 @@ pub(super) fn check(config: &KafkaConfig) -> Result<(), ConfigError> {
         })
 }
 
+/// `ssl.*` and `sasl.*` properties that `security.protocol` leaves unused (librdkafka ignores
+/// them silently: a CA path under PLAINTEXT, say, so a typo in a config about to switch to SSL
+/// would pass), one warning each, naming the key.
+pub(super) fn unused_security(config: &KafkaConfig) -> Vec<String> {
+    let protocol = config
+        .properties
+        .get("security.protocol")
+        .map_or("plaintext", String::as_str)
+        .to_ascii_lowercase();
+    let uses_ssl = protocol.ends_with("ssl");
+    let uses_sasl = protocol.starts_with("sasl");
+    config
+        .properties
+        .keys()
+        .filter(|key| {
+            (key.starts_with("ssl.") && !uses_ssl) || (key.starts_with("sasl.") && !uses_sasl)
+        })
+        .map(|key| {
+            format!(
+                "kafka.properties.\"{key}\" is set but unused: security.protocol is {protocol} \
+                 (set security.protocol to {} to use it)",
+                if key.starts_with("ssl.") {
+                    "ssl or sasl_ssl"
+                } else {
+                    "sasl_plaintext or sasl_ssl"
+                }
+            )
+        })
+        .collect()
+}
+
 pub struct KafkaSink {
     producer: Arc<BaseProducer<UpContext>>,
     /// Serves the delivery reports ([`serve_reports`]); aborted with the sink.

@@ -87,6 +87,16 @@ pub fn check(sink: &SinkConfig, nats: &NatsConfig, kafka: &KafkaConfig) -> Resul
     }
 }
 
+/// Settings that are valid but have no effect, one warning each naming the key: `--check`
+/// prints them (exit 0) and a start logs them. Kafka: `ssl.*` / `sasl.*` properties that
+/// `security.protocol` does not use.
+pub fn warnings(sink: &SinkConfig, kafka: &KafkaConfig) -> Vec<String> {
+    match sink.kind {
+        SinkKind::Kafka => kafka::unused_security(kafka),
+        SinkKind::Nats | SinkKind::Stdout => Vec::new(),
+    }
+}
+
 /// The configured producer.
 pub enum Sink {
     Nats(Box<NatsSink>),

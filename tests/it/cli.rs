@@ -62,6 +62,41 @@ fn check_accepts_the_shipped_config_and_creates_nothing() {
     );
 }
 
+/// Valid but unused security properties pass `--check` with a warning naming each key: a CA
+/// path under PLAINTEXT is ignored by librdkafka, so a typo in a config about to switch to SSL
+/// would otherwise go unnoticed until the switch.
+#[test]
+fn check_warns_about_security_properties_the_protocol_leaves_unused() {
+    let base = "[auth]\nallow_anonymous = true\n[sink]\nkind = \"kafka\"\n[kafka.properties]\n";
+    let (code, text) = check(&format!(
+        "{base}\"ssl.ca.location\" = \"/etc/ssl/certs/ca-certificates.crt\"\n\"sasl.username\" = \"u\""
+    ));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("warning: kafka.properties.\"ssl.ca.location\" is set but unused"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: kafka.properties.\"sasl.username\" is set but unused"),
+        "{text}"
+    );
+    let (code, text) = check(&format!(
+        "{base}\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"/etc/ssl/certs/ca-certificates.crt\"\n\"sasl.username\" = \"u\""
+    ));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        !text.contains("ssl.ca.location\" is set but unused"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sasl.username\" is set but unused: security.protocol is ssl"),
+        "{text}"
+    );
+    let (code, text) = check(&format!("{base}\"linger.ms\" = \"5\""));
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("warning"), "{text}");
+}
+
 #[test]
 fn check_exits_64_naming_the_bad_key() {
     for (text, key) in [
