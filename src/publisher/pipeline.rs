@@ -20,6 +20,9 @@ use crate::message::{self, DeadLetter};
 use crate::sink::{Ack, SinkError};
 use crate::spool::Spool;
 
+/// Messages the broker cannot take (too large, or refused on the dead-letter destination)
+/// are logged at most once a second: any client can send them.
+static TOO_LARGE_LOG: crate::logs::Sampled = crate::logs::Sampled::per_second();
 /// Batches smaller than this are followed by [`LINGER`].
 const LINGER_BELOW: usize = 64;
 /// Pause after a small batch, so one wake-up serves many requests (tokio rounds it to 1 ms).
@@ -246,13 +249,17 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Keeps `job`'s payload on disk (off the runtime); its mark stays open until written.
+    /// Counted once in `hookbus_dead_letters_total`: as `reason` when written, as `dropped`
+    /// when the disk refuses it or its budget is spent.
     fn file(&mut self, job: Job, mark: u64, reason: &'static str) {
         let dir = self.config.dead_letter_dir.clone();
         let metrics = self.context.metrics.clone();
         self.in_flight.push(Box::pin(async move {
             let payload = job.message.payload.clone();
             let written = tokio::task::spawn_blocking(move || dir.write(&payload, reason)).await;
-            if !matches!(written, Ok(Ok(_))) {
+            if matches!(written, Ok(Ok(_))) {
+                metrics.dead_letter(reason);
+            } else {
                 let error = match written {
                     Ok(Err(error)) => error.to_string(),
                     Err(error) => error.to_string(),
@@ -319,12 +326,15 @@ impl<'a> Pipeline<'a> {
         } else {
             "publish_failed"
         };
-        metrics.dead_letter(reason);
         if job.message.topic == self.config.dead_letter || reason == "too_large" {
-            // Nowhere on the broker to put it: keep it on disk.
+            // Nowhere on the broker to put it: keep it on disk (counted there, once).
+            if let Some(suppressed) = TOO_LARGE_LOG.admit(now_ms()) {
+                tracing::warn!(%error, sink = sink_name, topic = %job.message.topic, suppressed, "kept in spool.dir/dead-letters/ instead");
+            }
             self.file(job, mark, reason);
             return;
         }
+        metrics.dead_letter(reason);
         tracing::warn!(%error, sink = sink_name, topic = %job.message.topic, "broker refused message; dead-lettering");
         let dead = dead_letter_job(job, reason, &error.to_string(), &self.config.dead_letter);
         self.launch(dead, mark, None);

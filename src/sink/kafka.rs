@@ -390,7 +390,7 @@ impl KafkaSink {
                 self.topics.lock_existing().extend(names);
                 Ok(Vec::new())
             }
-            Err(e) => Err(classify(&e)),
+            Err(e) => Err(classify(&e, 0, self.max_message)),
         }
     }
 
@@ -440,12 +440,13 @@ impl KafkaSink {
         Some(Box::pin(async move { topics.create(missing).await }))
     }
 
+    /// # Errors
+    /// `TooLarge` before sending when the record (payload, key and headers: [`Message::size`],
+    /// what ingress checks dead letters against too) exceeds `message.max.bytes`.
     pub async fn send(&self, message: &Message) -> Result<Confirm, SinkError> {
-        if message.payload.len() > self.max_message {
-            return Err(SinkError::TooLarge {
-                size: message.payload.len(),
-                limit: self.max_message,
-            });
+        let (size, limit) = (message.size(), self.max_message);
+        if size > limit {
+            return Err(SinkError::TooLarge { size, limit });
         }
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
         for (name, value) in &message.headers {
@@ -469,7 +470,7 @@ impl KafkaSink {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((error, _)) => return Err(classify(&error)),
+                Err((error, _)) => return Err(classify(&error, size, limit)),
             }
         }
         let up = self.context.up.clone();
@@ -479,7 +480,7 @@ impl KafkaSink {
                     up.store(true, Ordering::Relaxed);
                     Ok(Ack::default())
                 }
-                Ok(Err(error)) => Err(classify(&error)),
+                Ok(Err(error)) => Err(classify(&error, size, limit)),
                 Err(_canceled) => Err(SinkError::Retriable("producer shut down".to_owned())),
             }
         }))
@@ -593,15 +594,14 @@ impl Topics {
     }
 }
 
-/// The one place Kafka errors become [`SinkError`] classes.
-fn classify(error: &KafkaError) -> SinkError {
+/// The one place Kafka errors become [`SinkError`] classes. `size`: the record's
+/// ([`Message::size`]); `limit`: the configured `message.max.bytes`, which a too-large error
+/// names.
+fn classify(error: &KafkaError, size: usize, limit: usize) -> SinkError {
     use RDKafkaErrorCode as C;
     let text = error.to_string();
     match error.rdkafka_error_code() {
-        Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => SinkError::TooLarge {
-            size: 0,
-            limit: DEFAULT_MAX_MESSAGE,
-        },
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => SinkError::TooLarge { size, limit },
         Some(
             C::TopicAuthorizationFailed
             | C::ClusterAuthorizationFailed
