@@ -850,3 +850,35 @@ async fn nats_client_debug_logs_stay_out_even_with_rust_log_trace() {
         "an async-nats DEBUG event in the log:\n{log}"
     );
 }
+
+/// Comments cite the repository's own docs, never a section number of a document outside it
+/// (a reader of the repository cannot follow a section number of a file it does not hold).
+#[test]
+fn no_comment_cites_a_section_of_an_outside_document() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut offenders = Vec::new();
+    let mut dirs = vec![
+        root.join("src"),
+        root.join("tests/it"),
+        root.join("scripts"),
+    ];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for (n, line) in text.lines().enumerate() {
+                let cites = line.contains('\u{a7}') || line.contains(concat!("DESIGN", ".md"));
+                if cites && !line.contains("no_comment_cites") {
+                    offenders.push(format!("{}:{}: {line}", path.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{offenders:#?}");
+}
