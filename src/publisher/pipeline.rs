@@ -237,10 +237,7 @@ impl<'a> Pipeline<'a> {
             .await;
             drop(handed);
             let result = match sent {
-                Ok(Ok(confirm)) => AssertUnwindSafe(confirm)
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| Err(panicked(&metrics, &panic))),
+                Ok(Ok(confirm)) => confirmed(confirm, &job.done, metrics).await,
                 Ok(Err(error)) => Err(error),
                 Err(panic) => Err(panicked(&metrics, &panic)),
             };
@@ -379,6 +376,41 @@ impl<'a> Pipeline<'a> {
             metrics.oldest_unpublished_age.set(age as f64 / 1000.0);
         }
     }
+}
+
+/// Awaits a sent message's confirmation. A publish-mode job's confirmation is awaited in a task
+/// of its own that holds the ticket: when this future is dropped while the client still holds
+/// the message (the loop panicked, the drain was cut), the ticket is settled once the broker
+/// stores it, or released once it is refused, never while the broker may still store it (a
+/// release then would let PubNub's retry be published a second time).
+async fn confirmed(
+    confirm: crate::sink::Confirm,
+    done: &Done,
+    metrics: crate::metrics::Metrics,
+) -> Result<Ack, SinkError> {
+    let guarded = async move {
+        AssertUnwindSafe(confirm)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panicked(&metrics, &panic)))
+    };
+    let Done::Ticket(ticket) = done else {
+        return guarded.await;
+    };
+    let ticket = ticket.clone();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        if let Err(result) = tx.send(guarded.await)
+            && result.is_ok()
+        {
+            ticket.settle();
+        }
+    });
+    rx.await.unwrap_or_else(|_| {
+        Err(SinkError::Retriable(
+            "the confirmation task ended".to_owned(),
+        ))
+    })
 }
 
 fn panicked(metrics: &crate::metrics::Metrics, panic: &Box<dyn std::any::Any + Send>) -> SinkError {
