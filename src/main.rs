@@ -80,12 +80,16 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(code) => return code,
             };
+            let warnings = hookbus::sink::warnings(&config.sink, &config.kafka);
             if cli.check {
+                for warning in &warnings {
+                    eprintln!("hookbus: warning: {warning}");
+                }
                 println!("{}: ok", cli.config.display());
                 return ExitCode::SUCCESS;
             }
             match command {
-                None | Some(Command::Run) => run(config),
+                None | Some(Command::Run) => run(config, &warnings),
                 Some(Command::Topic {
                     channel,
                     action,
@@ -117,9 +121,12 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 }
 
 /// `hookbus run`: the bridge until SIGTERM/SIGINT.
-fn run(config: Config) -> ExitCode {
+fn run(config: Config, warnings: &[String]) -> ExitCode {
     init_tracing();
     warn_about_auth(&config.auth);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };

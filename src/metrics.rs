@@ -78,6 +78,7 @@ pub struct Handles {
     pub spool_bytes: IntGauge,
     pub oldest_unpublished_age: prometheus::Gauge,
     pub acks_before_durable: IntCounter,
+    pub replay_unverified: IntCounter,
     /// `hookbus_dead_letters_spilled_total`: dead letters kept in `spool.dir/dead-letters/`
     /// because the window's broker budget (`routing.dead_letter_budget_bytes`) was spent.
     pub dead_letters_spilled: IntCounter,
@@ -200,7 +201,7 @@ impl Metrics {
             &LATENCY_BUCKETS,
             &["sink"],
         )?;
-        let broker_duplicates = r.counter_vec("hookbus_broker_duplicates_total", "Messages the broker recognized as already stored (JetStream Nats-Msg-Id): another replica or a replay after a crash published them first.", &["sink"])?;
+        let broker_duplicates = r.counter_vec("hookbus_broker_duplicates_total", "Messages the broker already held: JetStream recognized the Nats-Msg-Id, or (Kafka) the check before a replay found the event id on the broker and the record was not sent again.", &["sink"])?;
         let sink_up = r.gauge_vec(
             "hookbus_sink_up",
             "1 when the sink is connected to its broker.",
@@ -222,6 +223,7 @@ impl Metrics {
             spool_bytes: r.gauge("hookbus_spool_bytes", "Bytes the spool uses on disk.")?,
             oldest_unpublished_age: r.float_gauge("hookbus_oldest_unpublished_age_seconds", "Age of the oldest accepted event not yet confirmed by the broker.")?,
             acks_before_durable: r.counter("hookbus_acks_before_durable_total", "Events answered 200 before they were durable (ack.mode = memory).")?,
+            replay_unverified: r.counter("hookbus_replay_unverified_total", "Spool records replayed after a crash or restart (Kafka) that the broker check could not look up in time: sent again, so possibly stored twice.")?,
             dead_letters_spilled: r.counter("hookbus_dead_letters_spilled_total", "Dead letters written to spool.dir/dead-letters/ because the window's broker budget (routing.dead_letter_budget_bytes) was spent.")?,
             config_warnings: r.counter("hookbus_config_warnings_total", "Configuration problems found at start that did not stop it (see the log).")?,
             queue_events: r.gauge("hookbus_queue_events", "Events in the in-memory publish queue (memory and publish ack modes).")?,

@@ -80,7 +80,8 @@ PLAIN_HEADER = """\
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 RELEASE, NAMESPACE = "hookbus", "hookbus"
 
-# config.toml keys of DESIGN §4 and the TOML types they must have.
+# The config.toml keys the tooling relies on (the documented contract, docs/configuration.md)
+# and the TOML types they must have.
 CONFIG_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "http": {"listen": str, "max_body_bytes": int},
     "admin": {"listen": str},
@@ -303,7 +304,7 @@ def check_config(f: Failures, name: str, cfg: dict[str, Any]) -> None:
             f.check(isinstance(val, typ) and not (typ is int and isinstance(val, bool)),
                     f"[{name}] config.toml {section}.{key} = {val!r} is not a {typ}")
     extra = set(cfg) - set(CONFIG_KEYS)
-    f.check(not extra, f"[{name}] config.toml has sections unknown to DESIGN §4: {sorted(extra)}")
+    f.check(not extra, f"[{name}] config.toml has sections the contract does not name: {sorted(extra)}")
     f.check("token" not in cfg.get("auth", {}), f"[{name}] the auth token must not be in config.toml")
     for key in ("window",):
         try:

@@ -399,6 +399,7 @@ fn publisher_config(
         dead_letter: router.dead_letter().to_owned(),
         overflow: router.overflow_names().to_vec(),
         dead_letter_dir: dead_letters,
+        check_timeout: config.sink.timeout,
     }
 }
 

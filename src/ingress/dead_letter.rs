@@ -45,20 +45,26 @@ impl Ingress {
         if found != [Seen::New] {
             return Ok(());
         }
-        // Leave room for the headers in the broker's message limit.
-        if body.len() + 1024 > (self.max_message_bytes)() {
-            if self.write_dead_letter(body, "too_large").await {
+        let job = self.dead_letter_job(body, reason, error, None, id, received_ms);
+        // The same figure the sink checks: payload, key and headers.
+        if job.message.size() > (self.max_message_bytes)() {
+            if self
+                .write_dead_letter(job.message.payload, "too_large")
+                .await
+            {
                 held.commit_all(now_ms());
                 self.metrics.dead_letter("too_large");
             }
             return Ok(());
         }
-        if !self.dead_letter_budget.try_take(body.len(), now_ms()) {
-            self.spill(body, reason, 1).await;
+        if !self
+            .dead_letter_budget
+            .try_take(job.message.payload.len(), now_ms())
+        {
+            self.spill(job.message.payload, reason, 1).await;
             held.commit_all(now_ms());
             return Ok(());
         }
-        let job = self.dead_letter_job(body, reason, error, None, id, received_ms);
         self.accept(vec![(key, job)], held).await?;
         self.metrics.dead_letter(reason);
         Ok(())

@@ -476,9 +476,7 @@ impl Ingress {
                 let count = jobs.len();
                 queue
                     .try_send_all(jobs.into_iter().map(|(_, job)| job).collect())
-                    .map_err(|_| {
-                        IngressError::Unavailable("publish queue is full; retry shortly".to_owned())
-                    })?;
+                    .map_err(|(_, why)| IngressError::Unavailable(why.message().to_owned()))?;
                 held.commit_all(now_ms());
                 self.metrics.acks_before_durable.inc_by(count as u64);
                 Ok(())
@@ -515,14 +513,18 @@ impl Ingress {
                 drop(held);
                 // On failure the jobs come back and are dropped with their tickets, which
                 // releases their ids.
-                queue.try_send_all(queued).map_err(|_| {
-                    IngressError::Unavailable("publish queue is full; retry shortly".to_owned())
-                })?;
+                queue
+                    .try_send_all(queued)
+                    .map_err(|(_, why)| IngressError::Unavailable(why.message().to_owned()))?;
                 let all = futures::future::join_all(waiters);
                 match tokio::time::timeout(*timeout, all).await {
                     Ok(results) if results.iter().all(Result::is_ok) => Ok(()),
+                    // A ticket dropped unsettled: the publisher lost the job (it restarted after
+                    // a panic, or its drain was cut at the shutdown deadline).
                     Ok(_) => Err(IngressError::Unavailable(
-                        "shutting down; retry shortly".to_owned(),
+                        "the publisher dropped the event before the broker confirmed it \
+                         (restart or shutdown); retry shortly"
+                            .to_owned(),
                     )),
                     Err(_) => {
                         // Jobs still queued are withdrawn (never sent, ids released); those the

@@ -104,6 +104,21 @@ pub struct Message {
     pub is_event: bool,
 }
 
+impl Message {
+    /// The bytes that count against a broker's message limit (Kafka's `message.max.bytes`,
+    /// NATS' `max_payload`): payload, key, and every header's name and value. Ingress and the
+    /// sinks compare the same figure.
+    pub fn size(&self) -> usize {
+        self.payload.len()
+            + self.key.as_ref().map_or(0, String::len)
+            + self
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>()
+    }
+}
+
 /// Why a message is a dead letter (`hookbus-dead-letter-reason`, and the `reason` label of
 /// `hookbus_dead_letters_total`).
 pub struct DeadLetter<'a> {

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{Context, Job};
+use super::replay::{self, Predecessor, Step};
+use super::{Context, Job, PublisherConfig};
 use crate::spool::{Spool, SpoolError};
 
 /// Consecutive failed reads after which the spool counts as unreadable (`/healthz` 503).
@@ -24,21 +25,38 @@ impl Drop for Feeder {
 
 impl Feeder {
     /// Starts reading at the spool's first unconfirmed record; records above it that were
-    /// confirmed already (a restart after a panic) are skipped.
+    /// confirmed already (a restart after a panic) are skipped. The unconfirmed records
+    /// `predecessor` may have sent are looked up on the broker first ([`replay::check`]).
     pub(super) fn start(
         spool: Spool,
         tx: mpsc::Sender<Job>,
         context: &Context,
-        max_backoff: Duration,
+        config: &PublisherConfig,
+        predecessor: Predecessor,
     ) -> Feeder {
         let context = context.clone();
+        let config = config.clone();
         Feeder(tokio::spawn(async move {
-            feed(spool, tx, context, max_backoff).await;
+            let replay = replay::check(
+                &spool,
+                &context,
+                predecessor,
+                config.check_timeout,
+                &config.overflow,
+            )
+            .await;
+            feed(spool, tx, context, config.max_backoff, replay).await;
         }))
     }
 }
 
-async fn feed(spool: Spool, tx: mpsc::Sender<Job>, context: Context, max_backoff: Duration) {
+async fn feed(
+    spool: Spool,
+    tx: mpsc::Sender<Job>,
+    context: Context,
+    max_backoff: Duration,
+    mut replay: Option<replay::Replay>,
+) {
     let mut reader = spool.reader();
     let mut failures = 0u32;
     let mut backoff = Duration::from_millis(50);
@@ -76,8 +94,13 @@ async fn feed(spool: Spool, tx: mpsc::Sender<Job>, context: Context, max_backoff
             backoff = Duration::from_millis(50);
         }
         for record in records {
-            match Job::decode(record.seq, record.payload) {
-                Ok(job) => {
+            let job = Job::decode(record.seq, record.payload).map(|job| match &mut replay {
+                Some(replay) => replay.judge(record.seq, job, &context),
+                None => Step::Send(job),
+            });
+            match job {
+                Ok(Step::Skip) => spool.confirm(record.seq),
+                Ok(Step::Send(job)) => {
                     if tx.send(job).await.is_err() {
                         return;
                     }

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 mod feed;
 mod pipeline;
 mod record;
+mod replay;
 mod ticket;
 
 pub use record::{RecordError, msg_id_of};
@@ -82,6 +83,28 @@ impl Drop for Charge {
     }
 }
 
+/// Why [`QueueSender::try_send_all`] gave the jobs back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `ack.queue_capacity` jobs are waiting.
+    Jobs,
+    /// The jobs waiting or in flight hold `ack.queue_max_bytes`.
+    Bytes,
+    /// The publisher closed the queue: it drains before the process stops.
+    Closed,
+}
+
+impl Refused {
+    /// The 503 message for a webhook refused this way.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refused::Jobs => "publish queue is full (ack.queue_capacity events); retry shortly",
+            Refused::Bytes => "publish queue is full (ack.queue_max_bytes); retry shortly",
+            Refused::Closed => "shutting down; retry shortly",
+        }
+    }
+}
+
 /// The ingress side of the bounded in-memory queue: at most `capacity` jobs and
 /// `ack.queue_max_bytes` bytes of them, counted until each job is confirmed.
 #[derive(Clone)]
@@ -95,18 +118,21 @@ impl QueueSender {
     /// Enqueues all jobs or none.
     ///
     /// # Errors
-    /// Gives the jobs back when the queue has no room for all of them, in jobs or bytes (or
-    /// is closed).
-    pub fn try_send_all(&self, mut jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+    /// Gives the jobs back, with the reason, when the queue has no room for all of them, in
+    /// jobs or bytes, or is closed (the publisher drains: shutting down).
+    pub fn try_send_all(&self, mut jobs: Vec<Job>) -> Result<(), (Vec<Job>, Refused)> {
         if jobs.is_empty() {
             return Ok(());
+        }
+        if self.tx.is_closed() {
+            return Err((jobs, Refused::Closed));
         }
         let sizes: Vec<usize> = jobs.iter().map(Job::size).collect();
         let bytes: usize = sizes.iter().sum();
         let before = self.used.fetch_add(bytes, Ordering::SeqCst);
         if before.saturating_add(bytes) > self.max_bytes {
             self.used.fetch_sub(bytes, Ordering::SeqCst);
-            return Err(jobs);
+            return Err((jobs, Refused::Bytes));
         }
         for (job, size) in jobs.iter_mut().zip(sizes) {
             job.charge = Some(Charge {
@@ -121,11 +147,15 @@ impl QueueSender {
                 }
                 Ok(())
             }
-            Err(_) => {
+            Err(error) => {
                 for job in &mut jobs {
                     job.charge = None;
                 }
-                Err(jobs)
+                let why = match error {
+                    mpsc::error::TrySendError::Closed(()) => Refused::Closed,
+                    mpsc::error::TrySendError::Full(()) => Refused::Jobs,
+                };
+                Err((jobs, why))
             }
         }
     }
@@ -176,6 +206,8 @@ pub struct PublisherConfig {
     pub overflow: Vec<String>,
     /// Where dead letters too large for the broker are written.
     pub dead_letter_dir: Arc<crate::message::DeadLetterDir>,
+    /// How long the broker check before a replay may read (`sink.timeout`).
+    pub check_timeout: Duration,
 }
 
 /// What [`run`] shares with the rest of the process.
@@ -200,6 +232,8 @@ const MAX_RESTARTS: usize = 5;
 /// what was not taken yet). More than a few restarts a minute mark the process unhealthy.
 pub async fn run(source: Source, context: Context, config: PublisherConfig, drain: Shutdown) {
     let mut source = source;
+    // The spool was opened before this: whoever wrote it last was gone by now.
+    let mut predecessor = replay::Predecessor::Process(Instant::now());
     let mut restarts: Vec<Instant> = Vec::new();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -212,7 +246,7 @@ pub async fn run(source: Source, context: Context, config: PublisherConfig, drai
             }
             Source::Spool(spool) => {
                 let (tx, rx) = mpsc::channel(config.max_in_flight.max(256));
-                let feeder = feed::Feeder::start(spool.clone(), tx, &context, config.max_backoff);
+                let feeder = feed::Feeder::start(spool.clone(), tx, &context, &config, predecessor);
                 let spool = spool.clone();
                 let context = &context;
                 let config = &config;
@@ -227,6 +261,7 @@ pub async fn run(source: Source, context: Context, config: PublisherConfig, drai
                 .boxed()
             }
         };
+        predecessor = replay::Predecessor::Loop;
         match std::panic::AssertUnwindSafe(pass).catch_unwind().await {
             Ok(()) => return,
             Err(panic) => {
@@ -252,5 +287,49 @@ pub async fn run(source: Source, context: Context, config: PublisherConfig, drai
             () = drain.wait() => {}
         }
         backoff = (backoff * 2).min(config.max_backoff.max(Duration::from_millis(100)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    fn job() -> Job {
+        Job {
+            message: Message {
+                topic: "t".to_owned(),
+                key: None,
+                headers: Vec::new(),
+                payload: bytes::Bytes::from_static(b"{}"),
+                msg_id: None,
+                is_event: true,
+            },
+            action: None,
+            received_ms: 0,
+            event_ms: None,
+            done: Done::Nobody,
+            charge: None,
+        }
+    }
+
+    /// Each refusal says why: a 503 during the drain must not read "queue is full".
+    #[test]
+    fn a_refused_send_names_its_reason() {
+        let (queue, mut rx) = super::queue(1, 1 << 20);
+        assert!(queue.try_send_all(vec![job()]).is_ok());
+        let (back, why) = queue.try_send_all(vec![job()]).unwrap_err();
+        assert_eq!((back.len(), why), (1, Refused::Jobs));
+        let (small, _rx2) = super::queue(8, 10);
+        assert_eq!(
+            small.try_send_all(vec![job()]).unwrap_err().1,
+            Refused::Bytes
+        );
+        rx.close();
+        assert_eq!(
+            queue.try_send_all(vec![job()]).unwrap_err().1,
+            Refused::Closed
+        );
+        assert_eq!(Refused::Closed.message(), "shutting down; retry shortly");
     }
 }

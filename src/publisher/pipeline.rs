@@ -20,6 +20,9 @@ use crate::message::{self, DeadLetter};
 use crate::sink::{Ack, SinkError};
 use crate::spool::Spool;
 
+/// Messages the broker cannot take (too large, or refused on the dead-letter destination)
+/// are logged at most once a second: any client can send them.
+static TOO_LARGE_LOG: crate::logs::Sampled = crate::logs::Sampled::per_second();
 /// Batches smaller than this are followed by [`LINGER`].
 const LINGER_BELOW: usize = 64;
 /// Pause after a small batch, so one wake-up serves many requests (tokio rounds it to 1 ms).
@@ -234,10 +237,7 @@ impl<'a> Pipeline<'a> {
             .await;
             drop(handed);
             let result = match sent {
-                Ok(Ok(confirm)) => AssertUnwindSafe(confirm)
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| Err(panicked(&metrics, &panic))),
+                Ok(Ok(confirm)) => confirmed(confirm, &job.done, metrics).await,
                 Ok(Err(error)) => Err(error),
                 Err(panic) => Err(panicked(&metrics, &panic)),
             };
@@ -246,13 +246,17 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Keeps `job`'s payload on disk (off the runtime); its mark stays open until written.
+    /// Counted once in `hookbus_dead_letters_total`: as `reason` when written, as `dropped`
+    /// when the disk refuses it or its budget is spent.
     fn file(&mut self, job: Job, mark: u64, reason: &'static str) {
         let dir = self.config.dead_letter_dir.clone();
         let metrics = self.context.metrics.clone();
         self.in_flight.push(Box::pin(async move {
             let payload = job.message.payload.clone();
             let written = tokio::task::spawn_blocking(move || dir.write(&payload, reason)).await;
-            if !matches!(written, Ok(Ok(_))) {
+            if matches!(written, Ok(Ok(_))) {
+                metrics.dead_letter(reason);
+            } else {
                 let error = match written {
                     Ok(Err(error)) => error.to_string(),
                     Err(error) => error.to_string(),
@@ -319,12 +323,15 @@ impl<'a> Pipeline<'a> {
         } else {
             "publish_failed"
         };
-        metrics.dead_letter(reason);
         if job.message.topic == self.config.dead_letter || reason == "too_large" {
-            // Nowhere on the broker to put it: keep it on disk.
+            // Nowhere on the broker to put it: keep it on disk (counted there, once).
+            if let Some(suppressed) = TOO_LARGE_LOG.admit(now_ms()) {
+                tracing::warn!(%error, sink = sink_name, topic = %job.message.topic, suppressed, "kept in spool.dir/dead-letters/ instead");
+            }
             self.file(job, mark, reason);
             return;
         }
+        metrics.dead_letter(reason);
         tracing::warn!(%error, sink = sink_name, topic = %job.message.topic, "broker refused message; dead-lettering");
         let dead = dead_letter_job(job, reason, &error.to_string(), &self.config.dead_letter);
         self.launch(dead, mark, None);
@@ -369,6 +376,41 @@ impl<'a> Pipeline<'a> {
             metrics.oldest_unpublished_age.set(age as f64 / 1000.0);
         }
     }
+}
+
+/// Awaits a sent message's confirmation. A publish-mode job's confirmation is awaited in a task
+/// of its own that holds the ticket: when this future is dropped while the client still holds
+/// the message (the loop panicked, the drain was cut), the ticket is settled once the broker
+/// stores it, or released once it is refused, never while the broker may still store it (a
+/// release then would let PubNub's retry be published a second time).
+async fn confirmed(
+    confirm: crate::sink::Confirm,
+    done: &Done,
+    metrics: crate::metrics::Metrics,
+) -> Result<Ack, SinkError> {
+    let guarded = async move {
+        AssertUnwindSafe(confirm)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panicked(&metrics, &panic)))
+    };
+    let Done::Ticket(ticket) = done else {
+        return guarded.await;
+    };
+    let ticket = ticket.clone();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        if let Err(result) = tx.send(guarded.await)
+            && result.is_ok()
+        {
+            ticket.settle();
+        }
+    });
+    rx.await.unwrap_or_else(|_| {
+        Err(SinkError::Retriable(
+            "the confirmation task ended".to_owned(),
+        ))
+    })
 }
 
 fn panicked(metrics: &crate::metrics::Metrics, panic: &Box<dyn std::any::Any + Send>) -> SinkError {

@@ -81,8 +81,10 @@ impl Ticket {
 }
 
 impl Drop for Ticket {
-    /// Dropped unsettled: the publisher lost the job (a panic, or the drain deadline). Its
-    /// owner is gone, so the id is released and PubNub's retry is accepted anew.
+    /// Dropped unsettled: the publisher lost the job (a panic, or the drain deadline) before
+    /// it was sent, or the broker refused it after (a sent job's ticket lives on in the task
+    /// awaiting its confirmation). Its owner is gone, so the id is released and PubNub's retry
+    /// is accepted anew.
     fn drop(&mut self) {
         let state = *self.state.get_mut();
         if (state == QUEUED || state == SENT)

@@ -20,12 +20,15 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use tokio::sync::oneshot;
 
+use super::readback::{self, Suspects, Verdict};
 use super::{Ack, Confirm, SinkError};
 use crate::config::{ConfigError, KafkaConfig, SinkConfig};
 use crate::message::Message;
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MAX_MESSAGE: usize = 1_000_000;
+/// librdkafka's default `request.timeout.ms`.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Tracks broker reachability and fatal producer errors from librdkafka's error callback.
 #[derive(Clone)]
@@ -233,10 +236,48 @@ pub(super) fn check(config: &KafkaConfig) -> Result<(), ConfigError> {
         })
 }
 
+/// `ssl.*` and `sasl.*` properties that `security.protocol` leaves unused (librdkafka ignores
+/// them silently: a CA path under PLAINTEXT, say, so a typo in a config about to switch to SSL
+/// would pass), one warning each, naming the key.
+pub(super) fn unused_security(config: &KafkaConfig) -> Vec<String> {
+    let protocol = config
+        .properties
+        .get("security.protocol")
+        .map_or("plaintext", String::as_str)
+        .to_ascii_lowercase();
+    let uses_ssl = protocol.ends_with("ssl");
+    let uses_sasl = protocol.starts_with("sasl");
+    config
+        .properties
+        .keys()
+        .filter(|key| {
+            (key.starts_with("ssl.") && !uses_ssl) || (key.starts_with("sasl.") && !uses_sasl)
+        })
+        .map(|key| {
+            format!(
+                "kafka.properties.\"{key}\" is set but unused: security.protocol is {protocol} \
+                 (set security.protocol to {} to use it)",
+                if key.starts_with("ssl.") {
+                    "ssl or sasl_ssl"
+                } else {
+                    "sasl_plaintext or sasl_ssl"
+                }
+            )
+        })
+        .collect()
+}
+
 pub struct KafkaSink {
     producer: Arc<BaseProducer<UpContext>>,
     /// Serves the delivery reports ([`serve_reports`]); aborted with the sink.
     reports: tokio::task::JoinHandle<()>,
+    /// The replay check's consumer settings, and whether a keyed record's partition is
+    /// `crc32(key) % partitions` (the default partitioner).
+    readback: ClientConfig,
+    by_key: bool,
+    /// The producer's `request.timeout.ms`: how long the broker may still be working on a
+    /// produce request it received.
+    request_timeout: Duration,
     context: UpContext,
     topics: Arc<Topics>,
     timeout: Duration,
@@ -293,9 +334,18 @@ impl KafkaSink {
         let admin = client
             .create_with_context(context.clone())
             .map_err(|e| anyhow::anyhow!("kafka admin client: {e}"))?;
+        let partitioner = config.properties.get("partitioner").map(String::as_str);
+        let request_timeout = config
+            .properties
+            .get("request.timeout.ms")
+            .and_then(|v| v.parse().ok())
+            .map_or(DEFAULT_REQUEST_TIMEOUT, Duration::from_millis);
         Ok(KafkaSink {
             producer,
             reports,
+            readback: readback::consumer_config(&config.brokers, &config.properties),
+            by_key: matches!(partitioner, None | Some("consistent_random" | "consistent")),
+            request_timeout,
             context,
             topics: Arc::new(Topics {
                 admin,
@@ -340,7 +390,7 @@ impl KafkaSink {
                 self.topics.lock_existing().extend(names);
                 Ok(Vec::new())
             }
-            Err(e) => Err(classify(&e)),
+            Err(e) => Err(classify(&e, 0, self.max_message)),
         }
     }
 
@@ -390,12 +440,13 @@ impl KafkaSink {
         Some(Box::pin(async move { topics.create(missing).await }))
     }
 
+    /// # Errors
+    /// `TooLarge` before sending when the record (payload, key and headers: [`Message::size`],
+    /// what ingress checks dead letters against too) exceeds `message.max.bytes`.
     pub async fn send(&self, message: &Message) -> Result<Confirm, SinkError> {
-        if message.payload.len() > self.max_message {
-            return Err(SinkError::TooLarge {
-                size: message.payload.len(),
-                limit: self.max_message,
-            });
+        let (size, limit) = (message.size(), self.max_message);
+        if size > limit {
+            return Err(SinkError::TooLarge { size, limit });
         }
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
         for (name, value) in &message.headers {
@@ -419,7 +470,7 @@ impl KafkaSink {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((error, _)) => return Err(classify(&error)),
+                Err((error, _)) => return Err(classify(&error, size, limit)),
             }
         }
         let up = self.context.up.clone();
@@ -429,7 +480,7 @@ impl KafkaSink {
                     up.store(true, Ordering::Relaxed);
                     Ok(Ack::default())
                 }
-                Ok(Err(error)) => Err(classify(&error)),
+                Ok(Err(error)) => Err(classify(&error, size, limit)),
                 Err(_canceled) => Err(SinkError::Retriable("producer shut down".to_owned())),
             }
         }))
@@ -437,6 +488,37 @@ impl KafkaSink {
 
     pub fn is_up(&self) -> bool {
         self.context.up.load(Ordering::Relaxed)
+    }
+
+    /// How long a produce request may still be stored after its sender died: the broker
+    /// answers (stored or not) within the request's timeout, the producer's
+    /// `request.timeout.ms`.
+    pub fn settle(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Waits until librdkafka holds no message (a restarted publisher's predecessor sent them),
+    /// at most `within`. Returns whether it got there.
+    pub async fn wait_idle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.producer.in_flight_count() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The replay check (see `readback`), off the runtime.
+    pub async fn read_back(&self, suspects: Suspects, within: Duration) -> Verdict {
+        let client = self.readback.clone();
+        let by_key = self.by_key;
+        tokio::task::spawn_blocking(move || readback::read_back(&client, &suspects, by_key, within))
+            .await
+            .unwrap_or_else(|_| Verdict::blind())
     }
 
     /// A fatal producer error (the idempotent producer cannot go on): the process must restart.
@@ -512,15 +594,14 @@ impl Topics {
     }
 }
 
-/// The one place Kafka errors become [`SinkError`] classes.
-fn classify(error: &KafkaError) -> SinkError {
+/// The one place Kafka errors become [`SinkError`] classes. `size`: the record's
+/// ([`Message::size`]); `limit`: the configured `message.max.bytes`, which a too-large error
+/// names.
+fn classify(error: &KafkaError, size: usize, limit: usize) -> SinkError {
     use RDKafkaErrorCode as C;
     let text = error.to_string();
     match error.rdkafka_error_code() {
-        Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => SinkError::TooLarge {
-            size: 0,
-            limit: DEFAULT_MAX_MESSAGE,
-        },
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => SinkError::TooLarge { size, limit },
         Some(
             C::TopicAuthorizationFailed
             | C::ClusterAuthorizationFailed

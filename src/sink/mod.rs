@@ -6,6 +6,7 @@
 mod jetstream;
 mod kafka;
 mod nats;
+mod readback;
 mod stdout;
 mod tls;
 
@@ -17,6 +18,7 @@ use futures::future::BoxFuture;
 
 pub use kafka::KafkaSink;
 pub use nats::NatsSink;
+pub use readback::{Stored, Suspects, Verdict};
 pub use stdout::StdoutSink;
 
 use crate::config::{ConfigError, KafkaConfig, NatsConfig, SinkConfig, SinkKind};
@@ -82,6 +84,16 @@ pub fn check(sink: &SinkConfig, nats: &NatsConfig, kafka: &KafkaConfig) -> Resul
         }
         SinkKind::Kafka => kafka::check(kafka),
         SinkKind::Stdout => Ok(()),
+    }
+}
+
+/// Settings that are valid but have no effect, one warning each naming the key: `--check`
+/// prints them (exit 0) and a start logs them. Kafka: `ssl.*` / `sasl.*` properties that
+/// `security.protocol` does not use.
+pub fn warnings(sink: &SinkConfig, kafka: &KafkaConfig) -> Vec<String> {
+    match sink.kind {
+        SinkKind::Kafka => kafka::unused_security(kafka),
+        SinkKind::Nats | SinkKind::Stdout => Vec::new(),
     }
 }
 
@@ -207,6 +219,39 @@ impl Sink {
             Sink::Nats(s) => s.max_message_bytes(),
             Sink::Kafka(s) => s.max_message_bytes(),
             Sink::Stdout(_) => usize::MAX,
+        }
+    }
+
+    /// Whether records a replay sends again must be checked against the broker first: Kafka
+    /// (no broker-side dedup). JetStream drops a repeated `Nats-Msg-Id` within its window.
+    pub fn checks_replay(&self) -> bool {
+        matches!(self, Sink::Kafka(_))
+    }
+
+    /// How long after its sender died a produce request may still be stored (Kafka: the
+    /// producer's `request.timeout.ms`); zero for the others.
+    pub fn replay_settle(&self) -> Duration {
+        match self {
+            Sink::Kafka(s) => s.settle(),
+            Sink::Nats(_) | Sink::Stdout(_) => Duration::ZERO,
+        }
+    }
+
+    /// Waits, at most `within`, until the client holds no unconfirmed message. Returns whether
+    /// it got there.
+    pub async fn wait_idle(&self, within: Duration) -> bool {
+        match self {
+            Sink::Kafka(s) => s.wait_idle(within).await,
+            Sink::Nats(_) | Sink::Stdout(_) => true,
+        }
+    }
+
+    /// Which of `suspects` the broker holds already, read back within `within`; every record
+    /// is [`Stored::No`] for a sink that needs no check.
+    pub async fn read_back(&self, suspects: Suspects, within: Duration) -> Verdict {
+        match self {
+            Sink::Kafka(s) => s.read_back(suspects, within).await,
+            Sink::Nats(_) | Sink::Stdout(_) => Verdict::default(),
         }
     }
 

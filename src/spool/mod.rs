@@ -325,6 +325,15 @@ impl Spool {
         reader::scan_since(&self.inner.core, since_ms, visit)
     }
 
+    /// Visits every unconfirmed committed record, in seq order (what a replay would send),
+    /// and returns one past the last seq it looked at. Blocking; holds one record at a time.
+    ///
+    /// # Errors
+    /// `Io` when a segment cannot be read.
+    pub fn scan_unconfirmed(&self, visit: impl FnMut(&Record)) -> Result<u64, SpoolError> {
+        reader::scan_unconfirmed(&self.inner.core, visit)
+    }
+
     /// Gauges for metrics (atomics only).
     pub fn stats(&self) -> SpoolStats {
         let core = &self.inner.core;

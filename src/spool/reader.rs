@@ -337,47 +337,92 @@ pub(super) fn scan_since(
                     },
                     |i| s.index[i],
                 );
-                SegmentView {
-                    first_seq: s.first_seq,
-                    end_seq: s.end_seq,
-                    data_start: s.data_start,
-                    bytes: s.bytes,
-                    path: s.path.clone(),
-                    start,
-                }
+                SegmentView::of(s, start)
             })
             .collect()
     };
     for seg in views {
-        let file = match File::open(&seg.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let mut reader = BufReader::with_capacity(READ_BUFFER, file);
-        reader.seek(SeekFrom::Start(seg.data_start + seg.start.offset))?;
-        let (mut offset, mut seq) = (seg.start.offset, seg.start.seq);
-        while seq < seg.end_seq {
-            match format::read_record(&mut reader, seg.bytes - offset, seq) {
-                Ok(Decoded::Record(record, len)) => {
-                    offset += len;
-                    seq += 1;
-                    if record.appended_ms >= since_ms {
-                        visit(record.appended_ms, &record.payload);
-                    }
-                }
-                Ok(Decoded::End | Decoded::Unwritten | Decoded::Invalid(_)) => {
-                    warn!(segment = %seg.path.display(), seq, "spool scan: unreadable record, rest of segment skipped");
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    warn!(segment = %seg.path.display(), seq, "spool scan: segment shorter than committed");
-                    break;
-                }
-                Err(e) => return Err(e.into()),
+        scan_segment(&seg, u64::MAX, &mut |_, record| {
+            if record.appended_ms >= since_ms {
+                visit(record.appended_ms, &record.payload);
             }
+        })?;
+    }
+    Ok(())
+}
+
+/// Visits every unconfirmed record committed when called, in seq order: the records a replay
+/// may send again. Returns one past the last seq it looked at (the committed end).
+pub(super) fn scan_unconfirmed(
+    core: &Core,
+    mut visit: impl FnMut(&Record),
+) -> Result<u64, SpoolError> {
+    let (low, end, views) = {
+        let state = core.lock();
+        let (low, end) = (state.low, state.committed_next);
+        let views: Vec<SegmentView> = state
+            .segments
+            .iter()
+            .filter(|s| s.end_seq > s.first_seq && s.end_seq > low && s.first_seq < end)
+            .map(|s| SegmentView::of(s, s.position_before(low.max(s.first_seq))))
+            .collect();
+        (low, end, views)
+    };
+    for seg in views {
+        scan_segment(&seg, end, &mut |seq, record| {
+            if seq >= low && !core.lock().is_done(seq) {
+                visit(record);
+            }
+        })?;
+    }
+    Ok(end)
+}
+
+impl SegmentView {
+    fn of(s: &super::state::SegmentMeta, start: IndexEntry) -> SegmentView {
+        SegmentView {
+            first_seq: s.first_seq,
+            end_seq: s.end_seq,
+            data_start: s.data_start,
+            bytes: s.bytes,
+            path: s.path.clone(),
+            start,
         }
-        debug_assert!(seq >= seg.first_seq);
+    }
+}
+
+/// Reads one segment from its `start` entry, visiting each record below `end` (and below the
+/// segment's committed end); an unreadable record ends the segment with a warning.
+fn scan_segment(
+    seg: &SegmentView,
+    end: u64,
+    visit: &mut impl FnMut(u64, &Record),
+) -> Result<(), SpoolError> {
+    let file = match File::open(&seg.path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut reader = BufReader::with_capacity(READ_BUFFER, file);
+    reader.seek(SeekFrom::Start(seg.data_start + seg.start.offset))?;
+    let (mut offset, mut seq) = (seg.start.offset, seg.start.seq);
+    while seq < seg.end_seq.min(end) {
+        match format::read_record(&mut reader, seg.bytes - offset, seq) {
+            Ok(Decoded::Record(record, len)) => {
+                visit(seq, &record);
+                offset += len;
+                seq += 1;
+            }
+            Ok(Decoded::End | Decoded::Unwritten | Decoded::Invalid(_)) => {
+                warn!(segment = %seg.path.display(), seq, "spool scan: unreadable record, rest of segment skipped");
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                warn!(segment = %seg.path.display(), seq, "spool scan: segment shorter than committed");
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

@@ -356,6 +356,36 @@ fn confirmed_records_are_not_read_again_by_a_new_reader() {
     });
 }
 
+/// What a replay may send again: every unconfirmed committed record, across segments, from
+/// the watermark on, with its append time; the end is the committed end.
+#[test]
+fn scan_unconfirmed_visits_what_a_replay_sends() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut small = config(dir.path());
+        small.segment_bytes = 64;
+        let spool = Spool::open(small).expect("open");
+        for i in 0..8 {
+            spool.append(vec![payload(i)]).await.expect("append");
+        }
+        assert!(segments(dir.path()).len() > 2);
+        for seq in [0, 1, 4, 6] {
+            spool.confirm(seq);
+        }
+        let mut seen = Vec::new();
+        let end = spool
+            .scan_unconfirmed(|r| {
+                assert!(r.appended_ms > 0);
+                seen.push((r.seq, r.payload.clone()));
+            })
+            .expect("scan");
+        assert_eq!(end, 8);
+        let want: Vec<(u64, Bytes)> = [2, 3, 5, 7].iter().map(|&s| (s, payload(s))).collect();
+        assert_eq!(seen, want);
+        spool.close().await.expect("close");
+    });
+}
+
 #[test]
 fn handles_and_futures_can_move_across_tasks() {
     fn send<T: Send>(_: &T) {}

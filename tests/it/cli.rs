@@ -62,6 +62,41 @@ fn check_accepts_the_shipped_config_and_creates_nothing() {
     );
 }
 
+/// Valid but unused security properties pass `--check` with a warning naming each key: a CA
+/// path under PLAINTEXT is ignored by librdkafka, so a typo in a config about to switch to SSL
+/// would otherwise go unnoticed until the switch.
+#[test]
+fn check_warns_about_security_properties_the_protocol_leaves_unused() {
+    let base = "[auth]\nallow_anonymous = true\n[sink]\nkind = \"kafka\"\n[kafka.properties]\n";
+    let (code, text) = check(&format!(
+        "{base}\"ssl.ca.location\" = \"/etc/ssl/certs/ca-certificates.crt\"\n\"sasl.username\" = \"u\""
+    ));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("warning: kafka.properties.\"ssl.ca.location\" is set but unused"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: kafka.properties.\"sasl.username\" is set but unused"),
+        "{text}"
+    );
+    let (code, text) = check(&format!(
+        "{base}\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"/etc/ssl/certs/ca-certificates.crt\"\n\"sasl.username\" = \"u\""
+    ));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        !text.contains("ssl.ca.location\" is set but unused"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sasl.username\" is set but unused: security.protocol is ssl"),
+        "{text}"
+    );
+    let (code, text) = check(&format!("{base}\"linger.ms\" = \"5\""));
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("warning"), "{text}");
+}
+
 #[test]
 fn check_exits_64_naming_the_bad_key() {
     for (text, key) in [
@@ -814,4 +849,36 @@ async fn nats_client_debug_logs_stay_out_even_with_rust_log_trace() {
         !log.contains("attempting connection"),
         "an async-nats DEBUG event in the log:\n{log}"
     );
+}
+
+/// Comments cite the repository's own docs, never a section number of a document outside it
+/// (a reader of the repository cannot follow a section number of a file it does not hold).
+#[test]
+fn no_comment_cites_a_section_of_an_outside_document() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut offenders = Vec::new();
+    let mut dirs = vec![
+        root.join("src"),
+        root.join("tests/it"),
+        root.join("scripts"),
+    ];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for (n, line) in text.lines().enumerate() {
+                let cites = line.contains('\u{a7}') || line.contains(concat!("DESIGN", ".md"));
+                if cites && !line.contains("no_comment_cites") {
+                    offenders.push(format!("{}:{}: {line}", path.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{offenders:#?}");
 }

@@ -124,6 +124,50 @@ async fn publish_mode_client_leaves_while_kafka_stalls() {
     hb.stop().await.unwrap();
 }
 
+/// Publish mode on Kafka: the publisher loop panics while a message it sent waits in the
+/// producer (the broker stalls). The id stays pending until the broker stores it, so
+/// PubNub's retry meanwhile is not published a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_mode_a_lost_ticket_keeps_its_id_while_the_producer_holds_the_message() {
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::none();
+    let hb = start_faulty(
+        dir.path(),
+        &kafka(&broker.brokers(), "publish", FAST),
+        &faults,
+    )
+    .await;
+    let warmup = g1_event(0, 0);
+    assert_eq!(post(hb.http_addr, &warmup).await.status, 200);
+    let body = g1_event(1, 1);
+    broker.pause();
+    let addr = hb.http_addr;
+    let first = tokio::spawn({
+        let body = body.clone();
+        async move { post(addr, &body).await }
+    });
+    // The next message's send panics, which fails it and then panics the loop, while the
+    // first waits in librdkafka.
+    wait_metric(hb.admin_addr, "hookbus_queue_events", 0.0).await;
+    faults.panic_sends(1);
+    faults.panic_publisher(1);
+    let other = g1_event(2, 2);
+    let _ = try_post(addr, &other).await;
+    wait_metric(hb.admin_addr, "hookbus_publisher_restarts_total", 1.0).await;
+    assert_eq!(first.await.unwrap().status, 503);
+    // PubNub's retry while the broker still stalls: the first delivery is undecided.
+    let retry = post(addr, &body).await;
+    assert_eq!(retry.status, 503, "{:?}", retry.json());
+    broker.resume();
+    once(&retry_until_ok(addr, &body).await);
+    retry_until_ok(addr, &other).await;
+    let ids = [g1_id(&warmup), g1_id(&body), g1_id(&other)];
+    let records = consume(&broker.brokers(), &[TOPIC], 1, 3, QUIET).await;
+    assert_exactly_once(&records, ids.iter().map(String::as_str));
+    hb.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_mode_client_leaves_while_jetstream_stalls() {
     let nats = NatsServer::start();
@@ -391,9 +435,12 @@ async fn panics_in_the_sink_and_the_publisher_are_recovered_from() {
     assert_exactly_once(&records, ids.iter().map(String::as_str));
 
     // A publisher that keeps panicking cannot recover by itself: the orchestrator restarts it.
+    // Each event panics the loop once it is confirmed (a restart does not send it again: the
+    // broker check before the replay finds it), so they come one per restart.
     faults.panic_publisher(100);
     for n in 10..20 {
         assert_eq!(post(hb.http_addr, &g1_event(3, n)).await.status, 200);
+        wait_metric(admin, "hookbus_publisher_restarts_total", (n - 8) as f64).await;
     }
     wait_for("/healthz to fail", SECS, || async move {
         (healthz(admin).await == 503).then_some(())

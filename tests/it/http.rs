@@ -1,5 +1,5 @@
-//! The webhook listener's contract (DESIGN §3) without a reachable broker: `memory` mode
-//! accepts into the queue while the NATS client keeps trying a port nobody listens on.
+//! The webhook listener's HTTP contract (docs/events.md) without a reachable broker: `memory`
+//! mode accepts into the queue while the NATS client keeps trying a port nobody listens on.
 
 use crate::common::*;
 

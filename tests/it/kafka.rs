@@ -150,3 +150,80 @@ async fn a_burst_of_new_channels_creates_every_topic() {
     assert_eq!(channels.len(), 40);
     hookbus.stop().await.unwrap();
 }
+
+/// A G1 state change whose event JSON is just under `limit` bytes: with its key and headers
+/// the record is over it.
+fn just_under(limit: usize) -> Vec<u8> {
+    let body = |n: usize| {
+        format!(
+            r#"{{"action":"state-change","sub_key":"sub-c-test","channel":"big","uuid":"u","timestamp":1718035200,"data":{{"note":"{}"}}}}"#,
+            "a".repeat(n)
+        )
+        .into_bytes()
+    };
+    let payload = |b: &[u8]| {
+        hookbus::normalize::normalize(b, 1_718_035_200_000).unwrap()[0]
+            .to_json()
+            .len()
+    };
+    let n = (0..limit)
+        .find(|n| payload(&body(*n)) >= limit - 40)
+        .unwrap();
+    let b = body(n);
+    assert!(payload(&b) < limit);
+    b
+}
+
+/// Ingress and the sink count a record's payload, key and headers against
+/// `message.max.bytes`, and the error names the configured limit; a record the broker cannot
+/// take is counted once as a dead letter: `too_large` when kept on disk, `dropped` (only) when
+/// the disk budget refuses it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_over_message_max_bytes_with_its_headers_is_kept_and_counted_once() {
+    let broker = Tansu::start();
+    let limit = "[kafka.properties]\n\"message.max.bytes\" = \"2000\"";
+    let body = just_under(2000);
+    for (budget, kept, dropped) in [(0, 0.0, 1.0), (1_048_576, 1.0, 0.0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        let extra = format!("{limit}\n[spool]\ndead_letter_max_bytes = {budget}");
+        let hb = Process::spawn(&spool, &kafka(&broker.brokers(), "spool", &extra)).await;
+        assert_eq!(post(hb.http_addr, &body).await.status, 200);
+        let admin = hb.admin_addr;
+        wait_for(
+            "the record refused",
+            Duration::from_secs(30),
+            || async move {
+                (metric(
+                    admin,
+                    "hookbus_publish_errors_total{kind=\"too_large\",sink=\"kafka\"}",
+                )
+                .await
+                    == 1.0)
+                    .then_some(())
+            },
+        )
+        .await;
+        let series = |reason: &str| format!("hookbus_dead_letters_total{{reason=\"{reason}\"}}");
+        wait_for(
+            "the dead letter counted",
+            Duration::from_secs(30),
+            || async {
+                (metric(admin, &series("too_large")).await
+                    + metric(admin, &series("dropped")).await
+                    >= 1.0)
+                    .then_some(())
+            },
+        )
+        .await;
+        assert_eq!(metric(admin, &series("too_large")).await, kept);
+        assert_eq!(metric(admin, &series("dropped")).await, dropped);
+        let files = std::fs::read_dir(spool.join("dead-letters")).map_or(0, Iterator::count);
+        assert_eq!(files as f64, kept);
+        hb.wait_log(
+            "exceeds the broker limit of 2000 bytes",
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+}

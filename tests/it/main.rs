@@ -14,6 +14,7 @@ mod kafka_scale;
 mod metrics;
 mod nats;
 mod normalize_fixtures;
+mod replay;
 mod secure_kafka;
 mod secure_nats;
 mod shared_dedup;
