@@ -7,6 +7,7 @@ mod jetstream;
 mod kafka;
 mod nats;
 mod readback;
+mod reports;
 mod stdout;
 mod tls;
 
