@@ -130,7 +130,6 @@ pub(super) fn fast(text: &str, body: &[u8], received_at_ms: u64) -> Option<Event
     }
     let state = match plain.data {
         None => None,
-        Some(raw) if raw.get() == "null" => None,
         Some(raw) => {
             let value = super::bounded::value_of(raw, &Budget::new(), "data").ok()?;
             Some(State::from_value(&value))

@@ -132,17 +132,11 @@ pub(super) fn write(event: &Event, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"uuid\":");
     push_opt_str(out, event.uuid.as_deref());
     out.extend_from_slice(b",\"occupancy\":");
-    match event.occupancy {
-        Some(n) => push_int(out, n),
-        None => out.extend_from_slice(b"null"),
-    }
+    push_opt_int(out, event.occupancy);
     out.extend_from_slice(b",\"timestamp\":");
     push_int(out, event.timestamp);
     out.extend_from_slice(b",\"timestamp_ms\":");
-    match event.timestamp_ms {
-        Some(n) => push_int(out, n),
-        None => out.extend_from_slice(b"null"),
-    }
+    push_opt_int(out, event.timestamp_ms);
     out.extend_from_slice(b",\"received_at_ms\":");
     push_int(out, event.received_at_ms);
     out.extend_from_slice(b",\"state\":");
@@ -174,6 +168,13 @@ pub(super) fn write(event: &Event, out: &mut Vec<u8>) {
 
 fn push_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+fn push_opt_int(out: &mut Vec<u8>, n: Option<impl itoa::Integer>) {
+    match n {
+        Some(n) => push_int(out, n),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
