@@ -18,6 +18,7 @@ pub mod message;
 pub mod metrics;
 pub mod normalize;
 pub mod publisher;
+pub mod roster;
 pub mod route;
 pub mod shutdown;
 pub mod sink;

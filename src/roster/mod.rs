@@ -1,0 +1,8 @@
+//! The presence roster (`hookbus roster`): who is in each channel now, kept from the events the
+//! bridge published. `state` holds the rules (pure: events in, channel state out); `store`
+//! keeps the state in NATS KV or Redis with compare-and-set; the rest consumes the bridge's
+//! output, serves the read API and reconciles with PubNub Here Now. Nothing here is on the
+//! bridge's hot path.
+
+pub mod state;
+pub mod store;
