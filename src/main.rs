@@ -49,6 +49,9 @@ enum Command {
         #[arg(long)]
         sub_key: Option<String>,
     },
+    /// Run the presence roster (`[roster]`) until SIGTERM/SIGINT: who is in each channel now,
+    /// kept from what the bridge published, served on `roster.listen`.
+    Roster,
     /// Decode an escaped channel (one topic/subject token) back to the raw channel name.
     Unescape { escaped: String },
     /// Publish what a stopped instance left in its spool directory (a dead or scaled-away
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
             }
             match command {
                 None | Some(Command::Run) => run(config, &warnings),
+                Some(Command::Roster) => roster(config),
                 Some(Command::Topic {
                     channel,
                     action,
@@ -141,6 +145,37 @@ fn run(config: Config, warnings: &[String]) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "hookbus failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `hookbus roster`: the presence roster until SIGTERM/SIGINT.
+fn roster(config: Config) -> ExitCode {
+    init_tracing();
+    if config.roster.is_none() {
+        eprintln!("hookbus: invalid configuration: `hookbus roster` needs a [roster] section");
+        return ExitCode::from(EX_USAGE);
+    }
+    warn_about_auth(&config.auth);
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let serve = async {
+        let stop = hookbus::shutdown::Shutdown::new();
+        let signals = stop.clone();
+        tokio::spawn(async move {
+            if let Ok(signal) = hookbus::shutdown::signal().await {
+                tracing::info!(signal, "shutting down");
+            }
+            signals.trigger();
+        });
+        hookbus::roster::run(config, stop).await
+    };
+    match runtime.block_on(serve) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "hookbus roster failed");
             ExitCode::FAILURE
         }
     }

@@ -51,7 +51,7 @@ const LATENCY_BUCKETS: [f64; 18] = [
     5.0, 10.0, 30.0, 60.0,
 ];
 /// Event lag spans clock skew and outages: 10 ms to 1 h.
-const LAG_BUCKETS: [f64; 14] = [
+pub(crate) const LAG_BUCKETS: [f64; 14] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
@@ -262,10 +262,10 @@ fn series<'a>(vec: &IntCounterVec, labels: impl Iterator<Item = Vec<&'a str>>) -
 
 /// Creates each metric and registers it in one step: the metric table above reads one line a
 /// metric.
-struct Registrar<'a>(&'a Registry);
+pub(crate) struct Registrar<'a>(pub(crate) &'a Registry);
 
 impl Registrar<'_> {
-    fn register<M: prometheus::core::Collector + Clone + 'static>(
+    pub(crate) fn register<M: prometheus::core::Collector + Clone + 'static>(
         &self,
         metric: M,
     ) -> prometheus::Result<M> {
@@ -273,19 +273,23 @@ impl Registrar<'_> {
         Ok(metric)
     }
 
-    fn counter(&self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    pub(crate) fn counter(&self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
         self.register(IntCounter::new(name, help)?)
     }
 
-    fn gauge(&self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    pub(crate) fn gauge(&self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
         self.register(IntGauge::new(name, help)?)
     }
 
-    fn float_gauge(&self, name: &str, help: &str) -> prometheus::Result<prometheus::Gauge> {
+    pub(crate) fn float_gauge(
+        &self,
+        name: &str,
+        help: &str,
+    ) -> prometheus::Result<prometheus::Gauge> {
         self.register(prometheus::Gauge::new(name, help)?)
     }
 
-    fn counter_vec(
+    pub(crate) fn counter_vec(
         &self,
         name: &str,
         help: &str,
@@ -294,7 +298,7 @@ impl Registrar<'_> {
         self.register(IntCounterVec::new(Opts::new(name, help), labels)?)
     }
 
-    fn gauge_vec(
+    pub(crate) fn gauge_vec(
         &self,
         name: &str,
         help: &str,
@@ -303,12 +307,17 @@ impl Registrar<'_> {
         self.register(IntGaugeVec::new(Opts::new(name, help), labels)?)
     }
 
-    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<Histogram> {
+    pub(crate) fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+    ) -> prometheus::Result<Histogram> {
         let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
         self.register(Histogram::with_opts(opts)?)
     }
 
-    fn histogram_vec(
+    pub(crate) fn histogram_vec(
         &self,
         name: &str,
         help: &str,

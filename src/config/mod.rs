@@ -13,6 +13,7 @@ mod http;
 mod kafka;
 mod nats;
 pub mod refs;
+mod roster;
 mod routing;
 mod sink;
 mod spool;
@@ -25,6 +26,7 @@ pub use dedup::DedupConfig;
 pub use http::{AdminConfig, HttpConfig};
 pub use kafka::KafkaConfig;
 pub use nats::{NatsConfig, StreamStorage};
+pub use roster::{HereNowConfig, RosterConfig, RosterStore};
 pub use routing::{RoutingConfig, RoutingRule};
 pub use sink::{ShutdownConfig, SinkConfig, SinkKind};
 pub use spool::SpoolConfig;
@@ -112,6 +114,8 @@ pub struct Config {
     pub nats: NatsConfig,
     pub kafka: KafkaConfig,
     pub shutdown: ShutdownConfig,
+    /// `[roster]`: present only where the roster is configured (`hookbus roster`).
+    pub roster: Option<RosterConfig>,
     /// What references and environment overrides put where, to scrub them out of errors.
     #[serde(skip)]
     references: refs::Substitutions,
@@ -245,6 +249,17 @@ impl Config {
             &mut self.nats.token,
             true,
         );
+        if let Some(roster) = self.roster.as_mut()
+            && let Some(value) = env("HOOKBUS_PUBNUB_SECRET_KEY")
+            && !value.is_empty()
+        {
+            self.references.record(
+                "roster.here_now.secret_key",
+                "HOOKBUS_PUBNUB_SECRET_KEY",
+                &value,
+            );
+            roster.here_now.secret_key = value;
+        }
     }
 }
 

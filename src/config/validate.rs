@@ -74,6 +74,13 @@ impl Config {
         self.nats.validate(self.sink.kind == SinkKind::Nats)?;
         self.kafka.validate(self.sink.kind == SinkKind::Kafka)?;
         self.shutdown.validate()?;
+        if let Some(roster) = &self.roster {
+            let listeners = [
+                ("http.listen", self.http.listen),
+                ("admin.listen", self.admin.listen),
+            ];
+            roster.validate(self.sink.kind, self.nats.jetstream, &listeners)?;
+        }
         self.check_across_sections()?;
         also(self)?;
         self.auth.require_token()

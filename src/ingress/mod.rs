@@ -10,9 +10,38 @@ mod server;
 
 pub use listener::{Limits, backlog, bind};
 pub use pipeline::{Accepted, Acceptor, Ingress, Parts};
-pub use server::{AdminState, CLIENT_CLOSED_REQUEST, serve_admin, serve_webhooks};
+pub use server::{AdminState, CLIENT_CLOSED_REQUEST, query_token, serve_admin, serve_webhooks};
 
 use hyper::StatusCode;
+
+/// Compares the presented token with every accepted one (`tokens`; none: anyone is let in),
+/// in constant time: no early exit on a mismatch, none on a match either. The ingress and the
+/// roster's read API both ask here.
+///
+/// # Errors
+/// Why the request is refused.
+pub fn check_token(tokens: &[String], presented: Option<&[u8]>) -> Result<(), Unauthorized> {
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let Some(presented) = presented else {
+        return Err(Unauthorized::MissingToken);
+    };
+    let mut matched = 0u8;
+    for expected in tokens {
+        let expected = expected.as_bytes();
+        let mut diff = u8::from(presented.len() != expected.len());
+        for (i, &e) in expected.iter().enumerate() {
+            diff |= e ^ presented.get(i).copied().unwrap_or(0);
+        }
+        matched |= u8::from(diff == 0);
+    }
+    if matched == 1 {
+        Ok(())
+    } else {
+        Err(Unauthorized::WrongToken)
+    }
+}
 
 /// Why a request was refused 401 (`hookbus_auth_failures_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

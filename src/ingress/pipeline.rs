@@ -152,26 +152,7 @@ impl Ingress {
     /// # Errors
     /// Why the request is refused.
     pub fn authorized(&self, presented: Option<&[u8]>) -> Result<(), Unauthorized> {
-        if self.tokens.is_empty() {
-            return Ok(());
-        }
-        let Some(presented) = presented else {
-            return Err(Unauthorized::MissingToken);
-        };
-        let mut matched = 0u8;
-        for expected in &self.tokens {
-            let expected = expected.as_bytes();
-            let mut diff = u8::from(presented.len() != expected.len());
-            for (i, &e) in expected.iter().enumerate() {
-                diff |= e ^ presented.get(i).copied().unwrap_or(0);
-            }
-            matched |= u8::from(diff == 0);
-        }
-        if matched == 1 {
-            Ok(())
-        } else {
-            Err(Unauthorized::WrongToken)
-        }
+        super::check_token(&self.tokens, presented)
     }
 
     /// Counts `bytes` of body against `http.max_inflight_bytes` until the returned permit is

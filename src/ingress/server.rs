@@ -240,7 +240,7 @@ async fn read_body(
 }
 
 /// The `token` query parameter, decoded as `application/x-www-form-urlencoded`.
-fn query_token(query: Option<&str>) -> Option<Vec<u8>> {
+pub fn query_token(query: Option<&str>) -> Option<Vec<u8>> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(name, _)| name == "token")
         .map(|(_, value)| value.into_owned().into_bytes())

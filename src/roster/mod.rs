@@ -4,5 +4,15 @@
 //! output, serves the read API and reconciles with PubNub Here Now. Nothing here is on the
 //! bridge's hot path.
 
+pub mod api;
+pub mod here_now;
+pub mod input;
+pub mod metrics;
+pub mod outputs;
+pub mod reconcile;
+pub mod run;
 pub mod state;
 pub mod store;
+pub mod writer;
+
+pub use run::run;

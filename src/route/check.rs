@@ -4,7 +4,7 @@
 
 use crate::config::{Config, ConfigError, SinkKind};
 
-use super::{Router, TemplateError};
+use super::{OutputTemplate, Router, TemplateError};
 
 /// Compiles `config.routing` and checks it against the sink it publishes to, naming the key
 /// at fault.
@@ -40,5 +40,41 @@ pub fn check(config: &Config) -> Result<Router, ConfigError> {
             ));
         }
     }
+    if let Some(roster) = &config.roster {
+        check_roster_outputs(&router, &roster.template, "roster.template")?;
+        check_roster_outputs(&router, &roster.sessions, "roster.sessions")?;
+    }
     Ok(router)
+}
+
+/// A roster output compiles and lies outside what the bridge publishes (the roster's input)
+/// and its dead letters.
+fn check_roster_outputs(router: &Router, text: &str, key: &'static str) -> Result<(), ConfigError> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    let template = OutputTemplate::new(text).map_err(|e| ConfigError::Invalid {
+        key,
+        message: e.to_string(),
+    })?;
+    let mut name = String::new();
+    for channel in ["room.lobby", "x"] {
+        template
+            .render(channel, Some("sub-c-1"), &mut name)
+            .map_err(|e| ConfigError::Invalid {
+                key,
+                message: e.to_string(),
+            })?;
+        if router.produces(&name) || name == router.dead_letter() {
+            return Err(ConfigError::Invalid {
+                key,
+                message: format!(
+                    "`{name}` could also be a name the bridge publishes events (or dead letters) \
+                     under, so the roster would read its own output: choose a prefix outside \
+                     routing.template, e.g. hookbus.roster.{{channel}}"
+                ),
+            });
+        }
+    }
+    Ok(())
 }

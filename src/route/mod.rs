@@ -8,8 +8,10 @@
 //! channel's SHA-256. `_h` never comes out of the escaping, so names stay distinct.
 
 mod check;
+mod output;
 
 pub use check::check;
+pub use output::OutputTemplate;
 
 use sha2::{Digest, Sha256};
 

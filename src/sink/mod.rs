@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 pub use kafka::KafkaSink;
-pub use nats::NatsSink;
+pub use nats::{NatsSink, client as nats_client};
 pub use readback::{Stored, Suspects, Verdict};
 pub use stdout::StdoutSink;
 

@@ -387,6 +387,25 @@ impl CoreConfirms {
     }
 }
 
+/// A plain client with the sink's connection settings (TLS, credentials, timeouts), for the
+/// roster's store and input; reconnects in the background.
+///
+/// # Errors
+/// An unparsable `nats.url`, unreadable TLS/NKey/credentials files, or no server reachable
+/// within `nats.connect_timeout`.
+pub async fn client(config: &NatsConfig, name: &str) -> anyhow::Result<async_nats::Client> {
+    let addrs = server_addrs(config)?;
+    let client = options(config)?
+        .name(name)
+        .event_callback(|event| async move {
+            let event = redact_urls(&event.to_string());
+            tracing::info!(%event, "nats connection event");
+        })
+        .connect(addrs)
+        .await?;
+    Ok(client)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ mod metrics;
 mod nats;
 mod normalize_fixtures;
 mod replay;
+mod roster;
 mod secure_kafka;
 mod secure_nats;
 mod shared_dedup;

@@ -7,6 +7,7 @@ pub mod nats_jwt;
 pub mod pki;
 pub mod ports;
 pub mod proxy;
+pub mod roster;
 pub mod stunnel;
 
 use std::net::SocketAddr;
@@ -495,7 +496,7 @@ pub fn config_with(spool_dir: &Path, fragments: &[&str]) -> Config {
 /// TOML text: the listeners, anonymous webhooks allowed (a fragment that sets a token wins),
 /// a private spool dir and a short grace, then `fragments` merged over it section by section
 /// (later keys win).
-fn config_text(spool_dir: &Path, http: &str, admin: &str, fragments: &[&str]) -> String {
+pub fn config_text(spool_dir: &Path, http: &str, admin: &str, fragments: &[&str]) -> String {
     let base = format!(
         "[http]\nlisten = \"{http}\"\n[admin]\nlisten = \"{admin}\"\n\
          [auth]\nallow_anonymous = true\n\

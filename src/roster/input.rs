@@ -1,0 +1,330 @@
+//! What the roster reads: the events the bridge published, at least once, from the beginning
+//! for a new consumer. NATS: a durable JetStream pull consumer on the bridge's stream,
+//! filtered to the event subjects (dead letters have a stream of their own). Kafka: a
+//! consumer group subscribed by regex to the topics the routing produces (so topics created
+//! later are picked up), committed only after the batch is stored.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::AckPolicy, consumer::DeliverPolicy, consumer::pull};
+use futures::StreamExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::config::{KafkaConfig, NatsConfig};
+
+/// One input message: its bytes and when the bridge published it.
+pub struct Delivery {
+    pub payload: Vec<u8>,
+    /// Unix ms the broker stamped (JetStream: stored; Kafka: the record's create time).
+    pub published_ms: Option<i64>,
+    token: Token,
+}
+
+enum Token {
+    Nats(Box<jetstream::Message>),
+    Kafka {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("input: {0}")]
+pub struct InputError(pub String);
+
+fn err(e: impl std::fmt::Display) -> InputError {
+    InputError(e.to_string())
+}
+
+/// The configured input.
+pub enum Input {
+    Nats(Box<NatsInput>),
+    Kafka(Box<StreamConsumer>),
+}
+
+/// The JetStream side of [`Input`].
+pub struct NatsInput {
+    stream: jetstream::stream::Stream,
+    consumer: jetstream::consumer::PullConsumer,
+    name: String,
+    subjects: Vec<String>,
+    /// The stream's first sequence at the last gap reported (a gap is reported once).
+    gap_at: u64,
+}
+
+impl Input {
+    /// The durable pull consumer `name` on `stream` over `subjects` (created when missing,
+    /// delivering everything the stream holds).
+    ///
+    /// # Errors
+    /// The stream does not exist (start the bridge first) or the server refused the consumer.
+    pub async fn nats(
+        js: &jetstream::Context,
+        stream: &str,
+        name: &str,
+        subjects: Vec<String>,
+    ) -> Result<Input, InputError> {
+        let stream = js
+            .get_stream(stream)
+            .await
+            .map_err(|e| InputError(format!("stream {stream}: {e} (the bridge creates it)")))?;
+        let consumer = create_consumer(&stream, name, &subjects).await?;
+        Ok(Input::Nats(Box::new(NatsInput {
+            stream,
+            consumer,
+            name: name.to_owned(),
+            subjects,
+            gap_at: 0,
+        })))
+    }
+
+    /// A consumer in group `group` subscribed to `topic_regex`, from the earliest offset.
+    ///
+    /// # Errors
+    /// librdkafka refused the configuration.
+    pub fn kafka(kafka: &KafkaConfig, group: &str, topic_regex: &str) -> Result<Input, InputError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("group.id", group)
+            .set("client.id", "hookbus-roster")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            // New topics (channels seen for the first time) join the subscription soon.
+            .set("topic.metadata.refresh.interval.ms", "2000")
+            .set("enable.partition.eof", "false");
+        for (key, value) in &kafka.properties {
+            if key.starts_with("security.") || key.starts_with("ssl.") || key.starts_with("sasl.") {
+                client.set(key, value);
+            }
+        }
+        let consumer: StreamConsumer = client.create().map_err(err)?;
+        consumer.subscribe(&[topic_regex]).map_err(err)?;
+        Ok(Input::Kafka(Box::new(consumer)))
+    }
+
+    /// Up to `max` messages, waiting at most `wait` for the first.
+    ///
+    /// # Errors
+    /// The broker could not be reached (retried by the caller).
+    pub async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, InputError> {
+        match self {
+            Input::Nats(nats) => {
+                let mut batch = nats
+                    .consumer
+                    .batch()
+                    .max_messages(max)
+                    .expires(wait)
+                    .messages()
+                    .await
+                    .map_err(err)?;
+                let mut out = Vec::new();
+                while let Some(message) = batch.next().await {
+                    let message = message.map_err(err)?;
+                    let published_ms = message.info().ok().and_then(|i| {
+                        i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok()
+                    });
+                    out.push(Delivery {
+                        payload: message.payload.to_vec(),
+                        published_ms,
+                        token: Token::Nats(Box::new(message)),
+                    });
+                }
+                Ok(out)
+            }
+            Input::Kafka(consumer) => fetch_kafka(consumer, max, wait).await,
+        }
+    }
+
+    /// Acknowledges `batch`: the roster has stored what it says.
+    ///
+    /// # Errors
+    /// The acknowledgement could not be sent (the messages come again: harmless).
+    pub async fn ack(&mut self, batch: Vec<Delivery>) -> Result<(), InputError> {
+        match self {
+            Input::Nats(_) => {
+                for delivery in batch {
+                    if let Token::Nats(message) = delivery.token {
+                        message.ack().await.map_err(err)?;
+                    }
+                }
+                Ok(())
+            }
+            Input::Kafka(consumer) => {
+                let mut next: HashMap<(String, i32), i64> = HashMap::new();
+                for delivery in batch {
+                    if let Token::Kafka {
+                        topic,
+                        partition,
+                        offset,
+                    } = delivery.token
+                    {
+                        let at = next.entry((topic, partition)).or_insert(offset + 1);
+                        *at = (*at).max(offset + 1);
+                    }
+                }
+                if next.is_empty() {
+                    return Ok(());
+                }
+                let mut list = TopicPartitionList::new();
+                for ((topic, partition), offset) in next {
+                    list.add_partition_offset(&topic, partition, Offset::Offset(offset))
+                        .map_err(err)?;
+                }
+                consumer.commit(&list, CommitMode::Async).map_err(err)
+            }
+        }
+    }
+
+    /// Messages not yet delivered to the roster (NATS: the consumer's pending count; Kafka:
+    /// high watermark − position over the assignment).
+    pub async fn backlog(&mut self) -> Option<u64> {
+        match self {
+            Input::Nats(nats) => nats.consumer.info().await.ok().map(|i| i.num_pending),
+            Input::Kafka(consumer) => {
+                let assignment = consumer.assignment().ok()?;
+                let position = consumer.position().ok()?;
+                let mut total = 0u64;
+                for element in assignment.elements() {
+                    let (_, high) = consumer
+                        .fetch_watermarks(
+                            element.topic(),
+                            element.partition(),
+                            Duration::from_millis(500),
+                        )
+                        .ok()?;
+                    let at = position
+                        .find_partition(element.topic(), element.partition())
+                        .and_then(|p| p.offset().to_raw())
+                        .filter(|o| *o >= 0)
+                        .unwrap_or(0);
+                    total += u64::try_from(high - at).unwrap_or(0);
+                }
+                Some(total)
+            }
+        }
+    }
+
+    /// Whether the stream dropped events the consumer had not acknowledged (retention passed
+    /// them): a gap the roster must rebuild over. NATS only; Kafka reports `false`.
+    pub async fn gap(&mut self) -> bool {
+        let Input::Nats(nats) = self else {
+            return false;
+        };
+        let (Ok(stream_info), Ok(consumer_info)) = (
+            nats.stream.info().await.map(|i| i.state.first_sequence),
+            nats.consumer
+                .info()
+                .await
+                .map(|i| i.ack_floor.stream_sequence),
+        ) else {
+            return false;
+        };
+        let gap = stream_info > consumer_info.saturating_add(1) && consumer_info > 0;
+        if !gap || nats.gap_at == stream_info {
+            return false;
+        }
+        nats.gap_at = stream_info;
+        true
+    }
+
+    /// Starts over from the beginning (the store lost its data): NATS deletes and creates
+    /// the durable consumer again; Kafka seeks every assigned partition to its start.
+    ///
+    /// # Errors
+    /// The broker refused.
+    pub async fn rewind(&mut self) -> Result<(), InputError> {
+        match self {
+            Input::Nats(nats) => {
+                let _ = nats.stream.delete_consumer(&nats.name).await;
+                nats.consumer = create_consumer(&nats.stream, &nats.name, &nats.subjects).await?;
+                Ok(())
+            }
+            Input::Kafka(consumer) => {
+                let assignment = consumer.assignment().map_err(err)?;
+                let mut list = TopicPartitionList::new();
+                for element in assignment.elements() {
+                    list.add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        Offset::Beginning,
+                    )
+                    .map_err(err)?;
+                }
+                consumer
+                    .seek_partitions(list, Duration::from_secs(5))
+                    .map_err(err)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn create_consumer(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    subjects: &[String],
+) -> Result<jetstream::consumer::PullConsumer, InputError> {
+    let config = pull::Config {
+        durable_name: Some(name.to_owned()),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(60),
+        max_ack_pending: 20_000,
+        filter_subjects: subjects.to_vec(),
+        ..Default::default()
+    };
+    stream
+        .get_or_create_consumer(name, config)
+        .await
+        .map_err(|e| InputError(format!("consumer {name}: {e}")))
+}
+
+async fn fetch_kafka(
+    consumer: &StreamConsumer,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<Delivery>, InputError> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while out.len() < max {
+        // After the first message, take only what is already there.
+        let until = if out.is_empty() {
+            deadline
+        } else {
+            tokio::time::Instant::now() + Duration::from_millis(5)
+        };
+        let message = match tokio::time::timeout_at(until, consumer.recv()).await {
+            Err(_) => break,
+            Ok(Err(e)) => {
+                if out.is_empty() {
+                    return Err(err(e));
+                }
+                break;
+            }
+            Ok(Ok(message)) => message,
+        };
+        out.push(Delivery {
+            payload: message.payload().unwrap_or_default().to_vec(),
+            published_ms: message.timestamp().to_millis(),
+            token: Token::Kafka {
+                topic: message.topic().to_owned(),
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// The NATS client for the roster (store and input), as the bridge's sink connects.
+///
+/// # Errors
+/// An unparsable `nats.url` or unreadable credentials.
+pub async fn nats_client(config: &NatsConfig) -> anyhow::Result<async_nats::Client> {
+    crate::sink::nats_client(config, "hookbus-roster").await
+}

@@ -1,0 +1,369 @@
+//! `hookbus roster` against real brokers and stores: the bridge and the roster end to end on
+//! NATS (KV store) and on Kafka (Redis store), replicas and redeliveries converging on the
+//! reference model, a SIGKILLed replica, sessions published once, and the API's errors.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use serde_json::{Value, json};
+
+use crate::common::roster::{RosterProcess, ena, encode, event, model, workload};
+use crate::common::{NatsServer, RedisServer, Tansu, post, start, wait_for};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn nats_fragment(nats: &NatsServer) -> String {
+    format!("[nats]\nurl = \"{}\"\n", nats.url())
+}
+
+/// Creates the bridge's stream (as the bridge would) so events can be published straight in.
+async fn stream(nats: &NatsServer) -> jetstream::Context {
+    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: "PRESENCE".to_owned(),
+        subjects: vec!["presence.*.*".to_owned()],
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    js
+}
+
+/// Publishes normalized events as the bridge would (no Nats-Msg-Id: repeats stay repeats).
+async fn publish(js: &jetstream::Context, events: &[Value]) {
+    let mut acks = Vec::new();
+    for e in events {
+        let subject = format!(
+            "presence.{}.{}",
+            hookbus::route::escape(e["channel"].as_str().unwrap()),
+            e["action"].as_str().unwrap()
+        );
+        acks.push(
+            js.publish(subject, serde_json::to_vec(e).unwrap().into())
+                .await
+                .expect("publish"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+}
+
+/// Every channel's present members as the roster serves them: channel → uuid → state.
+async fn served(
+    roster: &RosterProcess,
+    channels: &[String],
+) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let mut out = BTreeMap::new();
+    for channel in channels {
+        let members = roster.members(channel).await.unwrap_or_default();
+        if !members.is_empty() {
+            out.insert(
+                channel.clone(),
+                members
+                    .into_iter()
+                    .map(|(u, m)| (u, m["state"].clone()))
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+fn expected(events: &[Value]) -> BTreeMap<String, BTreeMap<String, Value>> {
+    model(events)
+        .into_iter()
+        .filter(|(_, m)| !m.is_empty())
+        .collect()
+}
+
+fn channels_of(events: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = events
+        .iter()
+        .map(|e| e["channel"].as_str().unwrap().to_owned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_and_the_roster_on_nats_keep_who_is_there_and_refuse_a_late_join() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = start(crate::common::config(
+        &dir.path().join("spool"),
+        &nats_fragment(&nats),
+    ))
+    .await;
+    let roster = RosterProcess::spawn(dir.path(), "roster", &nats_fragment(&nats)).await;
+    let t = 1_718_035_200_000;
+    for body in [
+        ena("j1", "join", "room.a", "u1", t, None),
+        ena("j2", "join", "room.a", "u2", t + 1_000, None),
+        ena(
+            "s1",
+            "state-change",
+            "room.a",
+            "u1",
+            t + 2_000,
+            Some(json!({"mood": "busy"})),
+        ),
+        ena("l2", "leave", "room.a", "u2", t + 3_000, None),
+    ] {
+        assert_eq!(post(bridge.http_addr, &body).await.status, 200);
+    }
+    let members = wait_for("u1 alone in room.a", WAIT, || async {
+        let members = roster.members("room.a").await?;
+        (members.keys().collect::<Vec<_>>() == ["u1"]
+            && members["u1"]["state"] == json!({"mood": "busy"}))
+        .then_some(members)
+    })
+    .await;
+    assert_eq!(members["u1"]["since_ms"], json!(t));
+    // A retry PubNub sends late, of a join older than the leave (another id: the bridge
+    // publishes it): the member stays absent and the event is counted stale.
+    assert_eq!(
+        post(
+            bridge.http_addr,
+            &ena("j2-late", "join", "room.a", "u2", t + 1_500, None)
+        )
+        .await
+        .status,
+        200
+    );
+    wait_for("a stale event", WAIT, || async {
+        (roster.metric("hookbus_roster_events_stale_total").await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        roster
+            .members("room.a")
+            .await
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["u1"]
+    );
+    // The KV entries say the same as the API.
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let kv = js.get_key_value("PRESENCE_ROSTER").await.expect("bucket");
+    let summary: Value =
+        serde_json::from_slice(&kv.get("room_2Ea").await.unwrap().expect("summary")).unwrap();
+    assert_eq!(summary["members"], json!(1));
+    let (_, api) = roster.get("/roster/room.a").await;
+    assert_eq!(summary["version"], api["version"]);
+    let u1: Value =
+        serde_json::from_slice(&kv.get("room_2Ea.m.u1").await.unwrap().expect("member")).unwrap();
+    assert_eq!(
+        (u1["uuid"].clone(), u1["state"].clone()),
+        (json!("u1"), json!({"mood": "busy"}))
+    );
+    bridge.shutdown();
+}
+
+async fn replicas_converge(store: &str, redis: Option<&RedisServer>) {
+    let nats = NatsServer::start();
+    let js = stream(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = match redis {
+        Some(redis) => format!("[roster]\nstore = \"{}\"\n", redis.url()),
+        None => format!("[roster]\nstore = \"{store}\"\n"),
+    };
+    let config = format!("{}{store}", nats_fragment(&nats));
+    let (distinct, delivered) = workload(7, 2_000, 50, 300);
+    let (first, second) = delivered.split_at(delivered.len() / 2);
+    publish(&js, first).await;
+    let a = RosterProcess::spawn(dir.path(), "a", &config).await;
+    let b = RosterProcess::spawn(dir.path(), "b", &config).await;
+    publish(&js, second).await;
+    a.caught_up(WAIT).await;
+    b.caught_up(WAIT).await;
+    let want = expected(&distinct);
+    let channels = channels_of(&distinct);
+    let got = served(&a, &channels).await;
+    assert_eq!(got, want, "replica a:\n{}", a.log());
+    assert_eq!(served(&b, &channels).await, want);
+    let applied = a
+        .metric("hookbus_roster_events_applied_total{action=\"join\"}")
+        .await
+        + b.metric("hookbus_roster_events_applied_total{action=\"join\"}")
+            .await;
+    assert!(applied > 0.0, "both replicas share the input");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_shuffled_repeated_events_reach_the_model_in_nats_kv() {
+    replicas_converge("nats", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_shuffled_repeated_events_reach_the_model_in_redis() {
+    let redis = RedisServer::start();
+    replicas_converge("", Some(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_stream_loses_no_update() {
+    let nats = NatsServer::start();
+    let js = stream(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (distinct, delivered) = workload(11, 3_000, 40, 200);
+    let mut roster = RosterProcess::spawn(dir.path(), "r", &nats_fragment(&nats)).await;
+    publish(&js, &delivered).await;
+    wait_for("some events applied", WAIT, || async {
+        let applied = roster
+            .metric("hookbus_roster_events_applied_total{action=\"join\"}")
+            .await;
+        (applied >= 100.0).then_some(())
+    })
+    .await;
+    roster.kill_and_restart().await;
+    roster.caught_up(WAIT).await;
+    assert_eq!(
+        served(&roster, &channels_of(&distinct)).await,
+        expected(&distinct)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_and_redis_a_session_is_published_once_also_when_its_end_is_redelivered() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let tansu = Tansu::start();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topics = [
+        "presence.room_2Eb.join",
+        "presence.room_2Eb.timeout",
+        "presence.room_2Eb.leave",
+        "hookbus.sessions.room_2Eb",
+    ];
+    crate::common::kafka::create_topics(&tansu.brokers(), &topics, 1).await;
+    let kafka = crate::common::kafka::kafka(&tansu.brokers(), "publish", "");
+    let bridge = start(crate::common::config(&dir.path().join("spool"), &kafka)).await;
+    let roster_config = format!(
+        "{kafka}\n[roster]\nstore = \"{}\"\nsessions = \"hookbus.sessions.{{channel}}\"\n",
+        redis.url()
+    );
+    let roster = RosterProcess::spawn(dir.path(), "roster", &roster_config).await;
+    let t = 1_718_035_200_000;
+    assert_eq!(
+        post(bridge.http_addr, &ena("j", "join", "room.b", "u1", t, None))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        post(
+            bridge.http_addr,
+            &ena("x", "timeout", "room.b", "u1", t + 90_000, None)
+        )
+        .await
+        .status,
+        200
+    );
+    // The same timeout delivered to the roster a second time (Kafka keeps both copies), then
+    // a join of another member behind it on the same partition.
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", tansu.brokers())
+        .create()
+        .unwrap();
+    let copy = event("x", "timeout", "room.b", Some("u1"), t + 90_000, None);
+    let later = event("j9", "join", "room.b", Some("u9"), t + 95_000, None);
+    for (topic, e) in [
+        ("presence.room_2Eb.timeout", &copy),
+        ("presence.room_2Eb.join", &later),
+    ] {
+        let payload = serde_json::to_vec(e).unwrap();
+        producer
+            .send(
+                FutureRecord::to(topic).key("room.b").payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("sent");
+    }
+    wait_for("u9 in room.b", WAIT, || async {
+        let members = roster.members("room.b").await?;
+        members.contains_key("u9").then_some(())
+    })
+    .await;
+    let reader =
+        crate::common::kafka::Reader::new(&tansu.brokers(), &["hookbus.sessions.room_2Eb"], 1, &[]);
+    let sessions = reader.read(1, Duration::from_secs(3), WAIT);
+    assert_eq!(sessions.len(), 1, "one session event: {sessions:?}");
+    let session: Value = serde_json::from_slice(&sessions[0].payload).unwrap();
+    assert_eq!(session["schema"], json!("hookbus.presence.session.v1"));
+    assert_eq!(
+        (session["since_ms"].clone(), session["until_ms"].clone()),
+        (json!(t), json!(t + 90_000))
+    );
+    assert_eq!(session["duration_ms"], json!(90_000));
+    assert_eq!(session["reason"], json!("timeout"));
+    assert_eq!(
+        session["id"],
+        json!(hookbus::roster::outputs::session_id("room.b", "u1", t))
+    );
+    bridge.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_bad_requests_with_json_errors_and_requires_the_token() {
+    let nats = NatsServer::start();
+    let js = stream(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[auth]\nallow_anonymous = false\ntoken = \"s3cret-token-0123456789\"\n",
+        nats_fragment(&nats)
+    );
+    let roster = RosterProcess::spawn(dir.path(), "r", &config).await;
+    publish(
+        &js,
+        &[event("a", "join", "café lobby", Some("u1"), 1_000, None)],
+    )
+    .await;
+    let token = "token=s3cret-token-0123456789";
+    let (status, body) = roster
+        .get(&format!("/roster/{}", encode("café lobby")))
+        .await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (401, json!("unauthorized"))
+    );
+    wait_for("the channel", WAIT, || async {
+        (roster
+            .get(&format!("/roster/{}?{token}", encode("café lobby")))
+            .await
+            .0
+            == 200)
+            .then_some(())
+    })
+    .await;
+    for (path, status, error) in [
+        (format!("/roster/nope?{token}"), 404, "not_found"),
+        (format!("/roster/bad%zz?{token}"), 400, "invalid_request"),
+        (format!("/roster/%FF?{token}"), 400, "invalid_request"),
+        (format!("/roster/x?limit=0&{token}"), 400, "invalid_request"),
+        (
+            format!("/roster/x?limit=100000&{token}"),
+            400,
+            "invalid_request",
+        ),
+        (format!("/roster?limit=-1&{token}"), 400, "invalid_request"),
+    ] {
+        let (got, body) = roster.get(&path).await;
+        assert_eq!(
+            (got, body["error"].as_str()),
+            (status, Some(error)),
+            "{path}: {body}"
+        );
+    }
+    let (status, body) = roster.get(&format!("/roster?prefix=caf&{token}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["channels"][0]["channel"], json!("café lobby"));
+    assert_eq!(body["channels"][0]["members"], json!(1));
+    // Probes and metrics need no token.
+    assert_eq!(roster.get("/healthz").await.0, 200);
+    assert!(roster.metric("hookbus_roster_channels").await >= 0.0);
+}
