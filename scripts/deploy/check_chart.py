@@ -63,6 +63,9 @@ RULES_SOURCE = CHART / "files" / "prometheus" / "rules.yaml"
 PLAIN_ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
 CUSTOM_ALERT_VALUES = DEPLOY / "prometheus" / "alerts_custom_values.yaml"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
+# The presence roster's operations page: the runbooks of the alert group hookbus.roster.
+ROSTER_DOC = ROOT / "docs" / "roster.md"
+ROSTER_GROUP = "hookbus.roster"
 PLAIN_HEADER = """\
 # hookbus alerting and recording rules (a Prometheus rule file).
 #
@@ -76,6 +79,9 @@ PLAIN_HEADER = """\
 # copy; loading this file as is, replace "docs/runbooks.md#" with that URL.
 # HookbusTargetMissing and HookbusScrapeFailing select the admin targets with job="hookbus"
 # (what a ServiceMonitor of the chart gives them): adjust it to your scrape job.
+# The group hookbus.roster is the presence roster's (`hookbus roster`, docs/roster.md, its
+# runbook_url into docs/roster.md): HookbusRosterDown selects its targets with
+# job="hookbus-roster"; without roster series none of the group fires.
 """
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 RELEASE, NAMESPACE = "hookbus", "hookbus"
@@ -1525,11 +1531,23 @@ def cmd_sync(args: argparse.Namespace) -> None:
 NO_VALUE = {"HookbusTargetMissing"}
 
 
-def check_alert_rules(f: Failures, label: str, groups: list[dict[str, Any]], base: str) -> list[str]:
+def roster_runbook_base(pr: dict[str, Any], base: str) -> str:
+    """runbook_url base of the roster alerts: rosterRunbookBase, else runbookBase with its file
+    name replaced by roster.md (the chart's hookbus.alertGroups)."""
+    return pr.get("rosterRunbookBase") or re.sub(r"[^/]*$", "roster.md", base, count=1)
+
+
+def check_alert_rules(f: Failures, label: str, groups: list[dict[str, Any]], base: str,
+                      roster_base: str | None = None) -> list[str]:
     """Every alert: severity, summary, description with $value, runbook_url into
-    docs/runbooks.md; no placeholder left. Returns the alert names."""
+    docs/runbooks.md (the group hookbus.roster: into docs/roster.md, base roster_base); no
+    placeholder left. Returns the alert names."""
     anchors = github_anchors(RUNBOOKS.read_text()) if RUNBOOKS.exists() else set()
+    roster_anchors = github_anchors(ROSTER_DOC.read_text()) if ROSTER_DOC.exists() else set()
+    roster_base = roster_base or roster_runbook_base({}, base)
     f.check(RUNBOOKS.exists(), f"{RUNBOOKS.relative_to(ROOT)} is missing")
+    if any(g.get("name") == ROSTER_GROUP for g in groups):
+        f.check(ROSTER_DOC.exists(), f"{ROSTER_DOC.relative_to(ROOT)} is missing")
     alerts = []
     for g in groups:
         for r in g.get("rules", []):
@@ -1546,8 +1564,11 @@ def check_alert_rules(f: Failures, label: str, groups: list[dict[str, Any]], bas
             f.check(a in NO_VALUE or "$value" in ann.get("description", ""),
                     f"[{label}] {a}: the description does not show the number ({{{{ $value }}}})")
             url = ann.get("runbook_url", "")
-            f.check(url == f"{base}#{a.lower()}", f"[{label}] {a}: runbook_url {url!r} is not {base}#{a.lower()}")
-            f.check(a.lower() in anchors, f"[{label}] {a}: docs/runbooks.md has no section '## {a}'")
+            want, doc, doc_anchors = base, RUNBOOKS, anchors
+            if g.get("name") == ROSTER_GROUP:
+                want, doc, doc_anchors = roster_base, ROSTER_DOC, roster_anchors
+            f.check(url == f"{want}#{a.lower()}", f"[{label}] {a}: runbook_url {url!r} is not {want}#{a.lower()}")
+            f.check(a.lower() in doc_anchors, f"[{label}] {a}: {doc.relative_to(ROOT)} has no section '## {a}'")
     f.check(len(alerts) == len(set(alerts)), f"[{label}] duplicate alert names")
     return alerts
 
@@ -1587,7 +1608,7 @@ def cmd_alerts(args: argparse.Namespace) -> None:
     custom = alert_groups(custom_values)
     (out / "alerts_custom.yaml").write_text(rule_file_text(custom))
     cpr = custom_values["metrics"]["prometheusRule"]
-    check_alert_rules(f, "custom", custom, cpr.get("runbookBase", base))
+    check_alert_rules(f, "custom", custom, cpr.get("runbookBase", base), roster_runbook_base(cpr, cpr.get("runbookBase", base)))
     got, dflt = rules_of(custom), rules_of(default)
     for a, over in cpr.get("rules", {}).items():
         if over.get("enabled") is False:
@@ -1608,12 +1629,20 @@ def cmd_alerts(args: argparse.Namespace) -> None:
         for k, v in (over.get("labels") or {}).items():
             f.check(r["labels"].get(k) == v, f"[custom] {a}: label {k}={v} missing")
     untouched = [a for a in dflt if a in got and a not in cpr.get("rules", {})
-                 and "${selector}" not in json.dumps(rules_of(src["groups"])[a])]
+                 and "${selector}" not in json.dumps(rules_of(src["groups"])[a])
+                 and "${roster_selector}" not in json.dumps(rules_of(src["groups"])[a])]
     for a in untouched:
         f.check({**got[a], "annotations": {}} == {**dflt[a], "annotations": {}}, f"[custom] {a} changed although not overridden")
     if "targetSelector" in cpr:
         f.check(cpr["targetSelector"] in got.get("HookbusTargetMissing", {}).get("expr", ""),
                 "[custom] targetSelector not used by HookbusTargetMissing")
+    if "rosterTargetSelector" in cpr:
+        f.check(cpr["rosterTargetSelector"] in got.get("HookbusRosterDown", {}).get("expr", ""),
+                "[custom] rosterTargetSelector not used by HookbusRosterDown")
+    roster_default = [a for g in default if g["name"] == ROSTER_GROUP for a in rules_of([g])]
+    f.check(bool(roster_default) and all(dflt[a]["annotations"]["runbook_url"].startswith("docs/roster.md#")
+                                         for a in roster_default),
+            f"[default] the roster alerts {roster_default} do not link to docs/roster.md")
     print(f"  ok   [custom] {len(got)} alerts: overrides of {', '.join(sorted(cpr.get('rules', {})))} applied, "
           f"{len(untouched)} others unchanged")
 
@@ -1635,12 +1664,13 @@ def cmd_alerts(args: argparse.Namespace) -> None:
             f.check(why in str(e), f"rules {bad} refused for another reason: {' '.join(str(e).split())[:200]}")
     print("  ok   a misspelt alert, a threshold on an alert without one, an unknown severity: refused")
 
-    # Links inside docs/runbooks.md lead somewhere.
-    if RUNBOOKS.exists():
-        text = RUNBOOKS.read_text()
-        anchors = github_anchors(text)
-        for link in sorted(set(re.findall(r"\]\(#([^)]+)\)", text))):
-            f.check(link in anchors, f"docs/runbooks.md links to #{link}, which is no heading")
+    # Links inside docs/runbooks.md and docs/roster.md lead somewhere.
+    for doc in (RUNBOOKS, ROSTER_DOC):
+        if doc.exists():
+            text = doc.read_text()
+            anchors = github_anchors(text)
+            for link in sorted(set(re.findall(r"\]\(#([^)]+)\)", text))):
+                f.check(link in anchors, f"{doc.relative_to(ROOT)} links to #{link}, which is no heading")
 
     # The promtool tests cover every alert: each fires somewhere (default or custom form),
     # and the healthy scenario expects silence from every alert that is on by default.
@@ -1663,8 +1693,9 @@ def cmd_alerts(args: argparse.Namespace) -> None:
         for pr in by_kind(docs, "PrometheusRule"):
             slug = name.replace("ci/", "ci-").removesuffix(".yaml")
             (out / f"{slug}.yaml").write_text(rule_file_text(pr["spec"]["groups"]))
+            vpr = (values.get("metrics", {}).get("prometheusRule", {}) or {})
             check_alert_rules(f, name, [g for g in pr["spec"]["groups"] if g["name"].startswith("hookbus.")],
-                              (values.get("metrics", {}).get("prometheusRule", {}) or {}).get("runbookBase", base))
+                              vpr.get("runbookBase", base), roster_runbook_base(vpr, vpr.get("runbookBase", base)))
             print(f"  ok   [{name}] PrometheusRule rules written for promtool")
     f.exit("alert rules")
 
