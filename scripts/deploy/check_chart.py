@@ -103,6 +103,14 @@ CONFIG_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
               "replication_factor": int, "properties": dict},
 }
 
+# [roster] and [roster.here_now] (design §11), rendered with roster.enabled: the keys the chart
+# may render and their TOML types (listen always; the others unless null in the values).
+ROSTER_KEYS: dict[str, type] = {"listen": str, "store": str, "bucket": str, "consumer": str, "sub_key": str,
+                                "tombstone_ttl": str, "template": str, "sessions": str, "here_now": dict}
+HERE_NOW_KEYS: dict[str, type] = {"origin": str, "subscribe_key": str, "publish_key": str, "interval": str,
+                                  "max_requests_per_second": int}
+PUBNUB_SECRET = "HOOKBUS_PUBNUB_SECRET_KEY"
+
 # Values that values.schema.json must reject (dotted path, value, why).
 BAD_VALUES: list[tuple[str, Any, str]] = [
     ("config.ack.mode", "fast", "ack.mode outside spool|memory|publish"),
@@ -131,6 +139,18 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("config.nats.dead_letter_max_age", "1 week", "dead-letter max age in an unknown format"),
     ("config.routing.dead_letter_budget_bytes", -1, "negative dead-letter budget"),
     ("config.routing.dead_letter_budget_window", "1 minute", "dead-letter budget window in an unknown format"),
+    ("roster.enabled", "yes", "roster.enabled not a boolean"),
+    ("roster.replicaCount", "two", "roster replicas not an integer"),
+    ("roster.containerPort", 0, "roster port out of range"),
+    ("roster.servicemonitor", {"enabled": True}, "misspelt roster key"),
+    ("config.roster.store", "memcached://x:11211", "roster store neither nats nor redis"),
+    ("config.roster.tombstone_ttl", "30 minutes", "tombstone_ttl in an unknown format"),
+    ("config.roster.bucket", "PRESENCE.ROSTER", "KV bucket name with a dot"),
+    ("config.roster.here_now.secret_key", "sec-c-x", "the PubNub secret key in config (a ConfigMap)"),
+    ("config.roster.here_now.max_requests_per_second", 0, "Here Now rate limit of 0"),
+    ("config.roster.here_now.origin", "ps.pndsn.com", "Here Now origin without a scheme"),
+    ("config.roster.template", "roster.>", "change-event template with a wildcard"),
+    ("metrics.prometheusRule.rules.HookbusRosterLagging.threshold", "slow", "non-numeric roster alert threshold"),
 ]
 
 
@@ -268,6 +288,21 @@ def by_kind(docs: Iterable[tuple[str, dict]], kind: str) -> list[dict]:
     return [d for _, d in docs if d.get("kind") == kind]
 
 
+def is_roster(d: dict[str, Any]) -> bool:
+    """An object of the presence roster (roster.enabled): labelled component roster."""
+    return ((d.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component") == "roster"
+
+
+def bridge_kind(docs: Iterable[tuple[str, dict]], kind: str) -> list[dict]:
+    """by_kind without the roster's objects."""
+    return [d for d in by_kind(docs, kind) if not is_roster(d)]
+
+
+def bridge_workload(docs: Iterable[tuple[str, dict]]) -> dict[str, Any]:
+    """The bridge's StatefulSet or Deployment (never the roster's Deployment)."""
+    return (bridge_kind(docs, "StatefulSet") + bridge_kind(docs, "Deployment"))[0]
+
+
 def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -309,8 +344,17 @@ def check_config(f: Failures, name: str, cfg: dict[str, Any]) -> None:
             val = cfg[section].get(key)
             f.check(isinstance(val, typ) and not (typ is int and isinstance(val, bool)),
                     f"[{name}] config.toml {section}.{key} = {val!r} is not a {typ}")
-    extra = set(cfg) - set(CONFIG_KEYS)
+    extra = set(cfg) - set(CONFIG_KEYS) - {"roster"}
     f.check(not extra, f"[{name}] config.toml has sections the contract does not name: {sorted(extra)}")
+    for section, table, keys in (("roster", cfg.get("roster") or {}, ROSTER_KEYS),
+                                 ("roster.here_now", (cfg.get("roster") or {}).get("here_now") or {}, HERE_NOW_KEYS)):
+        f.check(not set(table) - set(keys), f"[{name}] config.toml [{section}] has keys the contract does not name: "
+                                            f"{sorted(set(table) - set(keys))}")
+        for key, val in table.items():
+            typ = keys.get(key)
+            if typ is not None:
+                f.check(isinstance(val, typ) and not (typ is int and isinstance(val, bool)),
+                        f"[{name}] config.toml {section}.{key} = {val!r} is not a {typ}")
     f.check("token" not in cfg.get("auth", {}), f"[{name}] the auth token must not be in config.toml")
     for key in ("window",):
         try:
@@ -332,7 +376,7 @@ def prestop_seconds(container: dict[str, Any]) -> float | None:
 def check_workload(f: Failures, name: str, docs: list[tuple[str, dict]], cfg: dict[str, Any],
                    kustomize: bool = False, values: dict[str, Any] | None = None) -> None:
     values = values or {}
-    workloads = by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
+    workloads = bridge_kind(docs, "Deployment") + bridge_kind(docs, "StatefulSet")
     if not f.check(len(workloads) == 1, f"[{name}] expected one Deployment or StatefulSet, got {len(workloads)}"):
         return
     wl = workloads[0]
@@ -395,7 +439,7 @@ def check_workload(f: Failures, name: str, docs: list[tuple[str, dict]], cfg: di
             f"[{name}] config.toml is not mounted under /etc/hookbus")
 
     # Services select the pods and target existing ports.
-    services = by_kind(docs, "Service")
+    services = bridge_kind(docs, "Service")
     names = {s["metadata"]["name"] for s in services}
     for s in services:
         f.check(selector_matches(s["spec"].get("selector") or {}, labels),
@@ -423,7 +467,7 @@ def check_workload(f: Failures, name: str, docs: list[tuple[str, dict]], cfg: di
         f.check(ref["kind"] == wl["kind"] and ref["name"] == full,
                 f"[{name}] HPA targets {ref['kind']}/{ref['name']}, not {wl['kind']}/{full}")
         f.check("replicas" not in wl["spec"], f"[{name}] replicas set on the workload while an HPA owns it")
-    for pdb in by_kind(docs, "PodDisruptionBudget"):
+    for pdb in bridge_kind(docs, "PodDisruptionBudget"):
         f.check(selector_matches(pdb["spec"]["selector"]["matchLabels"], labels),
                 f"[{name}] PDB does not select the pods")
     for ing in by_kind(docs, "Ingress"):
@@ -444,7 +488,7 @@ def check_workload(f: Failures, name: str, docs: list[tuple[str, dict]], cfg: di
         f.check(wl["spec"]["serviceName"] in names, f"[{name}] StatefulSet serviceName is not a rendered Service")
 
     # CRDs: structural checks (no schema in kubernetes-validate).
-    for sm in by_kind(docs, "ServiceMonitor"):
+    for sm in bridge_kind(docs, "ServiceMonitor"):
         f.check(sm["apiVersion"] == "monitoring.coreos.com/v1", f"[{name}] ServiceMonitor apiVersion")
         sel = sm["spec"]["selector"]["matchLabels"]
         targets = [s for s in services if selector_matches(sel, s["metadata"].get("labels") or {})]
@@ -517,6 +561,12 @@ def secret_values(values: dict[str, Any]) -> list[tuple[str, str]]:
     shared = str((cfg.get("dedup") or {}).get("shared") or "")
     if re.match(r"^rediss?://[^/@]*:[^/@]+@", shared):
         out.append(("config.dedup.shared (password in the URL)", shared))
+    store = str((cfg.get("roster") or {}).get("store") or "")
+    if re.match(r"^rediss?://[^/@]*:[^/@]+@", store):
+        out.append(("config.roster.store (password in the URL)", store))
+    key = ((values.get("roster") or {}).get("pubnubSecretKey") or {}).get("value")
+    if key:
+        out.append(("roster.pubnubSecretKey.value", str(key)))
     return [(w, v) for w, v in out if len(v) >= 4]
 
 
@@ -538,7 +588,7 @@ def check_secrets(f: Failures, name: str, values: dict[str, Any], docs: list[tup
                 f.check(REFERENCE.match(str(v)) is not None,
                         f"[{name}] config.kafka.properties.{k} is a literal in a ConfigMap: reference it as \"${{VAR}}\" "
                         "(secret.existingSecret / secret.env) or set configAsSecret")
-    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    wl = bridge_workload(docs)
     c = wl["spec"]["template"]["spec"]["containers"][0]
     refs = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
     sec = values.get("secret", {}) or {}
@@ -607,7 +657,7 @@ def check_guard_rails(f: Failures, name: str, values: dict[str, Any], docs: list
                     f"[{name}] Service name {md['name']!r} is not a DNS label of at most 63 characters")
         for k, lv in (md.get("labels") or {}).items():
             f.check(len(str(lv)) <= 63, f"[{name}] {d['kind']}/{md.get('name')} label {k} longer than 63")
-    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    wl = bridge_workload(docs)
     spec = wl["spec"]["template"]["spec"]
     for c in spec.get("containers", []) + spec.get("initContainers", []):
         paths = [m["mountPath"] for m in c.get("volumeMounts", [])]
@@ -733,7 +783,7 @@ def check_auth(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[
     import base64  # noqa: PLC0415
 
     v = merged(values)
-    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    wl = bridge_workload(docs)
     full = wl["metadata"]["name"]
     auth_name = f"{full[:58].rstrip('-')}-auth"
     secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
@@ -802,6 +852,192 @@ def check_auth(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[
 # Dead-letter keys: chart value -> config.toml [section] key, passed through as given.
 DEAD_LETTER_KEYS = [("nats", "dead_letter_stream"), ("nats", "dead_letter_max_bytes"), ("nats", "dead_letter_max_age"),
                     ("routing", "dead_letter_budget_bytes"), ("routing", "dead_letter_budget_window")]
+
+
+def roster_sm_enabled(v: dict[str, Any]) -> bool:
+    """roster.serviceMonitor.enabled, null: as metrics.serviceMonitor.enabled (v: merged values)."""
+    own = (v["roster"].get("serviceMonitor") or {}).get("enabled")
+    return bool(v["metrics"]["serviceMonitor"]["enabled"] if own is None else own)
+
+
+def check_roster(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[str, dict]],
+                 cfg: dict[str, Any], notes: str = "") -> None:
+    """The presence roster (roster.enabled): its own Deployment running `hookbus roster` on
+    the release's config.toml, Secrets and files, probes and metrics on the roster port, no
+    spool; a Service, ServiceMonitor and PDB that select its pods only, and no selector of the
+    bridge that does; [roster] rendered from config.roster, the PubNub secret key from a Secret
+    into the roster container alone. Without roster.enabled: no roster object, no [roster]."""
+    import base64  # noqa: PLC0415
+
+    v = merged(values)
+    r = v["roster"]
+    objs = [d for _, d in docs if is_roster(d)]
+    if not r["enabled"]:
+        f.check(not objs, f"[{name}] roster.enabled false, yet roster objects rendered: "
+                          f"{[d['kind'] + '/' + d['metadata']['name'] for d in objs]}")
+        f.check("roster" not in cfg, f"[{name}] roster.enabled false, yet config.toml has [roster]")
+        return
+    before = len(f.items)
+    deps = [d for d in objs if d["kind"] == "Deployment"]
+    if not f.check(len(deps) == 1 and not any(d["kind"] == "StatefulSet" for d in objs),
+                   f"[{name}] expected one roster Deployment, got {[d['kind'] for d in objs]}"):
+        return
+    dep = deps[0]
+    pod, spec = dep["spec"]["template"], dep["spec"]["template"]["spec"]
+    labels = pod["metadata"].get("labels") or {}
+    full = bridge_workload(docs)["metadata"]["name"]
+    want_name = f"{full[:56].rstrip('-')}-roster"
+    f.check(dep["metadata"]["name"] == want_name and len(want_name) <= 63,
+            f"[{name}] roster Deployment {dep['metadata']['name']!r}, expected {want_name!r}")
+    f.check(selector_matches(dep["spec"]["selector"]["matchLabels"], labels),
+            f"[{name}] roster Deployment selector does not match its pod labels")
+    f.check(dep["spec"].get("replicas") == r["replicaCount"], f"[{name}] roster replicas {dep['spec'].get('replicas')}")
+
+    # Apart from the bridge: no selector of one selects the other's pods.
+    bridge = bridge_workload(docs)
+    bridge_labels = bridge["spec"]["template"]["metadata"].get("labels") or {}
+    f.check(not selector_matches(dep["spec"]["selector"]["matchLabels"], bridge_labels),
+            f"[{name}] the roster's selector selects the bridge's pods")
+    selectors = [(f"{bridge['kind']}/{bridge['metadata']['name']}", bridge["spec"]["selector"]["matchLabels"])]
+    selectors += [(f"Service/{s['metadata']['name']}", s["spec"].get("selector") or {}) for s in bridge_kind(docs, "Service")]
+    selectors += [(f"PodDisruptionBudget/{x['metadata']['name']}", x["spec"]["selector"]["matchLabels"])
+                  for x in bridge_kind(docs, "PodDisruptionBudget")]
+    selectors += [(f"NetworkPolicy/{x['metadata']['name']}", x["spec"]["podSelector"].get("matchLabels") or {})
+                  for x in bridge_kind(docs, "NetworkPolicy")]
+    for what, sel in selectors:
+        f.check(not selector_matches(sel, labels), f"[{name}] the bridge's {what} selects the roster pods")
+
+    c = next((c for c in spec["containers"] if c["name"] == "roster"), None)
+    if not f.check(c is not None and len(spec["containers"]) == 1, f"[{name}] roster pod: expected one container named roster"):
+        return
+    f.check(c.get("command") == ["/usr/local/bin/hookbus"] and c.get("args") == ["roster", "--config", "/etc/hookbus/config.toml"],
+            f"[{name}] roster container does not run /usr/local/bin/hookbus roster --config /etc/hookbus/config.toml: "
+            f"{c.get('command')} {c.get('args')}")
+    ports = {x["name"]: x["containerPort"] for x in c.get("ports", [])}
+    f.check(ports == {"roster": r["containerPort"]}, f"[{name}] roster container ports {ports}, expected roster={r['containerPort']}")
+
+    # config.toml: [roster] listen is the container port; the keys are config.roster's.
+    rcfg = cfg.get("roster")
+    if f.check(isinstance(rcfg, dict), f"[{name}] roster.enabled but config.toml has no [roster]"):
+        f.check(str(rcfg.get("listen", "")).rsplit(":", 1)[-1] == str(r["containerPort"]),
+                f"[{name}] [roster] listen {rcfg.get('listen')!r} != containerPort roster={r['containerPort']}")
+        want = v["config"].get("roster") or {}
+        for key in ROSTER_KEYS:
+            if key in ("listen", "here_now"):
+                continue
+            f.check(rcfg.get(key) == want.get(key), f"[{name}] config.roster.{key} = {want.get(key)!r} rendered as {rcfg.get(key)!r}")
+        hn, want_hn = rcfg.get("here_now") or {}, want.get("here_now") or {}
+        for key in HERE_NOW_KEYS:
+            f.check(hn.get(key) == want_hn.get(key),
+                    f"[{name}] config.roster.here_now.{key} = {want_hn.get(key)!r} rendered as {hn.get(key)!r}")
+        f.check("secret_key" not in hn, f"[{name}] [roster.here_now] secret_key is in config.toml")
+        for key, section in (("tombstone_ttl", rcfg), ("interval", hn)):
+            if key in section:
+                try:
+                    duration_seconds(section[key])
+                except ValueError as e:
+                    f.fail(f"[{name}] roster {key}: {e}")
+
+    # Probes on the roster port: liveness /healthz, readiness /readyz (startup /healthz).
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
+        if probe == "startupProbe" and not r["probes"]["startup"]["enabled"]:
+            f.check(probe not in c, f"[{name}] roster startupProbe rendered although disabled")
+            continue
+        get = (c.get(probe) or {}).get("httpGet") or {}
+        f.check(get.get("path") == path and get.get("port") in ("roster", r["containerPort"]) and not get.get("httpHeaders"),
+                f"[{name}] roster {probe} is not GET {path} on the roster port: {get}")
+
+    # No spool: nothing mounted at spool.dir, no spool volume, no claim.
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    vols = {x["name"]: x for x in spec.get("volumes", [])}
+    f.check(cfg["spool"]["dir"] not in mounts and "spool" not in vols
+            and not any("persistentVolumeClaim" in x for x in vols.values()) and "volumeClaimTemplates" not in dep["spec"],
+            f"[{name}] the roster mounts a spool: {mounts}")
+    # The bridge's config.toml object, secret files and environment.
+    bspec = bridge["spec"]["template"]["spec"]
+    bvols = {x["name"]: x for x in bspec.get("volumes", [])}
+    hb = next(x for x in bspec["containers"] if x["name"] == "hookbus")
+    f.check(mounts.get("/etc/hookbus/config.toml") == "config" and vols.get("config") == bvols.get("config"),
+            f"[{name}] the roster does not mount the bridge's config.toml ({vols.get('config')} vs {bvols.get('config')})")
+    f.check(vols.get("secret-files") == bvols.get("secret-files"), f"[{name}] the roster's secret files differ from the bridge's")
+    if "secret-files" in vols:
+        f.check(v["secretFiles"]["mountPath"] in mounts, f"[{name}] the roster does not mount secretFiles at its mountPath")
+    f.check(c.get("envFrom") == hb.get("envFrom"), f"[{name}] roster envFrom {c.get('envFrom')} != the bridge's {hb.get('envFrom')}")
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    f.check(token_route(c, secrets) == token_route(hb, secrets),
+            f"[{name}] the roster gets {TOKEN} as {token_route(c, secrets)}, the bridge as {token_route(hb, secrets)}")
+    env = {e["name"]: e for e in c.get("env") or []}
+    f.check(len(env) == len(c.get("env") or []), f"[{name}] duplicate env names in the roster container")
+    benv = {e["name"] for e in hb.get("env") or []}
+    for e in hb.get("env") or []:
+        f.check(env.get(e["name"]) == e, f"[{name}] roster env {e['name']} differs from the bridge's: {env.get(e['name'])}")
+    key = r["pubnubSecretKey"]
+    extra = any(e.get("name") == PUBNUB_SECRET for e in v.get("extraEnv") or [])
+    if extra:
+        pass
+    elif key.get("value"):
+        ref = {"name": want_name, "key": PUBNUB_SECRET}
+        f.check(env.get(PUBNUB_SECRET) == {"name": PUBNUB_SECRET, "valueFrom": {"secretKeyRef": ref}},
+                f"[{name}] {PUBNUB_SECRET} is {env.get(PUBNUB_SECRET)}, expected secretKeyRef {ref}")
+        data = (secrets.get(want_name) or {}).get("data") or {}
+        f.check(base64_text(data.get(PUBNUB_SECRET, "")) == key["value"], f"[{name}] Secret {want_name} does not hold roster.pubnubSecretKey.value")
+    elif key.get("existingSecret"):
+        ref = {"name": key["existingSecret"], "key": key.get("key") or PUBNUB_SECRET}
+        f.check(env.get(PUBNUB_SECRET) == {"name": PUBNUB_SECRET, "valueFrom": {"secretKeyRef": ref}},
+                f"[{name}] {PUBNUB_SECRET} is {env.get(PUBNUB_SECRET)}, expected secretKeyRef {ref}")
+        f.check(want_name not in secrets, f"[{name}] the chart renders Secret {want_name} although the key is in an existing Secret")
+    else:
+        f.check(PUBNUB_SECRET not in env and want_name not in secrets, f"[{name}] {PUBNUB_SECRET} set although no key is configured")
+    f.check(PUBNUB_SECRET not in benv or extra, f"[{name}] the bridge gets {PUBNUB_SECRET}")
+
+    # Security, resources, grace, roll on config change.
+    psc, sc = spec.get("securityContext") or {}, c.get("securityContext") or {}
+    f.check((sc.get("runAsNonRoot") or psc.get("runAsNonRoot")) and (sc.get("runAsUser") or psc.get("runAsUser")) not in (None, 0)
+            and sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
+            and "ALL" in ((sc.get("capabilities") or {}).get("drop") or []),
+            f"[{name}] roster container security context {sc}")
+    f.check("/tmp" in mounts, f"[{name}] the roster has no writable /tmp under its read-only root filesystem")
+    f.check((c.get("resources") or {}).get("requests"), f"[{name}] roster container has no resource requests")
+    grace, pre = duration_seconds(cfg["shutdown"]["grace"]), prestop_seconds(c)
+    f.check(pre is not None and spec.get("terminationGracePeriodSeconds", 30) > grace + pre,
+            f"[{name}] roster terminationGracePeriodSeconds {spec.get('terminationGracePeriodSeconds')} <= grace {grace} + preStop {pre}")
+    f.check("checksum/config" in (pod["metadata"].get("annotations") or {}), f"[{name}] roster pod lacks checksum/config")
+
+    # Service, ServiceMonitor, PDB: the roster's pods only.
+    svcs = [s for s in by_kind(docs, "Service") if is_roster(s)]
+    if f.check(len(svcs) == 1, f"[{name}] expected one roster Service, got {len(svcs)}"):
+        s = svcs[0]
+        f.check(s["metadata"]["name"] == want_name and s["spec"].get("type", "ClusterIP") == "ClusterIP",
+                f"[{name}] roster Service {s['metadata']['name']} ({s['spec'].get('type')})")
+        f.check(selector_matches(s["spec"].get("selector") or {}, labels), f"[{name}] the roster Service does not select the roster pods")
+        f.check(not selector_matches(s["spec"].get("selector") or {}, bridge_labels), f"[{name}] the roster Service selects the bridge's pods")
+        f.check([(x["name"], x["port"], x["targetPort"]) for x in s["spec"]["ports"]] == [("roster", r["service"]["port"], "roster")],
+                f"[{name}] roster Service ports {s['spec']['ports']}")
+    sms = [x for x in by_kind(docs, "ServiceMonitor") if is_roster(x)]
+    if f.check(len(sms) == int(roster_sm_enabled(v)),
+               f"[{name}] {len(sms)} roster ServiceMonitor(s), roster.serviceMonitor.enabled (or metrics') says {roster_sm_enabled(v)}"):
+        for sm in sms:
+            sel = sm["spec"]["selector"]["matchLabels"]
+            targets = [x["metadata"]["name"] for x in by_kind(docs, "Service") if selector_matches(sel, x["metadata"].get("labels") or {})]
+            f.check(targets == [want_name], f"[{name}] the roster ServiceMonitor selects {targets}, not [{want_name}]")
+            eps = sm["spec"]["endpoints"]
+            f.check(len(eps) == 1 and eps[0].get("port") == "roster" and eps[0].get("path") == "/metrics",
+                    f"[{name}] roster ServiceMonitor endpoints {eps} are not roster /metrics")
+            rl = (eps[0].get("relabelings") or [{}])[0] if eps else {}
+            f.check(rl == {"action": "replace", "targetLabel": "release", "replacement": RELEASE},
+                    f"[{name}] roster ServiceMonitor does not label its targets release={RELEASE}")
+            job = (svcs[0]["metadata"].get("labels") or {}).get(sm["spec"].get("jobLabel", "")) if svcs else None
+            f.check(job is not None and job.endswith("-roster"), f"[{name}] roster targets get job {job!r}, not <chart name>-roster")
+    pdbs = [x for x in by_kind(docs, "PodDisruptionBudget") if is_roster(x)]
+    if f.check(len(pdbs) == int(bool(r["podDisruptionBudget"]["enabled"])), f"[{name}] {len(pdbs)} roster PDB(s)"):
+        for x in pdbs:
+            f.check(selector_matches(x["spec"]["selector"]["matchLabels"], labels), f"[{name}] the roster PDB does not select the roster pods")
+    if notes:
+        f.check(f"deployment/{want_name}" in notes and want_name in notes, f"[{name}] NOTES.txt does not show the roster")
+    if len(f.items) == before:
+        print(f"  ok   [{name}] roster: Deployment {want_name} ({r['replicaCount']} replica(s)) runs `hookbus roster` on the "
+              f"bridge's config.toml, Secrets and files, port roster {r['containerPort']} (probes, Service, "
+              f"{'ServiceMonitor, ' if sms else ''}{'PDB, ' if pdbs else ''}no spool), selectors apart from the bridge's")
 
 
 def check_dead_letters(f: Failures, name: str, cfg: dict[str, Any], values: dict[str, Any] | None) -> None:
@@ -968,7 +1204,7 @@ def check_durability(f: Failures) -> None:
 
     # The ServiceMonitor labels every target with the release (alerts group by it).
     docs = docs_of(render({"metrics": {"serviceMonitor": {"enabled": True, "relabelings": [{"action": "labeldrop", "regex": "x"}]}}}))
-    eps = by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]
+    eps = bridge_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]
     rl = eps.get("relabelings") or []
     f.check(bool(rl) and rl[0] == {"action": "replace", "targetLabel": "release", "replacement": RELEASE}
             and rl[-1] == {"action": "labeldrop", "regex": "x"},
@@ -978,7 +1214,7 @@ def check_durability(f: Failures) -> None:
     claims = [f"spool-{RELEASE}-3", f"spool-{RELEASE}-4"]
     docs = docs_of(render({"drainJobs": {"claims": claims, "timeout": "5m"},
                            "secretFiles": {"existingSecret": "hookbus-tls"}}))
-    pod = (by_kind(docs, "StatefulSet") + by_kind(docs, "Deployment"))[0]["spec"]["template"]["spec"]
+    pod = bridge_workload(docs)["spec"]["template"]["spec"]
     hb = next(c for c in pod["containers"] if c["name"] == "hookbus")
     jobs = by_kind(docs, "Job")
     f.check(sorted(j["metadata"]["annotations"]["hookbus.io/claim"] for j in jobs) == claims,
@@ -1064,8 +1300,36 @@ def check_durability(f: Failures) -> None:
               "a full spool back at 8 MiB/s (209 s by default, not 60 s), a smaller explicit budget is refused")
 
 
+def check_roster_roll(f: Failures) -> None:
+    """checksum/config: the bridge's covers its own sections, the roster's the whole file. Turning
+    the roster on or changing config.roster rolls the roster alone; a shared section rolls both;
+    with the roster off config.toml is what it was before the roster existed."""
+    def sums(values: dict[str, Any]) -> tuple[str, str | None]:
+        docs = docs_of(render(values))
+        bridge = pod_of(docs)["metadata"]["annotations"]["checksum/config"]
+        roster = [d for d in by_kind(docs, "Deployment") if is_roster(d)]
+        return bridge, (roster[0]["spec"]["template"]["metadata"]["annotations"]["checksum/config"] if roster else None)
+
+    before = len(f.items)
+    on = {"roster": {"enabled": True}}
+    off_b, _ = sums({})
+    on_b, on_r = sums(on)
+    ttl_b, ttl_r = sums({**on, "config": {"roster": {"tombstone_ttl": "45m"}}})
+    dedup_b, dedup_r = sums({**on, "config": {"dedup": {"window": "5m"}}})
+    f.check(on_b == off_b, "[roster roll] turning the roster on changes the bridge's checksum/config (the bridge would roll)")
+    f.check(ttl_b == on_b and ttl_r != on_r, "[roster roll] a config.roster change must roll the roster only")
+    f.check(dedup_b != on_b and dedup_r != on_r, "[roster roll] a shared config change must roll both")
+    text_off = config_toml_of(docs_of(render({})))[0]  # type: ignore[index]
+    text_on = config_toml_of(docs_of(render(on)))[0]  # type: ignore[index]
+    f.check(text_on.startswith(text_off) and "[roster]" in text_on[len(text_off):] and "[roster]" not in text_off,
+            "[roster roll] [roster] is not appended to the bridge's config.toml, or rendered with the roster off")
+    if len(f.items) == before:
+        print("  ok   roster roll: turning it on or changing config.roster rolls the roster alone (the bridge's "
+              "checksum/config covers its sections), a shared section rolls both; off, config.toml has no [roster]")
+
+
 def pod_of(docs: list[tuple[str, dict]]) -> dict[str, Any]:
-    return (by_kind(docs, "StatefulSet") + by_kind(docs, "Deployment"))[0]["spec"]["template"]
+    return bridge_workload(docs)["spec"]["template"]
 
 
 def check_logs_and_secret_roll(f: Failures) -> None:
@@ -1148,6 +1412,14 @@ MUST_FAIL: list[tuple[dict[str, Any], str]] = [
     ({"extraEnv": [{"name": "HOOKBUS_AUTH_TOKEN", "value": ""}]}, "extraEnv HOOKBUS_AUTH_TOKEN has a blank value"),
     # Dead letters in the events' stream could push events out.
     ({"config": {"nats": {"dead_letter_stream": "PRESENCE"}}}, "dead letters need a stream of their own"),
+    # The roster needs a broker to consume from, a store that works with it, and Here Now one keyset.
+    ({"roster": {"enabled": True}, "config": {"sink": {"kind": "stdout"}}}, "roster.enabled with config.sink.kind stdout"),
+    ({"roster": {"enabled": True}, "config": {"nats": {"jetstream": False}}}, "roster.enabled needs config.nats.jetstream true"),
+    ({"roster": {"enabled": True}, "config": {"sink": {"kind": "kafka"}}}, "needs config.sink.kind nats, not kafka"),
+    ({"roster": {"enabled": True}, "config": {"roster": {"here_now": {"origin": "https://ps.pndsn.com"}}}},
+     "config.roster.sub_key is empty"),
+    ({"roster": {"enabled": True, "pubnubSecretKey": {"value": "sec-c-x", "existingSecret": "pubnub"}}},
+     "roster.pubnubSecretKey.value and roster.pubnubSecretKey.existingSecret are both set"),
 ]
 # Values right at the edge that must render.
 MUST_PASS: list[dict[str, Any]] = [
@@ -1164,6 +1436,14 @@ MUST_PASS: list[dict[str, Any]] = [
     {"persistence": {"enabled": False}, "spoolVolume": {"acknowledgeEventLoss": True}, "autoscaling": {"enabled": True}},
     # The HPA on the StatefulSet: allowed, the claims of removed pods are retained.
     {"autoscaling": {"enabled": True}},
+    # The roster: with Kafka and Redis; next to an HPA-scaled StatefulSet; with the longest
+    # names (the -roster objects stay within 63 characters); every optional key null.
+    {"roster": {"enabled": True}, "config": {"sink": {"kind": "kafka"}, "roster": {"store": "rediss://redis:6380/2"}}},
+    {"roster": {"enabled": True, "serviceMonitor": {"enabled": True}}, "autoscaling": {"enabled": True}},
+    {**EMPTYDIR, "fullnameOverride": "h" * 63, "nameOverride": "n" * 58, "roster": {"enabled": True}},
+    {"roster": {"enabled": True, "podDisruptionBudget": {"enabled": False}, "probes": {"startup": {"enabled": False}}},
+     "config": {"roster": {k: None for k in ("bucket", "consumer", "sub_key", "tombstone_ttl", "template", "sessions")}
+                | {"here_now": None}}},
 ]
 
 
@@ -1184,7 +1464,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     if out.exists():
         shutil.rmtree(out)
     (out / "config").mkdir(parents=True)
-    full_case_seen = False
+    full_case_seen = roster_case_seen = False
     for name, values in cases():
         try:
             manifests = render(values)
@@ -1217,9 +1497,15 @@ def cmd_render(args: argparse.Namespace) -> None:
         check_config(f, name, cfg)
         check_workload(f, name, docs, cfg, values=values)
         check_guard_rails(f, name, values, docs, cfg)
+        check_roster(f, name, values, docs, cfg, notes)
+        roster_case_seen = roster_case_seen or bool(merged(values)["roster"]["enabled"])
         print(f"  ok   rendered [{name}]: {len(docs)} objects ({', '.join(sorted(kinds))})")
     f.check(full_case_seen, "no ci/*.yaml turns on persistence, HPA, ServiceMonitor, PrometheusRule, "
                             "NetworkPolicy, Ingress and PDB together")
+    f.check(roster_case_seen, "no ci/*.yaml turns on the presence roster (roster.enabled)")
+
+    # The roster rolls alone: its config changes its pods' checksum, not the bridge's.
+    check_roster_roll(f)
 
     # The webhook token: generated unless named, kept across upgrades, none only when anonymous.
     check_auth_cases(f)
@@ -1248,7 +1534,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     # A config change changes the checksum annotation (pods roll); an unrelated value does not.
     def checksum(values: dict[str, Any]) -> str:
         docs = docs_of(render(values))
-        wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+        wl = bridge_workload(docs)
         return wl["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     base = checksum({})
     f.check(checksum({"config": {"dedup": {"window": "5m"}}}) != base,
@@ -1275,6 +1561,7 @@ def cmd_render(args: argparse.Namespace) -> None:
             _, cfg = config_toml_of(docs)  # type: ignore[misc]
             check_workload(f, f"edge {vals}", docs, cfg, values=vals)
             check_guard_rails(f, f"edge {vals}", vals, docs, cfg)
+            check_roster(f, f"edge {vals}", vals, docs, cfg)
             print(f"  ok   renders: {json.dumps(vals)[:100]}")
         except Exception as e:  # noqa: BLE001
             f.fail(f"{vals} refused; it fits: {' '.join(str(e).split())[:300]}")
@@ -1778,7 +2065,7 @@ def pod_token(docs: list[tuple[str, dict]]) -> str | None:
     hold (an existing one), None when it gets none."""
     import base64  # noqa: PLC0415
 
-    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    wl = bridge_workload(docs)
     c = next(c for c in wl["spec"]["template"]["spec"]["containers"] if c["name"] == "hookbus")
     secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
     route = token_route(c, secrets)
