@@ -106,9 +106,9 @@ CONFIG_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
 # [roster] and [roster.here_now] (design §11), rendered with roster.enabled: the keys the chart
 # may render and their TOML types (listen always; the others unless null in the values).
 ROSTER_KEYS: dict[str, type] = {"listen": str, "store": str, "bucket": str, "consumer": str, "sub_key": str,
-                                "tombstone_ttl": str, "template": str, "sessions": str, "here_now": dict}
+                                "tombstone_ttl": str, "template": str, "sessions": str, "batch": int, "here_now": dict}
 HERE_NOW_KEYS: dict[str, type] = {"origin": str, "subscribe_key": str, "publish_key": str, "interval": str,
-                                  "max_requests_per_second": int}
+                                  "max_requests_per_second": int, "timeout": str}
 PUBNUB_SECRET = "HOOKBUS_PUBNUB_SECRET_KEY"
 
 # Values that values.schema.json must reject (dotted path, value, why).
@@ -148,6 +148,8 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("config.roster.bucket", "PRESENCE.ROSTER", "KV bucket name with a dot"),
     ("config.roster.here_now.secret_key", "sec-c-x", "the PubNub secret key in config (a ConfigMap)"),
     ("config.roster.here_now.max_requests_per_second", 0, "Here Now rate limit of 0"),
+    ("config.roster.here_now.max_requests_per_second", 5000, "Here Now rate limit above hookbus's 1000"),
+    ("config.roster.batch", 0, "roster batch of 0"),
     ("config.roster.here_now.origin", "ps.pndsn.com", "Here Now origin without a scheme"),
     ("config.roster.template", "roster.>", "change-event template with a wildcard"),
     ("metrics.prometheusRule.rules.HookbusRosterLagging.threshold", "slow", "non-numeric roster alert threshold"),
@@ -931,7 +933,7 @@ def check_roster(f: Failures, name: str, values: dict[str, Any], docs: list[tupl
             f.check(hn.get(key) == want_hn.get(key),
                     f"[{name}] config.roster.here_now.{key} = {want_hn.get(key)!r} rendered as {hn.get(key)!r}")
         f.check("secret_key" not in hn, f"[{name}] [roster.here_now] secret_key is in config.toml")
-        for key, section in (("tombstone_ttl", rcfg), ("interval", hn)):
+        for key, section in (("tombstone_ttl", rcfg), ("interval", hn), ("timeout", hn)):
             if key in section:
                 try:
                     duration_seconds(section[key])
@@ -1420,6 +1422,12 @@ MUST_FAIL: list[tuple[dict[str, Any], str]] = [
      "config.roster.sub_key is empty"),
     ({"roster": {"enabled": True, "pubnubSecretKey": {"value": "sec-c-x", "existingSecret": "pubnub"}}},
      "roster.pubnubSecretKey.value and roster.pubnubSecretKey.existingSecret are both set"),
+    ({"roster": {"enabled": True}, "config": {"roster": {"sub_key": "sub-c-x", "here_now": {"origin": "https://ps.pndsn.com"}}}},
+     "config.roster.here_now.subscribe_key is empty"),
+    ({"roster": {"enabled": True, "pubnubSecretKey": {"existingSecret": "pubnub"}},
+      "config": {"roster": {"sub_key": "sub-c-x", "here_now": {"origin": "https://ps.pndsn.com", "subscribe_key": "sub-c-x"}}}},
+     "config.roster.here_now.publish_key is empty"),
+    ({"roster": {"enabled": True, "containerPort": 9090}}, "roster.containerPort 9090 is also containerPorts.http or .admin"),
 ]
 # Values right at the edge that must render.
 MUST_PASS: list[dict[str, Any]] = [

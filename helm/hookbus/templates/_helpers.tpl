@@ -375,12 +375,12 @@ HOOKBUS_PUBNUB_SECRET_KEY from a Secret (roster.pubnubSecretKey).
 {{- $h := $r.here_now | default dict }}
 [roster]
 listen = {{ printf "0.0.0.0:%d" (.Values.roster.containerPort | int) | toJson }}
-{{- range $k := list "store" "bucket" "consumer" "sub_key" "tombstone_ttl" "template" "sessions" }}
+{{- range $k := list "store" "bucket" "consumer" "sub_key" "tombstone_ttl" "template" "sessions" "batch" }}
 {{- include "hookbus.tomlOpt" (list $k (index $r $k)) }}
 {{- end }}
 
 [roster.here_now]
-{{- range $k := list "origin" "subscribe_key" "publish_key" "interval" "max_requests_per_second" }}
+{{- range $k := list "origin" "subscribe_key" "publish_key" "interval" "max_requests_per_second" "timeout" }}
 {{- include "hookbus.tomlOpt" (list $k (index $h $k)) }}
 {{- end }}
 {{ end }}
@@ -547,7 +547,17 @@ sub_key it needs, one source of the PubNub secret key.
 {{- if and $h.origin (not $r.sub_key) }}
 {{- fail "config.roster.here_now.origin is set but config.roster.sub_key is empty: Here Now reads one keyset, so the roster must keep one sub_key's roster (set config.roster.sub_key, and here_now.subscribe_key)" }}
 {{- end }}
+{{- if and $h.origin (not $h.subscribe_key) }}
+{{- fail "config.roster.here_now.origin is set but config.roster.here_now.subscribe_key is empty: Here Now reads need the keyset's subscribe key" }}
+{{- end }}
 {{- $k := .Values.roster.pubnubSecretKey | default dict }}
+{{- if and $h.origin (or $k.value $k.existingSecret) (not $h.publish_key) }}
+{{- fail "roster.pubnubSecretKey is set but config.roster.here_now.publish_key is empty: signed Here Now reads need the publish key too" }}
+{{- end }}
+{{- $port := int .Values.roster.containerPort }}
+{{- if has $port (list (int .Values.containerPorts.http) (int .Values.containerPorts.admin)) }}
+{{- fail (printf "roster.containerPort %d is also containerPorts.http or .admin: hookbus --check refuses a [roster] listen on the port of [http] or [admin] (they share config.toml)" $port) }}
+{{- end }}
 {{- if and $k.value $k.existingSecret }}
 {{- fail "roster.pubnubSecretKey.value and roster.pubnubSecretKey.existingSecret are both set: name one source of HOOKBUS_PUBNUB_SECRET_KEY" }}
 {{- end }}
