@@ -4,7 +4,9 @@
 Subcommands, each exits non-zero on the first class of failure it finds and prints why:
   lint       helm lint --strict, default values and every ci/*.yaml
   render     offline render of the same cases; wiring checks (selectors, ports, probes,
-             grace period, security context, config.toml keys, checksum roll); the webhook
+             grace period, security context, config.toml keys, checksum roll); the presence
+             roster (roster.enabled: its own Deployment, Service, ServiceMonitor, PDB apart
+             from the bridge's, no spool, the bridge's config and Secrets); the webhook
              token: from the source the values name, else generated into <fullname>-auth,
              none only with config.auth.allow_anonymous, the same for the helm test pod;
              and, rendered against a fake API server (fake_kube.py) so `lookup` answers,
@@ -22,8 +24,10 @@ Subcommands, each exits non-zero on the first class of failure it finds and prin
              set, every file it names (TLS CA/cert/key, NKey seed, .creds, ${file:...})
              present: taken from the chart-managed Secret when the values carry it, else
              generated (openssl, a valid NKey seed and .creds); HOOKBUS_AUTH_TOKEN set
-             exactly when the pod spec gives the container one (its value when rendered);
-             a config that cannot start fails
+             exactly when the pod spec gives the container one (its value when rendered),
+             HOOKBUS_PUBNUB_SECRET_KEY when the roster container gets one; a config that
+             cannot start fails. With roster.enabled the config has [roster]: a hookbus
+             without `hookbus roster` skips those cases, saying so
   alerts     renders the chart's alert rules in their default, custom (re-thresholded,
              disabled, relabelled: deploy/prometheus/alerts_custom_values.yaml), all-disabled
              and ci/*.yaml forms into --out/../rules for promtool; checks every alert has
@@ -2006,6 +2010,7 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
     material = Material(work / "generated")
     # (name, toml, secret files, mount, the pod's HOOKBUS_AUTH_TOKEN or None)
     targets: list[tuple[str, str, dict[str, str], str, str | None]] = []
+    pubnub_keys: dict[str, str] = {}  # the roster container's HOOKBUS_PUBNUB_SECRET_KEY, by case
     for name, values in cases():
         docs = docs_of(render(values))
         got = config_toml_of(docs)
@@ -2018,6 +2023,13 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
             if s["metadata"]["name"].endswith("-files"):
                 files = {k: base64.b64decode(x).decode() for k, x in (s.get("data") or {}).items()}
         targets.append((name, got[0], files, mount, pod_token(docs)))
+        key = pod_pubnub_key(docs)
+        if key is not None:
+            pubnub_keys[name] = key
+    # A hookbus without the roster (`hookbus roster` unknown) cannot read [roster]: the roster's
+    # renderings are then skipped, saying so, instead of failing on a section it predates.
+    probe = subprocess.run([args.hookbus, "roster", "--help"], capture_output=True, text=True, timeout=60)
+    roster_mode = probe.returncode == 0
     kust = Path(args.out) / "config" / "kustomize.toml"
     if kust.exists():
         targets.append(("kustomize", kust.read_text(), {}, "/etc/hookbus/secrets", pod_token(kustomize_docs(f))))
@@ -2031,6 +2043,10 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
         for fname, content in files.items():
             (secrets / fname).write_text(content)
         cfg = tomllib.loads(text)
+        if "roster" in cfg and not roster_mode:
+            print(f"  note [{name}] not checked: this hookbus has no `hookbus roster` ({args.hookbus} roster --help: "
+                  f"exit {probe.returncode}), so it cannot read the [roster] section the chart renders with roster.enabled")
+            continue
         made = []
         for key, value in config_strings(cfg):
             kind = FILE_KEYS.get(key)
@@ -2053,6 +2069,10 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
         if token is not None:
             env[TOKEN] = token
             refs.append(f"{TOKEN} (from the pod spec)")
+        # The Here Now secret key as the roster pod gets it (hookbus then requires the publish key).
+        if name in pubnub_keys:
+            env[PUBNUB_SECRET] = pubnub_keys[name]
+            refs.append(f"{PUBNUB_SECRET} (from the roster pod spec)")
         (case / "config.toml").write_text(text)
         proc = subprocess.run([args.hookbus, "--config", str(case / "config.toml"), "--check"],
                               capture_output=True, text=True, env=env, timeout=60)
@@ -2065,6 +2085,23 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
     shutil.rmtree(work, ignore_errors=True)
     f.check(len(targets) > 1, "no rendered config.toml to check")
     f.exit(f"hookbus --check on {len(targets)} rendered config.toml files")
+
+
+def pod_pubnub_key(docs: list[tuple[str, dict]]) -> str | None:
+    """The HOOKBUS_PUBNUB_SECRET_KEY the roster container of these manifests gets from its env
+    (a rendered Secret's value, else a stand-in for a Secret of the user's); None without one."""
+    roster = [d for d in by_kind(docs, "Deployment") if is_roster(d)]
+    if not roster:
+        return None
+    c = roster[0]["spec"]["template"]["spec"]["containers"][0]
+    entry = next((e for e in c.get("env") or [] if e.get("name") == PUBNUB_SECRET), None)
+    if entry is None:
+        return None
+    if "value" in entry:
+        return str(entry["value"])
+    ref = (entry.get("valueFrom") or {}).get("secretKeyRef") or {}
+    data = next((s.get("data") or {} for s in by_kind(docs, "Secret") if s["metadata"]["name"] == ref.get("name")), {})
+    return base64_text(data[ref["key"]]) if ref.get("key") in data else "check-deploy-pubnub-secret-key-from-a-secret-of-the-user"
 
 
 def pod_token(docs: list[tuple[str, dict]]) -> str | None:
