@@ -4,7 +4,9 @@
 Subcommands, each exits non-zero on the first class of failure it finds and prints why:
   lint       helm lint --strict, default values and every ci/*.yaml
   render     offline render of the same cases; wiring checks (selectors, ports, probes,
-             grace period, security context, config.toml keys, checksum roll); the webhook
+             grace period, security context, config.toml keys, checksum roll); the presence
+             roster (roster.enabled: its own Deployment, Service, ServiceMonitor, PDB apart
+             from the bridge's, no spool, the bridge's config and Secrets); the webhook
              token: from the source the values name, else generated into <fullname>-auth,
              none only with config.auth.allow_anonymous, the same for the helm test pod;
              and, rendered against a fake API server (fake_kube.py) so `lookup` answers,
@@ -22,8 +24,10 @@ Subcommands, each exits non-zero on the first class of failure it finds and prin
              set, every file it names (TLS CA/cert/key, NKey seed, .creds, ${file:...})
              present: taken from the chart-managed Secret when the values carry it, else
              generated (openssl, a valid NKey seed and .creds); HOOKBUS_AUTH_TOKEN set
-             exactly when the pod spec gives the container one (its value when rendered);
-             a config that cannot start fails
+             exactly when the pod spec gives the container one (its value when rendered),
+             HOOKBUS_PUBNUB_SECRET_KEY when the roster container gets one; a config that
+             cannot start fails. With roster.enabled the config has [roster]: a hookbus
+             without `hookbus roster` skips those cases, saying so
   alerts     renders the chart's alert rules in their default, custom (re-thresholded,
              disabled, relabelled: deploy/prometheus/alerts_custom_values.yaml), all-disabled
              and ci/*.yaml forms into --out/../rules for promtool; checks every alert has
@@ -63,6 +67,9 @@ RULES_SOURCE = CHART / "files" / "prometheus" / "rules.yaml"
 PLAIN_ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
 CUSTOM_ALERT_VALUES = DEPLOY / "prometheus" / "alerts_custom_values.yaml"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
+# The presence roster's operations page: the runbooks of the alert group hookbus.roster.
+ROSTER_DOC = ROOT / "docs" / "roster.md"
+ROSTER_GROUP = "hookbus.roster"
 PLAIN_HEADER = """\
 # hookbus alerting and recording rules (a Prometheus rule file).
 #
@@ -76,6 +83,9 @@ PLAIN_HEADER = """\
 # copy; loading this file as is, replace "docs/runbooks.md#" with that URL.
 # HookbusTargetMissing and HookbusScrapeFailing select the admin targets with job="hookbus"
 # (what a ServiceMonitor of the chart gives them): adjust it to your scrape job.
+# The group hookbus.roster is the presence roster's (`hookbus roster`, docs/roster.md, its
+# runbook_url into docs/roster.md): HookbusRosterDown selects its targets with
+# job="hookbus-roster"; without roster series none of the group fires.
 """
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 RELEASE, NAMESPACE = "hookbus", "hookbus"
@@ -96,6 +106,14 @@ CONFIG_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "kafka": {"brokers": str, "create_topics": bool, "partitions": int,
               "replication_factor": int, "properties": dict},
 }
+
+# [roster] and [roster.here_now] (design §11), rendered with roster.enabled: the keys the chart
+# may render and their TOML types (listen always; the others unless null in the values).
+ROSTER_KEYS: dict[str, type] = {"listen": str, "store": str, "bucket": str, "consumer": str, "sub_key": str,
+                                "tombstone_ttl": str, "template": str, "sessions": str, "batch": int, "here_now": dict}
+HERE_NOW_KEYS: dict[str, type] = {"origin": str, "subscribe_key": str, "publish_key": str, "interval": str,
+                                  "max_requests_per_second": int, "timeout": str}
+PUBNUB_SECRET = "HOOKBUS_PUBNUB_SECRET_KEY"
 
 # Values that values.schema.json must reject (dotted path, value, why).
 BAD_VALUES: list[tuple[str, Any, str]] = [
@@ -125,6 +143,20 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("config.nats.dead_letter_max_age", "1 week", "dead-letter max age in an unknown format"),
     ("config.routing.dead_letter_budget_bytes", -1, "negative dead-letter budget"),
     ("config.routing.dead_letter_budget_window", "1 minute", "dead-letter budget window in an unknown format"),
+    ("roster.enabled", "yes", "roster.enabled not a boolean"),
+    ("roster.replicaCount", "two", "roster replicas not an integer"),
+    ("roster.containerPort", 0, "roster port out of range"),
+    ("roster.servicemonitor", {"enabled": True}, "misspelt roster key"),
+    ("config.roster.store", "memcached://x:11211", "roster store neither nats nor redis"),
+    ("config.roster.tombstone_ttl", "30 minutes", "tombstone_ttl in an unknown format"),
+    ("config.roster.bucket", "PRESENCE.ROSTER", "KV bucket name with a dot"),
+    ("config.roster.here_now.secret_key", "sec-c-x", "the PubNub secret key in config (a ConfigMap)"),
+    ("config.roster.here_now.max_requests_per_second", 0, "Here Now rate limit of 0"),
+    ("config.roster.here_now.max_requests_per_second", 5000, "Here Now rate limit above hookbus's 1000"),
+    ("config.roster.batch", 0, "roster batch of 0"),
+    ("config.roster.here_now.origin", "ps.pndsn.com", "Here Now origin without a scheme"),
+    ("config.roster.template", "roster.>", "change-event template with a wildcard"),
+    ("metrics.prometheusRule.rules.HookbusRosterLagging.threshold", "slow", "non-numeric roster alert threshold"),
 ]
 
 
@@ -262,6 +294,21 @@ def by_kind(docs: Iterable[tuple[str, dict]], kind: str) -> list[dict]:
     return [d for _, d in docs if d.get("kind") == kind]
 
 
+def is_roster(d: dict[str, Any]) -> bool:
+    """An object of the presence roster (roster.enabled): labelled component roster."""
+    return ((d.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component") == "roster"
+
+
+def bridge_kind(docs: Iterable[tuple[str, dict]], kind: str) -> list[dict]:
+    """by_kind without the roster's objects."""
+    return [d for d in by_kind(docs, kind) if not is_roster(d)]
+
+
+def bridge_workload(docs: Iterable[tuple[str, dict]]) -> dict[str, Any]:
+    """The bridge's StatefulSet or Deployment (never the roster's Deployment)."""
+    return (bridge_kind(docs, "StatefulSet") + bridge_kind(docs, "Deployment"))[0]
+
+
 def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -303,8 +350,17 @@ def check_config(f: Failures, name: str, cfg: dict[str, Any]) -> None:
             val = cfg[section].get(key)
             f.check(isinstance(val, typ) and not (typ is int and isinstance(val, bool)),
                     f"[{name}] config.toml {section}.{key} = {val!r} is not a {typ}")
-    extra = set(cfg) - set(CONFIG_KEYS)
+    extra = set(cfg) - set(CONFIG_KEYS) - {"roster"}
     f.check(not extra, f"[{name}] config.toml has sections the contract does not name: {sorted(extra)}")
+    for section, table, keys in (("roster", cfg.get("roster") or {}, ROSTER_KEYS),
+                                 ("roster.here_now", (cfg.get("roster") or {}).get("here_now") or {}, HERE_NOW_KEYS)):
+        f.check(not set(table) - set(keys), f"[{name}] config.toml [{section}] has keys the contract does not name: "
+                                            f"{sorted(set(table) - set(keys))}")
+        for key, val in table.items():
+            typ = keys.get(key)
+            if typ is not None:
+                f.check(isinstance(val, typ) and not (typ is int and isinstance(val, bool)),
+                        f"[{name}] config.toml {section}.{key} = {val!r} is not a {typ}")
     f.check("token" not in cfg.get("auth", {}), f"[{name}] the auth token must not be in config.toml")
     for key in ("window",):
         try:
@@ -326,7 +382,7 @@ def prestop_seconds(container: dict[str, Any]) -> float | None:
 def check_workload(f: Failures, name: str, docs: list[tuple[str, dict]], cfg: dict[str, Any],
                    kustomize: bool = False, values: dict[str, Any] | None = None) -> None:
     values = values or {}
-    workloads = by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
+    workloads = bridge_kind(docs, "Deployment") + bridge_kind(docs, "StatefulSet")
     if not f.check(len(workloads) == 1, f"[{name}] expected one Deployment or StatefulSet, got {len(workloads)}"):
         return
     wl = workloads[0]
@@ -389,7 +445,7 @@ def check_workload(f: Failures, name: str, docs: list[tuple[str, dict]], cfg: di
             f"[{name}] config.toml is not mounted under /etc/hookbus")
 
     # Services select the pods and target existing ports.
-    services = by_kind(docs, "Service")
+    services = bridge_kind(docs, "Service")
     names = {s["metadata"]["name"] for s in services}
     for s in services:
         f.check(selector_matches(s["spec"].get("selector") or {}, labels),
@@ -417,7 +473,7 @@ def check_workload(f: Failures, name: str, docs: list[tuple[str, dict]], cfg: di
         f.check(ref["kind"] == wl["kind"] and ref["name"] == full,
                 f"[{name}] HPA targets {ref['kind']}/{ref['name']}, not {wl['kind']}/{full}")
         f.check("replicas" not in wl["spec"], f"[{name}] replicas set on the workload while an HPA owns it")
-    for pdb in by_kind(docs, "PodDisruptionBudget"):
+    for pdb in bridge_kind(docs, "PodDisruptionBudget"):
         f.check(selector_matches(pdb["spec"]["selector"]["matchLabels"], labels),
                 f"[{name}] PDB does not select the pods")
     for ing in by_kind(docs, "Ingress"):
@@ -438,7 +494,7 @@ def check_workload(f: Failures, name: str, docs: list[tuple[str, dict]], cfg: di
         f.check(wl["spec"]["serviceName"] in names, f"[{name}] StatefulSet serviceName is not a rendered Service")
 
     # CRDs: structural checks (no schema in kubernetes-validate).
-    for sm in by_kind(docs, "ServiceMonitor"):
+    for sm in bridge_kind(docs, "ServiceMonitor"):
         f.check(sm["apiVersion"] == "monitoring.coreos.com/v1", f"[{name}] ServiceMonitor apiVersion")
         sel = sm["spec"]["selector"]["matchLabels"]
         targets = [s for s in services if selector_matches(sel, s["metadata"].get("labels") or {})]
@@ -511,6 +567,12 @@ def secret_values(values: dict[str, Any]) -> list[tuple[str, str]]:
     shared = str((cfg.get("dedup") or {}).get("shared") or "")
     if re.match(r"^rediss?://[^/@]*:[^/@]+@", shared):
         out.append(("config.dedup.shared (password in the URL)", shared))
+    store = str((cfg.get("roster") or {}).get("store") or "")
+    if re.match(r"^rediss?://[^/@]*:[^/@]+@", store):
+        out.append(("config.roster.store (password in the URL)", store))
+    key = ((values.get("roster") or {}).get("pubnubSecretKey") or {}).get("value")
+    if key:
+        out.append(("roster.pubnubSecretKey.value", str(key)))
     return [(w, v) for w, v in out if len(v) >= 4]
 
 
@@ -532,7 +594,7 @@ def check_secrets(f: Failures, name: str, values: dict[str, Any], docs: list[tup
                 f.check(REFERENCE.match(str(v)) is not None,
                         f"[{name}] config.kafka.properties.{k} is a literal in a ConfigMap: reference it as \"${{VAR}}\" "
                         "(secret.existingSecret / secret.env) or set configAsSecret")
-    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    wl = bridge_workload(docs)
     c = wl["spec"]["template"]["spec"]["containers"][0]
     refs = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
     sec = values.get("secret", {}) or {}
@@ -601,7 +663,7 @@ def check_guard_rails(f: Failures, name: str, values: dict[str, Any], docs: list
                     f"[{name}] Service name {md['name']!r} is not a DNS label of at most 63 characters")
         for k, lv in (md.get("labels") or {}).items():
             f.check(len(str(lv)) <= 63, f"[{name}] {d['kind']}/{md.get('name')} label {k} longer than 63")
-    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    wl = bridge_workload(docs)
     spec = wl["spec"]["template"]["spec"]
     for c in spec.get("containers", []) + spec.get("initContainers", []):
         paths = [m["mountPath"] for m in c.get("volumeMounts", [])]
@@ -727,7 +789,7 @@ def check_auth(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[
     import base64  # noqa: PLC0415
 
     v = merged(values)
-    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    wl = bridge_workload(docs)
     full = wl["metadata"]["name"]
     auth_name = f"{full[:58].rstrip('-')}-auth"
     secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
@@ -796,6 +858,192 @@ def check_auth(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[
 # Dead-letter keys: chart value -> config.toml [section] key, passed through as given.
 DEAD_LETTER_KEYS = [("nats", "dead_letter_stream"), ("nats", "dead_letter_max_bytes"), ("nats", "dead_letter_max_age"),
                     ("routing", "dead_letter_budget_bytes"), ("routing", "dead_letter_budget_window")]
+
+
+def roster_sm_enabled(v: dict[str, Any]) -> bool:
+    """roster.serviceMonitor.enabled, null: as metrics.serviceMonitor.enabled (v: merged values)."""
+    own = (v["roster"].get("serviceMonitor") or {}).get("enabled")
+    return bool(v["metrics"]["serviceMonitor"]["enabled"] if own is None else own)
+
+
+def check_roster(f: Failures, name: str, values: dict[str, Any], docs: list[tuple[str, dict]],
+                 cfg: dict[str, Any], notes: str = "") -> None:
+    """The presence roster (roster.enabled): its own Deployment running `hookbus roster` on
+    the release's config.toml, Secrets and files, probes and metrics on the roster port, no
+    spool; a Service, ServiceMonitor and PDB that select its pods only, and no selector of the
+    bridge that does; [roster] rendered from config.roster, the PubNub secret key from a Secret
+    into the roster container alone. Without roster.enabled: no roster object, no [roster]."""
+    import base64  # noqa: PLC0415
+
+    v = merged(values)
+    r = v["roster"]
+    objs = [d for _, d in docs if is_roster(d)]
+    if not r["enabled"]:
+        f.check(not objs, f"[{name}] roster.enabled false, yet roster objects rendered: "
+                          f"{[d['kind'] + '/' + d['metadata']['name'] for d in objs]}")
+        f.check("roster" not in cfg, f"[{name}] roster.enabled false, yet config.toml has [roster]")
+        return
+    before = len(f.items)
+    deps = [d for d in objs if d["kind"] == "Deployment"]
+    if not f.check(len(deps) == 1 and not any(d["kind"] == "StatefulSet" for d in objs),
+                   f"[{name}] expected one roster Deployment, got {[d['kind'] for d in objs]}"):
+        return
+    dep = deps[0]
+    pod, spec = dep["spec"]["template"], dep["spec"]["template"]["spec"]
+    labels = pod["metadata"].get("labels") or {}
+    full = bridge_workload(docs)["metadata"]["name"]
+    want_name = f"{full[:56].rstrip('-')}-roster"
+    f.check(dep["metadata"]["name"] == want_name and len(want_name) <= 63,
+            f"[{name}] roster Deployment {dep['metadata']['name']!r}, expected {want_name!r}")
+    f.check(selector_matches(dep["spec"]["selector"]["matchLabels"], labels),
+            f"[{name}] roster Deployment selector does not match its pod labels")
+    f.check(dep["spec"].get("replicas") == r["replicaCount"], f"[{name}] roster replicas {dep['spec'].get('replicas')}")
+
+    # Apart from the bridge: no selector of one selects the other's pods.
+    bridge = bridge_workload(docs)
+    bridge_labels = bridge["spec"]["template"]["metadata"].get("labels") or {}
+    f.check(not selector_matches(dep["spec"]["selector"]["matchLabels"], bridge_labels),
+            f"[{name}] the roster's selector selects the bridge's pods")
+    selectors = [(f"{bridge['kind']}/{bridge['metadata']['name']}", bridge["spec"]["selector"]["matchLabels"])]
+    selectors += [(f"Service/{s['metadata']['name']}", s["spec"].get("selector") or {}) for s in bridge_kind(docs, "Service")]
+    selectors += [(f"PodDisruptionBudget/{x['metadata']['name']}", x["spec"]["selector"]["matchLabels"])
+                  for x in bridge_kind(docs, "PodDisruptionBudget")]
+    selectors += [(f"NetworkPolicy/{x['metadata']['name']}", x["spec"]["podSelector"].get("matchLabels") or {})
+                  for x in bridge_kind(docs, "NetworkPolicy")]
+    for what, sel in selectors:
+        f.check(not selector_matches(sel, labels), f"[{name}] the bridge's {what} selects the roster pods")
+
+    c = next((c for c in spec["containers"] if c["name"] == "roster"), None)
+    if not f.check(c is not None and len(spec["containers"]) == 1, f"[{name}] roster pod: expected one container named roster"):
+        return
+    f.check(c.get("command") == ["/usr/local/bin/hookbus"] and c.get("args") == ["roster", "--config", "/etc/hookbus/config.toml"],
+            f"[{name}] roster container does not run /usr/local/bin/hookbus roster --config /etc/hookbus/config.toml: "
+            f"{c.get('command')} {c.get('args')}")
+    ports = {x["name"]: x["containerPort"] for x in c.get("ports", [])}
+    f.check(ports == {"roster": r["containerPort"]}, f"[{name}] roster container ports {ports}, expected roster={r['containerPort']}")
+
+    # config.toml: [roster] listen is the container port; the keys are config.roster's.
+    rcfg = cfg.get("roster")
+    if f.check(isinstance(rcfg, dict), f"[{name}] roster.enabled but config.toml has no [roster]"):
+        f.check(str(rcfg.get("listen", "")).rsplit(":", 1)[-1] == str(r["containerPort"]),
+                f"[{name}] [roster] listen {rcfg.get('listen')!r} != containerPort roster={r['containerPort']}")
+        want = v["config"].get("roster") or {}
+        for key in ROSTER_KEYS:
+            if key in ("listen", "here_now"):
+                continue
+            f.check(rcfg.get(key) == want.get(key), f"[{name}] config.roster.{key} = {want.get(key)!r} rendered as {rcfg.get(key)!r}")
+        hn, want_hn = rcfg.get("here_now") or {}, want.get("here_now") or {}
+        for key in HERE_NOW_KEYS:
+            f.check(hn.get(key) == want_hn.get(key),
+                    f"[{name}] config.roster.here_now.{key} = {want_hn.get(key)!r} rendered as {hn.get(key)!r}")
+        f.check("secret_key" not in hn, f"[{name}] [roster.here_now] secret_key is in config.toml")
+        for key, section in (("tombstone_ttl", rcfg), ("interval", hn), ("timeout", hn)):
+            if key in section:
+                try:
+                    duration_seconds(section[key])
+                except ValueError as e:
+                    f.fail(f"[{name}] roster {key}: {e}")
+
+    # Probes on the roster port: liveness /healthz, readiness /readyz (startup /healthz).
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
+        if probe == "startupProbe" and not r["probes"]["startup"]["enabled"]:
+            f.check(probe not in c, f"[{name}] roster startupProbe rendered although disabled")
+            continue
+        get = (c.get(probe) or {}).get("httpGet") or {}
+        f.check(get.get("path") == path and get.get("port") in ("roster", r["containerPort"]) and not get.get("httpHeaders"),
+                f"[{name}] roster {probe} is not GET {path} on the roster port: {get}")
+
+    # No spool: nothing mounted at spool.dir, no spool volume, no claim.
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    vols = {x["name"]: x for x in spec.get("volumes", [])}
+    f.check(cfg["spool"]["dir"] not in mounts and "spool" not in vols
+            and not any("persistentVolumeClaim" in x for x in vols.values()) and "volumeClaimTemplates" not in dep["spec"],
+            f"[{name}] the roster mounts a spool: {mounts}")
+    # The bridge's config.toml object, secret files and environment.
+    bspec = bridge["spec"]["template"]["spec"]
+    bvols = {x["name"]: x for x in bspec.get("volumes", [])}
+    hb = next(x for x in bspec["containers"] if x["name"] == "hookbus")
+    f.check(mounts.get("/etc/hookbus/config.toml") == "config" and vols.get("config") == bvols.get("config"),
+            f"[{name}] the roster does not mount the bridge's config.toml ({vols.get('config')} vs {bvols.get('config')})")
+    f.check(vols.get("secret-files") == bvols.get("secret-files"), f"[{name}] the roster's secret files differ from the bridge's")
+    if "secret-files" in vols:
+        f.check(v["secretFiles"]["mountPath"] in mounts, f"[{name}] the roster does not mount secretFiles at its mountPath")
+    f.check(c.get("envFrom") == hb.get("envFrom"), f"[{name}] roster envFrom {c.get('envFrom')} != the bridge's {hb.get('envFrom')}")
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    f.check(token_route(c, secrets) == token_route(hb, secrets),
+            f"[{name}] the roster gets {TOKEN} as {token_route(c, secrets)}, the bridge as {token_route(hb, secrets)}")
+    env = {e["name"]: e for e in c.get("env") or []}
+    f.check(len(env) == len(c.get("env") or []), f"[{name}] duplicate env names in the roster container")
+    benv = {e["name"] for e in hb.get("env") or []}
+    for e in hb.get("env") or []:
+        f.check(env.get(e["name"]) == e, f"[{name}] roster env {e['name']} differs from the bridge's: {env.get(e['name'])}")
+    key = r["pubnubSecretKey"]
+    extra = any(e.get("name") == PUBNUB_SECRET for e in v.get("extraEnv") or [])
+    if extra:
+        pass
+    elif key.get("value"):
+        ref = {"name": want_name, "key": PUBNUB_SECRET}
+        f.check(env.get(PUBNUB_SECRET) == {"name": PUBNUB_SECRET, "valueFrom": {"secretKeyRef": ref}},
+                f"[{name}] {PUBNUB_SECRET} is {env.get(PUBNUB_SECRET)}, expected secretKeyRef {ref}")
+        data = (secrets.get(want_name) or {}).get("data") or {}
+        f.check(base64_text(data.get(PUBNUB_SECRET, "")) == key["value"], f"[{name}] Secret {want_name} does not hold roster.pubnubSecretKey.value")
+    elif key.get("existingSecret"):
+        ref = {"name": key["existingSecret"], "key": key.get("key") or PUBNUB_SECRET}
+        f.check(env.get(PUBNUB_SECRET) == {"name": PUBNUB_SECRET, "valueFrom": {"secretKeyRef": ref}},
+                f"[{name}] {PUBNUB_SECRET} is {env.get(PUBNUB_SECRET)}, expected secretKeyRef {ref}")
+        f.check(want_name not in secrets, f"[{name}] the chart renders Secret {want_name} although the key is in an existing Secret")
+    else:
+        f.check(PUBNUB_SECRET not in env and want_name not in secrets, f"[{name}] {PUBNUB_SECRET} set although no key is configured")
+    f.check(PUBNUB_SECRET not in benv or extra, f"[{name}] the bridge gets {PUBNUB_SECRET}")
+
+    # Security, resources, grace, roll on config change.
+    psc, sc = spec.get("securityContext") or {}, c.get("securityContext") or {}
+    f.check((sc.get("runAsNonRoot") or psc.get("runAsNonRoot")) and (sc.get("runAsUser") or psc.get("runAsUser")) not in (None, 0)
+            and sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
+            and "ALL" in ((sc.get("capabilities") or {}).get("drop") or []),
+            f"[{name}] roster container security context {sc}")
+    f.check("/tmp" in mounts, f"[{name}] the roster has no writable /tmp under its read-only root filesystem")
+    f.check((c.get("resources") or {}).get("requests"), f"[{name}] roster container has no resource requests")
+    grace, pre = duration_seconds(cfg["shutdown"]["grace"]), prestop_seconds(c)
+    f.check(pre is not None and spec.get("terminationGracePeriodSeconds", 30) > grace + pre,
+            f"[{name}] roster terminationGracePeriodSeconds {spec.get('terminationGracePeriodSeconds')} <= grace {grace} + preStop {pre}")
+    f.check("checksum/config" in (pod["metadata"].get("annotations") or {}), f"[{name}] roster pod lacks checksum/config")
+
+    # Service, ServiceMonitor, PDB: the roster's pods only.
+    svcs = [s for s in by_kind(docs, "Service") if is_roster(s)]
+    if f.check(len(svcs) == 1, f"[{name}] expected one roster Service, got {len(svcs)}"):
+        s = svcs[0]
+        f.check(s["metadata"]["name"] == want_name and s["spec"].get("type", "ClusterIP") == "ClusterIP",
+                f"[{name}] roster Service {s['metadata']['name']} ({s['spec'].get('type')})")
+        f.check(selector_matches(s["spec"].get("selector") or {}, labels), f"[{name}] the roster Service does not select the roster pods")
+        f.check(not selector_matches(s["spec"].get("selector") or {}, bridge_labels), f"[{name}] the roster Service selects the bridge's pods")
+        f.check([(x["name"], x["port"], x["targetPort"]) for x in s["spec"]["ports"]] == [("roster", r["service"]["port"], "roster")],
+                f"[{name}] roster Service ports {s['spec']['ports']}")
+    sms = [x for x in by_kind(docs, "ServiceMonitor") if is_roster(x)]
+    if f.check(len(sms) == int(roster_sm_enabled(v)),
+               f"[{name}] {len(sms)} roster ServiceMonitor(s), roster.serviceMonitor.enabled (or metrics') says {roster_sm_enabled(v)}"):
+        for sm in sms:
+            sel = sm["spec"]["selector"]["matchLabels"]
+            targets = [x["metadata"]["name"] for x in by_kind(docs, "Service") if selector_matches(sel, x["metadata"].get("labels") or {})]
+            f.check(targets == [want_name], f"[{name}] the roster ServiceMonitor selects {targets}, not [{want_name}]")
+            eps = sm["spec"]["endpoints"]
+            f.check(len(eps) == 1 and eps[0].get("port") == "roster" and eps[0].get("path") == "/metrics",
+                    f"[{name}] roster ServiceMonitor endpoints {eps} are not roster /metrics")
+            rl = (eps[0].get("relabelings") or [{}])[0] if eps else {}
+            f.check(rl == {"action": "replace", "targetLabel": "release", "replacement": RELEASE},
+                    f"[{name}] roster ServiceMonitor does not label its targets release={RELEASE}")
+            job = (svcs[0]["metadata"].get("labels") or {}).get(sm["spec"].get("jobLabel", "")) if svcs else None
+            f.check(job is not None and job.endswith("-roster"), f"[{name}] roster targets get job {job!r}, not <chart name>-roster")
+    pdbs = [x for x in by_kind(docs, "PodDisruptionBudget") if is_roster(x)]
+    if f.check(len(pdbs) == int(bool(r["podDisruptionBudget"]["enabled"])), f"[{name}] {len(pdbs)} roster PDB(s)"):
+        for x in pdbs:
+            f.check(selector_matches(x["spec"]["selector"]["matchLabels"], labels), f"[{name}] the roster PDB does not select the roster pods")
+    if notes:
+        f.check(f"deployment/{want_name}" in notes and want_name in notes, f"[{name}] NOTES.txt does not show the roster")
+    if len(f.items) == before:
+        print(f"  ok   [{name}] roster: Deployment {want_name} ({r['replicaCount']} replica(s)) runs `hookbus roster` on the "
+              f"bridge's config.toml, Secrets and files, port roster {r['containerPort']} (probes, Service, "
+              f"{'ServiceMonitor, ' if sms else ''}{'PDB, ' if pdbs else ''}no spool), selectors apart from the bridge's")
 
 
 def check_dead_letters(f: Failures, name: str, cfg: dict[str, Any], values: dict[str, Any] | None) -> None:
@@ -962,7 +1210,7 @@ def check_durability(f: Failures) -> None:
 
     # The ServiceMonitor labels every target with the release (alerts group by it).
     docs = docs_of(render({"metrics": {"serviceMonitor": {"enabled": True, "relabelings": [{"action": "labeldrop", "regex": "x"}]}}}))
-    eps = by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]
+    eps = bridge_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]
     rl = eps.get("relabelings") or []
     f.check(bool(rl) and rl[0] == {"action": "replace", "targetLabel": "release", "replacement": RELEASE}
             and rl[-1] == {"action": "labeldrop", "regex": "x"},
@@ -972,7 +1220,7 @@ def check_durability(f: Failures) -> None:
     claims = [f"spool-{RELEASE}-3", f"spool-{RELEASE}-4"]
     docs = docs_of(render({"drainJobs": {"claims": claims, "timeout": "5m"},
                            "secretFiles": {"existingSecret": "hookbus-tls"}}))
-    pod = (by_kind(docs, "StatefulSet") + by_kind(docs, "Deployment"))[0]["spec"]["template"]["spec"]
+    pod = bridge_workload(docs)["spec"]["template"]["spec"]
     hb = next(c for c in pod["containers"] if c["name"] == "hookbus")
     jobs = by_kind(docs, "Job")
     f.check(sorted(j["metadata"]["annotations"]["hookbus.io/claim"] for j in jobs) == claims,
@@ -1058,8 +1306,36 @@ def check_durability(f: Failures) -> None:
               "a full spool back at 8 MiB/s (209 s by default, not 60 s), a smaller explicit budget is refused")
 
 
+def check_roster_roll(f: Failures) -> None:
+    """checksum/config: the bridge's covers its own sections, the roster's the whole file. Turning
+    the roster on or changing config.roster rolls the roster alone; a shared section rolls both;
+    with the roster off config.toml is what it was before the roster existed."""
+    def sums(values: dict[str, Any]) -> tuple[str, str | None]:
+        docs = docs_of(render(values))
+        bridge = pod_of(docs)["metadata"]["annotations"]["checksum/config"]
+        roster = [d for d in by_kind(docs, "Deployment") if is_roster(d)]
+        return bridge, (roster[0]["spec"]["template"]["metadata"]["annotations"]["checksum/config"] if roster else None)
+
+    before = len(f.items)
+    on = {"roster": {"enabled": True}}
+    off_b, _ = sums({})
+    on_b, on_r = sums(on)
+    ttl_b, ttl_r = sums({**on, "config": {"roster": {"tombstone_ttl": "45m"}}})
+    dedup_b, dedup_r = sums({**on, "config": {"dedup": {"window": "5m"}}})
+    f.check(on_b == off_b, "[roster roll] turning the roster on changes the bridge's checksum/config (the bridge would roll)")
+    f.check(ttl_b == on_b and ttl_r != on_r, "[roster roll] a config.roster change must roll the roster only")
+    f.check(dedup_b != on_b and dedup_r != on_r, "[roster roll] a shared config change must roll both")
+    text_off = config_toml_of(docs_of(render({})))[0]  # type: ignore[index]
+    text_on = config_toml_of(docs_of(render(on)))[0]  # type: ignore[index]
+    f.check(text_on.startswith(text_off) and "[roster]" in text_on[len(text_off):] and "[roster]" not in text_off,
+            "[roster roll] [roster] is not appended to the bridge's config.toml, or rendered with the roster off")
+    if len(f.items) == before:
+        print("  ok   roster roll: turning it on or changing config.roster rolls the roster alone (the bridge's "
+              "checksum/config covers its sections), a shared section rolls both; off, config.toml has no [roster]")
+
+
 def pod_of(docs: list[tuple[str, dict]]) -> dict[str, Any]:
-    return (by_kind(docs, "StatefulSet") + by_kind(docs, "Deployment"))[0]["spec"]["template"]
+    return bridge_workload(docs)["spec"]["template"]
 
 
 def check_logs_and_secret_roll(f: Failures) -> None:
@@ -1142,6 +1418,20 @@ MUST_FAIL: list[tuple[dict[str, Any], str]] = [
     ({"extraEnv": [{"name": "HOOKBUS_AUTH_TOKEN", "value": ""}]}, "extraEnv HOOKBUS_AUTH_TOKEN has a blank value"),
     # Dead letters in the events' stream could push events out.
     ({"config": {"nats": {"dead_letter_stream": "PRESENCE"}}}, "dead letters need a stream of their own"),
+    # The roster needs a broker to consume from, a store that works with it, and Here Now one keyset.
+    ({"roster": {"enabled": True}, "config": {"sink": {"kind": "stdout"}}}, "roster.enabled with config.sink.kind stdout"),
+    ({"roster": {"enabled": True}, "config": {"nats": {"jetstream": False}}}, "roster.enabled needs config.nats.jetstream true"),
+    ({"roster": {"enabled": True}, "config": {"sink": {"kind": "kafka"}}}, "needs config.sink.kind nats, not kafka"),
+    ({"roster": {"enabled": True}, "config": {"roster": {"here_now": {"origin": "https://ps.pndsn.com"}}}},
+     "config.roster.sub_key is empty"),
+    ({"roster": {"enabled": True, "pubnubSecretKey": {"value": "sec-c-x", "existingSecret": "pubnub"}}},
+     "roster.pubnubSecretKey.value and roster.pubnubSecretKey.existingSecret are both set"),
+    ({"roster": {"enabled": True}, "config": {"roster": {"sub_key": "sub-c-x", "here_now": {"origin": "https://ps.pndsn.com"}}}},
+     "config.roster.here_now.subscribe_key is empty"),
+    ({"roster": {"enabled": True, "pubnubSecretKey": {"existingSecret": "pubnub"}},
+      "config": {"roster": {"sub_key": "sub-c-x", "here_now": {"origin": "https://ps.pndsn.com", "subscribe_key": "sub-c-x"}}}},
+     "config.roster.here_now.publish_key is empty"),
+    ({"roster": {"enabled": True, "containerPort": 9090}}, "roster.containerPort 9090 is also containerPorts.http or .admin"),
 ]
 # Values right at the edge that must render.
 MUST_PASS: list[dict[str, Any]] = [
@@ -1158,6 +1448,14 @@ MUST_PASS: list[dict[str, Any]] = [
     {"persistence": {"enabled": False}, "spoolVolume": {"acknowledgeEventLoss": True}, "autoscaling": {"enabled": True}},
     # The HPA on the StatefulSet: allowed, the claims of removed pods are retained.
     {"autoscaling": {"enabled": True}},
+    # The roster: with Kafka and Redis; next to an HPA-scaled StatefulSet; with the longest
+    # names (the -roster objects stay within 63 characters); every optional key null.
+    {"roster": {"enabled": True}, "config": {"sink": {"kind": "kafka"}, "roster": {"store": "rediss://redis:6380/2"}}},
+    {"roster": {"enabled": True, "serviceMonitor": {"enabled": True}}, "autoscaling": {"enabled": True}},
+    {**EMPTYDIR, "fullnameOverride": "h" * 63, "nameOverride": "n" * 58, "roster": {"enabled": True}},
+    {"roster": {"enabled": True, "podDisruptionBudget": {"enabled": False}, "probes": {"startup": {"enabled": False}}},
+     "config": {"roster": {k: None for k in ("bucket", "consumer", "sub_key", "tombstone_ttl", "template", "sessions")}
+                | {"here_now": None}}},
 ]
 
 
@@ -1178,7 +1476,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     if out.exists():
         shutil.rmtree(out)
     (out / "config").mkdir(parents=True)
-    full_case_seen = False
+    full_case_seen = roster_case_seen = False
     for name, values in cases():
         try:
             manifests = render(values)
@@ -1211,9 +1509,15 @@ def cmd_render(args: argparse.Namespace) -> None:
         check_config(f, name, cfg)
         check_workload(f, name, docs, cfg, values=values)
         check_guard_rails(f, name, values, docs, cfg)
+        check_roster(f, name, values, docs, cfg, notes)
+        roster_case_seen = roster_case_seen or bool(merged(values)["roster"]["enabled"])
         print(f"  ok   rendered [{name}]: {len(docs)} objects ({', '.join(sorted(kinds))})")
     f.check(full_case_seen, "no ci/*.yaml turns on persistence, HPA, ServiceMonitor, PrometheusRule, "
                             "NetworkPolicy, Ingress and PDB together")
+    f.check(roster_case_seen, "no ci/*.yaml turns on the presence roster (roster.enabled)")
+
+    # The roster rolls alone: its config changes its pods' checksum, not the bridge's.
+    check_roster_roll(f)
 
     # The webhook token: generated unless named, kept across upgrades, none only when anonymous.
     check_auth_cases(f)
@@ -1242,7 +1546,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     # A config change changes the checksum annotation (pods roll); an unrelated value does not.
     def checksum(values: dict[str, Any]) -> str:
         docs = docs_of(render(values))
-        wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+        wl = bridge_workload(docs)
         return wl["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     base = checksum({})
     f.check(checksum({"config": {"dedup": {"window": "5m"}}}) != base,
@@ -1269,6 +1573,7 @@ def cmd_render(args: argparse.Namespace) -> None:
             _, cfg = config_toml_of(docs)  # type: ignore[misc]
             check_workload(f, f"edge {vals}", docs, cfg, values=vals)
             check_guard_rails(f, f"edge {vals}", vals, docs, cfg)
+            check_roster(f, f"edge {vals}", vals, docs, cfg)
             print(f"  ok   renders: {json.dumps(vals)[:100]}")
         except Exception as e:  # noqa: BLE001
             f.fail(f"{vals} refused; it fits: {' '.join(str(e).split())[:300]}")
@@ -1525,11 +1830,23 @@ def cmd_sync(args: argparse.Namespace) -> None:
 NO_VALUE = {"HookbusTargetMissing"}
 
 
-def check_alert_rules(f: Failures, label: str, groups: list[dict[str, Any]], base: str) -> list[str]:
+def roster_runbook_base(pr: dict[str, Any], base: str) -> str:
+    """runbook_url base of the roster alerts: rosterRunbookBase, else runbookBase with its file
+    name replaced by roster.md (the chart's hookbus.alertGroups)."""
+    return pr.get("rosterRunbookBase") or re.sub(r"[^/]*$", "roster.md", base, count=1)
+
+
+def check_alert_rules(f: Failures, label: str, groups: list[dict[str, Any]], base: str,
+                      roster_base: str | None = None) -> list[str]:
     """Every alert: severity, summary, description with $value, runbook_url into
-    docs/runbooks.md; no placeholder left. Returns the alert names."""
+    docs/runbooks.md (the group hookbus.roster: into docs/roster.md, base roster_base); no
+    placeholder left. Returns the alert names."""
     anchors = github_anchors(RUNBOOKS.read_text()) if RUNBOOKS.exists() else set()
+    roster_anchors = github_anchors(ROSTER_DOC.read_text()) if ROSTER_DOC.exists() else set()
+    roster_base = roster_base or roster_runbook_base({}, base)
     f.check(RUNBOOKS.exists(), f"{RUNBOOKS.relative_to(ROOT)} is missing")
+    if any(g.get("name") == ROSTER_GROUP for g in groups):
+        f.check(ROSTER_DOC.exists(), f"{ROSTER_DOC.relative_to(ROOT)} is missing")
     alerts = []
     for g in groups:
         for r in g.get("rules", []):
@@ -1546,8 +1863,11 @@ def check_alert_rules(f: Failures, label: str, groups: list[dict[str, Any]], bas
             f.check(a in NO_VALUE or "$value" in ann.get("description", ""),
                     f"[{label}] {a}: the description does not show the number ({{{{ $value }}}})")
             url = ann.get("runbook_url", "")
-            f.check(url == f"{base}#{a.lower()}", f"[{label}] {a}: runbook_url {url!r} is not {base}#{a.lower()}")
-            f.check(a.lower() in anchors, f"[{label}] {a}: docs/runbooks.md has no section '## {a}'")
+            want, doc, doc_anchors = base, RUNBOOKS, anchors
+            if g.get("name") == ROSTER_GROUP:
+                want, doc, doc_anchors = roster_base, ROSTER_DOC, roster_anchors
+            f.check(url == f"{want}#{a.lower()}", f"[{label}] {a}: runbook_url {url!r} is not {want}#{a.lower()}")
+            f.check(a.lower() in doc_anchors, f"[{label}] {a}: {doc.relative_to(ROOT)} has no section '## {a}'")
     f.check(len(alerts) == len(set(alerts)), f"[{label}] duplicate alert names")
     return alerts
 
@@ -1587,7 +1907,7 @@ def cmd_alerts(args: argparse.Namespace) -> None:
     custom = alert_groups(custom_values)
     (out / "alerts_custom.yaml").write_text(rule_file_text(custom))
     cpr = custom_values["metrics"]["prometheusRule"]
-    check_alert_rules(f, "custom", custom, cpr.get("runbookBase", base))
+    check_alert_rules(f, "custom", custom, cpr.get("runbookBase", base), roster_runbook_base(cpr, cpr.get("runbookBase", base)))
     got, dflt = rules_of(custom), rules_of(default)
     for a, over in cpr.get("rules", {}).items():
         if over.get("enabled") is False:
@@ -1608,12 +1928,20 @@ def cmd_alerts(args: argparse.Namespace) -> None:
         for k, v in (over.get("labels") or {}).items():
             f.check(r["labels"].get(k) == v, f"[custom] {a}: label {k}={v} missing")
     untouched = [a for a in dflt if a in got and a not in cpr.get("rules", {})
-                 and "${selector}" not in json.dumps(rules_of(src["groups"])[a])]
+                 and "${selector}" not in json.dumps(rules_of(src["groups"])[a])
+                 and "${roster_selector}" not in json.dumps(rules_of(src["groups"])[a])]
     for a in untouched:
         f.check({**got[a], "annotations": {}} == {**dflt[a], "annotations": {}}, f"[custom] {a} changed although not overridden")
     if "targetSelector" in cpr:
         f.check(cpr["targetSelector"] in got.get("HookbusTargetMissing", {}).get("expr", ""),
                 "[custom] targetSelector not used by HookbusTargetMissing")
+    if "rosterTargetSelector" in cpr:
+        f.check(cpr["rosterTargetSelector"] in got.get("HookbusRosterDown", {}).get("expr", ""),
+                "[custom] rosterTargetSelector not used by HookbusRosterDown")
+    roster_default = [a for g in default if g["name"] == ROSTER_GROUP for a in rules_of([g])]
+    f.check(bool(roster_default) and all(dflt[a]["annotations"]["runbook_url"].startswith("docs/roster.md#")
+                                         for a in roster_default),
+            f"[default] the roster alerts {roster_default} do not link to docs/roster.md")
     print(f"  ok   [custom] {len(got)} alerts: overrides of {', '.join(sorted(cpr.get('rules', {})))} applied, "
           f"{len(untouched)} others unchanged")
 
@@ -1635,12 +1963,13 @@ def cmd_alerts(args: argparse.Namespace) -> None:
             f.check(why in str(e), f"rules {bad} refused for another reason: {' '.join(str(e).split())[:200]}")
     print("  ok   a misspelt alert, a threshold on an alert without one, an unknown severity: refused")
 
-    # Links inside docs/runbooks.md lead somewhere.
-    if RUNBOOKS.exists():
-        text = RUNBOOKS.read_text()
-        anchors = github_anchors(text)
-        for link in sorted(set(re.findall(r"\]\(#([^)]+)\)", text))):
-            f.check(link in anchors, f"docs/runbooks.md links to #{link}, which is no heading")
+    # Links inside docs/runbooks.md and docs/roster.md lead somewhere.
+    for doc in (RUNBOOKS, ROSTER_DOC):
+        if doc.exists():
+            text = doc.read_text()
+            anchors = github_anchors(text)
+            for link in sorted(set(re.findall(r"\]\(#([^)]+)\)", text))):
+                f.check(link in anchors, f"{doc.relative_to(ROOT)} links to #{link}, which is no heading")
 
     # The promtool tests cover every alert: each fires somewhere (default or custom form),
     # and the healthy scenario expects silence from every alert that is on by default.
@@ -1663,8 +1992,9 @@ def cmd_alerts(args: argparse.Namespace) -> None:
         for pr in by_kind(docs, "PrometheusRule"):
             slug = name.replace("ci/", "ci-").removesuffix(".yaml")
             (out / f"{slug}.yaml").write_text(rule_file_text(pr["spec"]["groups"]))
+            vpr = (values.get("metrics", {}).get("prometheusRule", {}) or {})
             check_alert_rules(f, name, [g for g in pr["spec"]["groups"] if g["name"].startswith("hookbus.")],
-                              (values.get("metrics", {}).get("prometheusRule", {}) or {}).get("runbookBase", base))
+                              vpr.get("runbookBase", base), roster_runbook_base(vpr, vpr.get("runbookBase", base)))
             print(f"  ok   [{name}] PrometheusRule rules written for promtool")
     f.exit("alert rules")
 
@@ -1680,6 +2010,7 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
     material = Material(work / "generated")
     # (name, toml, secret files, mount, the pod's HOOKBUS_AUTH_TOKEN or None)
     targets: list[tuple[str, str, dict[str, str], str, str | None]] = []
+    pubnub_keys: dict[str, str] = {}  # the roster container's HOOKBUS_PUBNUB_SECRET_KEY, by case
     for name, values in cases():
         docs = docs_of(render(values))
         got = config_toml_of(docs)
@@ -1692,6 +2023,13 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
             if s["metadata"]["name"].endswith("-files"):
                 files = {k: base64.b64decode(x).decode() for k, x in (s.get("data") or {}).items()}
         targets.append((name, got[0], files, mount, pod_token(docs)))
+        key = pod_pubnub_key(docs)
+        if key is not None:
+            pubnub_keys[name] = key
+    # A hookbus without the roster (`hookbus roster` unknown) cannot read [roster]: the roster's
+    # renderings are then skipped, saying so, instead of failing on a section it predates.
+    probe = subprocess.run([args.hookbus, "roster", "--help"], capture_output=True, text=True, timeout=60)
+    roster_mode = probe.returncode == 0
     kust = Path(args.out) / "config" / "kustomize.toml"
     if kust.exists():
         targets.append(("kustomize", kust.read_text(), {}, "/etc/hookbus/secrets", pod_token(kustomize_docs(f))))
@@ -1705,6 +2043,10 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
         for fname, content in files.items():
             (secrets / fname).write_text(content)
         cfg = tomllib.loads(text)
+        if "roster" in cfg and not roster_mode:
+            print(f"  note [{name}] not checked: this hookbus has no `hookbus roster` ({args.hookbus} roster --help: "
+                  f"exit {probe.returncode}), so it cannot read the [roster] section the chart renders with roster.enabled")
+            continue
         made = []
         for key, value in config_strings(cfg):
             kind = FILE_KEYS.get(key)
@@ -1727,6 +2069,10 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
         if token is not None:
             env[TOKEN] = token
             refs.append(f"{TOKEN} (from the pod spec)")
+        # The Here Now secret key as the roster pod gets it (hookbus then requires the publish key).
+        if name in pubnub_keys:
+            env[PUBNUB_SECRET] = pubnub_keys[name]
+            refs.append(f"{PUBNUB_SECRET} (from the roster pod spec)")
         (case / "config.toml").write_text(text)
         proc = subprocess.run([args.hookbus, "--config", str(case / "config.toml"), "--check"],
                               capture_output=True, text=True, env=env, timeout=60)
@@ -1741,13 +2087,30 @@ def cmd_configcheck(args: argparse.Namespace) -> None:
     f.exit(f"hookbus --check on {len(targets)} rendered config.toml files")
 
 
+def pod_pubnub_key(docs: list[tuple[str, dict]]) -> str | None:
+    """The HOOKBUS_PUBNUB_SECRET_KEY the roster container of these manifests gets from its env
+    (a rendered Secret's value, else a stand-in for a Secret of the user's); None without one."""
+    roster = [d for d in by_kind(docs, "Deployment") if is_roster(d)]
+    if not roster:
+        return None
+    c = roster[0]["spec"]["template"]["spec"]["containers"][0]
+    entry = next((e for e in c.get("env") or [] if e.get("name") == PUBNUB_SECRET), None)
+    if entry is None:
+        return None
+    if "value" in entry:
+        return str(entry["value"])
+    ref = (entry.get("valueFrom") or {}).get("secretKeyRef") or {}
+    data = next((s.get("data") or {} for s in by_kind(docs, "Secret") if s["metadata"]["name"] == ref.get("name")), {})
+    return base64_text(data[ref["key"]]) if ref.get("key") in data else "check-deploy-pubnub-secret-key-from-a-secret-of-the-user"
+
+
 def pod_token(docs: list[tuple[str, dict]]) -> str | None:
     """The HOOKBUS_AUTH_TOKEN the hookbus container of these manifests would get: the value
     from a rendered Secret or a literal, a stand-in when it comes from a Secret they do not
     hold (an existing one), None when it gets none."""
     import base64  # noqa: PLC0415
 
-    wl = (by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"))[0]
+    wl = bridge_workload(docs)
     c = next(c for c in wl["spec"]["template"]["spec"]["containers"] if c["name"] == "hookbus")
     secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
     route = token_route(c, secrets)

@@ -258,8 +258,21 @@ port only after reading the spool back, so a fuller spool on a slower volume nee
 {{- end }}
 {{- end }}
 
-{{/* config.toml rendered from .Values.config; strings go through toJson (a valid TOML basic string). */}}
+{{/*
+config.toml rendered from .Values.config; strings go through toJson (a valid TOML basic string).
+The file both workloads mount: the bridge's sections, then [roster] and [roster.here_now] when
+roster.enabled (hookbus.rosterToml).
+*/}}
 {{- define "hookbus.configToml" -}}
+{{ include "hookbus.configTomlBase" . }}
+{{- include "hookbus.rosterToml" . }}
+{{- end }}
+
+{{/*
+config.toml without the roster's sections: the bridge's checksum/config, so that a change of
+config.roster (or turning the roster on) rolls the roster alone. The bridge ignores [roster].
+*/}}
+{{- define "hookbus.configTomlBase" -}}
 {{- $c := .Values.config -}}
 {{- $admin := $c.admin | default dict -}}
 {{- $nats := $c.nats -}}
@@ -350,6 +363,29 @@ replication_factor = {{ $c.kafka.replication_factor | int64 }}
 {{- end }}
 {{ end }}
 
+{{/*
+[roster] and [roster.here_now] (docs/roster.md), only with roster.enabled: listen from
+roster.containerPort, the other keys from config.roster as given (null: not rendered, hookbus's
+default applies). here_now.secret_key is never rendered: the roster container gets it as env
+HOOKBUS_PUBNUB_SECRET_KEY from a Secret (roster.pubnubSecretKey).
+*/}}
+{{- define "hookbus.rosterToml" -}}
+{{- if .Values.roster.enabled }}
+{{- $r := .Values.config.roster | default dict }}
+{{- $h := $r.here_now | default dict }}
+[roster]
+listen = {{ printf "0.0.0.0:%d" (.Values.roster.containerPort | int) | toJson }}
+{{- range $k := list "store" "bucket" "consumer" "sub_key" "tombstone_ttl" "template" "sessions" "batch" }}
+{{- include "hookbus.tomlOpt" (list $k (index $r $k)) }}
+{{- end }}
+
+[roster.here_now]
+{{- range $k := list "origin" "subscribe_key" "publish_key" "interval" "max_requests_per_second" "timeout" }}
+{{- include "hookbus.tomlOpt" (list $k (index $h $k)) }}
+{{- end }}
+{{ end }}
+{{- end }}
+
 {{/* A threshold as PromQL number text: integers without a fraction or exponent. */}}
 {{- define "hookbus.promNumber" -}}
 {{- if kindIs "string" . }}{{ . }}
@@ -360,8 +396,9 @@ replication_factor = {{ $c.kafka.replication_factor | int64 }}
 
 {{/*
 The alert rule groups, as a YAML list: files/prometheus/rules.yaml with ${threshold},
-${selector}, ${dedup_window_seconds} (config.dedup.window), severity (or severityByAckMode
-for config.ack.mode), for, extra labels and runbook_url from metrics.prometheusRule.
+${selector}, ${roster_selector}, ${dedup_window_seconds} (config.dedup.window), severity (or
+severityByAckMode for config.ack.mode), for, extra labels and runbook_url from
+metrics.prometheusRule (the group hookbus.roster links to docs/roster.md: rosterRunbookBase).
 Every alert of the file needs an entry in metrics.prometheusRule.rules and every entry
 there must name an alert of the file, so a typo fails the render instead of being ignored.
 */}}
@@ -374,6 +411,8 @@ there must name an alert of the file, so a typo fails the render instead of bein
 {{- $settings := $pr.rules | default dict }}
 {{- $selector := $pr.targetSelector | default (printf "job=%q" (include "hookbus.name" .)) }}
 {{- $base := $pr.runbookBase | default "docs/runbooks.md" }}
+{{- $rosterSelector := $pr.rosterTargetSelector | default (printf "job=%q" (include "hookbus.rosterAppName" .)) }}
+{{- $rosterBase := $pr.rosterRunbookBase | default (regexReplaceAll "[^/]*$" $base "roster.md") }}
 {{- $dedupWindow := include "hookbus.durationSeconds" .Values.config.dedup.window }}
 {{- $known := dict }}
 {{- $groups := list }}
@@ -390,7 +429,7 @@ there must name an alert of the file, so a typo fails the render instead of bein
 {{- end }}
 {{- $s := index $settings $name | default dict }}
 {{- if ne (toString $s.enabled) "false" }}
-{{- $expr := $r.expr | replace "${selector}" $selector | replace "${dedup_window_seconds}" $dedupWindow }}
+{{- $expr := $r.expr | replace "${selector}" $selector | replace "${roster_selector}" $rosterSelector | replace "${dedup_window_seconds}" $dedupWindow }}
 {{- $th := "" }}
 {{- if contains "${threshold}" $r.expr }}
 {{- if kindIs "invalid" $s.threshold }}
@@ -409,9 +448,9 @@ there must name an alert of the file, so a typo fails the render instead of bein
 {{- end }}
 {{- $annotations := dict }}
 {{- range $k, $v := $r.annotations }}
-{{- $_ := set $annotations $k ($v | replace "${threshold}" $th | replace "${selector}" $selector | replace "${dedup_window_seconds}" $dedupWindow) }}
+{{- $_ := set $annotations $k ($v | replace "${threshold}" $th | replace "${selector}" $selector | replace "${roster_selector}" $rosterSelector | replace "${dedup_window_seconds}" $dedupWindow) }}
 {{- end }}
-{{- $_ := set $annotations "runbook_url" (printf "%s#%s" $base (lower $name)) }}
+{{- $_ := set $annotations "runbook_url" (printf "%s#%s" (ternary $rosterBase $base (eq (toString $g.name) "hookbus.roster")) (lower $name)) }}
 {{- $rule := dict "alert" $name "expr" $expr "labels" $labels "annotations" $annotations }}
 {{- $for := toString ($s.for | default "") }}
 {{- if and $for (ne $for "0s") (ne $for "0") }}
@@ -431,6 +470,97 @@ there must name an alert of the file, so a typo fails the render instead of bein
 {{- end }}
 {{- end }}
 {{- toYaml $groups }}
+{{- end }}
+
+{{/*
+The presence roster (roster.enabled, docs/roster.md): its own Deployment, Service,
+ServiceMonitor and PDB. Its pods carry app.kubernetes.io/name <name>-roster, so no selector of
+the bridge (Services, PDB, HPA, NetworkPolicy, anti-affinity) ever matches them, and the
+ServiceMonitor (jobLabel app.kubernetes.io/name) gives its targets job="<name>-roster".
+*/}}
+{{- define "hookbus.rosterAppName" -}}
+{{- printf "%s-roster" (include "hookbus.name" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Name of the roster's Deployment, Service, ServiceMonitor, PDB and Secret: <fullname>-roster within 63 characters. */}}
+{{- define "hookbus.rosterFullname" -}}
+{{- printf "%s-roster" (include "hookbus.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Labels that select the roster's pods; never change them between releases. */}}
+{{- define "hookbus.rosterSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "hookbus.rosterAppName" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels on every roster object. */}}
+{{- define "hookbus.rosterLabels" -}}
+helm.sh/chart: {{ include "hookbus.chart" . }}
+{{ include "hookbus.rosterSelectorLabels" . }}
+app.kubernetes.io/component: roster
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: hookbus
+{{- end }}
+
+{{/*
+Where the roster container's HOOKBUS_PUBNUB_SECRET_KEY (the PubNub secret key that signs Here
+Now reads) comes from, as an EnvVar list: roster.pubnubSecretKey.value (stored in the Secret
+<fullname>-roster) or .existingSecret/.key; "" when neither is set (then a key of
+secret.existingSecret or secret.env of that name still reaches it through envFrom).
+*/}}
+{{- define "hookbus.rosterSecretKeyEnv" -}}
+{{- $k := .Values.roster.pubnubSecretKey | default dict }}
+{{- if $k.value }}
+- name: HOOKBUS_PUBNUB_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "hookbus.rosterFullname" . }}
+      key: HOOKBUS_PUBNUB_SECRET_KEY
+{{- else if $k.existingSecret }}
+- name: HOOKBUS_PUBNUB_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $k.existingSecret }}
+      key: {{ $k.key | default "HOOKBUS_PUBNUB_SECRET_KEY" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The roster's guard rails: a store it can use with the configured sink, Here Now with the
+sub_key it needs, one source of the PubNub secret key.
+*/}}
+{{- define "hookbus.rosterGuardRails" -}}
+{{- $r := .Values.config.roster | default dict }}
+{{- $h := $r.here_now | default dict }}
+{{- $sink := toString .Values.config.sink.kind }}
+{{- $store := toString ($r.store | default "nats") }}
+{{- if not (has $sink (list "nats" "kafka")) }}
+{{- fail (printf "roster.enabled with config.sink.kind %s: the roster consumes the events the bridge publishes to NATS JetStream or Kafka" $sink) }}
+{{- end }}
+{{- if and (eq $sink "nats") (not .Values.config.nats.jetstream) }}
+{{- fail "roster.enabled needs config.nats.jetstream true: the roster reads the bridge's JetStream stream through a durable consumer" }}
+{{- end }}
+{{- if and (eq $store "nats") (ne $sink "nats") }}
+{{- fail (printf "config.roster.store nats (a JetStream key-value bucket) needs config.sink.kind nats, not %s: use a Redis store (config.roster.store redis://...) with Kafka" $sink) }}
+{{- end }}
+{{- if and $h.origin (not $r.sub_key) }}
+{{- fail "config.roster.here_now.origin is set but config.roster.sub_key is empty: Here Now reads one keyset, so the roster must keep one sub_key's roster (set config.roster.sub_key, and here_now.subscribe_key)" }}
+{{- end }}
+{{- if and $h.origin (not $h.subscribe_key) }}
+{{- fail "config.roster.here_now.origin is set but config.roster.here_now.subscribe_key is empty: Here Now reads need the keyset's subscribe key" }}
+{{- end }}
+{{- $k := .Values.roster.pubnubSecretKey | default dict }}
+{{- if and $h.origin (or $k.value $k.existingSecret) (not $h.publish_key) }}
+{{- fail "roster.pubnubSecretKey is set but config.roster.here_now.publish_key is empty: signed Here Now reads need the publish key too" }}
+{{- end }}
+{{- $port := int .Values.roster.containerPort }}
+{{- if has $port (list (int .Values.containerPorts.http) (int .Values.containerPorts.admin)) }}
+{{- fail (printf "roster.containerPort %d is also containerPorts.http or .admin: hookbus --check refuses a [roster] listen on the port of [http] or [admin] (they share config.toml)" $port) }}
+{{- end }}
+{{- if and $k.value $k.existingSecret }}
+{{- fail "roster.pubnubSecretKey.value and roster.pubnubSecretKey.existingSecret are both set: name one source of HOOKBUS_PUBNUB_SECRET_KEY" }}
+{{- end }}
 {{- end }}
 
 {{/* Name of the admin Service: <fullname>-admin within the 63 characters of a DNS label. */}}

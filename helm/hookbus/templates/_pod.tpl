@@ -4,7 +4,8 @@
 {{- $spoolDir := .Values.config.spool.dir | trimSuffix "/" }}
 metadata:
   annotations:
-    checksum/config: {{ include "hookbus.configToml" . | sha256sum }}
+    {{- /* The bridge's sections only: a roster-only change rolls the roster alone. */}}
+    checksum/config: {{ include "hookbus.configTomlBase" . | sha256sum }}
     {{- if .Values.rollOnSecretChange }}
     {{- /* hookbus reads its Secrets at start: a changed one rolls the pods on helm upgrade. */}}
     {{- with include "hookbus.chartSecretData" . }}
