@@ -5,6 +5,10 @@
 //! of Redis errors (URL passwords redacted) to the store's errors.
 
 mod scripts;
+#[cfg(test)]
+mod test_server;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::sync::LazyLock;
