@@ -54,6 +54,8 @@ pub struct NatsInput {
     subjects: Vec<String>,
     /// The stream's first sequence at the last gap reported (a gap is reported once).
     gap_at: u64,
+    /// Messages still to deliver after the last one fetched.
+    pending: Option<u64>,
 }
 
 impl Input {
@@ -79,6 +81,7 @@ impl Input {
             name: name.to_owned(),
             subjects,
             gap_at: 0,
+            pending: None,
         })))
     }
 
@@ -125,6 +128,7 @@ impl Input {
                 let mut out = Vec::new();
                 while let Some(message) = batch.next().await {
                     let message = message.map_err(err)?;
+                    nats.pending = message.info().ok().map(|i| i.pending);
                     let published_ms = message.info().ok().and_then(|i| {
                         i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok()
                     });
@@ -133,6 +137,9 @@ impl Input {
                         published_ms,
                         token: Token::Nats(Box::new(message)),
                     });
+                }
+                if out.is_empty() {
+                    nats.pending = Some(0);
                 }
                 Ok(out)
             }
@@ -184,7 +191,10 @@ impl Input {
     /// high watermark − position over the assignment).
     pub async fn backlog(&mut self) -> Option<u64> {
         match self {
-            Input::Nats(nats) => nats.consumer.info().await.ok().map(|i| i.num_pending),
+            Input::Nats(nats) => match nats.pending {
+                Some(pending) => Some(pending),
+                None => nats.consumer.info().await.ok().map(|i| i.num_pending),
+            },
             Input::Kafka(consumer) => {
                 let assignment = consumer.assignment().ok()?;
                 let position = consumer.position().ok()?;

@@ -283,6 +283,7 @@ impl Consumer {
             if batch.is_empty() {
                 // Caught up: a rebuild in progress is done.
                 self.ready.rebuilding.store(false, Ordering::Relaxed);
+                self.writer.metrics.pending.set(0);
                 continue;
             }
             match self.apply(&batch).await {

@@ -51,6 +51,13 @@ pub struct Member {
     /// The latest absence (leave, timeout, or the channel's inactive / Here Now horizon).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub absent: Option<OrderKey>,
+    /// Why the member is absent (the session's `reason` when a late start completes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absent_reason: Option<Reason>,
+    /// The absence before `absent`: a presence between the two is the start of the stay
+    /// `absent` ended, also when it arrives after the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_absent: Option<OrderKey>,
     /// Presence keys after `absent`, ascending (at most [`MAX_STAY_KEYS`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stay: Vec<OrderKey>,
@@ -95,6 +102,10 @@ pub enum Effect {
     Stale,
     /// Already applied (a redelivery): no effect.
     Seen,
+    /// Stale for presence, but it completes the stay the latest absence ended (its start
+    /// arrived after its end, as across Kafka topics) or names an earlier absence: the
+    /// record changed.
+    Late,
 }
 
 /// Applies `fact` to the member's record (`None`: no record), given the channel's horizon.
@@ -115,7 +126,15 @@ pub fn apply(
         && fact.key <= floor
     {
         let same = !fact.present && slot.as_ref().and_then(|m| m.absent.as_ref()) == Some(fact.key);
-        return if same { Effect::Seen } else { Effect::Stale };
+        if same {
+            return Effect::Seen;
+        }
+        if let Some(member) = slot.as_mut()
+            && late(member, fact)
+        {
+            return Effect::Late;
+        }
+        return Effect::Stale;
     }
     let Some(member) = slot.as_mut() else {
         *slot = Some(new_member(uuid, fact, now_ms, ttl_ms));
@@ -138,6 +157,8 @@ fn new_member(uuid: &str, fact: &Fact<'_>, now_ms: i64, ttl_ms: i64) -> Member {
         present: fact.present,
         key: fact.key.clone(),
         absent: None,
+        absent_reason: None,
+        prior_absent: None,
         stay: Vec::new(),
         state_key: None,
         expires_at_ms: None,
@@ -152,9 +173,47 @@ fn new_member(uuid: &str, fact: &Fact<'_>, now_ms: i64, ttl_ms: i64) -> Member {
         }
     } else {
         member.absent = Some(fact.key.clone());
+        member.absent_reason = Some(fact.reason);
         member.expires_at_ms = Some(now_ms.saturating_add(ttl_ms));
     }
     member
+}
+
+/// A fact older than the member's latest absence, on a tombstone: a presence after the
+/// absence before it starts the stay that absence ended (its session is recorded, or starts
+/// earlier while unpublished); an absence between the two becomes the earlier one. Whether
+/// the record changed.
+fn late(member: &mut Member, fact: &Fact<'_>) -> bool {
+    let Some(absent) = member.absent.clone() else {
+        return false;
+    };
+    let after_prior = member.prior_absent.as_ref().is_none_or(|p| fact.key > p);
+    if member.present || *fact.key >= absent || !after_prior {
+        return false;
+    }
+    if !fact.present {
+        member.prior_absent = Some(fact.key.clone());
+        return true;
+    }
+    let (since_ms, until_ms) = (fact.key.time_ms(), absent.time_ms());
+    match member.ended.as_mut() {
+        Some(ended) if ended.until_ms == until_ms => {
+            if ended.published || ended.since_ms <= since_ms {
+                return false;
+            }
+            ended.since_ms = since_ms;
+        }
+        Some(ended) if !ended.published => return false,
+        _ => {
+            member.ended = Some(Ended {
+                since_ms,
+                until_ms,
+                reason: member.absent_reason.unwrap_or(Reason::Leave),
+                published: false,
+            });
+        }
+    }
+    true
 }
 
 /// A presence after the member's latest absence.
@@ -186,7 +245,9 @@ fn present(member: &mut Member, fact: &Fact<'_>) -> Effect {
 /// event, else it only moves the stay's start.
 fn absent(member: &mut Member, fact: &Fact<'_>, now_ms: i64, ttl_ms: i64) -> Effect {
     let started = member.stay.first().map(OrderKey::time_ms);
+    member.prior_absent = member.absent.take();
     member.absent = Some(fact.key.clone());
+    member.absent_reason = Some(fact.reason);
     member.stay.retain(|k| k > fact.key);
     if member.state_key.as_ref().is_some_and(|k| k < fact.key) {
         member.state = None;

@@ -339,13 +339,11 @@ impl Batch<'_> {
         };
         self.occupancy(&key, occupancy, event.action == Action::Interval);
         let member_event = event.uuid.is_some() && event.action != Action::Interval;
-        if member_event && self.outcome.changed.len() == changed {
-            // Stale (counted by `fact`) or a redelivery: the event changed nothing.
+        if self.outcome.stale > stale || (member_event && self.outcome.changed.len() == changed) {
+            // Stale (counted by `fact`) or a redelivery: no effect on who is present.
             return;
         }
-        if self.outcome.stale == stale || self.outcome.changed.len() > changed {
-            self.outcome.applied.push(event.action);
-        }
+        self.outcome.applied.push(event.action);
         self.summary.updated_at_ms = self.summary.updated_at_ms.max(key.time_ms());
     }
 
@@ -428,7 +426,10 @@ impl Batch<'_> {
             self.now_ms,
             self.rules.tombstone_ttl_ms,
         ) {
-            Effect::Changed => {
+            effect @ (Effect::Changed | Effect::Late) => {
+                if effect == Effect::Late {
+                    self.outcome.stale += 1;
+                }
                 let now = Counted::of(slot.as_ref());
                 let expires = slot.as_ref().and_then(|m| m.expires_at_ms);
                 self.count(was, now);

@@ -555,3 +555,52 @@ proptest! {
         prop_assert_eq!(observed(&channel), reference(&events));
     }
 }
+
+#[test]
+fn a_join_that_arrives_after_its_timeout_still_ends_one_session() {
+    // Kafka keeps per-action topics in no common order: the end can come first.
+    let mut channel = Channel::default();
+    let timeout = event("t", Action::Timeout, Some("u1"), 90_000);
+    run(&mut channel, &[timeout.clone()]);
+    assert!(member(&channel, "u1").unwrap().ended.is_none());
+    let outcome = run(&mut channel, &[join("j", "u1", 1_000)]);
+    assert_eq!(
+        (outcome.stale, outcome.applied.len()),
+        (1, 0),
+        "stale for presence"
+    );
+    assert!(outcome.dirty, "the session is recorded");
+    let m = member(&channel, "u1").unwrap();
+    assert!(!m.present);
+    let ended = m.ended.clone().unwrap();
+    assert_eq!(
+        (ended.since_ms, ended.until_ms, ended.reason),
+        (1_000, 90_000, Reason::Timeout)
+    );
+    assert_eq!(channel.summary.as_ref().unwrap().unpublished, 1);
+    // The same events again change nothing.
+    let before = channel.clone();
+    let outcome = run(&mut channel, &[timeout, join("j", "u1", 1_000)]);
+    assert!(!outcome.dirty);
+    assert_eq!(channel, before);
+    // Once published, an even earlier join of the same stay does not reopen it.
+    assert!(mark_published(&mut channel, "u1", NOW));
+    assert!(!run(&mut channel, &[join("j0", "u1", 500)]).dirty);
+}
+
+#[test]
+fn a_late_join_before_the_earlier_absence_starts_no_session() {
+    let mut channel = Channel::default();
+    run(
+        &mut channel,
+        &[leave("l1", "u1", 10_000), leave("l2", "u1", 20_000)],
+    );
+    assert!(
+        !run(&mut channel, &[join("j", "u1", 5_000)]).dirty,
+        "before both absences"
+    );
+    let outcome = run(&mut channel, &[join("j2", "u1", 15_000)]);
+    assert!(outcome.dirty);
+    let ended = member(&channel, "u1").unwrap().ended.clone().unwrap();
+    assert_eq!((ended.since_ms, ended.until_ms), (15_000, 20_000));
+}

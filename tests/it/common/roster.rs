@@ -42,7 +42,10 @@ impl RosterProcess {
             .arg("roster")
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("ROSTER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
