@@ -4,5 +4,6 @@
 //! output, serves the read API and reconciles with PubNub Here Now. Nothing here is on the
 //! bridge's hot path.
 
+pub mod here_now;
 pub mod state;
 pub mod store;
