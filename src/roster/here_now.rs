@@ -8,6 +8,10 @@ mod limiter;
 mod paging;
 mod response;
 mod sign;
+#[cfg(test)]
+mod test_server;
+#[cfg(test)]
+mod tests;
 
 pub use error::{BACKOFF_MAX, BACKOFF_MIN, HereNowError, backoff};
 
