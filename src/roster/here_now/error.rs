@@ -36,20 +36,23 @@ pub enum HereNowError {
     #[error("a Here Now read of this channel is already running")]
     Busy,
     /// The connection failed or broke before a whole answer arrived (refused, reset, TLS).
+    /// Counted as `http_error`: no usable HTTP answer.
     #[error("Here Now could not be reached: {0}")]
     Transport(String),
-    /// The channel name is empty (Here Now's path would then name no channel).
+    /// The channel name is empty (Here Now's path would then name no channel). Counted as
+    /// `http_error`: the request cannot be made.
     #[error("the channel name is empty")]
     InvalidChannel,
-    /// `HereNowClient::new` refused the settings (the message names the setting).
+    /// `HereNowClient::new` refused the settings (the message names the setting). Never the
+    /// result of a read; labelled `http_error` only so that every error has a label.
     #[error("invalid Here Now settings: {0}")]
     Config(String),
 }
 
 impl HereNowError {
-    /// Every label [`result_label`](Self::result_label) returns (besides `"ok"`, which the
-    /// caller uses for a successful read).
-    pub const LABELS: [&'static str; 10] = [
+    /// Every label [`result_label`](Self::result_label) returns: the failed results of
+    /// `hookbus_roster_reconciliations_total` (the caller adds its own for a successful read).
+    pub const LABELS: [&'static str; 7] = [
         "timeout",
         "forbidden",
         "server_error",
@@ -57,9 +60,6 @@ impl HereNowError {
         "malformed",
         "inconsistent",
         "busy",
-        "transport_error",
-        "invalid_channel",
-        "invalid_config",
     ];
 
     /// The metric label of this error, from the fixed set [`LABELS`](Self::LABELS).
@@ -68,13 +68,13 @@ impl HereNowError {
             HereNowError::Timeout => "timeout",
             HereNowError::Forbidden(_) => "forbidden",
             HereNowError::Server(_) => "server_error",
-            HereNowError::Status(..) => "http_error",
+            HereNowError::Status(..)
+            | HereNowError::Transport(_)
+            | HereNowError::InvalidChannel
+            | HereNowError::Config(_) => "http_error",
             HereNowError::Malformed(_) => "malformed",
             HereNowError::Inconsistent { .. } => "inconsistent",
             HereNowError::Busy => "busy",
-            HereNowError::Transport(_) => "transport_error",
-            HereNowError::InvalidChannel => "invalid_channel",
-            HereNowError::Config(_) => "invalid_config",
         }
     }
 
@@ -147,28 +147,27 @@ mod tests {
     }
 
     #[test]
-    fn every_error_has_its_own_label_from_the_fixed_set() {
+    fn every_error_has_a_label_from_the_fixed_set() {
         let labels: Vec<&str> = all().iter().map(HereNowError::result_label).collect();
-        assert_eq!(labels, HereNowError::LABELS);
+        assert_eq!(labels[..7], HereNowError::LABELS);
+        // No usable answer, an impossible request, refused settings: all `http_error`.
+        assert_eq!(labels[7..], ["http_error"; 3]);
     }
 
     #[test]
     fn retriable_only_when_a_retry_may_help() {
-        let retriable: Vec<&str> = all()
-            .iter()
-            .filter(|e| e.retriable())
-            .map(HereNowError::result_label)
-            .collect();
-        assert_eq!(
-            retriable,
-            [
-                "timeout",
-                "server_error",
-                "malformed",
-                "inconsistent",
-                "transport_error"
-            ]
-        );
+        let retriable: Vec<HereNowError> = all().into_iter().filter(|e| e.retriable()).collect();
+        let want = [
+            HereNowError::Timeout,
+            HereNowError::Server(503),
+            HereNowError::Malformed("x".into()),
+            HereNowError::Inconsistent {
+                occupancy: 3,
+                listed: 2,
+            },
+            HereNowError::Transport("refused".into()),
+        ];
+        assert_eq!(retriable, want);
         assert!(HereNowError::Status(429, String::new()).retriable());
         assert!(HereNowError::Status(408, String::new()).retriable());
         assert!(!HereNowError::Status(404, String::new()).retriable());
