@@ -311,14 +311,6 @@ async fn kafka_and_redis_a_session_is_published_once_also_when_its_end_is_redeli
         members.contains_key("u9").then_some(())
     })
     .await;
-    eprintln!(
-        "U1REC {}",
-        redis.command(&["HGET", "{PRESENCE_ROSTER}:m:room_2Eb", "u1"])
-    );
-    eprintln!(
-        "SUMREC {}",
-        redis.command(&["HGETALL", "{PRESENCE_ROSTER}:s:room_2Eb"])
-    );
     let reader =
         crate::common::kafka::Reader::new(&tansu.brokers(), &["hookbus.sessions.room_2Eb"], 1, &[]);
     let sessions = reader.read(1, Duration::from_secs(3), WAIT);
