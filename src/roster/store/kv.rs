@@ -63,6 +63,8 @@ mod wire;
 mod test_server;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_protocol;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

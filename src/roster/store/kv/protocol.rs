@@ -38,10 +38,13 @@ pub(super) enum Head {
     },
 }
 
-/// How much of a commit to run.
+/// How much of a commit to run: all of it, or (tests) only the summary's compare-and-set, as
+/// a writer that crashed right after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Step {
     Full,
+    #[cfg(test)]
+    IntentOnly,
 }
 
 /// The key of member `uuid` of the channel whose summary key is `key`.
