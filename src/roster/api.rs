@@ -28,7 +28,8 @@ pub const DEFAULT_LIMIT: usize = 1_000;
 pub const MAX_LIMIT: usize = 10_000;
 
 pub struct Api {
-    pub store: Arc<Store>,
+    /// Set once the store is connected (until then the API answers 503).
+    pub store: Arc<std::sync::OnceLock<Arc<Store>>>,
     pub tokens: Vec<String>,
     /// Lower-case header name of the token.
     pub header: String,
@@ -150,8 +151,8 @@ fn probe(api: &Api, path: &str) -> Option<Response<Body>> {
 }
 
 async fn channel_page(api: &Api, channel: &str, query: &Query) -> Result<Response<Body>, String> {
-    let page = api
-        .store
+    let store = api.store.get().ok_or("the store is not connected yet")?;
+    let page = store
         .page(channel, query.after.as_deref(), query.limit)
         .await
         .map_err(|e| e.to_string())?;
@@ -185,8 +186,8 @@ async fn channel_page(api: &Api, channel: &str, query: &Query) -> Result<Respons
 }
 
 async fn channel_list(api: &Api, query: &Query) -> Result<Response<Body>, String> {
-    let (summaries, next) = api
-        .store
+    let store = api.store.get().ok_or("the store is not connected yet")?;
+    let (summaries, next) = store
         .channels(&query.prefix, query.after.as_deref(), query.limit)
         .await
         .map_err(|e| e.to_string())?;

@@ -219,6 +219,15 @@ impl Input {
         }
     }
 
+    /// The backlog as of the last fetch, without asking the broker (NATS: the last message's
+    /// pending count; Kafka: `None`).
+    pub fn last_backlog(&self) -> Option<u64> {
+        match self {
+            Input::Nats(nats) => nats.pending,
+            Input::Kafka(_) => None,
+        }
+    }
+
     /// Whether the stream dropped events the consumer had not acknowledged (retention passed
     /// them): a gap the roster must rebuild over. NATS only; Kafka reports `false`.
     pub async fn gap(&mut self) -> bool {
@@ -283,7 +292,8 @@ async fn create_consumer(
         durable_name: Some(name.to_owned()),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(60),
+        // A replica killed mid-batch: its messages go to another after this long.
+        ack_wait: Duration::from_secs(15),
         max_ack_pending: 20_000,
         filter_subjects: subjects.to_vec(),
         ..Default::default()

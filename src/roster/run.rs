@@ -71,29 +71,44 @@ pub async fn run(config: Config, stop: Shutdown) -> anyhow::Result<()> {
         None
     };
     let js = nats.clone().map(async_nats::jetstream::new);
-    let store = connect_store(&roster, js.clone()).await?;
-    let epoch = store
-        .epoch(true)
-        .await
-        .context("stamping the store's epoch")?
-        .unwrap_or_default();
-    ready.store.store(true, Ordering::Relaxed);
-    let input = connect_input(&config, &roster, &router, js.as_ref()).await?;
-    let outputs = Arc::new(outputs(&config, &roster, &router, nats, js, &metrics).await?);
-    let writer = Arc::new(Writer {
-        store: store.clone(),
-        rules: Rules {
-            tombstone_ttl_ms: i64::try_from(roster.tombstone_ttl.as_millis()).unwrap_or(i64::MAX),
-        },
-        metrics: metrics.clone(),
-        outputs,
-    });
+    // The API (and its probes) first: /readyz says what start-up still waits for.
     let listener = tokio::net::TcpListener::bind(roster.listen)
         .await
         .with_context(|| format!("binding roster.listen {}", roster.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "roster API listening");
-    let api = Arc::new(api_state(&config, store.clone(), registry, ready.clone()));
+    let cell = Arc::new(std::sync::OnceLock::new());
+    let api = Arc::new(api_state(&config, cell.clone(), registry, ready.clone()));
     let server = tokio::spawn(api::serve(listener, api, stop.clone()));
+    let Some((store, epoch)) = retry("the roster store", &stop, || async {
+        let store = connect_store(&roster, js.clone()).await?;
+        let epoch = store
+            .epoch(true)
+            .await
+            .context("stamping the store's epoch")?;
+        Ok((store, epoch.unwrap_or_default()))
+    })
+    .await
+    else {
+        let _ = server.await;
+        return Ok(());
+    };
+    let _ = cell.set(store.clone());
+    ready.store.store(true, Ordering::Relaxed);
+    let Some(input) = retry("the roster input", &stop, || {
+        connect_input(&config, &roster, &router, js.as_ref())
+    })
+    .await
+    else {
+        let _ = server.await;
+        return Ok(());
+    };
+    let outputs = Arc::new(outputs(&config, &roster, &router, nats, js, &metrics).await?);
+    let writer = Arc::new(Writer {
+        store: store.clone(),
+        rules: rules(&roster),
+        metrics: metrics.clone(),
+        outputs,
+    });
     let rebuild = Arc::new(AtomicBool::new(false));
     let (refresh_tx, refresh_rx) = mpsc::channel::<String>(10_000);
     let reconciler = super::reconcile::start(&roster, writer.clone(), refresh_rx, stop.clone())?;
@@ -120,6 +135,35 @@ pub async fn run(config: Config, stop: Shutdown) -> anyhow::Result<()> {
     let _ = server.await;
     tracing::info!("roster stopped");
     Ok(())
+}
+
+fn rules(roster: &RosterConfig) -> Rules {
+    Rules {
+        tombstone_ttl_ms: i64::try_from(roster.tombstone_ttl.as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// `attempt` until it succeeds (`Some`) or `stop` fires (`None`), with backoff; each failure
+/// is logged (the broker or store may still be starting).
+async fn retry<T, F, Fut>(what: &str, stop: &Shutdown, mut attempt: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut failures = 0;
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(error = format!("{error:#}"), "connecting {what}; retried");
+            }
+        }
+        pause(backoff(failures), stop).await;
+        if stop.is_draining() {
+            return None;
+        }
+    }
 }
 
 async fn connect_store(
@@ -172,7 +216,7 @@ async fn connect_input(
 
 fn api_state(
     config: &Config,
-    store: Arc<Store>,
+    store: Arc<std::sync::OnceLock<Arc<Store>>>,
     registry: prometheus::Registry,
     ready: Arc<Readiness>,
 ) -> Api {
@@ -268,6 +312,10 @@ impl Consumer {
                     match fetched {
                         Ok(batch) => {
                             self.ready.input.store(true, Ordering::Relaxed);
+                            if let Some(backlog) = self.input.last_backlog() {
+                                let backlog = i64::try_from(backlog).unwrap_or(i64::MAX);
+                                self.writer.metrics.pending.set(backlog);
+                            }
                             batch
                         }
                         Err(error) => {

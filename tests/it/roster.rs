@@ -32,21 +32,21 @@ async fn stream(nats: &NatsServer) -> jetstream::Context {
 
 /// Publishes normalized events as the bridge would (no Nats-Msg-Id: repeats stay repeats).
 async fn publish(js: &jetstream::Context, events: &[Value]) {
-    let mut acks = Vec::new();
-    for e in events {
-        let subject = format!(
-            "presence.{}.{}",
-            hookbus::route::escape(e["channel"].as_str().unwrap()),
-            e["action"].as_str().unwrap()
-        );
-        acks.push(
-            js.publish(subject, serde_json::to_vec(e).unwrap().into())
-                .await
-                .expect("publish"),
-        );
-    }
-    for ack in acks {
-        ack.await.expect("stored");
+    // Acks are awaited 500 at a time: the client holds a bounded number in flight.
+    for chunk in events.chunks(500) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for e in chunk {
+            let subject = format!(
+                "presence.{}.{}",
+                hookbus::route::escape(e["channel"].as_str().unwrap()),
+                e["action"].as_str().unwrap()
+            );
+            let payload = serde_json::to_vec(e).unwrap();
+            acks.push(js.publish(subject, payload.into()).await.expect("publish"));
+        }
+        for ack in acks {
+            ack.await.expect("stored");
+        }
     }
 }
 
@@ -235,9 +235,10 @@ async fn a_replica_killed_mid_stream_loses_no_update() {
     let nats = NatsServer::start();
     let js = stream(&nats).await;
     let dir = tempfile::tempdir().unwrap();
-    let (distinct, delivered) = workload(11, 3_000, 40, 200);
-    let mut roster = RosterProcess::spawn(dir.path(), "r", &nats_fragment(&nats)).await;
+    let (distinct, delivered) = workload(11, 10_000, 40, 200);
+    // The whole backlog first, so the kill lands while most of it is still to apply.
     publish(&js, &delivered).await;
+    let mut roster = RosterProcess::spawn(dir.path(), "r", &nats_fragment(&nats)).await;
     wait_for("some events applied", WAIT, || async {
         let applied = roster
             .metric("hookbus_roster_events_applied_total{action=\"join\"}")
@@ -245,7 +246,12 @@ async fn a_replica_killed_mid_stream_loses_no_update() {
         (applied >= 100.0).then_some(())
     })
     .await;
+    let backlog = roster.metric("hookbus_roster_pending_events").await;
     roster.kill_and_restart().await;
+    assert!(
+        backlog > 0.0,
+        "the kill came after the backlog was applied: nothing was tested"
+    );
     converges(&roster, &channels_of(&distinct), &expected(&distinct)).await;
 }
 
@@ -388,4 +394,83 @@ async fn the_api_answers_bad_requests_with_json_errors_and_requires_the_token() 
     // Probes and metrics need no token.
     assert_eq!(roster.get("/healthz").await.0, 200);
     assert!(roster.metric("hookbus_roster_channels").await >= 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn here_now_refresh_and_drift_reconcile_against_paged_reads_and_errors_are_counted() {
+    use crate::common::here_now::{Answer, HereNowServer};
+    let nats = NatsServer::start();
+    let js = stream(&nats).await;
+    let here_now = HereNowServer::start().await.expect("here now server");
+    let listed: Vec<(String, Option<Value>)> = (0..2_500)
+        .map(|i| (format!("m{i:04}"), (i % 2 == 0).then(|| json!({"i": i}))))
+        .collect();
+    here_now.answer("big.room", Answer::members(listed.clone()));
+    here_now.answer("bad.room", Answer::error(500, "Internal Server Error"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[roster]\nsub_key = \"sub-c-1\"\n[roster.here_now]\norigin = \"{}\"\n\
+         subscribe_key = \"sub-c-1\"\ninterval = \"1h\"\nmax_requests_per_second = 200\n",
+        nats_fragment(&nats),
+        here_now.origin()
+    );
+    let roster = RosterProcess::spawn(dir.path(), "r", &config).await;
+    // A member the events know and Here Now does not, then an interval whose delta was too
+    // large to send (here_now_refresh): the read replaces the member set.
+    let t = 1_718_035_200_000;
+    let mut interval = event("iv", "interval", "big.room", None, t + 10_000, None);
+    interval["occupancy"] = json!(2_500);
+    interval["here_now_refresh"] = json!(true);
+    interval["delta"] = json!({"join": ["d1"], "leave": [], "timeout": []});
+    // On bad.room an occupancy that disagrees with the members: drift, and a read that fails.
+    let mut drifting = event("bj", "join", "bad.room", Some("b1"), t, None);
+    drifting["occupancy"] = json!(7);
+    publish(
+        &js,
+        &[
+            event("g", "join", "big.room", Some("ghost"), t, None),
+            interval,
+            drifting,
+        ],
+    )
+    .await;
+    let members = wait_for("the Here Now members", WAIT, || async {
+        let members = roster.members("big.room").await?;
+        (members.len() == 2_500).then_some(members)
+    })
+    .await;
+    assert!(
+        !members.contains_key("ghost") && !members.contains_key("d1"),
+        "older than the read"
+    );
+    assert_eq!(members["m0002"]["state"], json!({"i": 2}));
+    assert_eq!(members["m0003"]["state"], Value::Null);
+    let pages: Vec<String> = here_now
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("big.room"))
+        .filter_map(|r| r.param("offset").map(str::to_owned))
+        .collect();
+    assert_eq!(pages, ["0", "1000", "2000"], "paged by 1,000");
+    assert!(
+        roster
+            .metric("hookbus_roster_reconciliations_total{result=\"replaced\"}")
+            .await
+            >= 1.0
+    );
+    assert!(roster.metric("hookbus_roster_drift_members_count").await >= 1.0);
+    wait_for("the failed read counted", WAIT, || async {
+        (roster
+            .metric("hookbus_roster_reconciliations_total{result=\"server_error\"}")
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        roster.get("/readyz").await.0,
+        200,
+        "a failing Here Now is no reason to be unready"
+    );
+    assert_eq!(roster.members("bad.room").await.unwrap().len(), 1);
 }

@@ -561,7 +561,7 @@ fn a_join_that_arrives_after_its_timeout_still_ends_one_session() {
     // Kafka keeps per-action topics in no common order: the end can come first.
     let mut channel = Channel::default();
     let timeout = event("t", Action::Timeout, Some("u1"), 90_000);
-    run(&mut channel, &[timeout.clone()]);
+    run(&mut channel, std::slice::from_ref(&timeout));
     assert!(member(&channel, "u1").unwrap().ended.is_none());
     let outcome = run(&mut channel, &[join("j", "u1", 1_000)]);
     assert_eq!(

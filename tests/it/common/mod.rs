@@ -2,6 +2,10 @@
 //! port without losing a race for it: [`ports`]), hookbus started in-process on port 0, a
 //! minimal HTTP/1.1 client, and condition waits with deadlines.
 
+/// The Here Now stand-in the client's unit tests use, shared as it is.
+#[path = "../../../src/roster/here_now/test_server.rs"]
+#[allow(dead_code)]
+pub mod here_now;
 pub mod kafka;
 pub mod nats_jwt;
 pub mod pki;

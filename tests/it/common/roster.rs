@@ -117,15 +117,6 @@ impl RosterProcess {
     pub async fn metric(&self, series: &str) -> f64 {
         super::metric(self.api, series).await
     }
-
-    /// Waits until the roster's input backlog is empty and it is ready.
-    pub async fn caught_up(&self, within: Duration) {
-        wait_for("the roster to catch up", within, || async {
-            let ready = request(self.api, "GET", "/readyz", &[], b"").await.status == 200;
-            (ready && self.metric("hookbus_roster_pending_events").await == 0.0).then_some(())
-        })
-        .await;
-    }
 }
 
 /// Percent-encodes everything but unreserved characters.

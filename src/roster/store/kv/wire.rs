@@ -1,13 +1,15 @@
 //! The summary key's value: the caller's summary and the member writes its commit still owes
-//! (the intent), as one JSON object. Caller bytes that are JSON are embedded verbatim
-//! (`"summary":{…}`), so `nats kv get` shows them; any other bytes are hex (`"summary_hex"`).
+//! (the intent), as one JSON object. The owed writes come first, as `_pending`, then the
+//! caller's summary object's own fields, so `nats kv get` shows the documented summary
+//! fields at the top level; caller bytes that are not a JSON object are hex.
 //!
 //! ```text
-//! {"summary":<caller JSON>,"pending":[
+//! {"_pending":[
 //!    {"uuid":"<raw uuid>","rev":<member key revision>,"op":"present","value":<caller JSON>},
 //!    {"uuid":"<raw uuid>","rev":12,"op":"absent","value":<caller JSON>},
-//!    {"uuid":"<raw uuid>","rev":13,"op":"delete"}]}
-//! {"removed":true,"pending":[]}      a channel removal in progress
+//!    {"uuid":"<raw uuid>","rev":13,"op":"delete"}],"channel":"room.lobby","occupancy":3,…}
+//! {"_pending":[],"_summary_hex":"<hex>"}   caller bytes that are not a JSON object
+//! {"_pending":[],"_removed":true}          a channel removal in progress
 //! ```
 
 use serde::{Deserialize, Deserializer};
@@ -44,12 +46,7 @@ pub(super) fn encode(intent: &Intent) -> Vec<u8> {
                 .map(|p| 64 + p.uuid.len() + op_value(&p.op).map_or(0, <[u8]>::len))
                 .sum::<usize>(),
     );
-    out.push(b'{');
-    match &intent.summary {
-        Some(summary) => push_field(&mut out, "summary", summary),
-        None => out.extend_from_slice(b"\"removed\":true"),
-    }
-    out.extend_from_slice(b",\"pending\":[");
+    out.extend_from_slice(PREFIX);
     for (i, pending) in intent.pending.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -70,8 +67,34 @@ pub(super) fn encode(intent: &Intent) -> Vec<u8> {
         }
         out.push(b'}');
     }
-    out.extend_from_slice(b"]}");
+    out.push(b']');
+    match &intent.summary {
+        Some(summary) if is_object(summary) => {
+            // `{` is replaced by the pending field; an empty object adds no comma.
+            if summary.len() > 2 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&summary[1..]);
+        }
+        Some(summary) => {
+            out.extend_from_slice(b",\"_summary_hex\":\"");
+            out.extend_from_slice(crate::text::hex(summary).as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+        None => out.extend_from_slice(b",\"_removed\":true}"),
+    }
     out
+}
+
+/// The start of every summary key's value.
+const PREFIX: &[u8] = b"{\"_pending\":[";
+
+/// One JSON object, byte for byte (no surrounding whitespace).
+fn is_object(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&b'{')
+        && bytes.last() == Some(&b'}')
+        && serde_json::from_slice::<&RawValue>(bytes)
+            .is_ok_and(|raw| raw.get().len() == bytes.len())
 }
 
 /// The intent `bytes` hold.
@@ -79,15 +102,37 @@ pub(super) fn encode(intent: &Intent) -> Vec<u8> {
 /// # Errors
 /// The bytes are not what [`encode`] writes (the key was written by something else).
 pub(super) fn decode(bytes: &[u8]) -> Result<Intent, String> {
-    let wire: WireIntent<'_> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let summary = match (wire.removed, wire.summary, wire.summary_hex) {
-        (true, None, None) => None,
-        (false, Some(raw), None) => Some(raw.get().as_bytes().to_vec()),
-        (false, None, Some(hex)) => Some(unhex(&hex)?),
-        _ => return Err("needs exactly one of `summary`, `summary_hex`, `removed`".into()),
+    let Some(body) = bytes.strip_prefix(&PREFIX[..PREFIX.len() - 1]) else {
+        return Err("not a roster summary (no leading `_pending`)".into());
     };
-    let pending = wire
-        .pending
+    let mut stream = serde_json::Deserializer::from_slice(body).into_iter::<Vec<WirePending<'_>>>();
+    let pending = match stream.next() {
+        Some(Ok(pending)) => pending,
+        Some(Err(e)) => return Err(e.to_string()),
+        None => return Err("no `_pending` array".into()),
+    };
+    let rest = &body[stream.byte_offset()..];
+    let summary = if rest == b"}" {
+        Some(b"{}".to_vec())
+    } else if rest == b",\"_removed\":true}" {
+        None
+    } else if let Some(hex) = rest
+        .strip_prefix(b",\"_summary_hex\":\"")
+        .and_then(|r| r.strip_suffix(b"\"}"))
+    {
+        Some(unhex(std::str::from_utf8(hex).map_err(|e| e.to_string())?)?)
+    } else if let Some(fields) = rest.strip_prefix(b",") {
+        let mut summary = Vec::with_capacity(fields.len() + 1);
+        summary.push(b'{');
+        summary.extend_from_slice(fields);
+        if !is_object(&summary) {
+            return Err("the summary after `_pending` is not a JSON object".into());
+        }
+        Some(summary)
+    } else {
+        return Err("unexpected text after `_pending`".into());
+    };
+    let pending = pending
         .into_iter()
         .map(|p| {
             let value = match (p.value, p.value_hex) {
@@ -160,18 +205,6 @@ fn unhex(hex: &str) -> Result<Vec<u8>, String> {
 }
 
 #[derive(Deserialize)]
-struct WireIntent<'a> {
-    #[serde(borrow, default, deserialize_with = "some_raw")]
-    summary: Option<&'a RawValue>,
-    #[serde(default)]
-    summary_hex: Option<String>,
-    #[serde(default)]
-    removed: bool,
-    #[serde(borrow, default)]
-    pending: Vec<WirePending<'a>>,
-}
-
-#[derive(Deserialize)]
 struct WirePending<'a> {
     uuid: String,
     rev: u64,
@@ -227,9 +260,8 @@ mod tests {
         let bytes = round_trip(&intent);
         let text = String::from_utf8(bytes).unwrap();
         assert!(
-            text.starts_with(
-                r#"{"summary":{"n":1, "s":"caf\u00e9"},"pending":[{"uuid":"a.b c/é\"","rev":7"#
-            ),
+            text.starts_with(r#"{"_pending":[{"uuid":"a.b c/é\"","rev":7"#)
+                && text.ends_with(r#""rev":9,"op":"delete"}],"n":1, "s":"caf\u00e9"}"#),
             "{text}"
         );
         assert!(!text.contains("_hex"), "{text}");
@@ -254,7 +286,7 @@ mod tests {
                 }],
             };
             let text = String::from_utf8(round_trip(&intent)).unwrap();
-            assert!(text.contains("\"summary_hex\""), "{text}");
+            assert!(text.contains("\"_summary_hex\""), "{text}");
             assert!(text.contains("\"value_hex\""), "{text}");
         }
     }
@@ -270,7 +302,12 @@ mod tests {
             summary: None,
             pending: vec![],
         };
-        assert_eq!(round_trip(&removal), br#"{"removed":true,"pending":[]}"#);
+        assert_eq!(round_trip(&removal), br#"{"_pending":[],"_removed":true}"#);
+        let empty = Intent {
+            summary: Some(b"{}".to_vec()),
+            pending: vec![],
+        };
+        assert_eq!(round_trip(&empty), br#"{"_pending":[]}"#);
     }
 
     #[test]
@@ -279,9 +316,11 @@ mod tests {
             &b"{}"[..],
             b"hello",
             br#"{"summary":1,"removed":true}"#,
-            br#"{"summary":1,"pending":[{"uuid":"u","rev":1,"op":"delete","value":1}]}"#,
-            br#"{"summary":1,"pending":[{"uuid":"u","rev":1,"op":"present"}]}"#,
-            br#"{"summary_hex":"0g"}"#,
+            br#"{"_pending":[{"uuid":"u","rev":1,"op":"delete","value":1}]}"#,
+            br#"{"_pending":[{"uuid":"u","rev":1,"op":"present"}]}"#,
+            br#"{"_pending":[],"_summary_hex":"0g"}"#,
+            br#"{"_pending":[] ,"a":1}"#,
+            br#"{"_pending":[],"a":1"#,
         ] {
             assert!(decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
