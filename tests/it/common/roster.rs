@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::ports::{free_port, listens};
-use super::{config_text, request, wait_for};
+use super::{config_text, request};
 
 pub struct RosterProcess {
     pub child: tokio::process::Child,
