@@ -98,6 +98,51 @@ fn check_warns_about_security_properties_the_protocol_leaves_unused() {
 }
 
 #[test]
+fn check_validates_the_roster_section_naming_the_bad_key() {
+    let anon = "[auth]\nallow_anonymous = true\n";
+    for (text, key) in [
+        (
+            "[sink]\nkind = \"kafka\"\n[roster]\nstore = \"nats\"",
+            "roster.store",
+        ),
+        ("[roster]\nstore = \"memcached://x:1\"", "roster.store"),
+        ("[roster]\nbucket = \"has space\"", "roster.bucket"),
+        ("[roster]\nconsumer = \"\"", "roster.consumer"),
+        ("[roster]\ntombstone_ttl = \"0s\"", "roster.tombstone_ttl"),
+        ("[roster]\nbatch = 0", "roster.batch"),
+        ("[roster]\nlisten = \"0.0.0.0:8080\"", "roster.listen"),
+        (
+            "[roster]\ntemplate = \"presence.{channel}.join\"",
+            "roster.template",
+        ),
+        ("[roster]\nsessions = \"s.{action}\"", "roster.sessions"),
+        ("[roster]\nsurprise = 1", "surprise"),
+        (
+            "[roster.here_now]\norigin = \"ps.pndsn.com\"",
+            "roster.here_now.origin",
+        ),
+        (
+            "[roster.here_now]\norigin = \"https://ps.pndsn.com\"\nsubscribe_key = \"s\"",
+            "roster.sub_key",
+        ),
+        (
+            "[roster]\nsub_key = \"s\"\n[roster.here_now]\norigin = \"https://ps.pndsn.com\"\n\
+             subscribe_key = \"s\"\nsecret_key = \"k\"",
+            "roster.here_now.publish_key",
+        ),
+    ] {
+        let (code, out) = check(&format!("{anon}{text}"));
+        assert_eq!(code, 64, "{text}: {out}");
+        assert!(out.contains(key), "{key} not named in: {out}");
+    }
+    let (code, out) = check(&format!(
+        "{anon}[roster]\nstore = \"redis://127.0.0.1:6379/0\"\ntemplate = \"hookbus.roster.{{channel}}\"\n\
+         sessions = \"hookbus.sessions.{{channel}}\""
+    ));
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
 fn check_exits_64_naming_the_bad_key() {
     for (text, key) in [
         ("[http]\nlisten = \"nowhere\"", "listen"),

@@ -474,3 +474,101 @@ async fn here_now_refresh_and_drift_reconcile_against_paged_reads_and_errors_are
     );
     assert_eq!(roster.members("bad.room").await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_uuid_on_two_devices_follows_its_latest_event_and_other_sub_keys_are_skipped() {
+    let nats = NatsServer::start();
+    let js = stream(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}[roster]\nsub_key = \"sub-c-1\"\n", nats_fragment(&nats));
+    let roster = RosterProcess::spawn(dir.path(), "r", &config).await;
+    let t = 1_718_035_200_000;
+    let mut other = event("o1", "join", "room.d", Some("u2"), t, None);
+    other["sub_key"] = json!("sub-c-2");
+    publish(
+        &js,
+        &[
+            // u1 joins from a phone, then from a laptop; the phone leaves. PubNub reports
+            // presence per uuid, and so does the roster: the latest event (the leave) decides.
+            event("p1", "join", "room.d", Some("u1"), t, None),
+            event("l1", "join", "room.d", Some("u1"), t + 1_000, None),
+            event("p2", "leave", "room.d", Some("u1"), t + 2_000, None),
+            event("k1", "join", "room.d", Some("u3"), t + 3_000, None),
+            other,
+        ],
+    )
+    .await;
+    let members = wait_for("u3 in room.d", WAIT, || async {
+        let members = roster.members("room.d").await?;
+        members.contains_key("u3").then_some(members)
+    })
+    .await;
+    assert_eq!(
+        members.keys().collect::<Vec<_>>(),
+        ["u3"],
+        "u1 left, u2 is another sub_key's"
+    );
+    wait_for("the other sub_key counted", WAIT, || async {
+        let skipped = roster
+            .metric("hookbus_roster_events_skipped_total{reason=\"sub_key\"}")
+            .await;
+        (skipped == 1.0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_of_100000_members_over_two_replicas_is_whole_through_the_paged_api() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let js = stream(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[roster]\nstore = \"{}\"\n",
+        nats_fragment(&nats),
+        redis.url()
+    );
+    let a = RosterProcess::spawn(dir.path(), "a", &config).await;
+    let b = RosterProcess::spawn(dir.path(), "b", &config).await;
+    let t = 1_718_035_200_000;
+    let joins: Vec<Value> = (0..100_000)
+        .map(|i| {
+            event(
+                &format!("h{i}"),
+                "join",
+                "hot.room",
+                Some(&format!("u{i:06}")),
+                t + i,
+                None,
+            )
+        })
+        .collect();
+    publish(&js, &joins).await;
+    let members = wait_for("100,000 members", Duration::from_secs(240), || async {
+        let (status, body) = a.get("/roster/hot.room?limit=1").await;
+        (status == 200 && body["members"].as_array()?.len() == 1).then_some(())?;
+        let members = a.members("hot.room").await?;
+        (members.len() == 100_000).then_some(members)
+    })
+    .await;
+    assert_eq!(members.keys().next().map(String::as_str), Some("u000000"));
+    assert_eq!(members.keys().last().map(String::as_str), Some("u099999"));
+    let (_, list) = b.get("/roster?prefix=hot").await;
+    assert_eq!(list["channels"][0]["members"], json!(100_000));
+    // The summary stays small: the members are entries of their own.
+    let summary = redis.command(&["HSTRLEN", "{PRESENCE_ROSTER}:s:hot_2Eroom", "v"]);
+    let bytes: usize = summary
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .expect("a length");
+    assert!(bytes < 4_096, "summary of {bytes} bytes");
+    for roster in [&a, &b] {
+        let pid = roster.child.id().expect("running");
+        let rss_kib = crate::common::peak_rss_kib(pid);
+        assert!(
+            rss_kib < 100 * 1024,
+            "a roster replica peaked at {rss_kib} KiB"
+        );
+    }
+}
