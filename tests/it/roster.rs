@@ -126,7 +126,14 @@ async fn the_bridge_and_the_roster_on_nats_keep_who_is_there_and_refuse_a_late_j
         &nats_fragment(&nats),
     ))
     .await;
-    let roster = RosterProcess::spawn(dir.path(), "roster", &nats_fragment(&nats)).await;
+    let roster_config = format!(
+        "{}[roster]\ntemplate = \"hookbus.roster.{{channel}}\"\n",
+        nats_fragment(&nats)
+    );
+    let roster = RosterProcess::spawn(dir.path(), "roster", &roster_config).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut changes = client.subscribe("hookbus.roster.>").await.unwrap();
+    client.flush().await.unwrap();
     let t = 1_718_035_200_000;
     for body in [
         ena("j1", "join", "room.a", "u1", t, None),
@@ -189,6 +196,29 @@ async fn the_bridge_and_the_roster_on_nats_keep_who_is_there_and_refuse_a_late_j
         (u1["uuid"].clone(), u1["state"].clone()),
         (json!("u1"), json!({"mood": "busy"}))
     );
+    // Change events: one per member change; the latest per uuid has the highest version.
+    let mut latest: BTreeMap<String, Value> = BTreeMap::new();
+    while latest
+        .get("u2")
+        .is_none_or(|c| c["present"] != json!(false))
+    {
+        let message = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut changes))
+            .await
+            .expect("a change event")
+            .expect("subscribed");
+        assert_eq!(message.subject.as_str(), "hookbus.roster.room_2Ea");
+        let change: Value = serde_json::from_slice(&message.payload).unwrap();
+        let uuid = change["uuid"].as_str().unwrap().to_owned();
+        if latest
+            .get(&uuid)
+            .is_none_or(|c| c["version"].as_u64() < change["version"].as_u64())
+        {
+            latest.insert(uuid, change);
+        }
+    }
+    assert_eq!(latest["u1"]["present"], json!(true));
+    assert_eq!(latest["u1"]["state"], json!({"mood": "busy"}));
+    assert_eq!(latest["u2"]["channel"], json!("room.a"));
     bridge.shutdown();
 }
 
@@ -571,4 +601,37 @@ async fn a_channel_of_100000_members_over_two_replicas_is_whole_through_the_page
             "a roster replica peaked at {rss_kib} KiB"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_its_data_is_detected_counted_and_rebuilt_from_the_input() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let js = stream(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[roster]\nstore = \"{}\"\n",
+        nats_fragment(&nats),
+        redis.url()
+    );
+    let roster = RosterProcess::spawn(dir.path(), "r", &config).await;
+    let (distinct, delivered) = workload(5, 500, 10, 50);
+    publish(&js, &delivered).await;
+    let want = expected(&distinct);
+    let channels = channels_of(&distinct);
+    converges(&roster, &channels, &want).await;
+    assert_eq!(redis.command(&["FLUSHALL"]).trim(), "+OK");
+    wait_for("the loss counted", WAIT, || async {
+        let rebuilds = roster
+            .metric("hookbus_roster_rebuilds_total{reason=\"store_lost\"}")
+            .await;
+        (rebuilds == 1.0).then_some(())
+    })
+    .await;
+    // Replayed from the input's beginning: the same state again.
+    converges(&roster, &channels, &want).await;
+    wait_for("ready again", WAIT, || async {
+        (roster.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
 }
