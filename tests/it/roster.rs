@@ -545,6 +545,14 @@ async fn one_uuid_on_two_devices_follows_its_latest_event_and_other_sub_keys_are
         (skipped == 1.0).then_some(())
     })
     .await;
+    // SIGTERM: a clean exit.
+    let mut roster = roster;
+    crate::common::signal_pid(roster.child.id().expect("running"), crate::common::SIGTERM);
+    let status = tokio::time::timeout(WAIT, roster.child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success(), "{status}: {}", roster.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

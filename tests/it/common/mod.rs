@@ -826,6 +826,12 @@ impl Process {
     }
 }
 
+/// Sends `sig` to the process `pid` (a child of this test).
+pub fn signal_pid(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { kill(pid as i32, sig) }, 0, "kill({pid}, {sig})");
+}
+
 pub const SIGKILL: i32 = 9;
 pub const SIGTERM: i32 = 15;
 pub const SIGCONT: i32 = 18;
