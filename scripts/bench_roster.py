@@ -36,7 +36,13 @@ MEMBERS = int(os.environ.get("BENCH_ROSTER_MEMBERS", "100000"))
 REPLICAS = int(os.environ.get("BENCH_ROSTER_REPLICAS", "1"))
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench import Proc, free_port, http_get, metric_sum, port_open, quantile, wait_for  # noqa: E402
+from bench import Proc, free_port, metric_sum, port_open, quantile, wait_for  # noqa: E402
+
+
+def http_get(url, timeout=120):
+    """GET with a timeout long enough for listing 10,000 channels from a busy store."""
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read().decode()
 
 
 def events(shape):

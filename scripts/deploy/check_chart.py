@@ -107,7 +107,7 @@ CONFIG_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
               "replication_factor": int, "properties": dict},
 }
 
-# [roster] and [roster.here_now] (design §11), rendered with roster.enabled: the keys the chart
+# [roster] and [roster.here_now], rendered with roster.enabled: the keys the chart
 # may render and their TOML types (listen always; the others unless null in the values).
 ROSTER_KEYS: dict[str, type] = {"listen": str, "store": str, "bucket": str, "consumer": str, "sub_key": str,
                                 "tombstone_ttl": str, "template": str, "sessions": str, "batch": int, "here_now": dict}

@@ -363,6 +363,27 @@ async fn kafka_and_redis_a_session_is_published_once_also_when_its_end_is_redeli
         session["id"],
         json!(hookbus::roster::outputs::session_id("room.b", "u1", t))
     );
+    // A late PubNub retry of a join older than the timeout, under another id (the bridge
+    // publishes it): u1 stays absent, the event is counted stale, and no second session.
+    let late = ena("j-late", "join", "room.b", "u1", t + 30_000, None);
+    assert_eq!(post(bridge.http_addr, &late).await.status, 200);
+    wait_for("a stale event", WAIT, || async {
+        (roster.metric("hookbus_roster_events_stale_total").await >= 1.0).then_some(())
+    })
+    .await;
+    let members = roster.members("room.b").await.unwrap();
+    assert_eq!(members.keys().collect::<Vec<_>>(), ["u9"]);
+    assert_eq!(
+        reader.read(0, Duration::from_secs(2), WAIT).len(),
+        0,
+        "no second session"
+    );
+    // The store's entry says what the API says.
+    let stored = redis.command(&["HGET", "{PRESENCE_ROSTER}:m:room_2Eb", "u9"]);
+    let stored: Value =
+        serde_json::from_str(stored.lines().nth(1).expect("a bulk string")).unwrap();
+    assert_eq!(stored["uuid"], members["u9"]["uuid"]);
+    assert_eq!(stored["since_ms"], members["u9"]["since_ms"]);
     bridge.shutdown();
 }
 
