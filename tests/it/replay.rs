@@ -192,10 +192,20 @@ async fn kill_9_under_load_three_times_stores_every_acked_event_once() {
     // The last start replays what the third process left; it takes no new events.
     let hb = Process::spawn_with_env(&spool, &toml, &[("RUST_LOG", "info")]).await;
     let admin = hb.admin_addr;
-    wait_for("the spool drained", LONG, || async move {
-        (metric(admin, "hookbus_spool_pending_events").await == 0.0).then_some(())
-    })
-    .await;
+    let (started, deadline) = (std::time::Instant::now(), std::time::Instant::now() + 3 * LONG);
+    loop {
+        let pending = metric(admin, "hookbus_spool_pending_events").await;
+        if pending == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool did not drain ({pending} pending):\n{}",
+            hb.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("replay drained in {:?}", started.elapsed());
     let acked = acked.0.lock().await.clone();
     let records = read_all(&broker.brokers(), &acked).await;
     assert_once(&records, &acked);
