@@ -192,7 +192,10 @@ async fn kill_9_under_load_three_times_stores_every_acked_event_once() {
     // The last start replays what the third process left; it takes no new events.
     let hb = Process::spawn_with_env(&spool, &toml, &[("RUST_LOG", "info")]).await;
     let admin = hb.admin_addr;
-    let (started, deadline) = (std::time::Instant::now(), std::time::Instant::now() + 3 * LONG);
+    let (started, deadline) = (
+        std::time::Instant::now(),
+        std::time::Instant::now() + 3 * LONG,
+    );
     loop {
         let pending = metric(admin, "hookbus_spool_pending_events").await;
         if pending == 0.0 {
