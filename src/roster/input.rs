@@ -228,27 +228,30 @@ impl Input {
         }
     }
 
-    /// Whether the stream dropped events the consumer had not acknowledged (retention passed
-    /// them): a gap the roster must rebuild over. NATS only; Kafka reports `false`.
+    /// Whether the stream dropped events before they reached the roster (retention passed
+    /// them while it was down or behind): the stream's first message is past the next one the
+    /// consumer would deliver. Reported once per first sequence. NATS only; Kafka: `false`.
     pub async fn gap(&mut self) -> bool {
         let Input::Nats(nats) = self else {
             return false;
         };
-        let (Ok(stream_info), Ok(consumer_info)) = (
+        let (Ok(first), Ok(delivered)) = (
             nats.stream.info().await.map(|i| i.state.first_sequence),
             nats.consumer
                 .info()
                 .await
-                .map(|i| i.ack_floor.stream_sequence),
+                .map(|i| i.delivered.stream_sequence),
         ) else {
             return false;
         };
-        let gap = stream_info > consumer_info.saturating_add(1) && consumer_info > 0;
-        if !gap || nats.gap_at == stream_info {
+        let gap = first > delivered.saturating_add(1);
+        if !gap || nats.gap_at == first {
             return false;
         }
-        nats.gap_at = stream_info;
-        true
+        nats.gap_at = first;
+        // A stream whose first messages expired before the roster ever read it is no gap of
+        // the roster's (it starts from what is there).
+        delivered > 0
     }
 
     /// Starts over from the beginning (the store lost its data): NATS deletes and creates

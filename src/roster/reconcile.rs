@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -27,10 +28,13 @@ pub const HERE_NOW_CACHE_MS: i64 = 3_000;
 ///
 /// # Errors
 /// The client cannot be built from the settings.
+/// `incomplete`: set while an input gap is not yet reconciled; cleared once every channel the
+/// gap's request enqueued has been read.
 pub fn start(
     roster: &RosterConfig,
     writer: Arc<Writer>,
     requests: mpsc::Receiver<String>,
+    incomplete: Arc<AtomicBool>,
     stop: Shutdown,
 ) -> anyhow::Result<Option<JoinHandle<()>>> {
     let here_now = &roster.here_now;
@@ -54,6 +58,8 @@ pub fn start(
         queue: VecDeque::new(),
         queued: HashSet::new(),
         failures: HashMap::new(),
+        incomplete,
+        gap_pass: false,
     };
     Ok(Some(tokio::spawn(reconciler.run(requests, stop))))
 }
@@ -67,6 +73,10 @@ struct Reconciler {
     queued: HashSet<String>,
     /// Per channel: consecutive failures and when it may be read again.
     failures: HashMap<String, (u32, Instant)>,
+    /// The roster's "incomplete after an input gap" flag (readiness).
+    incomplete: Arc<AtomicBool>,
+    /// A pass over every channel after a gap is under way: the flag clears when it ends.
+    gap_pass: bool,
 }
 
 impl Reconciler {
@@ -76,7 +86,10 @@ impl Reconciler {
             let idle = self.queue.is_empty();
             tokio::select! {
                 request = requests.recv() => match request {
-                    Some(channel) if channel.is_empty() => self.enqueue_all().await,
+                    Some(channel) if channel.is_empty() => {
+                        self.enqueue_all().await;
+                        self.gap_pass = true;
+                    }
                     Some(channel) => self.enqueue(channel),
                     None => return,
                 },
@@ -85,10 +98,15 @@ impl Reconciler {
                     self.enqueue_all().await;
                 }
                 () = stop.wait() => return,
-                () = std::future::ready(()), if !idle => {
+                () = std::future::ready(()), if !idle || self.gap_pass => {
                     if let Some(channel) = self.queue.pop_front() {
                         self.queued.remove(&channel);
                         self.reconcile(&channel).await;
+                    }
+                    if self.queue.is_empty() && self.gap_pass {
+                        self.gap_pass = false;
+                        self.incomplete.store(false, Ordering::Relaxed);
+                        tracing::info!("every channel read from Here Now after the input gap");
                     }
                 }
             }

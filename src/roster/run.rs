@@ -34,6 +34,9 @@ pub struct Readiness {
     pub store: AtomicBool,
     pub input: AtomicBool,
     pub rebuilding: AtomicBool,
+    /// The input dropped events before they were applied: until Here Now has read every
+    /// channel (or for good, without `[roster.here_now]`), the roster is incomplete.
+    pub incomplete: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -43,6 +46,9 @@ impl Readiness {
         }
         if !self.input.load(Ordering::Relaxed) {
             return Err("input not connected".to_owned());
+        }
+        if self.incomplete.load(Ordering::Relaxed) {
+            return Err("incomplete: the input dropped events the roster had not applied (stream retention); it is reconciled with Here Now, or without [roster.here_now] must be rebuilt (docs/roster.md)".to_owned());
         }
         if self.rebuilding.load(Ordering::Relaxed) {
             return Err("rebuilding: the store lost its data or the input skipped events; the roster is incomplete until the input is replayed".to_owned());
@@ -102,16 +108,17 @@ pub async fn run(config: Config, stop: Shutdown) -> anyhow::Result<()> {
         let _ = server.await;
         return Ok(());
     };
-    let outputs = Arc::new(outputs(&config, &roster, &router, nats, js, &metrics).await?);
-    let writer = Arc::new(Writer {
-        store: store.clone(),
-        rules: rules(&roster),
-        metrics: metrics.clone(),
-        outputs,
-    });
+    let outputs = outputs(&config, &roster, &router, nats, js, &metrics).await?;
+    let writer = writer(store, &roster, metrics, outputs);
     let rebuild = Arc::new(AtomicBool::new(false));
     let (refresh_tx, refresh_rx) = mpsc::channel::<String>(10_000);
-    let reconciler = super::reconcile::start(&roster, writer.clone(), refresh_rx, stop.clone())?;
+    let reconciler = super::reconcile::start(
+        &roster,
+        writer.clone(),
+        refresh_rx,
+        ready.incomplete.clone(),
+        stop.clone(),
+    )?;
     let maintenance = tokio::spawn(maintain(
         writer.clone(),
         epoch,
@@ -135,6 +142,20 @@ pub async fn run(config: Config, stop: Shutdown) -> anyhow::Result<()> {
     let _ = server.await;
     tracing::info!("roster stopped");
     Ok(())
+}
+
+fn writer(
+    store: Arc<Store>,
+    roster: &RosterConfig,
+    metrics: RosterMetrics,
+    outputs: Outputs,
+) -> Arc<Writer> {
+    Arc::new(Writer {
+        store,
+        rules: rules(roster),
+        metrics,
+        outputs: Arc::new(outputs),
+    })
 }
 
 fn rules(roster: &RosterConfig) -> Rules {
@@ -298,7 +319,7 @@ impl Consumer {
                     }
                 }
             }
-            if last_check.elapsed() > Duration::from_secs(5) {
+            if last_check.elapsed() >= Duration::from_secs(1) {
                 last_check = tokio::time::Instant::now();
                 self.check_input().await;
             }
@@ -363,6 +384,7 @@ impl Consumer {
                 .set(i64::try_from(backlog).unwrap_or(i64::MAX));
         }
         if self.input.gap().await {
+            self.ready.incomplete.store(true, Ordering::Relaxed);
             self.writer
                 .metrics
                 .rebuilds

@@ -664,3 +664,90 @@ async fn a_store_that_lost_its_data_is_detected_counted_and_rebuilt_from_the_inp
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_gap_is_counted_and_every_channel_is_read_from_here_now() {
+    use crate::common::here_now::{Answer, HereNowServer};
+    let nats = NatsServer::start();
+    // A stream that keeps 100 messages: what the roster has not applied can be dropped.
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: "PRESENCE".to_owned(),
+        subjects: vec!["presence.*.*".to_owned()],
+        max_messages: 100,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let here_now = HereNowServer::start().await.expect("here now server");
+    here_now.answer("g.room", Answer::members(vec![("x1".to_owned(), None)]));
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[roster]\nsub_key = \"sub-c-1\"\n[roster.here_now]\norigin = \"{}\"\n\
+         subscribe_key = \"sub-c-1\"\ninterval = \"1h\"\n",
+        nats_fragment(&nats),
+        here_now.origin()
+    );
+    let roster = RosterProcess::spawn(dir.path(), "r", &config).await;
+    let t = 1_718_035_200_000;
+    let first: Vec<Value> = (0..10)
+        .map(|i| {
+            event(
+                &format!("a{i}"),
+                "join",
+                "g.room",
+                Some(&format!("u{i}")),
+                t + i,
+                None,
+            )
+        })
+        .collect();
+    publish(&js, &first).await;
+    wait_for("the first events applied", WAIT, || async {
+        (roster.members("g.room").await?.len() == 10).then_some(())
+    })
+    .await;
+    // The roster stalls while 300 more arrive: the stream drops 200 it never applied.
+    let pid = roster.child.id().expect("running");
+    crate::common::signal_pid(pid, crate::common::SIGSTOP);
+    // Until its last pull request has expired (else the server would hand it the new ones).
+    let stream = js.get_stream("PRESENCE").await.unwrap();
+    wait_for("no pull request waiting", WAIT, || async {
+        let info = stream.consumer_info("hookbus-roster").await.ok()?;
+        (info.num_waiting == 0).then_some(())
+    })
+    .await;
+    let more: Vec<Value> = (100..400)
+        .map(|i| {
+            event(
+                &format!("b{i}"),
+                "join",
+                "g.room",
+                Some(&format!("u{i}")),
+                t + i,
+                None,
+            )
+        })
+        .collect();
+    publish(&js, &more).await;
+    crate::common::signal_pid(pid, crate::common::SIGCONT);
+    wait_for("the gap counted", WAIT, || async {
+        let gaps = roster
+            .metric("hookbus_roster_rebuilds_total{reason=\"input_gap\"}")
+            .await;
+        (gaps == 1.0).then_some(())
+    })
+    .await;
+    // Every channel read from Here Now after the gap: its member set replaces what the
+    // events (all older than the read) said, and the roster is ready again.
+    let members = wait_for("g.room replaced by the read", WAIT, || async {
+        let members = roster.members("g.room").await?;
+        (members.len() == 1).then_some(members)
+    })
+    .await;
+    assert!(members.contains_key("x1"));
+    wait_for("ready after the pass", WAIT, || async {
+        (roster.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+}
