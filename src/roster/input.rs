@@ -13,7 +13,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::config::{KafkaConfig, NatsConfig};
+use crate::config::KafkaConfig;
 
 /// One input message: its bytes and when the bridge published it.
 pub struct Delivery {
@@ -342,12 +342,4 @@ async fn fetch_kafka(
         });
     }
     Ok(out)
-}
-
-/// The NATS client for the roster (store and input), as the bridge's sink connects.
-///
-/// # Errors
-/// An unparsable `nats.url` or unreadable credentials.
-pub async fn nats_client(config: &NatsConfig) -> anyhow::Result<async_nats::Client> {
-    crate::sink::nats_client(config, "hookbus-roster").await
 }

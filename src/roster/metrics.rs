@@ -6,7 +6,7 @@ use crate::metrics::{LAG_BUCKETS, Registrar};
 use crate::normalize::Action;
 
 /// Reconciliation results (the `result` label).
-pub const RESULTS: [&str; 9] = [
+pub const RESULTS: [&str; 11] = [
     "replaced",
     "unchanged",
     "inconsistent",
@@ -16,6 +16,8 @@ pub const RESULTS: [&str; 9] = [
     "server_error",
     "http_error",
     "malformed",
+    "busy",
+    "store_error",
 ];
 
 /// Why an input message was skipped (the `reason` label).

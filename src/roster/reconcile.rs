@@ -216,7 +216,7 @@ impl Reconciler {
             Ok(None) => "unchanged",
             Err(error) => {
                 tracing::warn!(%error, channel, "storing a Here Now read failed");
-                "server_error"
+                "store_error"
             }
         }
     }
