@@ -5,7 +5,6 @@
 
 use bytes::Bytes;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::message::{HEADER_CHANNEL, HEADER_CONTENT_TYPE, Message};
 use crate::route::OutputTemplate;
@@ -125,8 +124,8 @@ impl Outputs {
 
 /// The session event's `id`: the first 32 hex of SHA-256 of `channel\0uuid\0since_ms`.
 pub fn session_id(channel: &str, uuid: &str, since_ms: i64) -> String {
-    let digest = Sha256::digest(format!("{channel}\0{uuid}\0{since_ms}").as_bytes());
-    crate::text::hex(&digest[..16])
+    // The same digest as a G1 event's id.
+    crate::normalize::body_id(format!("{channel}\0{uuid}\0{since_ms}").as_bytes())
 }
 
 async fn send_nats(
@@ -173,4 +172,16 @@ async fn send_kafka(sink: &Sink, message: &Message) -> Result<(), String> {
     }
     let confirm = sink.send(message).await.map_err(|e| e.to_string())?;
     confirm.await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn the_session_id_is_the_first_32_hex_of_sha256_of_channel_uuid_and_since() {
+        let digest = Sha256::digest(b"room.b\x00u1\x001718035200000");
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(super::session_id("room.b", "u1", 1_718_035_200_000), hex);
+    }
 }
