@@ -121,12 +121,11 @@ impl Claims {
                         found[i] = Some(Seen::New);
                     }
                     Some(Seen::Duplicate) => {
-                        // Remember it here, so the next repeat costs no round trip.
-                        self.dedup.commit(ids[i].key, now);
+                        self.stored_elsewhere(&ids[i], now);
                         found[i] = Some(Seen::Duplicate);
                     }
                     Some(Seen::Pending) => {
-                        self.dedup.release(ids[i].key);
+                        self.busy_elsewhere(&ids[i]);
                         shared_busy += 1;
                     }
                 }
@@ -164,6 +163,23 @@ impl Claims {
         if let (Some(store), Some(shared)) = (&self.store, &id.shared) {
             store.release(shared.clone());
         }
+        self.wake();
+    }
+
+    /// The shared store says another replica stored `id` (claimed pending here a moment
+    /// ago): remembered here, so the next repeat costs no round trip, and the local retries
+    /// waiting on it wake as duplicates.
+    fn stored_elsewhere(&self, id: &Id, now_ms: u64) {
+        self.dedup.commit(id.key, now_ms);
+        self.wake();
+    }
+
+    /// The shared store says another replica holds `id` pending: the local claim is given
+    /// up, and the local retries waiting on it wake to ask the store themselves (else they
+    /// would sleep until their deadline and answer 503 though the event may be stored by
+    /// then).
+    fn busy_elsewhere(&self, id: &Id) {
+        self.dedup.release(id.key);
         self.wake();
     }
 
@@ -321,6 +337,46 @@ mod tests {
             .claim(&ids(&c, &["5"]), || 0, Duration::ZERO, &mut third)
             .await;
         assert_eq!(found, Ok(vec![Seen::New]));
+    }
+
+    /// A retry parked on an id that this replica's own claim gives up because another replica
+    /// holds it (or stored it), as the shared store answers: the retry wakes at once instead of
+    /// sleeping until its deadline.
+    #[tokio::test]
+    async fn an_answer_of_the_shared_store_wakes_the_local_retries() {
+        for stored in [false, true] {
+            let c = claims();
+            let id = c.id("11");
+            // This replica's first claim of the id, between its local claim and the store's
+            // answer.
+            assert_eq!(c.dedup.begin(id.key, 0), Seen::New);
+            let waiter = {
+                let (c, id) = (c.clone(), id.clone());
+                tokio::spawn(async move {
+                    let mut held = Held::new(&c);
+                    c.claim(&[id], || 1, Duration::from_secs(60), &mut held)
+                        .await
+                })
+            };
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while c.waiting.load(Ordering::SeqCst) == 0 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the retry waits on the pending id");
+            if stored {
+                c.stored_elsewhere(&id, 1);
+            } else {
+                c.busy_elsewhere(&id);
+            }
+            let found = tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("the retry woke before its 60 s deadline")
+                .unwrap();
+            let expected = if stored { Seen::Duplicate } else { Seen::New };
+            assert_eq!(found, Ok(vec![expected]), "stored elsewhere: {stored}");
+        }
     }
 
     #[tokio::test]
