@@ -1,8 +1,8 @@
 //! The broker check before the spool replays: the unconfirmed records a feeder starts with may
 //! be stored already (confirmed after the last checkpoint by a process that then died, or sent
-//! by a publisher loop that panicked). On a sink without broker-side dedup (Kafka) they are
-//! looked up on the broker first (`Sink::read_back`) and the ones found there are confirmed
-//! without being sent. What could not be looked up is sent anyway and counted
+//! by a publisher loop that panicked). On a sink without broker-side dedup (Kafka), and on
+//! JetStream for records older than the stream's duplicate window, they are looked up on the
+//! broker first (`Sink::read_back`) and the ones found there are confirmed without being sent. What could not be looked up is sent anyway and counted
 //! (`hookbus_replay_unverified_total`). docs/spool.md, "Replay after a crash".
 
 use std::time::{Duration, Instant};
@@ -31,6 +31,8 @@ pub(super) struct Replay {
     left: u64,
     skipped: u64,
     unverified: u64,
+    /// The `sink` label of the log lines.
+    sink: &'static str,
 }
 
 /// What the feeder does with one replayed record.
@@ -70,13 +72,13 @@ impl Replay {
     fn report(&self) {
         tracing::info!(
             skipped = self.skipped,
-            sink = "kafka",
+            sink = self.sink,
             "replay check done: records already on the broker were not sent again"
         );
         if self.unverified > 0 {
             tracing::warn!(
                 unverified = self.unverified,
-                sink = "kafka",
+                sink = self.sink,
                 "replay check incomplete: {} replayed records could not be looked up on the \
                  broker in time and were sent again; some may now be stored twice",
                 self.unverified
@@ -129,7 +131,7 @@ pub(super) async fn check(
             found = verdict.found(),
             took = ?started.elapsed(),
             sink = sink.name(),
-            "replay check: read back the partitions of the replayed records"
+            "replay check: read back where the replayed records go"
         );
         verdict
     };
@@ -139,6 +141,7 @@ pub(super) async fn check(
         left,
         skipped: 0,
         unverified: 0,
+        sink: sink.name(),
     })
 }
 

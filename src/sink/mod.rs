@@ -3,9 +3,11 @@
 //! call order (so per-channel order holds), and the returned [`Confirm`] resolves when the broker
 //! has confirmed it. Each sink classifies its client's errors in one function.
 
+mod dead_letters;
 mod jetstream;
 mod kafka;
 mod nats;
+mod nats_readback;
 mod readback;
 mod reports;
 mod stdout;
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+pub use dead_letters::{StoredDeadLetter, read_dead_letters};
 pub use kafka::KafkaSink;
 pub use nats::{NatsSink, client as nats_client};
 pub use readback::{Stored, Suspects, Verdict};
@@ -223,10 +226,11 @@ impl Sink {
         }
     }
 
-    /// Whether records a replay sends again must be checked against the broker first: Kafka
-    /// (no broker-side dedup). JetStream drops a repeated `Nats-Msg-Id` within its window.
+    /// Whether records a replay sends again may have to be checked against the broker first:
+    /// Kafka (no broker-side dedup), and JetStream for records older than its duplicate
+    /// window (its `read_back` decides, from the stream's window).
     pub fn checks_replay(&self) -> bool {
-        matches!(self, Sink::Kafka(_))
+        matches!(self, Sink::Kafka(_) | Sink::Nats(_))
     }
 
     /// How long after its sender died a produce request may still be stored (Kafka: the
@@ -252,7 +256,8 @@ impl Sink {
     pub async fn read_back(&self, suspects: Suspects, within: Duration) -> Verdict {
         match self {
             Sink::Kafka(s) => s.read_back(suspects, within).await,
-            Sink::Nats(_) | Sink::Stdout(_) => Verdict::default(),
+            Sink::Nats(s) => s.read_back(suspects, within).await,
+            Sink::Stdout(_) => Verdict::default(),
         }
     }
 

@@ -76,6 +76,16 @@ impl Suspects {
         self.records
     }
 
+    /// The append time of the oldest record.
+    pub fn oldest_ms(&self) -> Option<u64> {
+        self.places.values().map(|(ms, _)| *ms).min()
+    }
+
+    /// The topics (subjects) the records go to.
+    pub fn topics(&self) -> HashSet<String> {
+        self.places.keys().map(|p| p.topic.clone()).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.records == 0
     }
@@ -102,6 +112,14 @@ pub enum Stored {
 }
 
 impl Verdict {
+    /// Everything was read: the ids in `found` are stored, the rest are not.
+    pub fn read(found: HashSet<String>) -> Verdict {
+        Verdict {
+            found,
+            ..Verdict::default()
+        }
+    }
+
     /// Nothing could be read: every record is [`Stored::Unknown`].
     pub fn blind() -> Verdict {
         Verdict {

@@ -85,9 +85,13 @@ fn load(
 }
 
 async fn published(admin: SocketAddr) -> f64 {
+    published_on(admin, "kafka").await
+}
+
+async fn published_on(admin: SocketAddr, sink: &str) -> f64 {
     metric(
         admin,
-        "hookbus_events_published_total{action=\"join\",sink=\"kafka\"}",
+        &format!("hookbus_events_published_total{{action=\"join\",sink=\"{sink}\"}}"),
     )
     .await
 }
@@ -166,8 +170,14 @@ async fn run_and_kill(
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(hb.http_addr, first, acked.clone(), stop.clone());
     let admin = hb.admin_addr;
+    let sink = if toml.contains("kind = \"nats\"") {
+        "nats"
+    } else {
+        "kafka"
+    };
     wait_for("acks and publishing under load", LONG, || async {
-        (acked.len().await >= before + acks && published(admin).await >= published_at_least)
+        (acked.len().await >= before + acks
+            && published_on(admin, sink).await >= published_at_least)
             .then_some(())
     })
     .await;
@@ -297,4 +307,108 @@ async fn a_broker_that_cannot_be_read_during_the_check_gets_everything_counted()
     assert_eq!(metric(admin, "hookbus_replay_unverified_total").await, 20.0);
     hb.wait_log("replay check incomplete: 20 replayed records", LONG)
         .await;
+}
+
+/// Every `Nats-Msg-Id` in the stream `PRESENCE`, one entry per stored message.
+async fn stream_ids(url: &str) -> Vec<String> {
+    use async_nats::jetstream::consumer::pull::OrderedConfig;
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    let mut stream = js.get_stream("PRESENCE").await.unwrap();
+    let total = stream.info().await.unwrap().state.messages;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            headers_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut ids = Vec::new();
+    while (ids.len() as u64) < total {
+        let message = tokio::time::timeout(LONG, messages.next())
+            .await
+            .expect("the stream read in time")
+            .unwrap()
+            .unwrap();
+        let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
+        ids.push(id.map(|v| v.as_str().to_owned()).unwrap_or_default());
+    }
+    ids
+}
+
+/// Past the stream's duplicate window (3 s here) JetStream drops no repeat either: `hookbus
+/// drain` of an old volume (a node lost for longer than the window) reads the stream back
+/// first, as on Kafka, and every acked event is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_drain_past_the_duplicate_window_stores_every_acked_event_once() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let toml = format!(
+        "[ack]\nmode = \"spool\"\n[sink]\nkind = \"nats\"\ntimeout = \"2s\"\n\
+         [nats]\nurl = \"{}\"\nduplicate_window = \"3s\"",
+        nats.url()
+    );
+    let acked = Acked::default();
+    run_and_kill(&spool, &toml, 0, &acked, 1500, 1000.0).await;
+    // The node comes back after the window: every message in the stream is older than it, so
+    // JetStream would store a repeat.
+    let url = nats.url();
+    wait_for(
+        "the stream's last message to leave the window",
+        LONG,
+        || {
+            let url = url.clone();
+            async move {
+                let js = async_nats::jetstream::new(async_nats::connect(url).await.ok()?);
+                let mut stream = js.get_stream("PRESENCE").await.ok()?;
+                let info = stream.info().await.ok()?;
+                let last = info.state.last_timestamp.unix_timestamp_nanos() / 1_000_000;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i128;
+                (now - last > 3_100).then_some(())
+            }
+        },
+    )
+    .await;
+    let config = spool.with_extension("toml");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
+        .arg("--config")
+        .arg(&config)
+        .args(["drain", "--spool-dir"])
+        .arg(&spool)
+        .args(["--timeout", "100s"])
+        .env("RUST_LOG", "info")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains(", 0 left"), "{stdout}");
+    assert!(
+        stderr.contains("replay check: read back"),
+        "the drain checked the stream first:\n{stderr}"
+    );
+    assert!(!stderr.contains("replay check incomplete"), "{stderr}");
+    let acked = acked.0.lock().await.clone();
+    let ids = stream_ids(&nats.url()).await;
+    let mut counts = HashMap::<&str, usize>::new();
+    for id in &ids {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    let repeated = counts.values().filter(|n| **n > 1).count();
+    let missing = acked
+        .iter()
+        .filter(|id| !counts.contains_key(id.as_str()))
+        .count();
+    assert!(
+        repeated == 0 && missing == 0,
+        "{repeated} repeated, {missing} missing of {} acked, {} stored",
+        acked.len(),
+        ids.len()
+    );
 }
