@@ -1,4 +1,4 @@
-//! PubNub retries against a real `nats-server -js`: a retried G1 body is published once, a
+//! PubNub retries against a real `nats-server -js` (and one with no Kafka broker at all): a retried G1 body is published once, a
 //! re-posted Events & Actions batch only for its new items, a failed accept releases the ids
 //! so the retry goes through, and replicas sharing a stream are deduplicated by the broker.
 
@@ -214,6 +214,63 @@ async fn a_retry_of_an_undecided_event_waits_for_it_then_503s_never_publishing_t
             .contains("still being accepted")
     );
     assert_eq!(first.await.unwrap().status, 503);
+    hb.stop().await.unwrap();
+}
+
+/// A retry that waited on an undecided first delivery and then became the owner (the first
+/// gave up: its event was never sent) has one `ack.publish_timeout` in all, counted from its
+/// own arrival, not a second one for its publish: PubNub stops waiting after 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_becomes_the_owner_keeps_one_deadline() {
+    // No Kafka broker answers: the first delivery's event waits for its topic to be created
+    // (up to `sink.timeout`, 10 s), never sent, so at its 2 s timeout it is withdrawn and its
+    // id released while the retry waits on it.
+    let spool = tempfile::tempdir().unwrap();
+    let hb = start(config_with(
+        spool.path(),
+        &[&format!(
+            "[ack]\nmode = \"publish\"\npublish_timeout = \"2s\"\n\
+             [sink]\nkind = \"kafka\"\ntimeout = \"10s\"\n\
+             [kafka]\nbrokers = \"127.0.0.1:{}\"",
+            dead_port()
+        )],
+    ))
+    .await;
+    let body = std::fs::read(format!("{FIXTURES}/g1-leave.json")).unwrap();
+    let addr = hb.http_addr;
+    let first = tokio::spawn({
+        let body = body.clone();
+        async move { post(addr, &body).await }
+    });
+    let admin = hb.admin_addr;
+    wait_for("the first delivery to be pending", SECS, || async move {
+        (metric(
+            admin,
+            "hookbus_events_received_total{action=\"leave\",format=\"g1\"}",
+        )
+        .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    // PubNub's retry comes 5 s later; here half a second, clearly after the first's deadline
+    // began (not a synchronization: the retry's own deadline is what is measured).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let retry = post(addr, &body).await;
+    let took = started.elapsed();
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 503, "{first:?}");
+    assert_eq!(retry.status, 503, "{retry:?}");
+    let message = retry.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("broker did not confirm"),
+        "the retry became the owner and waited for the broker: {message}"
+    );
+    assert!(
+        took < Duration::from_millis(2_900),
+        "the retry answered after {took:?}: more than its one 2 s deadline"
+    );
     hb.stop().await.unwrap();
 }
 
