@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dead_letters;
 pub mod dedup;
 #[doc(hidden)]
 pub mod faults;

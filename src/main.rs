@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hookbus::config::{Config, ConfigError};
+use hookbus::dead_letters::cli as dead_letters;
 use hookbus::route;
 
 /// `hookbus --version`: the crate version and the git revision it was built from (build.rs;
@@ -54,6 +55,12 @@ enum Command {
     Roster,
     /// Decode an escaped channel (one topic/subject token) back to the raw channel name.
     Unescape { escaped: String },
+    /// What was refused (the dead-letter destination and `spool.dir/dead-letters/`): list it,
+    /// or replay it through today's normalize after a fix or an upgrade.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
     /// Publish what a stopped instance left in its spool directory (a dead or scaled-away
     /// pod's volume), then exit: 0 when nothing is left, 1 otherwise.
     Drain {
@@ -66,6 +73,38 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DeadLettersCommand {
+    /// One line per dead letter: time, reason, size, item index, where, error.
+    List {
+        /// One JSON object per line (time, reason, error, size, index, source, ref).
+        #[arg(long)]
+        json: bool,
+        /// Give up reading the broker after this long.
+        #[arg(long, default_value = "2m")]
+        timeout: humantime::Duration,
+    },
+    /// Publish what today's normalize accepts, as a fresh webhook would; report what still
+    /// fails. Ends with `replayed=N duplicates=D still_invalid=I`; exit 0 when it ran to the
+    /// end, 1 when it could not (broker unreachable), 64 for a bad config or flag.
+    Replay {
+        /// Only dead letters written since: a duration back from now (`2h`) or an RFC 3339
+        /// time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only dead letters of this reason (`invalid_payload`, `invalid_item`, `unroutable`,
+        /// `publish_failed`, `too_large`).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Report what would be replayed; publish, record and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long the broker may take to connect, be read, or confirm.
+        #[arg(long, default_value = "2m")]
+        timeout: humantime::Duration,
+    },
+}
+
 const EX_USAGE: u8 = 64;
 
 /// mimalloc: the request path allocates many small short-lived buffers, which glibc's
@@ -74,7 +113,18 @@ const EX_USAGE: u8 = 64;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            let _ = error.print();
+            return match error.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                // A bad flag is a usage error like a bad config: 64 (EX_USAGE).
+                _ => ExitCode::from(EX_USAGE),
+            };
+        }
+    };
     match cli.command {
         // Needs no config: a pure function of its argument.
         Some(Command::Unescape { escaped }) => unescape(&escaped),
@@ -102,6 +152,7 @@ fn main() -> ExitCode {
                 Some(Command::Drain { spool_dir, timeout }) => {
                     drain(config, spool_dir, timeout.into())
                 }
+                Some(Command::DeadLetters { command }) => dead_letters(&config, command),
                 Some(Command::Unescape { .. }) => unreachable!("handled above"),
             }
         }
@@ -275,6 +326,40 @@ fn drain(mut config: Config, spool_dir: Option<PathBuf>, timeout: std::time::Dur
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "drain failed");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `hookbus dead-letters list|replay`.
+fn dead_letters(config: &Config, command: DeadLettersCommand) -> ExitCode {
+    init_tracing();
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match command {
+        DeadLettersCommand::List { json, timeout } => {
+            ExitCode::from(runtime.block_on(dead_letters::list(config, json, timeout.into())))
+        }
+        DeadLettersCommand::Replay {
+            since,
+            reason,
+            dry_run,
+            timeout,
+        } => {
+            let since_ms = match since.as_deref().map(dead_letters::since).transpose() {
+                Ok(since) => since,
+                Err(error) => {
+                    eprintln!("hookbus: --since: {error}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            let options = hookbus::dead_letters::Options {
+                since_ms,
+                reason,
+                dry_run,
+                within: timeout.into(),
+            };
+            ExitCode::from(runtime.block_on(dead_letters::replay(config, &options)))
         }
     }
 }

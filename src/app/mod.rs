@@ -404,7 +404,7 @@ fn publisher_config(
 }
 
 /// The CloudEvents header names of the configured sink, when `routing.cloudevents` is on.
-fn cloudevent_names(config: &Config) -> Option<&'static [&'static str; 7]> {
+pub(crate) fn cloudevent_names(config: &Config) -> Option<&'static [&'static str; 7]> {
     config
         .routing
         .cloudevents

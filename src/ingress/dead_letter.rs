@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::IngressError;
 use super::pipeline::Ingress;
 use crate::dedup::{Held, Seen};
-use crate::message::{self, DeadLetter};
+use crate::message::{self, DeadLetter, DiskMeta};
 use crate::normalize;
 use crate::publisher::{Done, Job};
 use crate::time::now_ms;
@@ -27,6 +27,7 @@ impl Ingress {
         let id = format!("dead-letter:{}", normalize::body_id(&body));
         let key = self.claims.id(&id);
         let mut held = Held::new(&self.claims);
+        let deadline = tokio::time::Instant::now() + self.pending_wait;
         let found = self
             .claims
             .claim(
@@ -48,10 +49,8 @@ impl Ingress {
         let job = self.dead_letter_job(body, reason, error, None, id, received_ms);
         // The same figure the sink checks: payload, key and headers.
         if job.message.size() > (self.max_message_bytes)() {
-            if self
-                .write_dead_letter(job.message.payload, "too_large")
-                .await
-            {
+            let meta = DiskMeta::new("too_large", error);
+            if self.write_dead_letter(job.message.payload, meta).await {
                 held.commit_all(now_ms());
                 self.metrics.dead_letter("too_large");
             }
@@ -61,22 +60,25 @@ impl Ingress {
             .dead_letter_budget
             .try_take(job.message.payload.len(), now_ms())
         {
-            self.spill(job.message.payload, reason, 1).await;
+            let meta = DiskMeta::new(reason, error);
+            self.spill(job.message.payload, meta, 1).await;
             held.commit_all(now_ms());
             return Ok(());
         }
-        self.accept(vec![(key, job)], held).await?;
+        self.accept(vec![(key, job)], held, deadline).await?;
         self.metrics.dead_letter(reason);
         Ok(())
     }
 
     /// Keeps `body` on disk as the dead letter of `count` refused items (or of itself) once the
-    /// window's broker budget is spent; counted as dead letters of `reason`, and as spilled.
-    pub(super) async fn spill(&self, body: Bytes, reason: &'static str, count: usize) {
-        if self.write_dead_letter(body, reason).await {
+    /// window's broker budget is spent; counted as dead letters of `meta.reason`, and as
+    /// spilled.
+    pub(super) async fn spill(&self, body: Bytes, meta: DiskMeta, count: usize) {
+        let reason = meta.reason.clone();
+        if self.write_dead_letter(body, meta).await {
             self.metrics.dead_letters_spilled.inc_by(count as u64);
             for _ in 0..count {
-                self.metrics.dead_letter(reason);
+                self.metrics.dead_letter(&reason);
             }
         } else if count > 1 {
             // One `dropped` was counted for the body; the other items went with it.
@@ -90,10 +92,10 @@ impl Ingress {
     /// dropped, logged at a bounded rate) when the directory is at its budget or the disk
     /// refuses. The answer to the client does not depend on it: the body is refused either
     /// way.
-    async fn write_dead_letter(&self, body: Bytes, reason: &'static str) -> bool {
+    async fn write_dead_letter(&self, body: Bytes, meta: DiskMeta) -> bool {
         let dir = self.dead_letter_dir.clone();
         let bytes = body.len();
-        let written = tokio::task::spawn_blocking(move || dir.write(&body, reason)).await;
+        let written = tokio::task::spawn_blocking(move || dir.write(&body, &meta)).await;
         let error = match written {
             Ok(Ok(_)) => return true,
             Ok(Err(error)) => error.to_string(),
@@ -107,20 +109,22 @@ impl Ingress {
     }
 
     /// The dead letter of a rejected body or batch item: its bytes as they came, the reason,
-    /// the error sent to the client and, for an item, its index in the batch.
+    /// the error sent to the client and, for an item, its index in the batch, the batch's
+    /// schema and the batch body's hex SHA-256.
     pub(super) fn dead_letter_job(
         &self,
         payload: Bytes,
         reason: &'static str,
         error: &str,
-        index: Option<usize>,
+        item: Option<(usize, &str, &str)>,
         id: String,
         received_ms: u64,
     ) -> Job {
         let why = DeadLetter {
             reason,
             error,
-            index,
+            index: item.map(|(index, _, _)| index),
+            batch: item.map(|(_, schema, digest)| (schema, digest)),
         };
         Job {
             message: message::dead_letter(payload, &why, self.router.dead_letter(), None, Some(id)),

@@ -23,7 +23,7 @@ use super::{IngressError, Unauthorized};
 use crate::config::{AckConfig, AuthConfig, HttpConfig, RoutingConfig};
 use crate::dedup::{Claims, Held, Id, Key, Seen};
 use crate::faults::Faults;
-use crate::message::{self, DeadLetterBudget, DeadLetterDir};
+use crate::message::{self, DeadLetterBudget, DeadLetterDir, DiskMeta};
 use crate::metrics::Metrics;
 use crate::normalize::{self, Event};
 use crate::publisher::{Done, Job, QueueSender, Ticket};
@@ -62,7 +62,9 @@ struct Candidates {
     /// Invalid items in the batch.
     rejected: usize,
     /// Invalid items kept on disk with the body (the dead-letter budget was spent).
-    spilled: usize,
+    /// The invalid items kept on disk with the whole body, by index, and the first's error.
+    spilled: Vec<usize>,
+    spilled_error: String,
 }
 
 /// What the webhook listener is built from besides its config sections: the parts it shares
@@ -233,7 +235,7 @@ impl Ingress {
             self.metrics.event_received(event.format, event.action);
         }
         let mut candidates = self.unique(&normalized.events, jobs);
-        self.rejected_items(&mut candidates, &body, normalized.rejected, received_ms);
+        self.rejected_items(&mut candidates, &body, normalized, received_ms);
         self.claim_and_accept(candidates, body).await
     }
 
@@ -311,7 +313,8 @@ impl Ingress {
             unique: Vec::with_capacity(events.len()),
             duplicates: Vec::new(),
             rejected: 0,
-            spilled: 0,
+            spilled: Vec::new(),
+            spilled_error: String::new(),
         };
         let mut in_request: HashSet<Key> = HashSet::new();
         for (event, job) in events.iter().zip(jobs) {
@@ -332,18 +335,26 @@ impl Ingress {
         &self,
         candidates: &mut Candidates,
         body: &Bytes,
-        rejected: Vec<normalize::Rejected>,
+        normalized: normalize::Normalized,
         received_ms: u64,
     ) {
+        let rejected = normalized.rejected;
         candidates.rejected = rejected.len();
         if rejected.is_empty() {
             return;
         }
         let body_id = normalize::body_id(body);
+        let digest = crate::text::hex(&normalize::batch_digest(body));
+        let schema = normalized.schema.unwrap_or_default();
         let now = now_ms();
         for item in rejected {
-            if candidates.spilled > 0 || !self.dead_letter_budget.try_take(item.span.len(), now) {
-                candidates.spilled += 1;
+            if !candidates.spilled.is_empty()
+                || !self.dead_letter_budget.try_take(item.span.len(), now)
+            {
+                if candidates.spilled.is_empty() {
+                    candidates.spilled_error = item.error.to_string();
+                }
+                candidates.spilled.push(item.index);
                 continue;
             }
             let id = format!("dead-letter:{body_id}:{}", item.index);
@@ -351,7 +362,7 @@ impl Ingress {
                 body.slice(item.span),
                 "invalid_item",
                 &item.error.to_string(),
-                Some(item.index),
+                Some((item.index, &schema, &digest)),
                 id,
                 received_ms,
             );
@@ -373,9 +384,14 @@ impl Ingress {
             mut duplicates,
             rejected,
             spilled,
+            spilled_error,
         } = candidates;
         let keys: Vec<Id> = unique.iter().map(|(id, _, _)| id.clone()).collect();
         let mut held = Held::new(&self.claims);
+        // One deadline for the request: a retry that waited on an undecided first delivery
+        // and then became the owner has what is left of it for the publish, not a second
+        // `ack.publish_timeout` (PubNub gives up after 5 s).
+        let deadline = tokio::time::Instant::now() + self.pending_wait;
         let found = self
             .claims
             .claim(&keys, now_ms, self.pending_wait, &mut held)
@@ -409,10 +425,13 @@ impl Ingress {
             }
         }
         let accepted = fresh.len() - dead_lettered;
-        if spilled > 0 {
-            self.spill(body, "invalid_item", spilled).await;
+        if !spilled.is_empty() {
+            let count = spilled.len();
+            let mut meta = DiskMeta::new("invalid_item", &spilled_error);
+            meta.items = Some(spilled);
+            self.spill(body, meta, count).await;
         }
-        self.accept(fresh, held).await?;
+        self.accept(fresh, held, deadline).await?;
         for action in &duplicates {
             self.metrics.duplicate(*action);
         }
@@ -448,6 +467,7 @@ impl Ingress {
         &self,
         jobs: Vec<(Id, Job)>,
         mut held: Held,
+        deadline: tokio::time::Instant,
     ) -> Result<(), IngressError> {
         if jobs.is_empty() {
             return Ok(());
@@ -498,7 +518,8 @@ impl Ingress {
                     .try_send_all(queued)
                     .map_err(|(_, why)| IngressError::Unavailable(why.message().to_owned()))?;
                 let all = futures::future::join_all(waiters);
-                match tokio::time::timeout(*timeout, all).await {
+                let until = deadline.min(tokio::time::Instant::now() + *timeout);
+                match tokio::time::timeout_at(until, all).await {
                     Ok(results) if results.iter().all(Result::is_ok) => Ok(()),
                     // A ticket dropped unsettled: the publisher lost the job (it restarted after
                     // a panic, or its drain was cut at the shutdown deadline).

@@ -73,6 +73,73 @@ pub struct DeadLetterDir {
     used: std::sync::atomic::AtomicU64,
 }
 
+/// What a dead-letter file says about itself, in a JSON file beside it (same name, `.json`):
+/// the headers a dead letter on the broker carries, and for a batch body kept whole the items
+/// that were refused (the others were published). Files an older hookbus wrote have none.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiskMeta {
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// A batch item's position in `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// A batch item's batch `schema` text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// A batch item's batch body, hex SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
+    /// A batch body kept whole: the positions of its refused items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<usize>>,
+}
+
+impl DiskMeta {
+    pub fn new(reason: &str, error: &str) -> DiskMeta {
+        DiskMeta {
+            reason: reason.to_owned(),
+            error: crate::text::truncate(error, 512).to_owned(),
+            ..DiskMeta::default()
+        }
+    }
+
+    /// The meta of `message` kept on disk instead of being published: a dead letter's own
+    /// headers, or `reason` and `error` for an event.
+    pub fn of(message: &super::Message, reason: &str, error: &str) -> DiskMeta {
+        use super::{
+            HEADER_DEAD_LETTER_BATCH, HEADER_DEAD_LETTER_ERROR, HEADER_DEAD_LETTER_INDEX,
+            HEADER_DEAD_LETTER_REASON, HEADER_DEAD_LETTER_SCHEMA,
+        };
+        let header = |name: &str| {
+            message
+                .headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let mut meta = DiskMeta::new(reason, error);
+        if message.is_event || header(HEADER_DEAD_LETTER_REASON).is_none() {
+            return meta;
+        }
+        meta.error = header(HEADER_DEAD_LETTER_ERROR).unwrap_or(meta.error);
+        meta.reason = header(HEADER_DEAD_LETTER_REASON).unwrap_or(meta.reason);
+        meta.index = header(HEADER_DEAD_LETTER_INDEX).and_then(|i| i.parse().ok());
+        meta.schema = header(HEADER_DEAD_LETTER_SCHEMA);
+        meta.batch = header(HEADER_DEAD_LETTER_BATCH);
+        meta
+    }
+}
+
+/// The reason in a dead-letter file's name: letters, digits and `_` only.
+fn file_reason(reason: &str) -> String {
+    reason
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(32)
+        .collect()
+}
+
 /// Why a dead letter was not kept.
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
@@ -107,20 +174,23 @@ impl DeadLetterDir {
         self.used.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Writes `body` as one file named by time, reason and content hash; it counts at least
+    /// Writes `body` as one file named by time, reason and content hash, with `meta` in a JSON
+    /// file beside it (written first: the body's rename commits both); they count at least
     /// 4 KiB against the budget. Blocking.
     ///
     /// # Errors
     /// `Full` when it would exceed the budget; `Io` when the disk refuses (no partial file is
     /// left behind either way).
-    pub fn write(&self, body: &[u8], reason: &str) -> Result<PathBuf, DeadLetterError> {
+    pub fn write(&self, body: &[u8], meta: &DiskMeta) -> Result<PathBuf, DeadLetterError> {
         use std::io::Write;
         use std::sync::atomic::Ordering;
 
         use sha2::{Digest, Sha256};
+        let reason = file_reason(&meta.reason);
+        let meta = serde_json::to_vec(meta).unwrap_or_default();
         // A file costs at least a block, whatever its length: thousands of tiny dead letters
         // must not fill the volume's inodes under a byte budget they hardly touch.
-        let size = (body.len() as u64).max(FILE_BLOCK);
+        let size = (body.len() as u64).max(FILE_BLOCK) + (meta.len() as u64).max(FILE_BLOCK);
         let before = self.used.fetch_add(size, Ordering::SeqCst);
         if before.saturating_add(size) > self.budget {
             self.used.fetch_sub(size, Ordering::SeqCst);
@@ -132,13 +202,18 @@ impl DeadLetterDir {
         let hex = crate::text::hex(&digest[..8]);
         let path = self.dir.join(format!("{}-{reason}-{hex}.body", now_ms()));
         let tmp = path.with_extension("tmp");
+        let meta_path = path.with_extension("json");
+        let write = |path: &std::path::Path, bytes: &[u8]| -> std::io::Result<()> {
+            let mut file = std::fs::File::create(path)?;
+            file.write_all(bytes)?;
+            file.sync_all()
+        };
         let written = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| {
-                let mut file = std::fs::File::create(&tmp)?;
-                file.write_all(body)?;
-                file.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|()| write(&tmp, &meta))
+            .and_then(|()| std::fs::rename(&tmp, &meta_path))
+            .and_then(|()| write(&tmp, body))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| sync_dir(&self.dir));
         match written {
             Ok(()) => {
                 if let Some(suppressed) = WRITTEN_LOG.admit(now_ms()) {
@@ -148,11 +223,17 @@ impl DeadLetterDir {
             }
             Err(error) => {
                 let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(&meta_path);
                 self.used.fetch_sub(size, Ordering::SeqCst);
                 Err(error.into())
             }
         }
     }
+}
+
+/// Makes the renames in `dir` durable.
+fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

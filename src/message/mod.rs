@@ -10,7 +10,7 @@ mod dead_letters;
 use bytes::Bytes;
 
 pub use dead_letters::{
-    DEAD_LETTER_OVERHEAD, DROPPED_LOG, DeadLetterBudget, DeadLetterDir, DeadLetterError,
+    DEAD_LETTER_OVERHEAD, DROPPED_LOG, DeadLetterBudget, DeadLetterDir, DeadLetterError, DiskMeta,
 };
 
 use crate::normalize::{self, Event};
@@ -28,6 +28,11 @@ pub const HEADER_DEAD_LETTER_REASON: &str = "hookbus-dead-letter-reason";
 pub const HEADER_DEAD_LETTER_ERROR: &str = "hookbus-dead-letter-error";
 /// On dead-lettered batch items: the item's position in the batch's `data` array.
 pub const HEADER_DEAD_LETTER_INDEX: &str = "hookbus-dead-letter-index";
+/// On dead-lettered batch items: the batch's `schema` text (the item's action comes from it).
+pub const HEADER_DEAD_LETTER_SCHEMA: &str = "hookbus-dead-letter-schema";
+/// On dead-lettered batch items: the hex SHA-256 of the whole batch body (with the index, the
+/// id of an item that has none).
+pub const HEADER_DEAD_LETTER_BATCH: &str = "hookbus-dead-letter-batch";
 
 /// CloudEvents 1.0 attributes as binary-mode headers: the Kafka protocol binding's `ce_`
 /// prefix, and the `ce-` prefix of the NATS (and HTTP) binding. `datacontenttype` travels as
@@ -56,7 +61,7 @@ pub mod cloudevents {
 
 /// Every header name a message can carry, in a fixed order: spool records store a header as
 /// its index here (append only, never reorder).
-pub const HEADER_NAMES: [&str; 22] = [
+pub const HEADER_NAMES: [&str; 24] = [
     HEADER_EVENT_ID,
     HEADER_ACTION,
     HEADER_CHANNEL,
@@ -79,6 +84,8 @@ pub const HEADER_NAMES: [&str; 22] = [
     cloudevents::NATS[4],
     cloudevents::NATS[5],
     cloudevents::NATS[6],
+    HEADER_DEAD_LETTER_SCHEMA,
+    HEADER_DEAD_LETTER_BATCH,
 ];
 
 /// The index of `name` in [`HEADER_NAMES`] (by pointer first: callers pass the constants).
@@ -128,6 +135,8 @@ pub struct DeadLetter<'a> {
     pub error: &'a str,
     /// For a batch item, its position in `data`.
     pub index: Option<usize>,
+    /// For a batch item, the batch's `schema` text and the hex SHA-256 of the batch body.
+    pub batch: Option<(&'a str, &'a str)>,
 }
 
 /// The message for `event`: routed by `router`, the event JSON as payload, the contract's headers
@@ -181,6 +190,13 @@ pub fn dead_letter(
     ];
     if let Some(index) = why.index {
         headers.push((HEADER_DEAD_LETTER_INDEX, index.to_string()));
+    }
+    if let Some((schema, digest)) = why.batch {
+        headers.push((
+            HEADER_DEAD_LETTER_SCHEMA,
+            crate::text::truncate(schema, 512).to_owned(),
+        ));
+        headers.push((HEADER_DEAD_LETTER_BATCH, digest.to_owned()));
     }
     Message {
         topic: topic.to_owned(),

@@ -32,7 +32,7 @@ pub(super) fn normalize(
     let mut envelope_id = envelope_id.filter(|_| items.len() == 1);
     let mut out = Normalized {
         events: Vec::with_capacity(items.len()),
-        rejected: Vec::new(),
+        ..Normalized::default()
     };
     for (index, raw) in items.into_iter().enumerate() {
         budget.next_item();
@@ -42,11 +42,8 @@ pub(super) fn normalize(
             Ok(mut event) => {
                 if event.id.is_empty() {
                     event.id = envelope_id.take().unwrap_or_else(|| {
-                        let digest = body_digest.get_or_insert_with(|| Sha256::digest(body));
-                        let mut hasher = Sha256::new();
-                        hasher.update(&digest[..]);
-                        hasher.update((index as u64).to_be_bytes());
-                        hex32(&hasher.finalize())
+                        let digest = body_digest.get_or_insert_with(|| super::batch_digest(body));
+                        item_id(digest, index)
                     });
                 }
                 out.events.push(event);
@@ -63,6 +60,39 @@ pub(super) fn normalize(
         }
     }
     out
+}
+
+/// The id of the item at `index` that has none: SHA-256(SHA-256(body) ‖ index as 8
+/// big-endian bytes), its first 32 hex chars.
+fn item_id(batch: &[u8; 32], index: usize) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(batch);
+    hasher.update((index as u64).to_be_bytes());
+    hex32(&hasher.finalize())
+}
+
+/// One item's JSON text on its own, as [`normalize`] would have normalized it at `index` of a
+/// batch whose body hashes to `batch` (which names an item without an `id`).
+pub(super) fn normalize_alone(
+    text: &str,
+    action: Action,
+    index: usize,
+    batch: Option<&[u8; 32]>,
+    received_at_ms: u64,
+) -> Result<Event, NormalizeError> {
+    let budget = Budget::new();
+    budget.next_item();
+    let raw: &RawValue =
+        serde_json::from_str(text).map_err(|e| NormalizeError::from_json(&e, text))?;
+    let item = raw::value_of(raw, &budget, "item")?;
+    let mut event = normalize_item(item, action, received_at_ms, &budget)?;
+    if event.id.is_empty() {
+        let Some(batch) = batch else {
+            return Err(NormalizeError::Missing { field: "id".into() });
+        };
+        event.id = item_id(batch, index);
+    }
+    Ok(event)
 }
 
 /// One event from a 1.0 envelope (see [`super::envelope`]); an item without an id gets the

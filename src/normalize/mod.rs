@@ -258,6 +258,9 @@ pub fn normalize(body: &[u8], received_at_ms: u64) -> Result<Vec<Event>, Normali
 pub struct Normalized {
     pub events: Vec<Event>,
     pub rejected: Vec<Rejected>,
+    /// An Events & Actions batch's `schema` (or `dataSchema`) text: an item's action comes
+    /// from it, so a dead-lettered item carries it to be normalized again on its own.
+    pub schema: Option<String>,
 }
 
 /// An invalid item of a valid Events & Actions batch.
@@ -300,7 +303,7 @@ pub fn normalize_items(
     if let Some(event) = g1::fast(text, body, received_at_ms) {
         return Ok(Normalized {
             events: vec![event],
-            rejected: Vec::new(),
+            ..Normalized::default()
         });
     }
     normalize_general(text, body, received_at_ms, max_items)
@@ -321,7 +324,7 @@ fn normalize_general(
     let single = |event: Result<Event, NormalizeError>| {
         event.map(|event| Normalized {
             events: vec![event],
-            rejected: Vec::new(),
+            ..Normalized::default()
         })
     };
     match unwrapped {
@@ -346,13 +349,18 @@ fn normalize_general(
                             max: max_items,
                         });
                     }
-                    Ok(events_and_actions::normalize(
+                    let mut normalized = events_and_actions::normalize(
                         items.items,
                         action,
                         body,
                         envelope_id,
                         received_at_ms,
-                    ))
+                    );
+                    normalized.schema = SCHEMA_KEYS
+                        .iter()
+                        .find_map(|&key| object.get(key).and_then(Value::as_str))
+                        .map(str::to_owned);
+                    Ok(normalized)
                 }
                 Detected::G2(action) => {
                     let object = raw::with_data(object, data, &budget)?;
@@ -365,6 +373,35 @@ fn normalize_general(
             }
         }
     }
+}
+
+/// One item of an Events & Actions batch on its own, as the batch would have normalized it:
+/// `schema` is the batch's schema text, `index` the item's place in `data`, and `batch` the
+/// SHA-256 of the whole batch body ([`batch_digest`]), which names an item that has no `id`
+/// (`None`: such an item is refused). Dead-letter replay runs a dead-lettered item through
+/// this.
+///
+/// # Errors
+/// What the batch would have refused the item for, named `data[index]`; an unknown schema.
+pub fn normalize_item(
+    item: &[u8],
+    schema: &str,
+    index: usize,
+    batch: Option<&[u8; 32]>,
+    received_at_ms: u64,
+) -> Result<Event, NormalizeError> {
+    let action =
+        action_from_schema(schema).ok_or_else(|| NormalizeError::UnknownEvent(snippet(schema)))?;
+    let text = std::str::from_utf8(item).map_err(|e| NormalizeError::InvalidUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    events_and_actions::normalize_alone(text, action, index, batch, received_at_ms)
+        .map_err(|error| error.in_item(index))
+}
+
+/// The SHA-256 of a batch body: with an item's index, the id of an item that has none.
+pub fn batch_digest(body: &[u8]) -> [u8; 32] {
+    Sha256::digest(body).into()
 }
 
 /// The generation of a body, with the action named by its schema where it has one.

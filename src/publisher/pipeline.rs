@@ -248,12 +248,13 @@ impl<'a> Pipeline<'a> {
     /// Keeps `job`'s payload on disk (off the runtime); its mark stays open until written.
     /// Counted once in `hookbus_dead_letters_total`: as `reason` when written, as `dropped`
     /// when the disk refuses it or its budget is spent.
-    fn file(&mut self, job: Job, mark: u64, reason: &'static str) {
+    fn file(&mut self, job: Job, mark: u64, reason: &'static str, error: &str) {
         let dir = self.config.dead_letter_dir.clone();
         let metrics = self.context.metrics.clone();
+        let meta = message::DiskMeta::of(&job.message, reason, error);
         self.in_flight.push(Box::pin(async move {
             let payload = job.message.payload.clone();
-            let written = tokio::task::spawn_blocking(move || dir.write(&payload, reason)).await;
+            let written = tokio::task::spawn_blocking(move || dir.write(&payload, &meta)).await;
             if matches!(written, Ok(Ok(_))) {
                 metrics.dead_letter(reason);
             } else {
@@ -328,7 +329,7 @@ impl<'a> Pipeline<'a> {
             if let Some(suppressed) = TOO_LARGE_LOG.admit(now_ms()) {
                 tracing::warn!(%error, sink = sink_name, topic = %job.message.topic, suppressed, "kept in spool.dir/dead-letters/ instead");
             }
-            self.file(job, mark, reason);
+            self.file(job, mark, reason, &error.to_string());
             return;
         }
         metrics.dead_letter(reason);
@@ -453,6 +454,7 @@ fn dead_letter_job(job: Job, reason: &str, error: &str, dead_letter: &str) -> Jo
         reason,
         error,
         index: None,
+        batch: None,
     };
     let msg_id = job.message.msg_id.map(|id| format!("dead-letter:{id}"));
     Job {

@@ -490,12 +490,21 @@ async fn dead_letters_too_large_for_the_broker_stop_at_their_disk_budget() {
         );
     }
     let dead_letters = spool.join("dead-letters");
-    let files: Vec<u64> = std::fs::read_dir(&dead_letters)
+    let files: Vec<(bool, u64)> = std::fs::read_dir(&dead_letters)
         .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
+        .map(|e| {
+            let e = e.unwrap();
+            let body = e.path().extension().is_some_and(|x| x == "body");
+            (body, e.metadata().unwrap().len())
+        })
         .collect();
-    assert_eq!(files.len(), 5, "five 200 KiB bodies fit 1 MiB");
-    assert!(files.iter().sum::<u64>() <= 1 << 20);
+    let bodies = files.iter().filter(|(body, _)| *body).count();
+    assert_eq!(
+        bodies, 5,
+        "five 200 KiB bodies (and their meta files) fit 1 MiB"
+    );
+    assert_eq!(files.len(), 10, "each body has its meta file");
+    assert!(files.iter().map(|(_, len)| len).sum::<u64>() <= 1 << 20);
     assert_eq!(
         metric(admin, "hookbus_dead_letters_total{reason=\"too_large\"}").await,
         5.0

@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod dead_letters;
 mod dedup;
 mod durability;
 mod exactly_once;
