@@ -192,6 +192,21 @@ async fn kafka_dead_letters_are_listed_and_replayed_once() {
     );
     assert!(valid_file.exists());
     assert!(!spool.join("dead-letters/replayed.log").exists());
+    // --since: the files were written a year ago, the broker's just now.
+    let recent = cli(&config, &["replay", "--dry-run", "--since", "1h"]).await;
+    assert!(summary(&recent).starts_with("replayed=2 duplicates=0 still_invalid=3"));
+    let future = cli(
+        &config,
+        &["replay", "--dry-run", "--since", "2999-01-01T00:00:00Z"],
+    )
+    .await;
+    assert!(summary(&future).starts_with("replayed=0 duplicates=0 still_invalid=0"));
+    let items = cli(
+        &config,
+        &["replay", "--dry-run", "--reason", "invalid_item"],
+    )
+    .await;
+    assert!(summary(&items).starts_with("replayed=1 duplicates=0 still_invalid=2"));
 
     let first = cli(&config, &["replay"]).await;
     assert_eq!(
