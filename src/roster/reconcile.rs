@@ -29,7 +29,8 @@ pub const HERE_NOW_CACHE_MS: i64 = 3_000;
 /// # Errors
 /// The client cannot be built from the settings.
 /// `incomplete`: set while an input gap is not yet reconciled; cleared once every channel the
-/// gap's request enqueued has been read.
+/// store listed when the gap was found has been read successfully (failed reads are retried
+/// after their backoff).
 pub fn start(
     roster: &RosterConfig,
     writer: Arc<Writer>,
@@ -59,7 +60,7 @@ pub fn start(
         queued: HashSet::new(),
         failures: HashMap::new(),
         incomplete,
-        gap_pass: false,
+        gap: Gap::None,
     };
     Ok(Some(tokio::spawn(reconciler.run(requests, stop))))
 }
@@ -75,21 +76,34 @@ struct Reconciler {
     failures: HashMap<String, (u32, Instant)>,
     /// The roster's "incomplete after an input gap" flag (readiness).
     incomplete: Arc<AtomicBool>,
-    /// A pass over every channel after a gap is under way: the flag clears when it ends.
-    gap_pass: bool,
+    /// The reconciliation an input gap asked for: the flag clears when it is done.
+    gap: Gap,
 }
+
+/// Where the reconciliation after an input gap stands.
+enum Gap {
+    /// None asked for (or done).
+    None,
+    /// The store's channel list could not be read yet: retried every second.
+    Listing,
+    /// The channels not read successfully since the gap; a failed read is retried after its
+    /// backoff, for as long as it fails (a 403 needs an operator: the roster says incomplete
+    /// until then).
+    Owed(HashSet<String>),
+}
+
+/// How often the channel list is tried again after a gap while the store cannot list it.
+const LISTING_RETRY: Duration = Duration::from_secs(1);
 
 impl Reconciler {
     async fn run(mut self, mut requests: mpsc::Receiver<String>, stop: Shutdown) {
         let mut next_round = Instant::now() + jittered(self.interval);
         loop {
             let idle = self.queue.is_empty();
+            let gap_wake = if idle { self.gap_wake() } else { None };
             tokio::select! {
                 request = requests.recv() => match request {
-                    Some(channel) if channel.is_empty() => {
-                        self.enqueue_all().await;
-                        self.gap_pass = true;
-                    }
+                    Some(channel) if channel.is_empty() => self.start_gap().await,
                     Some(channel) => self.enqueue(channel),
                     None => return,
                 },
@@ -98,16 +112,64 @@ impl Reconciler {
                     self.enqueue_all().await;
                 }
                 () = stop.wait() => return,
-                () = std::future::ready(()), if !idle || self.gap_pass => {
+                () = std::future::ready(()), if !idle => {
                     if let Some(channel) = self.queue.pop_front() {
                         self.queued.remove(&channel);
-                        self.reconcile(&channel).await;
+                        if self.reconcile(&channel).await
+                            && let Gap::Owed(owed) = &mut self.gap
+                        {
+                            owed.remove(&channel);
+                        }
                     }
-                    if self.queue.is_empty() && self.gap_pass {
-                        self.gap_pass = false;
-                        self.incomplete.store(false, Ordering::Relaxed);
-                        tracing::info!("every channel read from Here Now after the input gap");
-                    }
+                }
+                () = tokio::time::sleep_until(gap_wake.unwrap_or_else(Instant::now)), if gap_wake.is_some() => {
+                    self.advance_gap().await;
+                }
+            }
+        }
+    }
+
+    /// An input gap: every channel the store knows is owed a successful read.
+    async fn start_gap(&mut self) {
+        self.gap = match self.list_channels().await {
+            Some(channels) => {
+                for channel in &channels {
+                    self.enqueue(channel.clone());
+                }
+                Gap::Owed(channels.into_iter().collect())
+            }
+            None => Gap::Listing,
+        };
+    }
+
+    /// When the gap's reconciliation needs a step while the queue is empty: list again, clear
+    /// the flag, or read an owed channel once its backoff has passed.
+    fn gap_wake(&self) -> Option<Instant> {
+        match &self.gap {
+            Gap::None => None,
+            Gap::Listing => Some(Instant::now() + LISTING_RETRY),
+            Gap::Owed(owed) => Some(
+                owed.iter()
+                    .map(|c| self.failures.get(c).map_or_else(Instant::now, |f| f.1))
+                    .min()
+                    .unwrap_or_else(Instant::now),
+            ),
+        }
+    }
+
+    async fn advance_gap(&mut self) {
+        match &self.gap {
+            Gap::None => {}
+            Gap::Listing => self.start_gap().await,
+            Gap::Owed(owed) if owed.is_empty() => {
+                self.gap = Gap::None;
+                self.incomplete.store(false, Ordering::Relaxed);
+                tracing::info!("every channel read from Here Now after the input gap");
+            }
+            Gap::Owed(owed) => {
+                let due: Vec<String> = owed.iter().cloned().collect();
+                for channel in due {
+                    self.enqueue(channel);
                 }
             }
         }
@@ -125,52 +187,70 @@ impl Reconciler {
     }
 
     async fn enqueue_all(&mut self) {
+        for channel in self.list_channels().await.unwrap_or_default() {
+            self.enqueue(channel);
+        }
+    }
+
+    /// Every channel the store has a summary of; `None` when the store could not list them.
+    async fn list_channels(&self) -> Option<Vec<String>> {
+        let mut channels = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let Ok((page, next)) = self
+            let (page, next) = self
                 .writer
                 .store
                 .channels("", after.as_deref(), 1_000)
                 .await
-            else {
-                return;
-            };
+                .ok()?;
             for value in &page {
                 if let Ok(summary) = serde_json::from_slice::<Summary>(value) {
-                    self.enqueue(summary.channel);
+                    channels.push(summary.channel);
                 }
             }
             match next {
                 Some(next) => after = Some(next),
-                None => return,
+                None => return Some(channels),
             }
         }
     }
 
-    async fn reconcile(&mut self, channel: &str) {
+    /// Reads `channel` from Here Now and applies it; whether it was read and stored (the
+    /// store now holds Here Now's answer, or the read changed nothing, or the channel is
+    /// untracked).
+    async fn reconcile(&mut self, channel: &str) -> bool {
         let result = match self.client.read(channel).await {
             Ok(read) => {
                 self.failures.remove(channel);
                 self.apply(channel, &read).await
             }
             Err(error) => {
-                let entry = self
-                    .failures
-                    .entry(channel.to_owned())
-                    .or_insert((0, Instant::now()));
-                entry.0 += 1;
-                entry.1 = Instant::now() + backoff(entry.0, jitter());
+                self.failed(channel);
                 if !matches!(error, HereNowError::Busy) {
                     tracing::warn!(%error, channel, "Here Now read failed");
                 }
                 error.result_label()
             }
         };
+        if result == "store_error" {
+            self.failed(channel);
+        }
         self.writer
             .metrics
             .reconciliations
             .with_label_values(&[result])
             .inc();
+        matches!(result, "replaced" | "unchanged" | "untracked")
+    }
+
+    /// One more failure of `channel`: it is not read again before its backoff has passed.
+    fn failed(&mut self, channel: &str) {
+        let entry = self
+            .failures
+            .entry(channel.to_owned())
+            .or_insert((0, Instant::now()));
+        entry.0 += 1;
+        entry.1 = Instant::now() + backoff(entry.0, jitter());
     }
 
     /// Applies a read; returns the `result` label.

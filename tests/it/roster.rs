@@ -682,7 +682,8 @@ async fn an_input_gap_is_counted_and_every_channel_is_read_from_here_now() {
     .await
     .expect("stream");
     let here_now = HereNowServer::start().await.expect("here now server");
-    here_now.answer("g.room", Answer::members(vec![("x1".to_owned(), None)]));
+    // Here Now fails at first: the gap stays unreconciled until a read succeeds.
+    here_now.answer("g.room", Answer::error(500, "internal error"));
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "{}[roster]\nsub_key = \"sub-c-1\"\n[roster.here_now]\norigin = \"{}\"\n\
@@ -740,8 +741,22 @@ async fn an_input_gap_is_counted_and_every_channel_is_read_from_here_now() {
         (gaps == 1.0).then_some(())
     })
     .await;
-    // Every channel read from Here Now after the gap: its member set replaces what the
-    // events (all older than the read) said, and the roster is ready again.
+    // The read after the gap failed: the roster still says it is incomplete.
+    wait_for("the failed read counted", WAIT, || async {
+        let failed = roster
+            .metric("hookbus_roster_reconciliations_total{result=\"server_error\"}")
+            .await;
+        (failed >= 1.0).then_some(())
+    })
+    .await;
+    let ready = crate::common::request(roster.api, "GET", "/readyz", &[], b"").await;
+    let body = String::from_utf8_lossy(&ready.body);
+    assert_eq!(ready.status, 503, "incomplete while no read succeeded: {body}");
+    assert!(body.starts_with("incomplete"), "{body}");
+    here_now.answer("g.room", Answer::members(vec![("x1".to_owned(), None)]));
+    // Every channel read from Here Now after the gap (the failed one again after its
+    // backoff): its member set replaces what the events (all older than the read) said, and
+    // the roster is ready again.
     let members = wait_for("g.room replaced by the read", WAIT, || async {
         let members = roster.members("g.room").await?;
         (members.len() == 1).then_some(members)
