@@ -113,6 +113,7 @@ const EX_USAGE: u8 = 64;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    no_transparent_huge_pages();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -156,6 +157,33 @@ fn main() -> ExitCode {
                 Some(Command::Unescape { .. }) => unreachable!("handled above"),
             }
         }
+    }
+}
+
+/// Transparent huge pages off for this process. mimalloc reserves its heap in large aligned
+/// arenas; where THP applies (mimalloc's own `madvise`, compiled out by its `no_thp` feature, or
+/// hosts with THP `always`) each first touch of an arena region costs a 2 MiB page, and an idle
+/// hookbus held 12 MiB of them (31 MiB RSS instead of 19). What mimalloc touched before `main`
+/// stays; everything after gets 4 KiB pages. `MIMALLOC_ALLOW_THP=0` in the environment (the
+/// image sets it) does the same from the first allocation.
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        const PR_SET_THP_DISABLE: std::ffi::c_int = 41;
+        unsafe extern "C" {
+            fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
+        }
+        // SAFETY: prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) only sets a flag on this process's
+        // memory map; it reads and writes no memory of ours. Failure (an old kernel) is fine.
+        let _ = unsafe {
+            prctl(
+                PR_SET_THP_DISABLE,
+                1 as std::ffi::c_ulong,
+                0 as std::ffi::c_ulong,
+                0 as std::ffi::c_ulong,
+                0 as std::ffi::c_ulong,
+            )
+        };
     }
 }
 

@@ -751,7 +751,10 @@ async fn an_input_gap_is_counted_and_every_channel_is_read_from_here_now() {
     .await;
     let ready = crate::common::request(roster.api, "GET", "/readyz", &[], b"").await;
     let body = String::from_utf8_lossy(&ready.body);
-    assert_eq!(ready.status, 503, "incomplete while no read succeeded: {body}");
+    assert_eq!(
+        ready.status, 503,
+        "incomplete while no read succeeded: {body}"
+    );
     assert!(body.starts_with("incomplete"), "{body}");
     here_now.answer("g.room", Answer::members(vec![("x1".to_owned(), None)]));
     // Every channel read from Here Now after the gap (the failed one again after its
