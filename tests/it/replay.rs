@@ -155,6 +155,26 @@ fn assert_once(records: &[Record], acked: &HashSet<String>) {
     );
 }
 
+/// `hookbus drain` of `spool` (with the config `Process::spawn` wrote beside it, logging at
+/// info): asserts it emptied the directory; returns its log.
+async fn drain_to_the_end(spool: &Path) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
+        .arg("--config")
+        .arg(spool.with_extension("toml"))
+        .args(["drain", "--spool-dir"])
+        .arg(spool)
+        .args(["--timeout", "100s"])
+        .env("RUST_LOG", "info")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains(", 0 left"), "{stdout}");
+    stderr
+}
+
 /// Runs the load against a fresh process on `spool` until it acked `acks` more events and
 /// published `published_at_least`, then SIGKILLs it mid-stream. Returns the next event number.
 async fn run_and_kill(
@@ -240,21 +260,7 @@ async fn drain_of_a_killed_instances_spool_stores_every_acked_event_once() {
     let toml = kafka(&broker.brokers(), "spool", PER_CHANNEL);
     let acked = Acked::default();
     run_and_kill(&spool, &toml, 0, &acked, 1500, 1000.0).await;
-    let config = spool.with_extension("toml");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
-        .arg("--config")
-        .arg(&config)
-        .args(["drain", "--spool-dir"])
-        .arg(&spool)
-        .args(["--timeout", "100s"])
-        .env("RUST_LOG", "info")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains(", 0 left"), "{stdout}");
+    let stderr = drain_to_the_end(&spool).await;
     let acked = acked.0.lock().await.clone();
     let records = read_all(&broker.brokers(), &acked).await;
     assert_once(&records, &acked);
@@ -374,21 +380,7 @@ async fn nats_drain_past_the_duplicate_window_stores_every_acked_event_once() {
         },
     )
     .await;
-    let config = spool.with_extension("toml");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
-        .arg("--config")
-        .arg(&config)
-        .args(["drain", "--spool-dir"])
-        .arg(&spool)
-        .args(["--timeout", "100s"])
-        .env("RUST_LOG", "info")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains(", 0 left"), "{stdout}");
+    let stderr = drain_to_the_end(&spool).await;
     assert!(
         stderr.contains("replay check: read back"),
         "the drain checked the stream first:\n{stderr}"
