@@ -528,6 +528,68 @@ async fn here_now_refresh_and_drift_reconcile_against_paged_reads_and_errors_are
     assert_eq!(roster.members("bad.room").await.unwrap().len(), 1);
 }
 
+/// Here Now reading a channel as empty (occupancy 0, no members) while the roster holds
+/// members: when the channel's last event is within `tombstone_ttl` of now, Presence most
+/// likely does not track it (or the read raced the events), so nothing is replaced and the
+/// read counts as `untracked`; when the last event is older, the read is believed and the
+/// members go. The rule compares the event time of the channel's summary with this clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_read_replaces_only_a_channel_whose_events_are_older_than_the_ttl() {
+    use crate::common::here_now::{Answer, HereNowServer};
+    let nats = NatsServer::start();
+    let js = stream(&nats).await;
+    let here_now = HereNowServer::start().await.expect("here now server");
+    here_now.answer("fresh.room", Answer::members(Vec::new()));
+    here_now.answer("stale.room", Answer::members(Vec::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[roster]\nsub_key = \"sub-c-1\"\ntombstone_ttl = \"10m\"\n[roster.here_now]\n\
+         origin = \"{}\"\nsubscribe_key = \"sub-c-1\"\ninterval = \"1h\"\n",
+        nats_fragment(&nats),
+        here_now.origin()
+    );
+    let roster = RosterProcess::spawn(dir.path(), "r", &config).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // An occupancy that disagrees with the one member: drift asks Here Now for each channel.
+    let mut fresh = event("f", "join", "fresh.room", Some("u1"), now - 1_000, None);
+    fresh["occupancy"] = json!(7);
+    let mut stale = event("s", "join", "stale.room", Some("u2"), now - 3_600_000, None);
+    stale["occupancy"] = json!(7);
+    publish(&js, &[fresh, stale]).await;
+    wait_for("the stale channel cleared by the read", WAIT, || async {
+        roster
+            .members("stale.room")
+            .await
+            .is_some_and(|m| m.is_empty())
+            .then_some(())
+    })
+    .await;
+    wait_for(
+        "the fresh channel's read counted as untracked",
+        WAIT,
+        || async {
+            (roster
+                .metric("hookbus_roster_reconciliations_total{result=\"untracked\"}")
+                .await
+                >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let fresh = roster.members("fresh.room").await.expect("fresh.room");
+    assert!(fresh.contains_key("u1"), "kept: {fresh:?}");
+    let read: Vec<_> = here_now
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("fresh.room"))
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(!read.is_empty(), "fresh.room was read from Here Now");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_uuid_on_two_devices_follows_its_latest_event_and_other_sub_keys_are_skipped() {
     let nats = NatsServer::start();
