@@ -16,10 +16,7 @@ use tokio::sync::mpsc;
 pub use replay::{Options, Progress, ReplayError, Summary, replay};
 
 use crate::config::Config;
-use crate::message::{
-    DiskMeta, HEADER_DEAD_LETTER_BATCH, HEADER_DEAD_LETTER_ERROR, HEADER_DEAD_LETTER_INDEX,
-    HEADER_DEAD_LETTER_REASON, HEADER_DEAD_LETTER_SCHEMA,
-};
+use crate::message::DiskMeta;
 use crate::sink::{SinkError, StoredDeadLetter};
 
 /// Where a dead letter is kept.
@@ -65,14 +62,7 @@ impl DeadLetter {
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.clone())
         };
-        let meta = DiskMeta {
-            reason: header(HEADER_DEAD_LETTER_REASON).unwrap_or_default(),
-            error: header(HEADER_DEAD_LETTER_ERROR).unwrap_or_default(),
-            index: header(HEADER_DEAD_LETTER_INDEX).and_then(|i| i.parse().ok()),
-            schema: header(HEADER_DEAD_LETTER_SCHEMA),
-            batch: header(HEADER_DEAD_LETTER_BATCH),
-            items: None,
-        };
+        let meta = DiskMeta::from_headers(header).unwrap_or_default();
         DeadLetter {
             time_ms: stored.time_ms,
             meta,

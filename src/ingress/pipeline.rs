@@ -61,8 +61,8 @@ struct Candidates {
     duplicates: Vec<normalize::Action>,
     /// Invalid items in the batch.
     rejected: usize,
-    /// Invalid items kept on disk with the body (the dead-letter budget was spent).
-    /// The invalid items kept on disk with the whole body, by index, and the first's error.
+    /// Invalid items kept on disk with the whole body (the dead-letter budget was spent), by
+    /// index, and the first one's error.
     spilled: Vec<usize>,
     spilled_error: String,
 }
@@ -343,8 +343,10 @@ impl Ingress {
         if rejected.is_empty() {
             return;
         }
-        let body_id = normalize::body_id(body);
-        let digest = crate::text::hex(&normalize::batch_digest(body));
+        // One SHA-256 of the body: the dead letters' ids and the batch digest they carry.
+        let sha = normalize::batch_digest(body);
+        let body_id = normalize::body_id_of(&sha);
+        let digest = crate::text::hex(&sha);
         let schema = normalized.schema.unwrap_or_default();
         let now = now_ms();
         for item in rejected {

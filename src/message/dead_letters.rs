@@ -107,10 +107,6 @@ impl DiskMeta {
     /// The meta of `message` kept on disk instead of being published: a dead letter's own
     /// headers, or `reason` and `error` for an event.
     pub fn of(message: &super::Message, reason: &str, error: &str) -> DiskMeta {
-        use super::{
-            HEADER_DEAD_LETTER_BATCH, HEADER_DEAD_LETTER_ERROR, HEADER_DEAD_LETTER_INDEX,
-            HEADER_DEAD_LETTER_REASON, HEADER_DEAD_LETTER_SCHEMA,
-        };
         let header = |name: &str| {
             message
                 .headers
@@ -118,16 +114,27 @@ impl DiskMeta {
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.clone())
         };
-        let mut meta = DiskMeta::new(reason, error);
-        if message.is_event || header(HEADER_DEAD_LETTER_REASON).is_none() {
-            return meta;
+        match DiskMeta::from_headers(header) {
+            Some(meta) if !message.is_event => meta,
+            _ => DiskMeta::new(reason, error),
         }
-        meta.error = header(HEADER_DEAD_LETTER_ERROR).unwrap_or(meta.error);
-        meta.reason = header(HEADER_DEAD_LETTER_REASON).unwrap_or(meta.reason);
-        meta.index = header(HEADER_DEAD_LETTER_INDEX).and_then(|i| i.parse().ok());
-        meta.schema = header(HEADER_DEAD_LETTER_SCHEMA);
-        meta.batch = header(HEADER_DEAD_LETTER_BATCH);
-        meta
+    }
+
+    /// The meta a dead letter's headers carry (`header` looks one up by name); `None` when
+    /// there is no reason header (not a dead letter).
+    pub fn from_headers(header: impl Fn(&str) -> Option<String>) -> Option<DiskMeta> {
+        use super::{
+            HEADER_DEAD_LETTER_BATCH, HEADER_DEAD_LETTER_ERROR, HEADER_DEAD_LETTER_INDEX,
+            HEADER_DEAD_LETTER_REASON, HEADER_DEAD_LETTER_SCHEMA,
+        };
+        Some(DiskMeta {
+            reason: header(HEADER_DEAD_LETTER_REASON)?,
+            error: header(HEADER_DEAD_LETTER_ERROR).unwrap_or_default(),
+            index: header(HEADER_DEAD_LETTER_INDEX).and_then(|i| i.parse().ok()),
+            schema: header(HEADER_DEAD_LETTER_SCHEMA),
+            batch: header(HEADER_DEAD_LETTER_BATCH),
+            items: None,
+        })
     }
 }
 

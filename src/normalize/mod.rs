@@ -258,8 +258,9 @@ pub fn normalize(body: &[u8], received_at_ms: u64) -> Result<Vec<Event>, Normali
 pub struct Normalized {
     pub events: Vec<Event>,
     pub rejected: Vec<Rejected>,
-    /// An Events & Actions batch's `schema` (or `dataSchema`) text: an item's action comes
-    /// from it, so a dead-lettered item carries it to be normalized again on its own.
+    /// An Events & Actions batch's `schema` (or `dataSchema`) text, when some item was
+    /// rejected: an item's action comes from it, so a dead-lettered item carries it to be
+    /// normalized again on its own.
     pub schema: Option<String>,
 }
 
@@ -356,10 +357,13 @@ fn normalize_general(
                         envelope_id,
                         received_at_ms,
                     );
-                    normalized.schema = SCHEMA_KEYS
-                        .iter()
-                        .find_map(|&key| object.get(key).and_then(Value::as_str))
-                        .map(str::to_owned);
+                    // Only a batch with refused items needs it (their dead letters carry it).
+                    if !normalized.rejected.is_empty() {
+                        normalized.schema = SCHEMA_KEYS
+                            .iter()
+                            .find_map(|&key| object.get(key).and_then(Value::as_str))
+                            .map(str::to_owned);
+                    }
                     Ok(normalized)
                 }
                 Detected::G2(action) => {
@@ -498,6 +502,11 @@ fn action_from_schema(schema: &str) -> Option<Action> {
 /// dead-lettered body.
 pub fn body_id(data: &[u8]) -> String {
     hex32(&Sha256::digest(data))
+}
+
+/// [`body_id`] from the body's [`batch_digest`], for a caller that needs both.
+pub fn body_id_of(digest: &[u8; 32]) -> String {
+    hex32(digest)
 }
 
 /// Lowercase hex of the first 16 bytes of a digest.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use serde_json::{Value, json};
 
-use crate::common::roster::{RosterProcess, ena, encode, event, model, workload};
+use crate::common::roster::{RosterProcess, ena, encode, event, joins, model, workload};
 use crate::common::{NatsServer, RedisServer, Tansu, post, start, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -654,18 +654,7 @@ async fn a_channel_of_100000_members_over_two_replicas_is_whole_through_the_page
     let a = RosterProcess::spawn(dir.path(), "a", &config).await;
     let b = RosterProcess::spawn(dir.path(), "b", &config).await;
     let t = 1_718_035_200_000;
-    let joins: Vec<Value> = (0..100_000)
-        .map(|i| {
-            event(
-                &format!("h{i}"),
-                "join",
-                "hot.room",
-                Some(&format!("u{i:06}")),
-                t + i,
-                None,
-            )
-        })
-        .collect();
+    let joins = joins("h", "hot.room", 0..100_000, t, 6);
     publish(&js, &joins).await;
     let members = wait_for("100,000 members", Duration::from_secs(240), || async {
         let (status, body) = a.get("/roster/hot.room?limit=1").await;
@@ -755,18 +744,7 @@ async fn an_input_gap_is_counted_and_every_channel_is_read_from_here_now() {
     );
     let roster = RosterProcess::spawn(dir.path(), "r", &config).await;
     let t = 1_718_035_200_000;
-    let first: Vec<Value> = (0..10)
-        .map(|i| {
-            event(
-                &format!("a{i}"),
-                "join",
-                "g.room",
-                Some(&format!("u{i}")),
-                t + i,
-                None,
-            )
-        })
-        .collect();
+    let first = joins("a", "g.room", 0..10, t, 0);
     publish(&js, &first).await;
     wait_for("the first events applied", WAIT, || async {
         (roster.members("g.room").await?.len() == 10).then_some(())
@@ -783,18 +761,7 @@ async fn an_input_gap_is_counted_and_every_channel_is_read_from_here_now() {
         (info.num_waiting == 0).then_some(())
     })
     .await;
-    let more: Vec<Value> = (100..400)
-        .map(|i| {
-            event(
-                &format!("b{i}"),
-                "join",
-                "g.room",
-                Some(&format!("u{i}")),
-                t + i,
-                None,
-            )
-        })
-        .collect();
+    let more = joins("b", "g.room", 100..400, t, 0);
     publish(&js, &more).await;
     // The roster checks for gaps once a second: a stall shorter than that (with a retention
     // shorter than a second of traffic) can slip between two checks (docs/roster.md), so the

@@ -200,6 +200,30 @@ impl Rng {
 }
 
 /// `count` member events (join, state-change, leave, timeout) over `channels` channels and
+/// Joins of uuids `u<i>` (zero-padded to `width` digits) to `channel`, one per `i` in
+/// `range`, with ids `<id><i>` and times `t + i`.
+pub fn joins(
+    id: &str,
+    channel: &str,
+    range: std::ops::Range<i64>,
+    t: i64,
+    width: usize,
+) -> Vec<Value> {
+    range
+        .map(|i| {
+            let uuid = format!("u{i:0width$}");
+            event(
+                &format!("{id}{i}"),
+                "join",
+                channel,
+                Some(&uuid),
+                t + i,
+                None,
+            )
+        })
+        .collect()
+}
+
 /// `uuids` uuids, each at a distinct time, shuffled, then a tenth of them repeated.
 pub fn workload(
     seed: u64,
