@@ -64,6 +64,12 @@ pub async fn replay(config: &Config, options: &Options) -> u8 {
     }
     match outcome {
         Ok(summary) => {
+            let verb = if options.dry_run {
+                "would be published"
+            } else {
+                "published"
+            };
+            eprintln!("{} events {verb}", summary.events);
             println!(
                 "replayed={} duplicates={} still_invalid={}{}",
                 summary.replayed,

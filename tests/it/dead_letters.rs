@@ -222,6 +222,11 @@ async fn kafka_dead_letters_are_listed_and_replayed_once() {
         first.stderr
     );
     assert!(first.stderr.contains("schema unknown"), "{}", first.stderr);
+    assert!(
+        first.stderr.contains("3 events published"),
+        "{}",
+        first.stderr
+    );
     assert!(!valid_file.exists(), "a replayed file is removed");
     assert!(invalid_file.exists(), "what still fails is kept");
 
