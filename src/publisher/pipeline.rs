@@ -1,7 +1,11 @@
-//! The publishing loop of [`super::run`]: takes jobs from the source, starts one future per
-//! message, settles their outcomes. It never awaits the broker itself; every wait (the
-//! predecessor's hand-off, topic creation, client capacity, the confirmation) lives in the
-//! message's own future, so the loop always services confirmations, gauges and the drain.
+//! The publishing loop of [`super::run`]: takes jobs from the source in batches, starts one
+//! future per batch, settles each message's outcome. It never awaits the broker itself; every
+//! wait (the predecessor batch's hand-off, topic creation, client capacity, the confirmations)
+//! lives in the batch's own future, so the loop always services confirmations, gauges and the
+//! drain. One future, one hand-off and one wake per batch rather than per message: the
+//! per-message futures cost more than the work they moved (issue 22's profiles). A `publish`
+//! request does not wait for its batch: its ticket is settled as soon as its own message is
+//! confirmed ([`confirmed`]).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
@@ -9,9 +13,9 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures::future::{BoxFuture, Shared};
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
+use futures::future::{BoxFuture, Either};
+use futures::stream::{self, FuturesUnordered, SelectAll};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -47,14 +51,17 @@ enum Outcome {
     Filed,
 }
 
-type Flight = Pin<Box<dyn Future<Output = (u64, Job, Outcome)> + Send>>;
-type Prepared = Shared<BoxFuture<'static, ()>>;
+/// A started batch: each message's mark, job and outcome, as each is confirmed.
+type Flight = Pin<Box<dyn Stream<Item = (u64, Job, Outcome)> + Send>>;
+type Prepared = BoxFuture<'static, ()>;
 
 pub(super) struct Pipeline<'a> {
     context: &'a Context,
     config: &'a PublisherConfig,
     spool: Option<Spool>,
-    in_flight: FuturesUnordered<Flight>,
+    in_flight: SelectAll<Flight>,
+    /// Messages of `in_flight` not settled yet (`sink.max_in_flight` bounds this).
+    in_flight_jobs: usize,
     marks: Watermark,
     /// Failed messages waiting to be sent again, by accept order (their mark).
     retry: BTreeMap<u64, Job>,
@@ -74,7 +81,8 @@ impl<'a> Pipeline<'a> {
             context,
             config,
             spool,
-            in_flight: FuturesUnordered::new(),
+            in_flight: SelectAll::new(),
+            in_flight_jobs: 0,
             marks: Watermark::default(),
             retry: BTreeMap::new(),
             retry_at: None,
@@ -112,11 +120,12 @@ impl<'a> Pipeline<'a> {
             let room = self
                 .config
                 .max_in_flight
-                .saturating_sub(self.in_flight.len());
+                .saturating_sub(self.in_flight_jobs);
             let take = prepared && room > 0 && self.retry.is_empty() && !lingering && !source_done;
             tokio::select! {
                 biased;
                 Some((mark, job, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.in_flight_jobs -= 1;
                     self.settle(mark, job, outcome);
                     self.context.faults.maybe_panic_in_publisher();
                 }
@@ -183,16 +192,13 @@ impl<'a> Pipeline<'a> {
             self.overflow(job);
         }
         let topics = batch.iter().map(|j| j.message.topic.as_str());
-        let ready = self
-            .context
-            .sink
-            .prepare_batch(topics)
-            .map(FutureExt::shared);
+        let ready = self.context.sink.prepare_batch(topics);
         let small = batch.len() < LINGER_BELOW;
-        for job in batch.drain(..) {
-            let mark = self.marks.open(job.received_ms);
-            self.launch(job, mark, ready.clone());
-        }
+        let jobs = batch
+            .drain(..)
+            .map(|job| (self.marks.open(job.received_ms), job))
+            .collect();
+        self.launch(jobs, ready);
         small && !waited_on
     }
 
@@ -208,41 +214,64 @@ impl<'a> Pipeline<'a> {
         }
     }
 
-    /// Starts the future of one message: it waits for its predecessor's hand-off (order), for
-    /// the batch's topics (Kafka), then hands the message to the client and awaits the
-    /// confirmation. Panics inside the sink fail only this message.
-    fn launch(&mut self, job: Job, mark: u64, ready: Option<Prepared>) {
+    /// Starts the future of a batch of messages: it waits for the previous batch's hand-off
+    /// (order), for the batch's topics (Kafka), then hands each message to the client in order
+    /// and awaits their confirmations. Panics inside the sink fail only that message.
+    fn launch(&mut self, jobs: Vec<(u64, Job)>, ready: Option<Prepared>) {
         let (handed, handed_rx) = oneshot::channel::<()>();
         let after = self.last_handed.replace(handed_rx);
         let sink = self.context.sink.clone();
         let faults = self.context.faults.clone();
         let metrics = self.context.metrics.clone();
-        self.in_flight.push(Box::pin(async move {
+        self.in_flight_jobs += jobs.len();
+        let handing = async move {
             if let Some(after) = after {
                 let _ = after.await;
             }
             if let Some(ready) = ready {
                 ready.await;
             }
-            if let Done::Ticket(ticket) = &job.done
-                && !ticket.start()
-            {
-                return (mark, job, Outcome::Withdrawn);
+            let mut sent = Vec::with_capacity(jobs.len());
+            for (mark, job) in jobs {
+                if let Done::Ticket(ticket) = &job.done
+                    && !ticket.start()
+                {
+                    sent.push((mark, job, None));
+                    continue;
+                }
+                let result = AssertUnwindSafe(async {
+                    faults.maybe_panic_in_sink();
+                    sink.send(&job.message).await
+                })
+                .catch_unwind()
+                .await;
+                // Each confirmation is watched from here on (a ticket's settles its request
+                // at once).
+                let pending = match result {
+                    Ok(Ok(confirm)) => Ok(confirmed(confirm, &job.done, metrics.clone())),
+                    Ok(Err(error)) => Err(error),
+                    Err(panic) => Err(panicked(&metrics, &panic)),
+                };
+                sent.push((mark, job, Some(pending)));
             }
-            let sent = AssertUnwindSafe(async {
-                faults.maybe_panic_in_sink();
-                sink.send(&job.message).await
-            })
-            .catch_unwind()
-            .await;
             drop(handed);
-            let result = match sent {
-                Ok(Ok(confirm)) => confirmed(confirm, &job.done, metrics).await,
-                Ok(Err(error)) => Err(error),
-                Err(panic) => Err(panicked(&metrics, &panic)),
-            };
-            (mark, job, Outcome::Sent(result))
-        }));
+            sent
+        };
+        // Then each message's outcome as soon as it is known (one slow partition holds back
+        // only its own messages).
+        let outcomes = stream::once(handing).flat_map(|sent| {
+            sent.into_iter()
+                .map(|(mark, job, pending)| async move {
+                    let outcome = match pending {
+                        None => Outcome::Withdrawn,
+                        Some(Ok(confirmation)) => Outcome::Sent(confirmation.await),
+                        Some(Err(error)) => Outcome::Sent(Err(error)),
+                    };
+                    (mark, job, outcome)
+                })
+                .collect::<FuturesUnordered<_>>()
+        });
+        self.in_flight.push(Box::pin(outcomes));
     }
 
     /// Keeps `job`'s payload on disk (off the runtime); its mark stays open until written.
@@ -252,7 +281,8 @@ impl<'a> Pipeline<'a> {
         let dir = self.config.dead_letter_dir.clone();
         let metrics = self.context.metrics.clone();
         let meta = message::DiskMeta::of(&job.message, reason, error);
-        self.in_flight.push(Box::pin(async move {
+        self.in_flight_jobs += 1;
+        self.in_flight.push(Box::pin(stream::once(async move {
             let payload = job.message.payload.clone();
             let written = tokio::task::spawn_blocking(move || dir.write(&payload, &meta)).await;
             if matches!(written, Ok(Ok(_))) {
@@ -269,7 +299,7 @@ impl<'a> Pipeline<'a> {
                 }
             }
             (mark, job, Outcome::Filed)
-        }));
+        })));
     }
 
     fn settle(&mut self, mark: u64, job: Job, outcome: Outcome) {
@@ -335,19 +365,15 @@ impl<'a> Pipeline<'a> {
         metrics.dead_letter(reason);
         tracing::warn!(%error, sink = sink_name, topic = %job.message.topic, "broker refused message; dead-lettering");
         let dead = dead_letter_job(job, reason, &error.to_string(), &self.config.dead_letter);
-        self.launch(dead, mark, None);
+        self.launch(vec![(mark, dead)], None);
     }
 
     /// Sends every failed message again, in accept order, ahead of anything taken later.
     fn resend(&mut self) {
         let jobs: Vec<(u64, Job)> = std::mem::take(&mut self.retry).into_iter().collect();
         let sink = self.context.sink.clone();
-        let ready = sink
-            .prepare_batch(jobs.iter().map(|(_, j)| j.message.topic.as_str()))
-            .map(FutureExt::shared);
-        for (mark, job) in jobs {
-            self.launch(job, mark, ready.clone());
-        }
+        let ready = sink.prepare_batch(jobs.iter().map(|(_, j)| j.message.topic.as_str()));
+        self.launch(jobs, ready);
     }
 
     fn finish(&self, done: Done) {
@@ -380,15 +406,17 @@ impl<'a> Pipeline<'a> {
 }
 
 /// Awaits a sent message's confirmation. A publish-mode job's confirmation is awaited in a task
-/// of its own that holds the ticket: when this future is dropped while the client still holds
-/// the message (the loop panicked, the drain was cut), the ticket is settled once the broker
-/// stores it, or released once it is refused, never while the broker may still store it (a
-/// release then would let PubNub's retry be published a second time).
-async fn confirmed(
+/// of its own that holds the ticket and settles it as soon as the broker stores the message:
+/// the request is answered without waiting for the rest of its batch, and when this future is
+/// dropped while the client still holds the message (the loop panicked, the drain was cut),
+/// the ticket is still settled once the broker stores it, or released once it is refused,
+/// never while the broker may still store it (a release then would let PubNub's retry be
+/// published a second time). The loop's own settle of the same ticket later does nothing.
+fn confirmed(
     confirm: crate::sink::Confirm,
     done: &Done,
     metrics: crate::metrics::Metrics,
-) -> Result<Ack, SinkError> {
+) -> impl Future<Output = Result<Ack, SinkError>> + Send + 'static + use<> {
     let guarded = async move {
         AssertUnwindSafe(confirm)
             .catch_unwind()
@@ -396,21 +424,23 @@ async fn confirmed(
             .unwrap_or_else(|panic| Err(panicked(&metrics, &panic)))
     };
     let Done::Ticket(ticket) = done else {
-        return guarded.await;
+        return Either::Left(guarded);
     };
     let ticket = ticket.clone();
     let (tx, rx) = oneshot::channel();
     tokio::spawn(async move {
-        if let Err(result) = tx.send(guarded.await)
-            && result.is_ok()
-        {
+        let result = guarded.await;
+        if result.is_ok() {
             ticket.settle();
         }
+        let _ = tx.send(result);
     });
-    rx.await.unwrap_or_else(|_| {
-        Err(SinkError::Retriable(
-            "the confirmation task ended".to_owned(),
-        ))
+    Either::Right(async move {
+        rx.await.unwrap_or_else(|_| {
+            Err(SinkError::Retriable(
+                "the confirmation task ended".to_owned(),
+            ))
+        })
     })
 }
 
