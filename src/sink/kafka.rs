@@ -195,7 +195,12 @@ pub struct KafkaSink {
 /// hookbus, or first seen later) are admitted until the cap is reached, and the set of them is
 /// bounded by it. `exempt` names (the overflow and dead-letter topics) are always admitted.
 struct Topics {
-    admin: AdminClient<UpContext>,
+    /// Created on the first topic creation: an admin client is a librdkafka instance of its
+    /// own (threads, connections, buffers, about 1 MiB resident), which an idle bridge, or
+    /// one whose topics all exist, never needs.
+    admin: std::sync::OnceLock<Result<AdminClient<UpContext>, String>>,
+    client: ClientConfig,
+    context: UpContext,
     /// Std mutexes, held only for a lookup or insert, never across an await.
     existing: Mutex<HashSet<String>>,
     admitted: Mutex<HashSet<String>>,
@@ -236,9 +241,6 @@ impl KafkaSink {
         let (queue, wake) = ReportQueue::new(&producer)
             .map_err(|e| anyhow::anyhow!("kafka delivery report queue: {e}"))?;
         let reports = tokio::spawn(serve_reports(producer.clone(), queue, wake));
-        let admin = client
-            .create_with_context(context.clone())
-            .map_err(|e| anyhow::anyhow!("kafka admin client: {e}"))?;
         let partitioner = config.properties.get("partitioner").map(String::as_str);
         let request_timeout = config
             .properties
@@ -251,9 +253,11 @@ impl KafkaSink {
             readback: readback::consumer_config(&config.brokers, &config.properties),
             by_key: matches!(partitioner, None | Some("consistent_random" | "consistent")),
             request_timeout,
-            context,
+            context: context.clone(),
             topics: Arc::new(Topics {
-                admin,
+                admin: std::sync::OnceLock::new(),
+                client,
+                context,
                 existing: Mutex::new(HashSet::new()),
                 admitted: Mutex::new(HashSet::new()),
                 exempt,
@@ -477,7 +481,19 @@ impl Topics {
         let options = AdminOptions::new()
             .operation_timeout(Some(self.timeout))
             .request_timeout(Some(self.timeout));
-        let results = match self.admin.create_topics(&new, &options).await {
+        let admin = self.admin.get_or_init(|| {
+            self.client
+                .create_with_context(self.context.clone())
+                .map_err(|e| format!("kafka admin client: {e}"))
+        });
+        let admin = match admin {
+            Ok(admin) => admin,
+            Err(error) => {
+                tracing::warn!(%error, topics = missing.len(), sink = "kafka", "creating topics failed; producing anyway");
+                return;
+            }
+        };
+        let results = match admin.create_topics(&new, &options).await {
             Ok(results) => results,
             Err(error) => {
                 tracing::warn!(%error, topics = missing.len(), sink = "kafka", "creating topics failed; producing anyway");
