@@ -34,7 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "target" / "release"
 # BENCH_HOOKBUS: another hookbus binary to measure (e.g. a build of an earlier commit, for a
-# before/after comparison in one sitting).
+# before/after comparison in one sitting). BENCH_INSTRUCTIONS=0: no callgrind counts;
+# BENCH_CALLGRIND_DIR: a directory to keep the callgrind dumps in.
 HOOKBUS = Path(os.environ.get("BENCH_HOOKBUS", RELEASE / "hookbus"))
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -311,6 +312,9 @@ class Bench:
                   if line.startswith("totals:")]
         if not totals or totals[-1] == 0:
             raise SystemExit(f"bench: no instruction total in {out}")
+        # BENCH_CALLGRIND_DIR: keep the dumps there (callgrind_annotate shows where they go).
+        if os.environ.get("BENCH_CALLGRIND_DIR"):
+            shutil.copy(out, os.environ["BENCH_CALLGRIND_DIR"])
         return totals[-1]
 
     def load_count(self, port, n):

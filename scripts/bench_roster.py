@@ -34,6 +34,8 @@ HOOKBUS = Path(os.environ.get("BENCH_HOOKBUS", ROOT / "target" / "release" / "ho
 TICK = os.sysconf("SC_CLK_TCK")
 MEMBERS = int(os.environ.get("BENCH_ROSTER_MEMBERS", "100000"))
 REPLICAS = int(os.environ.get("BENCH_ROSTER_REPLICAS", "1"))
+# BENCH_ROSTER_STORES: which stores to measure, comma-separated (default: nats,redis).
+STORES = os.environ.get("BENCH_ROSTER_STORES", "nats,redis").split(",")
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench import Proc, free_port, metric_sum, port_open, quantile, wait_for  # noqa: E402
@@ -177,7 +179,7 @@ def main():
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = []
     for shape in ("spread", "hot"):
-        for store in ("nats", "redis"):
+        for store in STORES:
             r = row(work, shape, store)
             rows.append(r)
             print(f"bench roster: {shape}/{store}: {r['applied_per_s_per_replica']:.0f} events/s, exact={r['exact']}",
