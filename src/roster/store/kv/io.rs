@@ -22,6 +22,9 @@ use crate::roster::store::StoreError;
 pub(super) const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest wait for a scan to deliver every key it matched.
 pub(super) const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a scan's consumer may deliver nothing while keys are pending before it is
+/// replaced (a local server delivers thousands of keys in that time).
+const SCAN_STALL: Duration = Duration::from_secs(2);
 
 /// Marks a member message: `present` (listed by `page`) or `absent` (a tombstone). The value
 /// stays the caller's bytes.
@@ -206,12 +209,43 @@ impl KvStore {
     }
 
     /// The last message of every key matching `filter` (a KV key with `*`/`>` wildcards),
-    /// deleted keys included, read with an ordered consumer until it has nothing pending.
+    /// deleted keys included, read with an ordered consumer until it has nothing pending. A
+    /// consumer that delivers nothing for [`SCAN_STALL`] while the server counted more pending
+    /// (seen once under load: the count named a message the consumer never delivered) is
+    /// replaced by a new one, which reads every key again; the newest revision of a key wins.
     ///
     /// # Errors
-    /// The consumer could not be created, or it did not catch up within [`SCAN_TIMEOUT`].
+    /// A consumer could not be created, or the scan did not catch up within [`SCAN_TIMEOUT`].
     pub(super) async fn scan(&self, filter: &str) -> Result<Vec<(String, Record)>, StoreError> {
         let deadline = Instant::now() + SCAN_TIMEOUT;
+        // Keyed by key: an ordered consumer that recreates itself may deliver a key twice.
+        let mut found: HashMap<String, Record> = HashMap::new();
+        loop {
+            match self.scan_once(filter, deadline, &mut found).await? {
+                None => break,
+                Some(pending) if Instant::now() >= deadline => {
+                    return Err(self.failed(format!(
+                        "scan `{filter}`: {} keys read, {pending} still pending after {SCAN_TIMEOUT:?}",
+                        found.len()
+                    )));
+                }
+                Some(pending) => {
+                    tracing::debug!(filter, pending, "roster store scan stalled; scanning again");
+                }
+            }
+        }
+        self.answered();
+        Ok(found.into_iter().collect())
+    }
+
+    /// One consumer's pass of [`KvStore::scan`] into `found`: `None` once it delivered all it
+    /// counted, or how many it still counted when it stalled or `deadline` passed.
+    async fn scan_once(
+        &self,
+        filter: &str,
+        deadline: Instant,
+        found: &mut HashMap<String, Record>,
+    ) -> Result<Option<u64>, StoreError> {
         let config = push::OrderedConfig {
             deliver_subject: self.nats.js.client().new_inbox(),
             description: Some("hookbus roster scan".into()),
@@ -231,51 +265,45 @@ impl KvStore {
             }
         };
         let mut pending = consumer.cached_info().num_pending;
-        // Keyed by key: an ordered consumer that recreates itself may deliver a key twice.
-        let mut found: HashMap<String, Record> = HashMap::new();
-        if pending > 0 {
-            let mut messages = match timeout(OP_TIMEOUT, consumer.messages()).await {
-                Ok(Ok(messages)) => messages,
-                Ok(Err(e)) => return Err(self.failed(format!("scan `{filter}`: {e}"))),
-                Err(_) => {
-                    return Err(self.failed(format!(
-                        "scan `{filter}`: no subscription within {OP_TIMEOUT:?}"
-                    )));
+        if pending == 0 {
+            return Ok(None);
+        }
+        let mut messages = match timeout(OP_TIMEOUT, consumer.messages()).await {
+            Ok(Ok(messages)) => messages,
+            Ok(Err(e)) => return Err(self.failed(format!("scan `{filter}`: {e}"))),
+            Err(_) => {
+                return Err(self.failed(format!(
+                    "scan `{filter}`: no subscription within {OP_TIMEOUT:?}"
+                )));
+            }
+        };
+        while pending > 0 {
+            let stall = deadline.min(Instant::now() + SCAN_STALL);
+            let message = match timeout_at(stall, messages.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => return Err(self.failed(format!("scan `{filter}`: {e}"))),
+                Ok(None) => {
+                    return Err(self.failed(format!("scan `{filter}`: the consumer ended")));
                 }
+                Err(_) => return Ok(Some(pending)),
             };
-            while pending > 0 {
-                let message = match timeout_at(deadline, messages.next()).await {
-                    Ok(Some(Ok(message))) => message,
-                    Ok(Some(Err(e))) => return Err(self.failed(format!("scan `{filter}`: {e}"))),
-                    Ok(None) => {
-                        return Err(self.failed(format!("scan `{filter}`: the consumer ended")));
-                    }
-                    Err(_) => {
-                        return Err(self.failed(format!(
-                            "scan `{filter}`: {} keys read, {pending} still pending after {SCAN_TIMEOUT:?}",
-                            found.len()
-                        )));
-                    }
-                };
-                let info = message
-                    .info()
-                    .map_err(|e| self.failed(format!("scan `{filter}`: message metadata: {e}")))?;
-                pending = info.pending;
-                let rev = info.stream_sequence;
-                let Some(key) = message.subject.strip_prefix(self.nats.kv.prefix.as_str()) else {
-                    continue;
-                };
-                let record = Record {
-                    rev,
-                    kind: kind(message.headers.as_ref()),
-                    value: message.payload.clone(),
-                };
-                if found.get(key).is_none_or(|seen| seen.rev < rev) {
-                    found.insert(key.to_owned(), record);
-                }
+            let info = message
+                .info()
+                .map_err(|e| self.failed(format!("scan `{filter}`: message metadata: {e}")))?;
+            pending = info.pending;
+            let rev = info.stream_sequence;
+            let Some(key) = message.subject.strip_prefix(self.nats.kv.prefix.as_str()) else {
+                continue;
+            };
+            let record = Record {
+                rev,
+                kind: kind(message.headers.as_ref()),
+                value: message.payload.clone(),
+            };
+            if found.get(key).is_none_or(|seen| seen.rev < rev) {
+                found.insert(key.to_owned(), record);
             }
         }
-        self.answered();
-        Ok(found.into_iter().collect())
+        Ok(None)
     }
 }
