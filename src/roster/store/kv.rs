@@ -101,6 +101,9 @@ pub struct KvStore {
     /// Per summary key, the (revision, value fingerprint) whose owed writes this process saw
     /// applied.
     applied: Mutex<HashMap<String, (u64, u64)>>,
+    /// Per summary key, the member revisions the last consistent read saw at one summary
+    /// (revision, fingerprint), for the commit computed from that read (`kv/snapshot.rs`).
+    revisions: Mutex<HashMap<String, snapshot::Revisions>>,
 }
 
 /// The connection's JetStream context and the bucket's handle.
@@ -138,6 +141,7 @@ impl KvStore {
             bucket: bucket.to_owned(),
             up: AtomicBool::new(true),
             applied: Mutex::new(HashMap::new()),
+            revisions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -210,8 +214,8 @@ impl KvStore {
             .await
             .map_err(|e| CommitError::Store(e.0))?;
         let base = match (&head, commit.expected) {
-            (Head::Missing { rev }, 0) => *rev,
-            (Head::Live { rev, .. }, expected) if *rev == expected => *rev,
+            (Head::Missing { rev }, 0) => (*rev, 0),
+            (Head::Live { rev, print, .. }, expected) if *rev == expected => (*rev, *print),
             _ => return Err(CommitError::Conflict),
         };
         match commit.summary {

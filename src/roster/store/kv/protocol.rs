@@ -13,8 +13,8 @@ use super::wire::{self, Intent, Pending};
 use super::{KvStore, MAX_COMMIT_BYTES};
 use crate::roster::store::{CommitError, MemberOp, StoreError};
 
-/// How many member writes (or reads) are in flight at once.
-const PARALLEL: usize = 32;
+/// How many member writes (or reads) of one channel are in flight at once.
+const PARALLEL: usize = 64;
 /// How often [`KvStore::settle`] looks again when the summary changes under it.
 const SETTLE_ATTEMPTS: usize = 8;
 /// The most summaries remembered as fully applied (the memory is cleared when full).
@@ -30,9 +30,11 @@ pub(super) enum Head {
     /// No summary. `rev` is what a create must expect: `0` (no message) or the revision of
     /// the key's delete marker.
     Missing { rev: u64 },
-    /// A summary whose owed member writes are all applied; `rev` is the summary key's.
+    /// A summary whose owed member writes are all applied; `rev` is the summary key's,
+    /// `print` the [`fingerprint`] of its stored value.
     Live {
         rev: u64,
+        print: u64,
         summary: Vec<u8>,
         owed: Vec<Pending>,
     },
@@ -107,6 +109,7 @@ impl KvStore {
             };
             return Ok(Head::Live {
                 rev: record.rev,
+                print: seen.1,
                 summary,
                 owed: intent.pending,
             });
@@ -194,7 +197,7 @@ impl KvStore {
     pub(super) async fn write(
         &self,
         key: &str,
-        base: u64,
+        base: (u64, u64),
         summary: Vec<u8>,
         members: Vec<(String, MemberOp)>,
         step: Step,
@@ -208,19 +211,34 @@ impl KvStore {
                 "member `{uuid}` is written twice in one commit of `{key}`"
             )));
         }
+        // The revisions a consistent read at this very summary saw are the keys' revisions
+        // now (member keys change only by owed writes, all applied at `base`, and nothing
+        // was committed since: the compare-and-set below checks that); the rest are read.
+        let known = self.revisions_at(key, base);
         let reads = members
             .iter()
-            .map(|(uuid, _)| async move { self.get(&member_key(key, uuid)).await })
+            .map(|(uuid, _)| {
+                let known = known.as_ref().and_then(|k| k.get(uuid.as_str()).copied());
+                async move {
+                    match known {
+                        Some(current) => Ok(current),
+                        None => Ok(self
+                            .get(&member_key(key, uuid))
+                            .await?
+                            .map(|r| (r.rev, r.kind == Kind::Deleted))),
+                    }
+                }
+            })
             .collect();
-        let current = batched(reads).await;
+        let current: Vec<Result<Option<(u64, bool)>, StoreError>> = batched(reads).await;
         let mut pending = Vec::with_capacity(members.len());
         for ((uuid, op), current) in members.into_iter().zip(current) {
             let current = current.map_err(|e| CommitError::Store(e.0))?;
-            let gone = current.as_ref().is_none_or(|r| r.kind == Kind::Deleted);
+            let gone = current.is_none_or(|(_, deleted)| deleted);
             if op == MemberOp::Delete && gone {
                 continue;
             }
-            let rev = current.map_or(0, |r| r.rev);
+            let rev = current.map_or(0, |(rev, _)| rev);
             pending.push(Pending { uuid, rev, op });
         }
         let intent = Intent {
@@ -230,7 +248,7 @@ impl KvStore {
         let value = wire::encode(&intent);
         self.check_size(key, value.len())?;
         let print = fingerprint(&value);
-        let rev = self.cas_summary(key, value, base).await?;
+        let rev = self.cas_summary(key, value, base.0).await?;
         if step == Step::Full {
             let paid = self.apply(key, (rev, print), &intent.pending).await;
             if let Err(e) = paid {

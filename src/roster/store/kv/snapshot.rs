@@ -27,6 +27,19 @@ pub(super) enum Wanted<'a> {
 /// Member keys by raw uuid: their last message, `None` when they never had one.
 pub(super) type Members = Vec<(String, Option<Record>)>;
 
+/// What a consistent read saw of member keys, for the commit computed from it: the summary's
+/// (revision, fingerprint), and per uuid the key's revision and whether it is a delete marker
+/// (`None`: no message).
+pub(super) struct Revisions {
+    seen: (u64, u64),
+    members: HashMap<String, Option<(u64, bool)>>,
+}
+
+/// Reads whose revisions are remembered: a commit reads at most these members.
+const REMEMBER_MEMBERS: usize = 1024;
+/// The most channels whose read revisions are remembered (cleared when full).
+const REMEMBER_CHANNELS: usize = 4096;
+
 /// Whether `record`, member `uuid`'s key now, is its state as of summary `rev` whose owed
 /// writes are `owed`.
 fn as_of(rev: u64, owed: &HashMap<&str, &MemberOp>, uuid: &str, record: Option<&Record>) -> bool {
@@ -56,7 +69,13 @@ impl KvStore {
         wanted: Wanted<'_>,
     ) -> Result<Option<(Entry, Members)>, StoreError> {
         for _ in 0..SNAPSHOT_ATTEMPTS {
-            let Head::Live { rev, summary, owed } = self.settle(key).await? else {
+            let Head::Live {
+                rev,
+                print,
+                summary,
+                owed,
+            } = self.settle(key).await?
+            else {
                 return Ok(None);
             };
             let members = match wanted {
@@ -69,6 +88,9 @@ impl KvStore {
                 .iter()
                 .all(|(uuid, record)| as_of(rev, &owed, uuid, record.as_ref()));
             if consistent {
+                if members.len() <= REMEMBER_MEMBERS {
+                    self.remember(key, (rev, print), &members);
+                }
                 let summary = Entry {
                     value: summary,
                     rev,
@@ -81,6 +103,41 @@ impl KvStore {
              {SNAPSHOT_ATTEMPTS} reads",
             self.bucket
         )))
+    }
+
+    fn remember(&self, key: &str, seen: (u64, u64), members: &Members) {
+        let members = members
+            .iter()
+            .map(|(uuid, record)| {
+                let current = record.as_ref().map(|r| (r.rev, r.kind == Kind::Deleted));
+                (uuid.clone(), current)
+            })
+            .collect();
+        let mut memory = self
+            .revisions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if memory.len() >= REMEMBER_CHANNELS {
+            memory.clear();
+        }
+        memory.insert(key.to_owned(), Revisions { seen, members });
+    }
+
+    /// The member revisions a consistent read saw at summary `seen` (revision, fingerprint),
+    /// taken (a commit uses them once); `None` when the last read was at another summary.
+    pub(super) fn revisions_at(
+        &self,
+        key: &str,
+        seen: (u64, u64),
+    ) -> Option<HashMap<String, Option<(u64, bool)>>> {
+        let mut memory = self
+            .revisions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match memory.remove(key) {
+            Some(revisions) if revisions.seen == seen && seen.0 != 0 => Some(revisions.members),
+            _ => None,
+        }
     }
 
     async fn read_members(&self, key: &str, uuids: &[&str]) -> Result<Members, StoreError> {
