@@ -19,7 +19,9 @@
 //!    Every reader settles the same way before it answers.
 //! 2. Conflict unless the settled summary revision is `expected` (`0`: no summary, or a delete
 //!    marker). Read the revision of each member key to write (`0`: no message; a deleted key's
-//!    is its delete marker's).
+//!    is its delete marker's), unless this process's consistent read of the channel saw it at
+//!    the same summary revision and value: member keys change only by owed writes, and those
+//!    of that summary were applied before the read, so the revisions it saw are current.
 //! 3. CAS the summary key from `expected` to the new summary plus the owed writes, each with
 //!    the revision read in 2. The commit is decided here; its revision is the summary key's.
 //! 4. Apply the owed writes (CAS each on its recorded revision; a mismatch means applied).
