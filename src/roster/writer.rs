@@ -34,14 +34,34 @@ pub enum WriteError {
     Corrupt(String, String),
     #[error("channel {0:?} kept conflicting with other writers")]
     Busy(String),
+    /// One event's change alone is larger than the store takes in one commit.
+    #[error("store: {0}")]
+    TooLarge(String),
 }
 
 impl Writer {
-    /// Applies `events` (all of `channel`) until stored; returns what they did.
+    /// Applies `events` (all of `channel`) until stored; returns what they did. When their
+    /// change is too large for one commit (a burst of joins with large states into a hot
+    /// channel, on NATS KV), each half of the events is applied on its own: the rules give the
+    /// same state in any order and grouping, so halves commit what the whole would have.
     ///
     /// # Errors
-    /// The store failed, or held an unreadable value; nothing of the batch may be acknowledged.
+    /// The store failed, or held an unreadable value, or one event's change alone does not
+    /// fit a commit; nothing of the batch may be acknowledged.
     pub async fn apply(&self, channel: &str, events: &[&Event]) -> Result<Outcome, WriteError> {
+        match self.apply_whole(channel, events).await {
+            Err(WriteError::TooLarge(error)) if events.len() > 1 => {
+                tracing::debug!(channel, events = events.len(), %error, "roster commit too large; applying it in halves");
+                let (first, second) = events.split_at(events.len() / 2);
+                let mut outcome = Box::pin(self.apply(channel, first)).await?;
+                outcome.merge(Box::pin(self.apply(channel, second)).await?);
+                Ok(outcome)
+            }
+            other => other,
+        }
+    }
+
+    async fn apply_whole(&self, channel: &str, events: &[&Event]) -> Result<Outcome, WriteError> {
         let uuids = state::uuids(events);
         let all = state::needs_all(events);
         for _ in 0..MAX_CONFLICTS {
@@ -69,6 +89,7 @@ impl Writer {
                 }
                 Err(CommitError::Conflict) => self.metrics.conflicts.inc(),
                 Err(CommitError::Store(e)) => return Err(WriteError::Store(StoreError(e))),
+                Err(CommitError::TooLarge(e)) => return Err(WriteError::TooLarge(e)),
             }
         }
         Err(WriteError::Busy(channel.to_owned()))
@@ -105,6 +126,7 @@ impl Writer {
                 }
                 Err(CommitError::Conflict) => self.metrics.conflicts.inc(),
                 Err(CommitError::Store(e)) => return Err(WriteError::Store(StoreError(e))),
+                Err(CommitError::TooLarge(e)) => return Err(WriteError::TooLarge(e)),
             }
         }
         Err(WriteError::Busy(channel.to_owned()))

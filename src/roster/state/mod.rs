@@ -105,6 +105,23 @@ pub struct Outcome {
     pub dirty: bool,
 }
 
+impl Outcome {
+    /// Adds what `other` (another group of the same channel's events) did.
+    pub fn merge(&mut self, other: Outcome) {
+        self.applied.extend(other.applied);
+        self.stale += other.stale;
+        self.seen += other.seen;
+        for uuid in other.changed {
+            if !self.changed.contains(&uuid) {
+                self.changed.push(uuid);
+            }
+        }
+        self.refresh |= other.refresh;
+        self.drift |= other.drift;
+        self.dirty |= other.dirty;
+    }
+}
+
 /// A Here Now read, as the rules apply it: the member set as of `time_ms`.
 #[derive(Debug, Clone)]
 pub struct Snapshot<'a> {

@@ -56,6 +56,11 @@ pub enum CommitError {
     /// The store could not be reached or refused the write; retried with backoff.
     #[error("store: {0}")]
     Store(String),
+    /// The commit is larger than the store takes in one write (NATS KV: the summary with its
+    /// owed member writes over the server's max payload); nothing was written. A commit of
+    /// fewer events fits.
+    #[error("store: {0}")]
+    TooLarge(String),
 }
 
 #[derive(Debug, thiserror::Error)]

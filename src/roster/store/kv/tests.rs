@@ -334,7 +334,7 @@ async fn a_commit_over_the_max_payload_is_refused_whole() {
     let members = vec![("a".to_owned(), MemberOp::Present(huge.clone().into_bytes()))];
     let refused = store.commit("ch", commit(0, &huge, members)).await;
     match refused {
-        Err(CommitError::Store(message)) => {
+        Err(CommitError::TooLarge(message)) => {
             assert!(message.contains("max payload"), "{message}");
             assert!(message.contains("MAX_COMMIT_BYTES"), "{message}");
         }
@@ -375,4 +375,64 @@ async fn a_dead_server_is_reported_down() {
     );
     assert!(err.0.contains("`roster`"), "{err}");
     assert!(!store.is_up());
+}
+
+/// A burst of joins whose one commit would exceed the server's max payload (1 MiB) is applied
+/// in halves by the writer: every member lands, none is lost to a commit retried forever.
+#[tokio::test]
+async fn a_change_too_large_for_one_commit_is_applied_in_parts() {
+    use std::sync::Arc;
+
+    use crate::normalize::{Action, Event, Format, State};
+    use crate::roster::outputs::{Outputs, Publisher};
+    use crate::roster::state::Rules;
+    use crate::roster::store::Store;
+    use crate::roster::writer::Writer;
+
+    let server = Server::start();
+    let metrics = crate::roster::metrics::RosterMetrics::new(&prometheus::Registry::new()).unwrap();
+    let writer = Writer {
+        store: Arc::new(Store::Nats(server.store("roster").await)),
+        rules: Rules {
+            tombstone_ttl_ms: 30 * 60_000,
+        },
+        metrics: metrics.clone(),
+        outputs: Arc::new(Outputs {
+            changes: None,
+            sessions: None,
+            publisher: Publisher::None,
+            metrics,
+        }),
+    };
+    let now = crate::time::now_ms() as i64;
+    let blob = "x".repeat(40 * 1024);
+    // 40 members of ~40 KiB each: 1.6 MB in one commit, 0.8 MB in each half.
+    let events: Vec<Event> = (0..40)
+        .map(|i| Event {
+            id: format!("join-{i}"),
+            format: Format::EventsAndActions,
+            sub_key: Some("sub-c-1".to_owned()),
+            channel: "hot".to_owned(),
+            action: Action::Join,
+            uuid: Some(format!("user-{i:02}")),
+            occupancy: None,
+            timestamp: now / 1000,
+            timestamp_ms: Some(now - 1000 + i),
+            received_at_ms: 0,
+            state: Some(State::from_value(&serde_json::json!({ "blob": blob }))),
+            delta: None,
+            here_now_refresh: false,
+        })
+        .collect();
+    let refs: Vec<&Event> = events.iter().collect();
+    let outcome = writer.apply("hot", &refs).await.unwrap();
+    assert_eq!(outcome.applied.len(), 40);
+    let page = writer.store.page("hot", None, 100).await.unwrap().unwrap();
+    assert_eq!(page.members.len(), 40, "every member of both halves");
+    assert!(
+        page.members
+            .iter()
+            .all(|m| std::str::from_utf8(m).unwrap().contains(&blob)),
+        "with its state"
+    );
 }

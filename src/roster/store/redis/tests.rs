@@ -526,7 +526,7 @@ async fn increment(store: &RedisStore, channel: &str, writer: &str) -> u32 {
                 return conflicts;
             }
             Err(CommitError::Conflict) => conflicts += 1,
-            Err(CommitError::Store(error)) => panic!("{error}"),
+            Err(CommitError::Store(error) | CommitError::TooLarge(error)) => panic!("{error}"),
         }
     }
 }
