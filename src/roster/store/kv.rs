@@ -16,7 +16,9 @@
 //! NATS KV has no multi-key transaction. A commit of channel `ch` computed at summary `expected`:
 //! 1. Settle: read the summary key; apply the member writes it owes (each a compare-and-set,
 //!    CAS, on the member revision it records); if it is a removal marker, finish the removal.
-//!    Every reader settles the same way before it answers.
+//!    Every reader settles the same way before it answers. A commit computed from this
+//!    process's consistent read at `expected` skips this step: that read settled it, and if
+//!    anyone committed since, the CAS in 3 refuses (revisions never return to an old value).
 //! 2. Conflict unless the settled summary revision is `expected` (`0`: no summary, or a delete
 //!    marker). Read the revision of each member key to write (`0`: no message; a deleted key's
 //!    is its delete marker's), unless this process's consistent read of the channel saw it at
@@ -197,9 +199,9 @@ impl KvStore {
     ///
     /// # Errors
     /// [`CommitError::Conflict`] when the summary is at another revision. [`CommitError::Store`]
-    /// when a request failed (the commit may or may not be decided: read again), when one uuid
-    /// is written twice, or when the summary with its owed member writes exceeds the server's
-    /// max payload (see [`MAX_COMMIT_BYTES`]).
+    /// when a request failed (the commit may or may not be decided: read again) or when one
+    /// uuid is written twice. [`CommitError::TooLarge`] when the summary with its owed member
+    /// writes exceeds the server's max payload (see [`MAX_COMMIT_BYTES`]); nothing is written.
     pub async fn commit(&self, channel: &str, commit: Commit) -> Result<u64, CommitError> {
         self.commit_step(channel, commit, Step::Full).await
     }
@@ -211,6 +213,18 @@ impl KvStore {
         step: Step,
     ) -> Result<u64, CommitError> {
         let key = escape(channel);
+        // This process's consistent read settled the channel at `expected` (its owed writes
+        // are applied) and saw the member revisions: no need to settle again. If anyone
+        // committed since, the summary's compare-and-set refuses (revisions never return).
+        if commit.summary.is_some()
+            && commit.expected != 0
+            && let Some((seen, known)) = self.revisions_for(&key, commit.expected)
+        {
+            let summary = commit.summary.unwrap_or_default();
+            return self
+                .write(&key, seen, summary, commit.members, Some(known), step)
+                .await;
+        }
         let head = self
             .settle(&key)
             .await
@@ -221,7 +235,11 @@ impl KvStore {
             _ => return Err(CommitError::Conflict),
         };
         match commit.summary {
-            Some(summary) => self.write(&key, base, summary, commit.members, step).await,
+            Some(summary) => {
+                let known = self.revisions_at(&key, base);
+                self.write(&key, base, summary, commit.members, known, step)
+                    .await
+            }
             None => self.remove(&key, &head, step).await,
         }
     }

@@ -9,6 +9,7 @@ use std::sync::PoisonError;
 use bytes::Bytes;
 
 use super::io::{Cas, Kind};
+use super::snapshot::Known;
 use super::wire::{self, Intent, Pending};
 use super::{KvStore, MAX_COMMIT_BYTES};
 use crate::roster::store::{CommitError, MemberOp, StoreError};
@@ -200,6 +201,7 @@ impl KvStore {
         base: (u64, u64),
         summary: Vec<u8>,
         members: Vec<(String, MemberOp)>,
+        known: Option<Known>,
         step: Step,
     ) -> Result<u64, CommitError> {
         let mut uuids = HashSet::with_capacity(members.len());
@@ -211,10 +213,10 @@ impl KvStore {
                 "member `{uuid}` is written twice in one commit of `{key}`"
             )));
         }
-        // The revisions a consistent read at this very summary saw are the keys' revisions
-        // now (member keys change only by owed writes, all applied at `base`, and nothing
-        // was committed since: the compare-and-set below checks that); the rest are read.
-        let known = self.revisions_at(key, base);
+        // `known`: the revisions a consistent read at this very summary saw, the keys'
+        // revisions now (member keys change only by owed writes, all applied at `base`, and
+        // nothing was committed since: the compare-and-set below checks that); the rest are
+        // read.
         let reads = members
             .iter()
             .map(|(uuid, _)| {
@@ -301,7 +303,7 @@ impl KvStore {
             max => max,
         };
         if len + HEADROOM > max {
-            return Err(CommitError::Store(format!(
+            return Err(CommitError::TooLarge(format!(
                 "NATS KV bucket `{}`: the commit of `{key}` is {len} bytes (summary and owed \
                  member writes), over the server's max payload of {max} bytes; keep commits \
                  under MAX_COMMIT_BYTES ({MAX_COMMIT_BYTES})",

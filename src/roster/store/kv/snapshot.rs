@@ -32,8 +32,12 @@ pub(super) type Members = Vec<(String, Option<Record>)>;
 /// (`None`: no message).
 pub(super) struct Revisions {
     seen: (u64, u64),
-    members: HashMap<String, Option<(u64, bool)>>,
+    members: Known,
 }
+
+/// Member revisions a read saw, by uuid: the key's revision and whether it is a delete marker
+/// (`None`: no message).
+pub(super) type Known = HashMap<String, Option<(u64, bool)>>;
 
 /// Reads whose revisions are remembered: a commit reads at most these members.
 const REMEMBER_MEMBERS: usize = 1024;
@@ -125,17 +129,28 @@ impl KvStore {
 
     /// The member revisions a consistent read saw at summary `seen` (revision, fingerprint),
     /// taken (a commit uses them once); `None` when the last read was at another summary.
-    pub(super) fn revisions_at(
-        &self,
-        key: &str,
-        seen: (u64, u64),
-    ) -> Option<HashMap<String, Option<(u64, bool)>>> {
+    pub(super) fn revisions_at(&self, key: &str, seen: (u64, u64)) -> Option<Known> {
         let mut memory = self
             .revisions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match memory.remove(key) {
             Some(revisions) if revisions.seen == seen && seen.0 != 0 => Some(revisions.members),
+            _ => None,
+        }
+    }
+
+    /// [`KvStore::revisions_at`] by the summary's revision alone, with the (revision,
+    /// fingerprint) the read saw: for a commit computed from that read at `rev`.
+    pub(super) fn revisions_for(&self, key: &str, rev: u64) -> Option<((u64, u64), Known)> {
+        let mut memory = self
+            .revisions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match memory.remove(key) {
+            Some(revisions) if revisions.seen.0 == rev && rev != 0 => {
+                Some((revisions.seen, revisions.members))
+            }
             _ => None,
         }
     }
