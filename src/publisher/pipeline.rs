@@ -161,7 +161,9 @@ impl<'a> Pipeline<'a> {
     /// Whether the loop is over: the source ended and nothing is in flight or waiting for a
     /// retry; or, draining from the spool, that and nothing left in the spool either.
     fn finished(&self, source_done: bool, draining: bool, from_queue: bool) -> bool {
-        let idle = self.in_flight.is_empty() && self.retry.is_empty();
+        // Counted, not `in_flight.is_empty()`: a batch that yielded its last outcome stays in
+        // `in_flight` until polled once more.
+        let idle = self.in_flight_jobs == 0 && self.retry.is_empty();
         let spool_empty = || {
             self.spool
                 .as_ref()
