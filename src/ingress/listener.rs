@@ -155,6 +155,9 @@ impl Activity {
     /// looks again every `min(header_timeout, idle_timeout)`, which is before any idle period
     /// that follows can run out: each timeout is timed from its own state's start, as before.
     async fn expired(&self, limits: &Limits, evicted: &Notify) -> Closed {
+        // One timer, moved on each round (registering a new one per request cost more).
+        let sleep = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(sleep);
         loop {
             let head = self.head.notified();
             tokio::pin!(head);
@@ -175,10 +178,11 @@ impl Activity {
                 }
                 None => Instant::now() + limits.header_timeout.min(limits.idle_timeout),
             };
+            sleep.as_mut().reset(wake);
             tokio::select! {
                 () = &mut head => {}
                 () = evicted.notified() => return Closed::Evicted,
-                () = tokio::time::sleep_until(wake) => {}
+                () = &mut sleep => {}
             }
         }
     }

@@ -108,20 +108,7 @@ async fn webhook(ingress: &Arc<Ingress>, req: Request<Incoming>) -> Response<Bod
     };
     let result = handle(ingress, req).await;
     let response = match result {
-        Ok(accepted) => {
-            let body = if accepted.rejected > 0 {
-                format!(
-                    "{{\"accepted\":{},\"duplicates\":{},\"rejected\":{}}}",
-                    accepted.accepted, accepted.duplicates, accepted.rejected
-                )
-            } else {
-                format!(
-                    "{{\"accepted\":{},\"duplicates\":{}}}",
-                    accepted.accepted, accepted.duplicates
-                )
-            };
-            json(StatusCode::OK, body.into_bytes())
-        }
+        Ok(accepted) => json(StatusCode::OK, accepted_body(accepted)),
         Err(error) => {
             let (status, _) = error.status();
             let mut response = json(status, error.body());
@@ -246,8 +233,18 @@ pub fn query_token(query: Option<&str>) -> Option<Vec<u8>> {
         .map(|(_, value)| value.into_owned().into_bytes())
 }
 
-fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+/// The 200's body; the answers to one event (new or a duplicate) without formatting.
+fn accepted_body(accepted: crate::ingress::Accepted) -> Bytes {
+    match (accepted.accepted, accepted.duplicates, accepted.rejected) {
+        (1, 0, 0) => Bytes::from_static(br#"{"accepted":1,"duplicates":0}"#),
+        (0, 1, 0) => Bytes::from_static(br#"{"accepted":0,"duplicates":1}"#),
+        (a, d, 0) => format!(r#"{{"accepted":{a},"duplicates":{d}}}"#).into(),
+        (a, d, r) => format!(r#"{{"accepted":{a},"duplicates":{d},"rejected":{r}}}"#).into(),
+    }
+}
+
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
