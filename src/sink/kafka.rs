@@ -195,10 +195,10 @@ pub struct KafkaSink {
 /// hookbus, or first seen later) are admitted until the cap is reached, and the set of them is
 /// bounded by it. `exempt` names (the overflow and dead-letter topics) are always admitted.
 struct Topics {
-    /// Created on the first topic creation: an admin client is a librdkafka instance of its
-    /// own (threads, connections, buffers, about 1 MiB resident), which an idle bridge, or
-    /// one whose topics all exist, never needs.
-    admin: std::sync::OnceLock<Result<AdminClient<UpContext>, String>>,
+    /// Created on the first topic creation (a failed creation is tried again by the next):
+    /// an admin client is a librdkafka instance of its own (four more threads and their
+    /// connections), which an idle bridge, or one whose topics all exist, never needs.
+    admin: tokio::sync::OnceCell<AdminClient<UpContext>>,
     client: ClientConfig,
     context: UpContext,
     /// Std mutexes, held only for a lookup or insert, never across an await.
@@ -255,7 +255,7 @@ impl KafkaSink {
             request_timeout,
             context: context.clone(),
             topics: Arc::new(Topics {
-                admin: std::sync::OnceLock::new(),
+                admin: tokio::sync::OnceCell::new(),
                 client,
                 context,
                 existing: Mutex::new(HashSet::new()),
@@ -481,19 +481,19 @@ impl Topics {
         let options = AdminOptions::new()
             .operation_timeout(Some(self.timeout))
             .request_timeout(Some(self.timeout));
-        let admin = self.admin.get_or_init(|| {
+        let admin = self.admin.get_or_try_init(|| async {
             self.client
                 .create_with_context(self.context.clone())
                 .map_err(|e| format!("kafka admin client: {e}"))
         });
-        let admin = match admin {
-            Ok(admin) => admin,
-            Err(error) => {
-                tracing::warn!(%error, topics = missing.len(), sink = "kafka", "creating topics failed; producing anyway");
-                return;
-            }
+        let created = match admin.await {
+            Ok(admin) => admin
+                .create_topics(&new, &options)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error),
         };
-        let results = match admin.create_topics(&new, &options).await {
+        let results = match created {
             Ok(results) => results,
             Err(error) => {
                 tracing::warn!(%error, topics = missing.len(), sink = "kafka", "creating topics failed; producing anyway");
