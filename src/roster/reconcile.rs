@@ -84,8 +84,9 @@ struct Reconciler {
 enum Gap {
     /// None asked for (or done).
     None,
-    /// The store's channel list could not be read yet: retried every second.
-    Listing,
+    /// The store's channel list could not be read yet: tried again at this instant (kept
+    /// here, so refresh requests arriving more often than that do not postpone it).
+    Listing(Instant),
     /// The channels not read successfully since the gap; a failed read is retried after its
     /// backoff, for as long as it fails (a 403 needs an operator: the roster says incomplete
     /// until then).
@@ -138,7 +139,7 @@ impl Reconciler {
                 }
                 Gap::Owed(channels.into_iter().collect())
             }
-            None => Gap::Listing,
+            None => Gap::Listing(Instant::now() + LISTING_RETRY),
         };
     }
 
@@ -147,7 +148,7 @@ impl Reconciler {
     fn gap_wake(&self) -> Option<Instant> {
         match &self.gap {
             Gap::None => None,
-            Gap::Listing => Some(Instant::now() + LISTING_RETRY),
+            Gap::Listing(at) => Some(*at),
             Gap::Owed(owed) => Some(
                 owed.iter()
                     .map(|c| self.failures.get(c).map_or_else(Instant::now, |f| f.1))
@@ -160,15 +161,16 @@ impl Reconciler {
     async fn advance_gap(&mut self) {
         match &self.gap {
             Gap::None => {}
-            Gap::Listing => self.start_gap().await,
+            Gap::Listing(_) => self.start_gap().await,
             Gap::Owed(owed) if owed.is_empty() => {
                 self.gap = Gap::None;
                 self.incomplete.store(false, Ordering::Relaxed);
                 tracing::info!("every channel read from Here Now after the input gap");
             }
             Gap::Owed(owed) => {
-                let due: Vec<String> = owed.iter().cloned().collect();
-                for channel in due {
+                // `enqueue` leaves out those whose backoff has not passed.
+                let owed: Vec<String> = owed.iter().cloned().collect();
+                for channel in owed {
                     self.enqueue(channel);
                 }
             }
