@@ -22,8 +22,10 @@
 //! 2. Conflict unless the settled summary revision is `expected` (`0`: no summary, or a delete
 //!    marker). Read the revision of each member key to write (`0`: no message; a deleted key's
 //!    is its delete marker's), unless this process's consistent read of the channel saw it at
-//!    the same summary revision and value: member keys change only by owed writes, and those
-//!    of that summary were applied before the read, so the revisions it saw are current.
+//!    `expected`: member keys change only by owed writes, and those of that summary were
+//!    applied before the read, so the revisions it saw are current. (A bucket deleted and
+//!    created again counts revisions from 1 again; the roster's epoch check finds that and
+//!    rebuilds.)
 //! 3. CAS the summary key from `expected` to the new summary plus the owed writes, each with
 //!    the revision read in 2. The commit is decided here; its revision is the summary key's.
 //! 4. Apply the owed writes (CAS each on its recorded revision; a mismatch means applied).
@@ -105,8 +107,8 @@ pub struct KvStore {
     /// Per summary key, the (revision, value fingerprint) whose owed writes this process saw
     /// applied.
     applied: Mutex<HashMap<String, (u64, u64)>>,
-    /// Per summary key, the member revisions the last consistent read saw at one summary
-    /// (revision, fingerprint), for the commit computed from that read (`kv/snapshot.rs`).
+    /// Per summary key, the member revisions the writer's last consistent read saw at one
+    /// summary revision, for the commit computed from that read (`kv/snapshot.rs`).
     revisions: Mutex<HashMap<String, snapshot::Revisions>>,
 }
 
@@ -217,12 +219,18 @@ impl KvStore {
         // are applied) and saw the member revisions: no need to settle again. If anyone
         // committed since, the summary's compare-and-set refuses (revisions never return).
         if commit.summary.is_some()
-            && commit.expected != 0
-            && let Some((seen, known)) = self.revisions_for(&key, commit.expected)
+            && let Some(known) = self.revisions_at(&key, commit.expected)
         {
             let summary = commit.summary.unwrap_or_default();
             return self
-                .write(&key, seen, summary, commit.members, Some(known), step)
+                .write(
+                    &key,
+                    commit.expected,
+                    summary,
+                    commit.members,
+                    Some(known),
+                    step,
+                )
                 .await;
         }
         let head = self
@@ -230,14 +238,13 @@ impl KvStore {
             .await
             .map_err(|e| CommitError::Store(e.0))?;
         let base = match (&head, commit.expected) {
-            (Head::Missing { rev }, 0) => (*rev, 0),
-            (Head::Live { rev, print, .. }, expected) if *rev == expected => (*rev, *print),
+            (Head::Missing { rev }, 0) => *rev,
+            (Head::Live { rev, .. }, expected) if *rev == expected => *rev,
             _ => return Err(CommitError::Conflict),
         };
         match commit.summary {
             Some(summary) => {
-                let known = self.revisions_at(&key, base);
-                self.write(&key, base, summary, commit.members, known, step)
+                self.write(&key, base, summary, commit.members, None, step)
                     .await
             }
             None => self.remove(&key, &head, step).await,

@@ -31,11 +31,9 @@ pub(super) enum Head {
     /// No summary. `rev` is what a create must expect: `0` (no message) or the revision of
     /// the key's delete marker.
     Missing { rev: u64 },
-    /// A summary whose owed member writes are all applied; `rev` is the summary key's,
-    /// `print` the [`fingerprint`] of its stored value.
+    /// A summary whose owed member writes are all applied; `rev` is the summary key's.
     Live {
         rev: u64,
-        print: u64,
         summary: Vec<u8>,
         owed: Vec<Pending>,
     },
@@ -110,7 +108,6 @@ impl KvStore {
             };
             return Ok(Head::Live {
                 rev: record.rev,
-                print: seen.1,
                 summary,
                 owed: intent.pending,
             });
@@ -198,7 +195,7 @@ impl KvStore {
     pub(super) async fn write(
         &self,
         key: &str,
-        base: (u64, u64),
+        base: u64,
         summary: Vec<u8>,
         members: Vec<(String, MemberOp)>,
         known: Option<Known>,
@@ -250,7 +247,7 @@ impl KvStore {
         let value = wire::encode(&intent);
         self.check_size(key, value.len())?;
         let print = fingerprint(&value);
-        let rev = self.cas_summary(key, value, base.0).await?;
+        let rev = self.cas_summary(key, value, base).await?;
         if step == Step::Full {
             let paid = self.apply(key, (rev, print), &intent.pending).await;
             if let Err(e) = paid {

@@ -28,10 +28,9 @@ pub(super) enum Wanted<'a> {
 pub(super) type Members = Vec<(String, Option<Record>)>;
 
 /// What a consistent read saw of member keys, for the commit computed from it: the summary's
-/// (revision, fingerprint), and per uuid the key's revision and whether it is a delete marker
-/// (`None`: no message).
+/// revision, and per uuid the key's revision and whether it is a delete marker.
 pub(super) struct Revisions {
-    seen: (u64, u64),
+    rev: u64,
     members: Known,
 }
 
@@ -39,7 +38,8 @@ pub(super) struct Revisions {
 /// (`None`: no message).
 pub(super) type Known = HashMap<String, Option<(u64, bool)>>;
 
-/// Reads whose revisions are remembered: a commit reads at most these members.
+/// Reads whose revisions are remembered: the writer's reads of the members a batch names, up
+/// to this many (the API's and the whole-channel reads are not remembered).
 const REMEMBER_MEMBERS: usize = 1024;
 /// The most channels whose read revisions are remembered (cleared when full).
 const REMEMBER_CHANNELS: usize = 4096;
@@ -73,13 +73,7 @@ impl KvStore {
         wanted: Wanted<'_>,
     ) -> Result<Option<(Entry, Members)>, StoreError> {
         for _ in 0..SNAPSHOT_ATTEMPTS {
-            let Head::Live {
-                rev,
-                print,
-                summary,
-                owed,
-            } = self.settle(key).await?
-            else {
+            let Head::Live { rev, summary, owed } = self.settle(key).await? else {
                 return Ok(None);
             };
             let members = match wanted {
@@ -92,8 +86,8 @@ impl KvStore {
                 .iter()
                 .all(|(uuid, record)| as_of(rev, &owed, uuid, record.as_ref()));
             if consistent {
-                if members.len() <= REMEMBER_MEMBERS {
-                    self.remember(key, (rev, print), &members);
+                if matches!(wanted, Wanted::These(_)) && members.len() <= REMEMBER_MEMBERS {
+                    self.remember(key, rev, &members);
                 }
                 let summary = Entry {
                     value: summary,
@@ -109,7 +103,7 @@ impl KvStore {
         )))
     }
 
-    fn remember(&self, key: &str, seen: (u64, u64), members: &Members) {
+    fn remember(&self, key: &str, rev: u64, members: &Members) {
         let members = members
             .iter()
             .map(|(uuid, record)| {
@@ -124,33 +118,18 @@ impl KvStore {
         if memory.len() >= REMEMBER_CHANNELS {
             memory.clear();
         }
-        memory.insert(key.to_owned(), Revisions { seen, members });
+        memory.insert(key.to_owned(), Revisions { rev, members });
     }
 
-    /// The member revisions a consistent read saw at summary `seen` (revision, fingerprint),
-    /// taken (a commit uses them once); `None` when the last read was at another summary.
-    pub(super) fn revisions_at(&self, key: &str, seen: (u64, u64)) -> Option<Known> {
+    /// The member revisions the last consistent read of `key` saw, taken (a commit uses them
+    /// once) when that read was at summary revision `rev`; `None` otherwise.
+    pub(super) fn revisions_at(&self, key: &str, rev: u64) -> Option<Known> {
         let mut memory = self
             .revisions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match memory.remove(key) {
-            Some(revisions) if revisions.seen == seen && seen.0 != 0 => Some(revisions.members),
-            _ => None,
-        }
-    }
-
-    /// [`KvStore::revisions_at`] by the summary's revision alone, with the (revision,
-    /// fingerprint) the read saw: for a commit computed from that read at `rev`.
-    pub(super) fn revisions_for(&self, key: &str, rev: u64) -> Option<((u64, u64), Known)> {
-        let mut memory = self
-            .revisions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match memory.remove(key) {
-            Some(revisions) if revisions.seen.0 == rev && rev != 0 => {
-                Some((revisions.seen, revisions.members))
-            }
+            Some(revisions) if revisions.rev == rev && rev != 0 => Some(revisions.members),
             _ => None,
         }
     }
