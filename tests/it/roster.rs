@@ -169,10 +169,9 @@ async fn the_bridge_and_the_roster_on_nats_keep_who_is_there_and_refuse_a_late_j
         .status,
         200
     );
-    wait_for("a stale event", WAIT, || async {
-        (roster.metric("hookbus_roster_events_stale_total").await >= 1.0).then_some(())
-    })
-    .await;
+    roster
+        .wait_metric("hookbus_roster_events_stale_total", |v| v >= 1.0)
+        .await;
     assert_eq!(
         roster
             .members("room.a")
@@ -269,13 +268,12 @@ async fn a_replica_killed_mid_stream_loses_no_update() {
     // The whole backlog first, so the kill lands while most of it is still to apply.
     publish(&js, &delivered).await;
     let mut roster = RosterProcess::spawn(dir.path(), "r", &nats_fragment(&nats)).await;
-    wait_for("some events applied", WAIT, || async {
-        let applied = roster
-            .metric("hookbus_roster_events_applied_total{action=\"join\"}")
-            .await;
-        (applied >= 100.0).then_some(())
-    })
-    .await;
+    roster
+        .wait_metric(
+            "hookbus_roster_events_applied_total{action=\"join\"}",
+            |v| v >= 100.0,
+        )
+        .await;
     let backlog = roster.metric("hookbus_roster_pending_events").await;
     roster.kill_and_restart().await;
     assert!(
@@ -367,10 +365,9 @@ async fn kafka_and_redis_a_session_is_published_once_also_when_its_end_is_redeli
     // publishes it): u1 stays absent, the event is counted stale, and no second session.
     let late = ena("j-late", "join", "room.b", "u1", t + 30_000, None);
     assert_eq!(post(bridge.http_addr, &late).await.status, 200);
-    wait_for("a stale event", WAIT, || async {
-        (roster.metric("hookbus_roster_events_stale_total").await >= 1.0).then_some(())
-    })
-    .await;
+    roster
+        .wait_metric("hookbus_roster_events_stale_total", |v| v >= 1.0)
+        .await;
     let members = roster.members("room.b").await.unwrap();
     assert_eq!(members.keys().collect::<Vec<_>>(), ["u9"]);
     assert_eq!(
@@ -512,14 +509,12 @@ async fn here_now_refresh_and_drift_reconcile_against_paged_reads_and_errors_are
             >= 1.0
     );
     assert!(roster.metric("hookbus_roster_drift_members_count").await >= 1.0);
-    wait_for("the failed read counted", WAIT, || async {
-        (roster
-            .metric("hookbus_roster_reconciliations_total{result=\"server_error\"}")
-            .await
-            >= 1.0)
-            .then_some(())
-    })
-    .await;
+    roster
+        .wait_metric(
+            "hookbus_roster_reconciliations_total{result=\"server_error\"}",
+            |v| v >= 1.0,
+        )
+        .await;
     assert_eq!(
         roster.get("/readyz").await.0,
         200,
@@ -567,18 +562,12 @@ async fn an_empty_read_replaces_only_a_channel_whose_events_are_older_than_the_t
             .then_some(())
     })
     .await;
-    wait_for(
-        "the fresh channel's read counted as untracked",
-        WAIT,
-        || async {
-            (roster
-                .metric("hookbus_roster_reconciliations_total{result=\"untracked\"}")
-                .await
-                >= 1.0)
-                .then_some(())
-        },
-    )
-    .await;
+    roster
+        .wait_metric(
+            "hookbus_roster_reconciliations_total{result=\"untracked\"}",
+            |v| v >= 1.0,
+        )
+        .await;
     let fresh = roster.members("fresh.room").await.expect("fresh.room");
     assert!(fresh.contains_key("u1"), "kept: {fresh:?}");
     let read: Vec<_> = here_now
@@ -623,13 +612,12 @@ async fn one_uuid_on_two_devices_follows_its_latest_event_and_other_sub_keys_are
         ["u3"],
         "u1 left, u2 is another sub_key's"
     );
-    wait_for("the other sub_key counted", WAIT, || async {
-        let skipped = roster
-            .metric("hookbus_roster_events_skipped_total{reason=\"sub_key\"}")
-            .await;
-        (skipped == 1.0).then_some(())
-    })
-    .await;
+    roster
+        .wait_metric(
+            "hookbus_roster_events_skipped_total{reason=\"sub_key\"}",
+            |v| v == 1.0,
+        )
+        .await;
     // SIGTERM: a clean exit.
     let mut roster = roster;
     crate::common::signal_pid(roster.child.id().expect("running"), crate::common::SIGTERM);
@@ -703,13 +691,12 @@ async fn a_store_that_lost_its_data_is_detected_counted_and_rebuilt_from_the_inp
     let channels = channels_of(&distinct);
     converges(&roster, &channels, &want).await;
     assert_eq!(redis.command(&["FLUSHALL"]).trim(), "+OK");
-    wait_for("the loss counted", WAIT, || async {
-        let rebuilds = roster
-            .metric("hookbus_roster_rebuilds_total{reason=\"store_lost\"}")
-            .await;
-        (rebuilds == 1.0).then_some(())
-    })
-    .await;
+    roster
+        .wait_metric(
+            "hookbus_roster_rebuilds_total{reason=\"store_lost\"}",
+            |v| v == 1.0,
+        )
+        .await;
     // Replayed from the input's beginning: the same state again.
     converges(&roster, &channels, &want).await;
     wait_for("ready again", WAIT, || async {
@@ -768,21 +755,18 @@ async fn an_input_gap_is_counted_and_every_channel_is_read_from_here_now() {
     // stall lasts longer than one interval.
     tokio::time::sleep_until(stopped + Duration::from_millis(1_200)).await;
     crate::common::signal_pid(pid, crate::common::SIGCONT);
-    wait_for("the gap counted", WAIT, || async {
-        let gaps = roster
-            .metric("hookbus_roster_rebuilds_total{reason=\"input_gap\"}")
-            .await;
-        (gaps == 1.0).then_some(())
-    })
-    .await;
+    roster
+        .wait_metric("hookbus_roster_rebuilds_total{reason=\"input_gap\"}", |v| {
+            v == 1.0
+        })
+        .await;
     // The read after the gap failed: the roster still says it is incomplete.
-    wait_for("the failed read counted", WAIT, || async {
-        let failed = roster
-            .metric("hookbus_roster_reconciliations_total{result=\"server_error\"}")
-            .await;
-        (failed >= 1.0).then_some(())
-    })
-    .await;
+    roster
+        .wait_metric(
+            "hookbus_roster_reconciliations_total{result=\"server_error\"}",
+            |v| v >= 1.0,
+        )
+        .await;
     let ready = crate::common::request(roster.api, "GET", "/readyz", &[], b"").await;
     let body = String::from_utf8_lossy(&ready.body);
     assert_eq!(

@@ -117,6 +117,14 @@ impl RosterProcess {
     pub async fn metric(&self, series: &str) -> f64 {
         super::metric(self.api, series).await
     }
+
+    /// Waits (up to a minute) until `series` in the roster's `/metrics` satisfies `ok`.
+    pub async fn wait_metric(&self, series: &str, ok: impl Fn(f64) -> bool) {
+        super::wait_for(series, Duration::from_secs(60), || async {
+            ok(self.metric(series).await).then_some(())
+        })
+        .await;
+    }
 }
 
 /// Percent-encodes everything but unreserved characters.
@@ -199,7 +207,6 @@ impl Rng {
     }
 }
 
-/// `count` member events (join, state-change, leave, timeout) over `channels` channels and
 /// Joins of uuids `u<i>` (zero-padded to `width` digits) to `channel`, one per `i` in
 /// `range`, with ids `<id><i>` and times `t + i`.
 pub fn joins(
@@ -224,6 +231,7 @@ pub fn joins(
         .collect()
 }
 
+/// `count` member events (join, state-change, leave, timeout) over `channels` channels and
 /// `uuids` uuids, each at a distinct time, shuffled, then a tenth of them repeated.
 pub fn workload(
     seed: u64,
