@@ -3,7 +3,7 @@
 //! wait (the predecessor batch's hand-off, topic creation, client capacity, the confirmations)
 //! lives in the batch's own future, so the loop always services confirmations, gauges and the
 //! drain. One future, one hand-off and one wake per batch rather than per message: the
-//! per-message futures cost more than the work they moved (issue 22's profiles). A `publish`
+//! per-message futures cost more than the work they moved (docs/performance.md). A `publish`
 //! request does not wait for its batch: its ticket is settled as soon as its own message is
 //! confirmed ([`confirmed`]).
 
