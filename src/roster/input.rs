@@ -117,26 +117,19 @@ impl Input {
     pub async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, InputError> {
         match self {
             Input::Nats(nats) => {
-                let mut batch = nats
-                    .consumer
-                    .batch()
-                    .max_messages(max)
-                    .expires(wait)
-                    .messages()
-                    .await
-                    .map_err(err)?;
-                let mut out = Vec::new();
-                while let Some(message) = batch.next().await {
-                    let message = message.map_err(err)?;
-                    nats.pending = message.info().ok().map(|i| i.pending);
-                    let published_ms = message.info().ok().and_then(|i| {
-                        i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok()
-                    });
-                    out.push(Delivery {
-                        payload: message.payload.to_vec(),
-                        published_ms,
-                        token: Token::Nats(Box::new(message)),
-                    });
+                // What is there now; when nothing is, wait for one message, then take what
+                // came with it. Not one request for `max` with a wait: the server holds that
+                // until `max` arrived or the wait passed, so a roster that keeps up would wait
+                // the whole `wait` for each batch.
+                let mut out = fetch_nats(nats, max, None).await?;
+                if out.is_empty() {
+                    out = fetch_nats(nats, 1, Some(wait)).await?;
+                    if !out.is_empty() && max > 1 {
+                        // A failure here leaves the first message to this batch alone.
+                        if let Ok(more) = fetch_nats(nats, max - 1, None).await {
+                            out.extend(more);
+                        }
+                    }
                 }
                 if out.is_empty() {
                     nats.pending = Some(0);
@@ -305,6 +298,42 @@ async fn create_consumer(
         .get_or_create_consumer(name, config)
         .await
         .map_err(|e| InputError(format!("consumer {name}: {e}")))
+}
+
+/// One pull request for up to `max` messages (at least 1): `wait` for them to arrive, or
+/// (`None`) only those available now.
+async fn fetch_nats(
+    nats: &mut NatsInput,
+    max: usize,
+    wait: Option<Duration>,
+) -> Result<Vec<Delivery>, InputError> {
+    let max = max.max(1);
+    let mut batch = match wait {
+        Some(wait) => {
+            nats.consumer
+                .batch()
+                .max_messages(max)
+                .expires(wait)
+                .messages()
+                .await
+        }
+        None => nats.consumer.fetch().max_messages(max).messages().await,
+    }
+    .map_err(err)?;
+    let mut out = Vec::new();
+    while let Some(message) = batch.next().await {
+        let message = message.map_err(err)?;
+        let info = message.info().ok();
+        nats.pending = info.as_ref().map(|i| i.pending);
+        let published_ms =
+            info.and_then(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok());
+        out.push(Delivery {
+            payload: message.payload.to_vec(),
+            published_ms,
+            token: Token::Nats(Box::new(message)),
+        });
+    }
+    Ok(out)
 }
 
 async fn fetch_kafka(
