@@ -64,15 +64,24 @@ impl Writer {
     async fn apply_whole(&self, channel: &str, events: &[&Event]) -> Result<Outcome, WriteError> {
         let uuids = state::uuids(events);
         let all = state::needs_all(events);
+        let mut fresh = false;
         for _ in 0..MAX_CONFLICTS {
-            let snapshot = if all {
-                self.store.read_all(channel).await?
+            let (snapshot, remembered) = if all {
+                (self.store.read_all(channel).await?, false)
+            } else if fresh {
+                (self.store.read(channel, &uuids).await?, false)
             } else {
-                self.store.read(channel, &uuids).await?
+                self.store.read_for_change(channel, &uuids).await?
             };
             let (mut loaded, expected) = decode(channel, &snapshot)?;
             let now = now_i64();
             let outcome = state::apply(&mut loaded, channel, events, self.rules, now);
+            if !outcome.dirty && remembered {
+                // Nothing to commit, so no compare-and-set checks the remembered state: judge
+                // the events again on the store's.
+                fresh = true;
+                continue;
+            }
             if !outcome.dirty {
                 self.count(&outcome);
                 return Ok(outcome);

@@ -16,16 +16,17 @@
 //! NATS KV has no multi-key transaction. A commit of channel `ch` computed at summary `expected`:
 //! 1. Settle: read the summary key; apply the member writes it owes (each a compare-and-set,
 //!    CAS, on the member revision it records); if it is a removal marker, finish the removal.
-//!    Every reader settles the same way before it answers. A commit computed from this
-//!    process's consistent read at `expected` skips this step: that read settled it, and if
-//!    anyone committed since, the CAS in 3 refuses (revisions never return to an old value).
+//!    Every reader settles the same way before it answers. A commit computed from what this
+//!    process knows of the channel at `expected` (its own last commit there, whose owed writes
+//!    it paid, or its consistent read: `kv/cache.rs`) skips this step: if anyone committed
+//!    since, the CAS in 3 refuses (revisions never return to an old value).
 //! 2. Conflict unless the settled summary revision is `expected` (`0`: no summary, or a delete
 //!    marker). Read the revision of each member key to write (`0`: no message; a deleted key's
-//!    is its delete marker's), unless this process's consistent read of the channel saw it at
-//!    `expected`: member keys change only by owed writes, and those of that summary were
-//!    applied before the read, so the revisions it saw are current. (A bucket deleted and
-//!    created again counts revisions from 1 again; the roster's epoch check finds that and
-//!    rebuilds.)
+//!    is its delete marker's), unless this process knows it at `expected`: member keys change
+//!    only by owed writes, and those of that summary were applied (by this process, whose
+//!    writes returned their revisions, or before its read), so the revisions it knows are
+//!    current. (A bucket deleted and created again counts revisions from 1 again: any failed
+//!    request forgets what the process knows, and the roster's epoch check rebuilds.)
 //! 3. CAS the summary key from `expected` to the new summary plus the owed writes, each with
 //!    the revision read in 2. The commit is decided here; its revision is the summary key's.
 //! 4. Apply the owed writes (CAS each on its recorded revision; a mismatch means applied).
@@ -60,6 +61,7 @@
 //! the stream leader (a lagging replica could hand step 2 an old revision), and every request
 //! is bounded in time (`kv/io.rs`).
 
+mod cache;
 mod io;
 mod protocol;
 mod snapshot;
@@ -69,6 +71,8 @@ mod wire;
 mod test_server;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cache;
 #[cfg(test)]
 mod tests_protocol;
 
@@ -107,9 +111,8 @@ pub struct KvStore {
     /// Per summary key, the (revision, value fingerprint) whose owed writes this process saw
     /// applied.
     applied: Mutex<HashMap<String, (u64, u64)>>,
-    /// Per summary key, the member revisions the writer's last consistent read saw at one
-    /// summary revision, for the commit computed from that read (`kv/snapshot.rs`).
-    revisions: Mutex<HashMap<String, snapshot::Revisions>>,
+    /// The channels this process changed or read for a change last (`kv/cache.rs`).
+    cache: Mutex<cache::Cache>,
 }
 
 /// The connection's JetStream context and the bucket's handle.
@@ -147,7 +150,7 @@ impl KvStore {
             bucket: bucket.to_owned(),
             up: AtomicBool::new(true),
             applied: Mutex::new(HashMap::new()),
-            revisions: Mutex::new(HashMap::new()),
+            cache: Mutex::new(cache::Cache::default()),
         })
     }
 
@@ -215,24 +218,27 @@ impl KvStore {
         step: Step,
     ) -> Result<u64, CommitError> {
         let key = escape(channel);
-        // This process's consistent read settled the channel at `expected` (its owed writes
-        // are applied) and saw the member revisions: no need to settle again. If anyone
-        // committed since, the summary's compare-and-set refuses (revisions never return).
-        if commit.summary.is_some()
-            && let Some(known) = self.revisions_at(&key, commit.expected)
-        {
-            let summary = commit.summary.unwrap_or_default();
-            return self
-                .write(
-                    &key,
-                    commit.expected,
-                    summary,
-                    commit.members,
-                    Some(known),
-                    step,
-                )
-                .await;
+        // This process knows the channel at `expected` (its own last commit, or its
+        // consistent read: the owed writes applied, the member revisions seen): no need to
+        // settle again. If anyone committed since, the summary's compare-and-set refuses
+        // (revisions never return to an old value).
+        if commit.summary.is_some() && commit.expected != 0 {
+            let known = self.cache().take_at(&key, commit.expected);
+            if let Some(known) = known {
+                let summary = commit.summary.unwrap_or_default();
+                return self
+                    .write(
+                        &key,
+                        commit.expected,
+                        summary,
+                        commit.members,
+                        Some(known),
+                        step,
+                    )
+                    .await;
+            }
         }
+        self.cache().forget(&key);
         let head = self
             .settle(&key)
             .await
@@ -244,11 +250,54 @@ impl KvStore {
         };
         match commit.summary {
             Some(summary) => {
-                self.write(&key, base, summary, commit.members, None, step)
+                // A summary key without any message: the channel never had a member key.
+                let known = (matches!(head, Head::Missing { rev: 0 }))
+                    .then(|| cache::Known::new(0, Vec::new(), true));
+                self.write(&key, base, summary, commit.members, known, step)
                     .await
             }
             None => self.remove(&key, &head, step).await,
         }
+    }
+
+    /// The channel as this process last knew it, for a change (`kv/cache.rs`): no request
+    /// when every member of `uuids` is known, else only those members are read; a
+    /// [`KvStore::read`] when nothing is known. `true` with a remembered answer: the summary
+    /// may have changed since (a commit computed from it then conflicts).
+    ///
+    /// # Errors
+    /// As [`KvStore::read`].
+    pub async fn read_for_change(
+        &self,
+        channel: &str,
+        uuids: &[&str],
+    ) -> Result<(Snapshot, bool), StoreError> {
+        let key = escape(channel);
+        match self.remembered(&key, uuids).await? {
+            Some((summary, members)) => Ok((
+                Snapshot {
+                    summary: Some(summary),
+                    members: members
+                        .into_iter()
+                        .map(|(uuid, record)| (uuid, record.and_then(entry)))
+                        .collect(),
+                },
+                true,
+            )),
+            None => Ok((self.read(channel, uuids).await?, false)),
+        }
+    }
+
+    /// Forgets what this process remembers of the channels (the store was rebuilt, or the
+    /// input rewound).
+    pub fn forget_all(&self) {
+        self.cache().clear();
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, cache::Cache> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Present members (tombstones not listed) with uuids after `after`, sorted by uuid bytes,

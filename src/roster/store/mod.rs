@@ -98,6 +98,34 @@ impl Store {
         }
     }
 
+    /// [`Store::read`] for a change of the channel: NATS KV may answer from what this process
+    /// remembers of its own last commit, without a request (`true`); the summary may then
+    /// have changed since, which the commit computed from it finds (a conflict). Anything
+    /// judged from a remembered answer that leads to no commit should be judged again on a
+    /// [`Store::read`].
+    ///
+    /// # Errors
+    /// As [`Store::read`].
+    pub async fn read_for_change(
+        &self,
+        channel: &str,
+        uuids: &[&str],
+    ) -> Result<(Snapshot, bool), StoreError> {
+        match self {
+            Store::Nats(store) => store.read_for_change(channel, uuids).await,
+            Store::Redis(store) => Ok((store.read(channel, uuids).await?, false)),
+        }
+    }
+
+    /// Forgets what the store remembers of channels (the store was rebuilt, the input
+    /// rewound).
+    pub fn forget_all(&self) {
+        match self {
+            Store::Nats(store) => store.forget_all(),
+            Store::Redis(_) => {}
+        }
+    }
+
     /// [`Store::read`] with every member the channel holds, present or tombstoned (an
     /// `inactive` event or a Here Now read decides over all of them).
     ///

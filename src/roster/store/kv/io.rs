@@ -101,9 +101,12 @@ impl KvStore {
         self.up.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Records that the store failed to answer, and the error to return.
+    /// Records that the store failed to answer, and the error to return. What this process
+    /// remembers of the channels is forgotten: the bucket may have been lost (and created
+    /// again, counting revisions from 1 again).
     fn failed(&self, what: String) -> StoreError {
         self.up.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.forget_all();
         StoreError(format!("NATS KV bucket `{}`: {what}", self.bucket))
     }
 

@@ -8,14 +8,15 @@ use std::sync::PoisonError;
 
 use bytes::Bytes;
 
+use super::cache::Known;
+use super::io::Record;
 use super::io::{Cas, Kind};
-use super::snapshot::Known;
 use super::wire::{self, Intent, Pending};
 use super::{KvStore, MAX_COMMIT_BYTES};
 use crate::roster::store::{CommitError, MemberOp, StoreError};
 
 /// How many member writes (or reads) of one channel are in flight at once.
-const PARALLEL: usize = 64;
+const PARALLEL: usize = 256;
 /// How often [`KvStore::settle`] looks again when the summary changes under it.
 const SETTLE_ATTEMPTS: usize = 8;
 /// The most summaries remembered as fully applied (the memory is cleared when full).
@@ -53,18 +54,41 @@ pub(super) fn member_key(key: &str, uuid: &str) -> String {
     format!("{key}.m.{}", crate::route::escape(uuid))
 }
 
-/// Awaits `futures` [`PARALLEL`] at a time; their outputs in order. Built from a `Vec`, not a
-/// `stream::iter(..).map(..).buffered(..)`: a closure over borrowed items held across an await
-/// keeps the caller's future from being `Send` (rust-lang/rust#102211).
+/// Awaits `futures`, at most [`PARALLEL`] at a time (a new one starts as each ends); their
+/// outputs in order. Takes a `Vec` of futures, not a `stream::iter(..).map(..)`: a closure over
+/// borrowed items held across an await keeps the caller's future from being `Send`
+/// (rust-lang/rust#102211).
 pub(super) async fn batched<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut outputs = Vec::with_capacity(futures.len());
-    let mut futures = futures.into_iter();
-    loop {
-        let batch: Vec<F> = futures.by_ref().take(PARALLEL).collect();
-        if batch.is_empty() {
-            return outputs;
-        }
-        outputs.extend(futures::future::join_all(batch).await);
+    use futures::StreamExt as _;
+    futures::stream::iter(futures)
+        .buffered(PARALLEL)
+        .collect()
+        .await
+}
+
+/// A member key's delete marker at `rev`.
+fn deleted(rev: u64) -> Record {
+    Record {
+        rev,
+        kind: Kind::Deleted,
+        value: Bytes::new(),
+    }
+}
+
+/// The member key's message once `op` was written at `rev`.
+fn written(op: MemberOp, rev: u64) -> Record {
+    match op {
+        MemberOp::Present(value) => Record {
+            rev,
+            kind: Kind::Present,
+            value: value.into(),
+        },
+        MemberOp::Absent(value) => Record {
+            rev,
+            kind: Kind::Absent,
+            value: value.into(),
+        },
+        MemberOp::Delete => deleted(rev),
     }
 }
 
@@ -127,8 +151,19 @@ impl KvStore {
         seen: (u64, u64),
         pending: &[Pending],
     ) -> Result<(), StoreError> {
+        self.pay(key, seen, pending).await.map(|_| ())
+    }
+
+    /// [`KvStore::apply`], returning the revision of each write (in order) when this call
+    /// wrote every one of them; `None` when some were applied by others, or seen applied.
+    async fn pay(
+        &self,
+        key: &str,
+        seen: (u64, u64),
+        pending: &[Pending],
+    ) -> Result<Option<Vec<u64>>, StoreError> {
         if pending.is_empty() {
-            return Ok(());
+            return Ok(Some(Vec::new()));
         }
         let applied = |store: &KvStore| {
             store
@@ -139,20 +174,24 @@ impl KvStore {
                 == Some(&seen)
         };
         if applied(self) {
-            return Ok(());
+            return Ok(None);
         }
         let writes = pending.iter().map(|p| self.apply_one(key, p)).collect();
         let results = batched(writes).await;
+        let mut revs = Some(Vec::with_capacity(pending.len()));
         for result in results {
             // `Cas::Mismatch`: the write was applied already (module doc, "exactly once").
-            result?;
+            match result? {
+                Cas::Written(rev) => revs.iter_mut().for_each(|revs| revs.push(rev)),
+                Cas::Mismatch => revs = None,
+            }
         }
         let mut memory = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
         if memory.len() >= APPLIED_CAP {
             memory.clear();
         }
         memory.insert(key.to_owned(), seen);
-        Ok(())
+        Ok(revs)
     }
 
     async fn apply_one(&self, key: &str, pending: &Pending) -> Result<Cas, StoreError> {
@@ -210,14 +249,14 @@ impl KvStore {
                 "member `{uuid}` is written twice in one commit of `{key}`"
             )));
         }
-        // `known`: the revisions a consistent read at this very summary saw, the keys'
+        // `known`: the channel as this process knows it at this very summary, so the keys'
         // revisions now (member keys change only by owed writes, all applied at `base`, and
         // nothing was committed since: the compare-and-set below checks that); the rest are
         // read.
         let reads = members
             .iter()
             .map(|(uuid, _)| {
-                let known = known.as_ref().and_then(|k| k.get(uuid.as_str()).copied());
+                let known = known.as_ref().and_then(|k| k.revision(uuid));
                 async move {
                     match known {
                         Some(current) => Ok(current),
@@ -231,10 +270,12 @@ impl KvStore {
             .collect();
         let current: Vec<Result<Option<(u64, bool)>, StoreError>> = batched(reads).await;
         let mut pending = Vec::with_capacity(members.len());
+        let mut unwritten = Vec::new();
         for ((uuid, op), current) in members.into_iter().zip(current) {
             let current = current.map_err(|e| CommitError::Store(e.0))?;
             let gone = current.is_none_or(|(_, deleted)| deleted);
             if op == MemberOp::Delete && gone {
+                unwritten.push((uuid, current.map(|(rev, _)| deleted(rev))));
                 continue;
             }
             let rev = current.map_or(0, |(rev, _)| rev);
@@ -249,10 +290,24 @@ impl KvStore {
         let print = fingerprint(&value);
         let rev = self.cas_summary(key, value, base).await?;
         if step == Step::Full {
-            let paid = self.apply(key, (rev, print), &intent.pending).await;
-            if let Err(e) = paid {
-                // The commit is decided; the next reader of the channel pays what it owes.
-                tracing::warn!(channel_key = key, error = %e, "roster commit left member writes to the next reader");
+            match self.pay(key, (rev, print), &intent.pending).await {
+                Ok(Some(revs)) => {
+                    let mut known = known.unwrap_or_else(|| Known::new(base, Vec::new(), false));
+                    for (pending, rev) in intent.pending.into_iter().zip(revs) {
+                        known.set(pending.uuid, Some(written(pending.op, rev)));
+                    }
+                    for (uuid, record) in unwritten {
+                        known.set(uuid, record);
+                    }
+                    known.advance(rev, intent.summary.unwrap_or_default());
+                    self.cache().put(key, known);
+                }
+                // Some writes were paid by another process: their revisions are not known.
+                Ok(None) => {}
+                Err(e) => {
+                    // The commit is decided; the next reader of the channel pays what it owes.
+                    tracing::warn!(channel_key = key, error = %e, "roster commit left member writes to the next reader");
+                }
             }
         }
         Ok(rev)

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use super::KvStore;
+use super::cache::Known;
 use super::io::{Kind, Record};
 use super::protocol::{Head, batched, member_key};
 use crate::roster::store::{Entry, MemberOp, StoreError};
@@ -26,23 +27,6 @@ pub(super) enum Wanted<'a> {
 
 /// Member keys by raw uuid: their last message, `None` when they never had one.
 pub(super) type Members = Vec<(String, Option<Record>)>;
-
-/// What a consistent read saw of member keys, for the commit computed from it: the summary's
-/// revision, and per uuid the key's revision and whether it is a delete marker.
-pub(super) struct Revisions {
-    rev: u64,
-    members: Known,
-}
-
-/// Member revisions a read saw, by uuid: the key's revision and whether it is a delete marker
-/// (`None`: no message).
-pub(super) type Known = HashMap<String, Option<(u64, bool)>>;
-
-/// Reads whose revisions are remembered: the writer's reads of the members a batch names, up
-/// to this many (the API's and the whole-channel reads are not remembered).
-const REMEMBER_MEMBERS: usize = 1024;
-/// The most channels whose read revisions are remembered (cleared when full).
-const REMEMBER_CHANNELS: usize = 4096;
 
 /// Whether `record`, member `uuid`'s key now, is its state as of summary `rev` whose owed
 /// writes are `owed`.
@@ -86,8 +70,8 @@ impl KvStore {
                 .iter()
                 .all(|(uuid, record)| as_of(rev, &owed, uuid, record.as_ref()));
             if consistent {
-                if matches!(wanted, Wanted::These(_)) && members.len() <= REMEMBER_MEMBERS {
-                    self.remember(key, rev, &members);
+                if matches!(wanted, Wanted::These(_)) {
+                    self.remember(key, rev, &summary, &members);
                 }
                 let summary = Entry {
                     value: summary,
@@ -103,35 +87,71 @@ impl KvStore {
         )))
     }
 
-    fn remember(&self, key: &str, rev: u64, members: &Members) {
-        let members = members
-            .iter()
-            .map(|(uuid, record)| {
-                let current = record.as_ref().map(|r| (r.rev, r.kind == Kind::Deleted));
-                (uuid.clone(), current)
-            })
-            .collect();
-        let mut memory = self
-            .revisions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if memory.len() >= REMEMBER_CHANNELS {
-            memory.clear();
+    /// Remembers what the writer's read saw at summary revision `rev` (`kv/cache.rs`), added
+    /// to what is known at that revision already.
+    fn remember(&self, key: &str, rev: u64, summary: &[u8], members: &Members) {
+        let mut cache = self.cache();
+        if cache.get(key).is_some_and(|known| known.rev == rev) {
+            cache.add(key, rev, members.clone());
+            return;
         }
-        memory.insert(key.to_owned(), Revisions { rev, members });
+        let mut known = Known::new(rev, summary.to_vec(), false);
+        for (uuid, record) in members {
+            known.set(uuid.clone(), record.clone());
+        }
+        cache.put(key, known);
     }
 
-    /// The member revisions the last consistent read of `key` saw, taken (a commit uses them
-    /// once) when that read was at summary revision `rev`; `None` otherwise.
-    pub(super) fn revisions_at(&self, key: &str, rev: u64) -> Option<Known> {
-        let mut memory = self
-            .revisions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match memory.remove(key) {
-            Some(revisions) if revisions.rev == rev && rev != 0 => Some(revisions.members),
-            _ => None,
+    /// The summary and the members `uuids` as this process last knew them (`kv/cache.rs`):
+    /// members not remembered are read, and kept when older than the remembered revision
+    /// (a newer one means the channel changed since: `None`, as when nothing is remembered).
+    /// Not a read of the summary: it may have changed since, which the commit's
+    /// compare-and-set finds.
+    ///
+    /// # Errors
+    /// A member read failed.
+    pub(super) async fn remembered(
+        &self,
+        key: &str,
+        uuids: &[&str],
+    ) -> Result<Option<(Entry, Members)>, StoreError> {
+        let (rev, summary, mut members, unknown) = {
+            let cache = self.cache();
+            let Some(known) = cache.get(key) else {
+                return Ok(None);
+            };
+            let mut members: Members = Vec::with_capacity(uuids.len());
+            let mut unknown = Vec::new();
+            for &uuid in uuids {
+                match known.member(uuid) {
+                    Some(record) => members.push((uuid.to_owned(), record)),
+                    None => unknown.push(uuid),
+                }
+            }
+            (known.rev, known.summary.clone(), members, unknown)
+        };
+        if !unknown.is_empty() {
+            let read = self.read_members(key, &unknown).await?;
+            if read
+                .iter()
+                .any(|(_, record)| record.as_ref().is_some_and(|r| r.rev > rev))
+            {
+                self.cache().forget(key);
+                return Ok(None);
+            }
+            members.extend(read.iter().cloned());
+            self.cache().add(key, rev, read);
+            let order: HashMap<&str, usize> =
+                uuids.iter().enumerate().map(|(i, &u)| (u, i)).collect();
+            members.sort_by_key(|(uuid, _)| order.get(uuid.as_str()).copied());
         }
+        Ok(Some((
+            Entry {
+                value: summary,
+                rev,
+            },
+            members,
+        )))
     }
 
     async fn read_members(&self, key: &str, uuids: &[&str]) -> Result<Members, StoreError> {
