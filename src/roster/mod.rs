@@ -5,6 +5,7 @@
 //! bridge's hot path.
 
 pub mod api;
+mod consume;
 pub mod here_now;
 pub mod input;
 pub mod metrics;

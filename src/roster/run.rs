@@ -1,34 +1,26 @@
-//! `hookbus roster`: wiring and the consume loop. Connect the store (and stamp its epoch),
-//! the input and the outputs, serve the read API, then take batches from the input, apply them
-//! channel by channel and acknowledge a batch only once all of it is stored. Beside it, the
+//! `hookbus roster`: wiring. Connect the store (and stamp its epoch), the input and the
+//! outputs, serve the read API, then run the consume loop (`consume.rs`). Beside it, the
 //! maintenance loop: the epoch check (a store that lost its data triggers a rebuild), the
 //! sweep (expired tombstones, unpublished sessions, the channel and member gauges).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::api::{self, Api};
-use super::input::{Delivery, Input};
+use super::consume::Consumer;
+use super::input::Input;
 use super::metrics::RosterMetrics;
 use super::outputs::{Outputs, Publisher};
 use super::state::{self, Rules, Summary};
 use super::store::{Store, kv::KvStore, redis::RedisStore};
 use super::writer::{Writer, backoff, now_i64};
 use crate::config::{Config, RosterConfig, RosterStore, SinkKind};
-use crate::normalize::Event;
 use crate::route::{self, OutputTemplate};
 use crate::shutdown::Shutdown;
-
-/// Channels worked on at once within one batch. Each channel's change is a few sequential
-/// round trips to the store, so a batch over many channels is bound by latency, not work
-/// (raised from 16 together with the NATS KV commit's read reuse: docs/performance.md).
-const CHANNELS_IN_PARALLEL: usize = 64;
 
 /// What `/readyz` reads.
 #[derive(Default)]
@@ -294,159 +286,7 @@ async fn outputs(
     })
 }
 
-struct Consumer {
-    writer: Arc<Writer>,
-    input: Input,
-    roster: RosterConfig,
-    ready: Arc<Readiness>,
-    rebuild: Arc<AtomicBool>,
-    refresh: mpsc::Sender<String>,
-}
-
-impl Consumer {
-    async fn run(mut self, stop: &Shutdown) {
-        let mut held: Option<Vec<Delivery>> = None;
-        let mut failures = 0u32;
-        let mut last_check = tokio::time::Instant::now();
-        while !stop.is_draining() {
-            if self.rebuild.swap(false, Ordering::SeqCst) {
-                match self.input.rewind().await {
-                    Ok(()) => {
-                        held = None;
-                        tracing::warn!("rebuilding the roster from the input's beginning");
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "rewinding the input failed; retried");
-                        self.rebuild.store(true, Ordering::SeqCst);
-                    }
-                }
-            }
-            if last_check.elapsed() >= Duration::from_secs(1) {
-                last_check = tokio::time::Instant::now();
-                self.check_input().await;
-            }
-            let batch = match held.take() {
-                Some(batch) => batch,
-                None => {
-                    let fetched = tokio::select! {
-                        fetched = self.input.fetch(self.roster.batch, Duration::from_secs(1)) => fetched,
-                        () = stop.wait() => break,
-                    };
-                    match fetched {
-                        Ok(batch) => {
-                            self.ready.input.store(true, Ordering::Relaxed);
-                            if let Some(backlog) = self.input.last_backlog() {
-                                let backlog = i64::try_from(backlog).unwrap_or(i64::MAX);
-                                self.writer.metrics.pending.set(backlog);
-                            }
-                            batch
-                        }
-                        Err(error) => {
-                            self.ready.input.store(false, Ordering::Relaxed);
-                            failures += 1;
-                            tracing::warn!(%error, "roster input");
-                            pause(backoff(failures), stop).await;
-                            continue;
-                        }
-                    }
-                }
-            };
-            if batch.is_empty() {
-                // Caught up: a rebuild in progress is done.
-                self.ready.rebuilding.store(false, Ordering::Relaxed);
-                self.writer.metrics.pending.set(0);
-                continue;
-            }
-            match self.apply(&batch).await {
-                Ok(()) => {
-                    failures = 0;
-                    self.ready.store.store(true, Ordering::Relaxed);
-                    if let Err(error) = self.input.ack(batch).await {
-                        tracing::warn!(%error, "acknowledging the input (the batch comes again)");
-                    }
-                }
-                Err(error) => {
-                    failures += 1;
-                    self.ready.store.store(false, Ordering::Relaxed);
-                    self.writer.metrics.store_errors.inc();
-                    tracing::warn!(%error, "roster batch not stored; retried");
-                    held = Some(batch);
-                    pause(backoff(failures), stop).await;
-                }
-            }
-        }
-    }
-
-    /// The backlog gauge and the gap check.
-    async fn check_input(&mut self) {
-        if let Some(backlog) = self.input.backlog().await {
-            self.writer
-                .metrics
-                .pending
-                .set(i64::try_from(backlog).unwrap_or(i64::MAX));
-        }
-        if self.input.gap().await {
-            self.ready.incomplete.store(true, Ordering::Relaxed);
-            self.writer
-                .metrics
-                .rebuilds
-                .with_label_values(&["input_gap"])
-                .inc();
-            tracing::warn!(
-                "the input dropped events the roster had not applied (stream retention): the roster is incomplete; reconciling"
-            );
-            let _ = self.refresh.try_send(String::new());
-        }
-    }
-
-    /// Applies one batch, every channel stored before it returns.
-    async fn apply(&self, batch: &[Delivery]) -> Result<(), super::writer::WriteError> {
-        let metrics = &self.writer.metrics;
-        let mut events: Vec<(Event, Option<i64>)> = Vec::with_capacity(batch.len());
-        for delivery in batch {
-            match serde_json::from_slice::<Event>(&delivery.payload) {
-                Ok(event)
-                    if !self.roster.sub_key.is_empty()
-                        && event.sub_key.as_deref() != Some(self.roster.sub_key.as_str()) =>
-                {
-                    metrics.skipped.with_label_values(&["sub_key"]).inc();
-                }
-                Ok(event) => events.push((event, delivery.published_ms)),
-                Err(_) => metrics.skipped.with_label_values(&["malformed"]).inc(),
-            }
-        }
-        let mut by_channel: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
-        for (event, _) in &events {
-            by_channel
-                .entry(event.channel.as_str())
-                .or_default()
-                .push(event);
-        }
-        let results: Vec<_> = futures::stream::iter(by_channel)
-            .map(|(channel, events)| async move {
-                let outcome = self.writer.apply(channel, &events).await?;
-                if outcome.refresh || outcome.drift {
-                    let _ = self.refresh.try_send(channel.to_owned());
-                }
-                Ok::<_, super::writer::WriteError>(())
-            })
-            .buffer_unordered(CHANNELS_IN_PARALLEL)
-            .collect()
-            .await;
-        results.into_iter().collect::<Result<(), _>>()?;
-        let now = now_i64();
-        for (_, published) in &events {
-            if let Some(published) = published {
-                metrics
-                    .lag
-                    .observe((now - published).max(0) as f64 / 1000.0);
-            }
-        }
-        Ok(())
-    }
-}
-
-async fn pause(wait: Duration, stop: &Shutdown) {
+pub(super) async fn pause(wait: Duration, stop: &Shutdown) {
     tokio::select! {
         () = tokio::time::sleep(wait) => {}
         () = stop.wait() => {}
