@@ -10,8 +10,10 @@ nats-py at the rate the publisher reaches (the bridge's own throughput is the re
 scripts/bench; this row measures what the roster keeps up with), with REPLICAS roster
 processes (default 1; BENCH_ROSTER_REPLICAS) sharing the durable consumer. Per row: events
 applied per second per replica while saturated, p99 lag (published → applied, from
-hookbus_roster_lag_seconds), store conflicts per second, roster CPU per event, roster RSS
-and the store's memory per 100k members (Redis used_memory; NATS: the bucket's bytes), and a
+hookbus_roster_lag_seconds), store conflicts per second, roster CPU per event, the servers'
+CPU per event (nats-server, and redis-server on Redis rows: the input stream and the store),
+how busy the machine's cores were while the roster applied, roster RSS and the store's
+memory per 100k members (Redis used_memory; NATS: the bucket's bytes), and a
 check that the roster's member counts are exact at the end.
 
 Run through `scripts/bench 15 50 roster` (builds first). Needs nats-server, redis-server and
@@ -36,6 +38,10 @@ MEMBERS = int(os.environ.get("BENCH_ROSTER_MEMBERS", "100000"))
 REPLICAS = int(os.environ.get("BENCH_ROSTER_REPLICAS", "1"))
 # BENCH_ROSTER_STORES: which stores to measure, comma-separated (default: nats,redis).
 STORES = os.environ.get("BENCH_ROSTER_STORES", "nats,redis").split(",")
+# BENCH_ROSTER_SHAPES: which shapes to measure, comma-separated (default: spread,hot).
+SHAPES = os.environ.get("BENCH_ROSTER_SHAPES", "spread,hot").split(",")
+# BENCH_ROSTER_BATCH: roster.batch (default: the config's default).
+BATCH = os.environ.get("BENCH_ROSTER_BATCH")
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench import Proc, free_port, metric_sum, port_open, quantile, wait_for  # noqa: E402
@@ -92,6 +98,13 @@ async def publish(port, items):
     return seconds
 
 
+def machine_busy():
+    """(busy, total) jiffies of all cores, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
 def nats_bucket_bytes(port):
     data = json.loads(http_get(f"http://127.0.0.1:{port}/jsz?streams=true")[1] or "{}")
     for account in data.get("account_details", []):
@@ -134,13 +147,17 @@ def row(work, shape, store):
             f'[http]\nlisten = "127.0.0.1:{free_port()}"\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
             f'[auth]\nallow_anonymous = true\n[spool]\ndir = "{work / "spool"}"\n'
             f'[nats]\nurl = "nats://127.0.0.1:{nats_port}"\n'
-            f'[roster]\nlisten = "127.0.0.1:{port}"\nstore = {store_toml}\n')
+            f'[roster]\nlisten = "127.0.0.1:{port}"\nstore = {store_toml}\n'
+            + (f"batch = {BATCH}\n" if BATCH else ""))
         proc = Proc([str(HOOKBUS), "roster", "--config", str(config)], work / f"roster-{shape}-{store}-{r}.log",
                     env=dict(os.environ, RUST_LOG="warn"))
         procs.append(proc)
         wait_for("roster ready", lambda port=port: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=60)
         rosters.append((proc, f"http://127.0.0.1:{port}"))
+    servers = procs[:len(procs) - len(rosters)]
     cpu0 = sum(p.cpu_seconds() for p, _ in rosters)
+    server_cpu0 = sum(p.cpu_seconds() for p in servers)
+    busy0 = machine_busy()
     start = time.monotonic()
     publish_s = asyncio.run(publish(nats_port, items))
 
@@ -150,6 +167,9 @@ def row(work, shape, store):
     wait_for(f"{shape}/{store}: every event applied", lambda: applied() >= len(items), timeout=3600)
     seconds = time.monotonic() - start
     cpu = sum(p.cpu_seconds() for p, _ in rosters) - cpu0
+    server_cpu = sum(p.cpu_seconds() for p in servers) - server_cpu0
+    busy1 = machine_busy()
+    busy = (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1)
     texts = [http_get(f"{url}/metrics")[1] for _, url in rosters]
     conflicts = sum(metric_sum(t, "hookbus_roster_store_conflicts_total") for t in texts)
     lag_p99 = max(quantile(t, "hookbus_roster_lag_seconds", 0.99) or 0 for t in texts)
@@ -169,6 +189,7 @@ def row(work, shape, store):
         "shape": shape, "store": store, "events": len(items), "publish_per_s": len(items) / publish_s,
         "applied_per_s_per_replica": len(items) / seconds / REPLICAS, "lag_p99": lag_p99,
         "conflicts_per_s": conflicts / seconds, "cpu_us": cpu * 1e6 / len(items),
+        "server_cpu_us": server_cpu * 1e6 / len(items), "busy": busy,
         "rss_mib": rss_mib, "store_mib_per_100k": store_bytes / 2**20 * 100_000 / max(want, 1),
         "exact": got == want, "members": got, "want": want,
     }
@@ -178,7 +199,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="hookbus-bench-roster-"))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = []
-    for shape in ("spread", "hot"):
+    for shape in SHAPES:
         for store in STORES:
             r = row(work, shape, store)
             rows.append(r)
@@ -189,12 +210,12 @@ def main():
           f"{MEMBERS:,} members, release build")
     print()
     print("| shape | store | events | published/s | applied/s per replica | p99 lag | conflicts/s "
-          "| CPU µs/event | roster peak RSS | store per 100k members | exact |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| CPU µs/event | servers' CPU µs/event | cores busy | roster peak RSS | store per 100k members | exact |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['shape']} | {r['store']} | {r['events']:,} | {r['publish_per_s']:.0f} | "
               f"{r['applied_per_s_per_replica']:.0f} | {r['lag_p99']:.2f} s | {r['conflicts_per_s']:.1f} | "
-              f"{r['cpu_us']:.1f} | {r['rss_mib']:.0f} MiB | {r['store_mib_per_100k']:.1f} MiB | "
+              f"{r['cpu_us']:.1f} | {r['server_cpu_us']:.1f} | {r['busy'] * 100:.0f}% | {r['rss_mib']:.0f} MiB | {r['store_mib_per_100k']:.1f} MiB | "
               f"{'yes' if r['exact'] else 'NO: ' + str(r['members']) + ' of ' + str(r['want'])} |")
     if not all(r["exact"] for r in rows):
         sys.exit(1)
