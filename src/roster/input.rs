@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::AckPolicy, consumer::DeliverPolicy, consumer::pull};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -56,6 +56,8 @@ pub struct NatsInput {
     gap_at: u64,
     /// Messages still to deliver after the last one fetched.
     pending: Option<u64>,
+    /// The consumer's message stream, once opened (`fetch_nats`).
+    messages: Option<pull::Stream>,
 }
 
 impl Input {
@@ -82,6 +84,7 @@ impl Input {
             subjects,
             gap_at: 0,
             pending: None,
+            messages: None,
         })))
     }
 
@@ -117,24 +120,11 @@ impl Input {
     pub async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, InputError> {
         match self {
             Input::Nats(nats) => {
-                // What is there now; when nothing is, wait for one message, then take what
-                // came with it. Not one request for `max` with a wait: the server holds that
-                // until `max` arrived or the wait passed, so a roster that keeps up would wait
-                // the whole `wait` for each batch.
-                let mut out = fetch_nats(nats, max, None).await?;
-                if out.is_empty() {
-                    out = fetch_nats(nats, 1, Some(wait)).await?;
-                    if !out.is_empty() && max > 1 {
-                        // A failure here leaves the first message to this batch alone.
-                        if let Ok(more) = fetch_nats(nats, max - 1, None).await {
-                            out.extend(more);
-                        }
-                    }
-                }
-                if out.is_empty() {
+                let out = fetch_nats(nats, max, wait).await;
+                if out.as_ref().is_ok_and(Vec::is_empty) {
                     nats.pending = Some(0);
                 }
-                Ok(out)
+                out
             }
             Input::Kafka(consumer) => fetch_kafka(consumer, max, wait).await,
         }
@@ -255,6 +245,7 @@ impl Input {
     pub async fn rewind(&mut self) -> Result<(), InputError> {
         match self {
             Input::Nats(nats) => {
+                nats.messages = None;
                 let _ = nats.stream.delete_consumer(&nats.name).await;
                 nats.consumer = create_consumer(&nats.stream, &nats.name, &nats.subjects).await?;
                 Ok(())
@@ -300,40 +291,73 @@ async fn create_consumer(
         .map_err(|e| InputError(format!("consumer {name}: {e}")))
 }
 
-/// One pull request for up to `max` messages (at least 1): `wait` for them to arrive, or
-/// (`None`) only those available now.
+/// Up to `max` messages from the consumer's message stream, waiting at most `wait` for the
+/// first, then taking only what arrived already. The stream keeps pull requests outstanding
+/// (a new one when half of the last is delivered), so messages arrive while the roster
+/// applies the previous batches: one request per batch cost a round trip and the server's
+/// delivery of the whole batch each time. A stream that failed or ended is opened again on
+/// the next fetch (what it had not delivered comes again after `ack_wait`).
 async fn fetch_nats(
     nats: &mut NatsInput,
     max: usize,
-    wait: Option<Duration>,
+    wait: Duration,
 ) -> Result<Vec<Delivery>, InputError> {
-    let max = max.max(1);
-    let mut batch = match wait {
-        Some(wait) => {
+    let messages = match &mut nats.messages {
+        Some(messages) => messages,
+        None => nats.messages.insert(
             nats.consumer
-                .batch()
-                .max_messages(max)
-                .expires(wait)
+                .stream()
+                .max_messages_per_batch(max.clamp(1, 1000))
+                .expires(Duration::from_secs(30))
+                .heartbeat(Duration::from_secs(10))
                 .messages()
                 .await
-        }
-        None => nats.consumer.fetch().max_messages(max).messages().await,
-    }
-    .map_err(err)?;
+                .map_err(err)?,
+        ),
+    };
     let mut out = Vec::new();
-    while let Some(message) = batch.next().await {
-        let message = message.map_err(err)?;
-        let info = message.info().ok();
-        nats.pending = info.as_ref().map(|i| i.pending);
-        let published_ms =
-            info.and_then(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok());
-        out.push(Delivery {
-            payload: message.payload.to_vec(),
-            published_ms,
-            token: Token::Nats(Box::new(message)),
-        });
+    let first = match tokio::time::timeout(wait, messages.next()).await {
+        Err(_) => return Ok(out),
+        Ok(first) => first,
+    };
+    let mut next = Some(first);
+    while let Some(item) = next {
+        match item {
+            Some(Ok(message)) => out.push(delivery(nats, message)),
+            Some(Err(e)) => {
+                nats.messages = None;
+                return if out.is_empty() { Err(err(e)) } else { Ok(out) };
+            }
+            None => {
+                nats.messages = None;
+                return if out.is_empty() {
+                    Err(InputError("the consumer's message stream ended".to_owned()))
+                } else {
+                    Ok(out)
+                };
+            }
+        }
+        if out.len() >= max {
+            break;
+        }
+        let Some(messages) = nats.messages.as_mut() else {
+            break;
+        };
+        next = messages.next().now_or_never();
     }
     Ok(out)
+}
+
+fn delivery(nats: &mut NatsInput, message: jetstream::Message) -> Delivery {
+    let info = message.info().ok();
+    nats.pending = info.as_ref().map(|i| i.pending);
+    let published_ms =
+        info.and_then(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok());
+    Delivery {
+        payload: message.payload.to_vec(),
+        published_ms,
+        token: Token::Nats(Box::new(message)),
+    }
 }
 
 async fn fetch_kafka(
