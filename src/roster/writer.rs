@@ -76,6 +76,7 @@ impl Writer {
             let (mut loaded, expected) = decode(channel, &snapshot)?;
             let now = now_i64();
             let outcome = state::apply(&mut loaded, channel, events, self.rules, now);
+            self.nothing_to_publish(&mut loaded, &outcome.changed, now);
             if !outcome.dirty && remembered {
                 // Nothing to commit, so no compare-and-set checks the remembered state: judge
                 // the events again on the store's.
@@ -124,6 +125,7 @@ impl Writer {
             let Some(changed) = change(&mut loaded, now) else {
                 return Ok(None);
             };
+            self.nothing_to_publish(&mut loaded, &changed, now);
             match self
                 .store
                 .commit(channel, encode(&loaded, &changed, expected, now)?)
@@ -139,6 +141,16 @@ impl Writer {
             }
         }
         Err(WriteError::Busy(channel.to_owned()))
+    }
+
+    /// Without `roster.sessions` an ended stay has no event to wait for: it is recorded as
+    /// published in the same commit that ends it (not by a commit of its own per member).
+    fn nothing_to_publish(&self, loaded: &mut Channel, changed: &[String], now: i64) {
+        if self.outputs.sessions.is_none() {
+            for uuid in changed {
+                state::mark_published(loaded, uuid, now);
+            }
+        }
     }
 
     fn count(&self, outcome: &Outcome) {

@@ -436,3 +436,71 @@ async fn a_change_too_large_for_one_commit_is_applied_in_parts() {
         "with its state"
     );
 }
+
+/// Without `roster.sessions` the stay a leave ends is recorded as published in the commit
+/// that ends it: the leave costs the summary and the member write, not a second commit per
+/// member to mark its session published.
+#[tokio::test]
+async fn without_sessions_a_leave_is_one_commit() {
+    use std::sync::Arc;
+
+    use crate::normalize::{Action, Event, Format};
+    use crate::roster::outputs::{Outputs, Publisher};
+    use crate::roster::state::{Rules, Summary};
+    use crate::roster::store::Store;
+    use crate::roster::writer::Writer;
+
+    let server = Server::start();
+    let metrics = crate::roster::metrics::RosterMetrics::new(&prometheus::Registry::new()).unwrap();
+    let writer = Writer {
+        store: Arc::new(Store::Nats(server.store("roster").await)),
+        rules: Rules {
+            tombstone_ttl_ms: 30 * 60_000,
+        },
+        metrics: metrics.clone(),
+        outputs: Arc::new(Outputs {
+            changes: None,
+            sessions: None,
+            publisher: Publisher::None,
+            metrics,
+        }),
+    };
+    let now = crate::time::now_ms() as i64;
+    let event = |id: &str, action: Action, uuid: &str, at: i64| Event {
+        id: id.to_owned(),
+        format: Format::EventsAndActions,
+        sub_key: Some("sub-c-1".to_owned()),
+        channel: "room".to_owned(),
+        action,
+        uuid: Some(uuid.to_owned()),
+        occupancy: None,
+        timestamp: at / 1000,
+        timestamp_ms: Some(at),
+        received_at_ms: 0,
+        state: None,
+        delta: None,
+        here_now_refresh: false,
+    };
+    let joins = [
+        event("j1", Action::Join, "a", now - 5000),
+        event("j2", Action::Join, "b", now - 5000),
+    ];
+    writer
+        .apply("room", &joins.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let before = server.last_sequence("roster").await;
+    let leave = event("l1", Action::Leave, "a", now - 1000);
+    writer.apply("room", &[&leave]).await.unwrap();
+    assert_eq!(
+        server.last_sequence("roster").await - before,
+        2,
+        "the summary and a's tombstone, nothing else"
+    );
+    let snap = writer.store.read("room", &["a"]).await.unwrap();
+    let summary: Summary = serde_json::from_slice(&snap.summary.unwrap().value).unwrap();
+    assert_eq!(summary.unpublished, 0);
+    let member: serde_json::Value =
+        serde_json::from_slice(&snap.members[0].1.as_ref().unwrap().value).unwrap();
+    assert_eq!(member["ended"]["published"], true, "{member}");
+}
