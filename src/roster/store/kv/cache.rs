@@ -22,7 +22,7 @@ use super::io::{Kind, Record};
 
 /// The most bytes remembered, counted as [`MEMBER_OVERHEAD`] and [`CHANNEL_OVERHEAD`] plus
 /// the uuids, keys and values (the allocations measured: docs/performance.md).
-pub(super) const CACHE_BYTES: usize = 32 * 1024 * 1024;
+pub(super) const CACHE_BYTES: usize = 48 * 1024 * 1024;
 /// One channel may take this much of [`CACHE_BYTES`] (a hot channel of 100,000 members fits).
 const CHANNEL_BYTES: usize = CACHE_BYTES / 4 * 3;
 /// Per remembered member beyond its uuid and value: the map's slot at its usual load and the
