@@ -58,6 +58,11 @@ pub struct NatsInput {
     pending: Option<u64>,
     /// The consumer's message stream, once opened (`fetch_nats`).
     messages: Option<pull::Stream>,
+    /// The greatest stream sequence handed out, and the one before the first jump over
+    /// sequences since the last gap check (the check looks at it: the server's own delivered
+    /// sequence is past the jump by then, its stream refilled in the background).
+    last_seq: u64,
+    jumped_from: Option<u64>,
 }
 
 impl Input {
@@ -85,6 +90,8 @@ impl Input {
             gap_at: 0,
             pending: None,
             messages: None,
+            last_seq: 0,
+            jumped_from: None,
         })))
     }
 
@@ -227,14 +234,18 @@ impl Input {
         ) else {
             return false;
         };
-        let gap = first > delivered.saturating_add(1);
+        let behind = nats
+            .jumped_from
+            .take()
+            .map_or(delivered, |j| j.min(delivered));
+        let gap = first > behind.saturating_add(1);
         if !gap || nats.gap_at == first {
             return false;
         }
         nats.gap_at = first;
         // A stream whose first messages expired before the roster ever read it is no gap of
         // the roster's (it starts from what is there).
-        delivered > 0
+        behind > 0
     }
 
     /// Starts over from the beginning (the store lost its data): NATS deletes and creates
@@ -246,6 +257,7 @@ impl Input {
         match self {
             Input::Nats(nats) => {
                 nats.messages = None;
+                (nats.last_seq, nats.jumped_from) = (0, None);
                 let _ = nats.stream.delete_consumer(&nats.name).await;
                 nats.consumer = create_consumer(&nats.stream, &nats.name, &nats.subjects).await?;
                 Ok(())
@@ -293,8 +305,8 @@ async fn create_consumer(
 
 /// Up to `max` messages from the consumer's message stream, waiting at most `wait` for the
 /// first, then taking only what arrived already. The stream keeps pull requests outstanding
-/// (a new one when half of the last is delivered), so messages arrive while the roster
-/// applies the previous batches: one request per batch cost a round trip and the server's
+/// (each lives `wait`; a new one when half of the last is delivered), so messages arrive
+/// while the roster applies the previous batches: one request per batch cost a round trip and the server's
 /// delivery of the whole batch each time. A stream that failed or ended is opened again on
 /// the next fetch (what it had not delivered comes again after `ack_wait`).
 async fn fetch_nats(
@@ -308,8 +320,10 @@ async fn fetch_nats(
             nats.consumer
                 .stream()
                 .max_messages_per_batch(max.clamp(1, 1000))
-                .expires(Duration::from_secs(30))
-                .heartbeat(Duration::from_secs(10))
+                // Short-lived requests, as the fetches were: a roster that stops (paused, or
+                // gone without a goodbye) leaves no request that takes new messages for long.
+                .expires(wait.max(Duration::from_millis(200)))
+                .heartbeat(wait.max(Duration::from_millis(200)) / 2)
                 .messages()
                 .await
                 .map_err(err)?,
@@ -351,6 +365,12 @@ async fn fetch_nats(
 fn delivery(nats: &mut NatsInput, message: jetstream::Message) -> Delivery {
     let info = message.info().ok();
     nats.pending = info.as_ref().map(|i| i.pending);
+    if let Some(seq) = info.as_ref().map(|i| i.stream_sequence) {
+        if nats.last_seq > 0 && seq > nats.last_seq + 1 && nats.jumped_from.is_none() {
+            nats.jumped_from = Some(nats.last_seq);
+        }
+        nats.last_seq = nats.last_seq.max(seq);
+    }
     let published_ms =
         info.and_then(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok());
     Delivery {
