@@ -120,20 +120,28 @@ impl Writer {
     {
         for _ in 0..MAX_CONFLICTS {
             let snapshot = self.store.read_all(channel).await?;
-            let (mut loaded, expected) = decode(channel, &snapshot)?;
+            let (before, expected) = decode(channel, &snapshot)?;
+            let mut loaded = before.clone();
             let now = now_i64();
             let Some(changed) = change(&mut loaded, now) else {
                 return Ok(None);
             };
             self.nothing_to_publish(&mut loaded, &changed, now);
-            match self
+            let committed = match self
                 .store
                 .commit(channel, encode(&loaded, &changed, expected, now)?)
                 .await
             {
-                Ok(_) => {
-                    self.after_commit(channel, &loaded, &changed).await;
-                    return Ok(Some(loaded));
+                Err(CommitError::TooLarge(_)) if changed.len() > 1 => {
+                    self.commit_in_parts(channel, before, &loaded, &changed, expected, now)
+                        .await
+                }
+                other => other.map(|_| loaded),
+            };
+            match committed {
+                Ok(stored) => {
+                    self.after_commit(channel, &stored, &changed).await;
+                    return Ok(Some(stored));
                 }
                 Err(CommitError::Conflict) => self.metrics.conflicts.inc(),
                 Err(CommitError::Store(e)) => return Err(WriteError::Store(StoreError(e))),
@@ -141,6 +149,49 @@ impl Writer {
             }
         }
         Err(WriteError::Busy(channel.to_owned()))
+    }
+
+    /// Commits the change from `before` to `after` (members `changed`) in parts small enough
+    /// for the store, each a whole state (`state::partly`): halved until one fits, then on
+    /// with that size. Returns the state the last part stored (`after`'s members, a later
+    /// version). A conflict between parts is returned (the caller reads the channel again and
+    /// recomputes the rest: a Here Now read or a sweep applied again changes nothing it
+    /// already changed).
+    async fn commit_in_parts(
+        &self,
+        channel: &str,
+        mut before: Channel,
+        after: &Channel,
+        changed: &[String],
+        mut expected: u64,
+        now: i64,
+    ) -> Result<Channel, CommitError> {
+        let corrupt = |e: WriteError| CommitError::Store(e.to_string());
+        let (mut done, mut size) = (0, changed.len().div_ceil(2));
+        while done < changed.len() {
+            let part = &changed[done..(done + size).min(changed.len())];
+            let next = state::partly(&before, after, part, now);
+            match self
+                .store
+                .commit(
+                    channel,
+                    encode(&next, part, expected, now).map_err(corrupt)?,
+                )
+                .await
+            {
+                Ok(rev) => {
+                    tracing::debug!(
+                        channel,
+                        part = part.len(),
+                        "roster change committed in parts"
+                    );
+                    (before, expected, done) = (next, rev, done + part.len());
+                }
+                Err(CommitError::TooLarge(_)) if part.len() > 1 => size = part.len().div_ceil(2),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(before)
     }
 
     /// Without `roster.sessions` an ended stay has no event to wait for: it is recorded as

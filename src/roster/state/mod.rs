@@ -284,6 +284,39 @@ pub fn sweep(channel: &mut Channel, now_ms: i64) -> Vec<String> {
     gone
 }
 
+/// The state between `before` and `after` (a change of a fully loaded channel) once only the
+/// members `part` of the change are applied: their records as in `after`, the rest as in
+/// `before`, the summary as in `after` with its counters recomputed exactly over these
+/// members and a version after `before`'s. Applying a large change part by part goes
+/// through such states, each one whole; the last part gives `after`'s members.
+pub fn partly(before: &Channel, after: &Channel, part: &[String], now_ms: i64) -> Channel {
+    let mut members = before.members.clone();
+    for uuid in part {
+        members.insert(uuid.clone(), after.members.get(uuid).cloned().flatten());
+    }
+    let summary = after.summary.as_ref().map(|summary| {
+        let mut summary = summary.clone();
+        let (mut present, mut tombstones, mut unpublished) = (0, 0, 0);
+        let mut next_expiry: Option<i64> = None;
+        for member in members.values().flatten() {
+            present += u64::from(member.present);
+            tombstones += u64::from(!member.present);
+            unpublished += u64::from(member.ended.as_ref().is_some_and(|e| !e.published));
+            if let Some(t) = member.expires_at_ms.filter(|_| !member.present) {
+                next_expiry = Some(next_expiry.map_or(t, |n| n.min(t)));
+            }
+        }
+        summary.members = present;
+        summary.tombstones = tombstones;
+        summary.unpublished = unpublished;
+        summary.next_expiry_ms = next_expiry;
+        let previous = before.summary.as_ref().map_or(0, |s| s.version);
+        summary.version = next_version(previous, now_ms);
+        summary
+    });
+    Channel { summary, members }
+}
+
 /// Marks `uuid`'s ended stay as published; returns whether anything changed.
 pub fn mark_published(channel: &mut Channel, uuid: &str, now_ms: i64) -> bool {
     let (Some(summary), Some(Some(member))) =

@@ -381,29 +381,10 @@ async fn a_dead_server_is_reported_down() {
 /// in halves by the writer: every member lands, none is lost to a commit retried forever.
 #[tokio::test]
 async fn a_change_too_large_for_one_commit_is_applied_in_parts() {
-    use std::sync::Arc;
-
     use crate::normalize::{Action, Event, Format, State};
-    use crate::roster::outputs::{Outputs, Publisher};
-    use crate::roster::state::Rules;
-    use crate::roster::store::Store;
-    use crate::roster::writer::Writer;
 
     let server = Server::start();
-    let metrics = crate::roster::metrics::RosterMetrics::new(&prometheus::Registry::new()).unwrap();
-    let writer = Writer {
-        store: Arc::new(Store::Nats(server.store("roster").await)),
-        rules: Rules {
-            tombstone_ttl_ms: 30 * 60_000,
-        },
-        metrics: metrics.clone(),
-        outputs: Arc::new(Outputs {
-            changes: None,
-            sessions: None,
-            publisher: Publisher::None,
-            metrics,
-        }),
-    };
+    let writer = writer(&server).await;
     let now = crate::time::now_ms() as i64;
     let blob = "x".repeat(40 * 1024);
     // 40 members of ~40 KiB each: 1.6 MB in one commit, 0.8 MB in each half.
@@ -442,29 +423,11 @@ async fn a_change_too_large_for_one_commit_is_applied_in_parts() {
 /// member to mark its session published.
 #[tokio::test]
 async fn without_sessions_a_leave_is_one_commit() {
-    use std::sync::Arc;
-
     use crate::normalize::{Action, Event, Format};
-    use crate::roster::outputs::{Outputs, Publisher};
-    use crate::roster::state::{Rules, Summary};
-    use crate::roster::store::Store;
-    use crate::roster::writer::Writer;
+    use crate::roster::state::Summary;
 
     let server = Server::start();
-    let metrics = crate::roster::metrics::RosterMetrics::new(&prometheus::Registry::new()).unwrap();
-    let writer = Writer {
-        store: Arc::new(Store::Nats(server.store("roster").await)),
-        rules: Rules {
-            tombstone_ttl_ms: 30 * 60_000,
-        },
-        metrics: metrics.clone(),
-        outputs: Arc::new(Outputs {
-            changes: None,
-            sessions: None,
-            publisher: Publisher::None,
-            metrics,
-        }),
-    };
+    let writer = writer(&server).await;
     let now = crate::time::now_ms() as i64;
     let event = |id: &str, action: Action, uuid: &str, at: i64| Event {
         id: id.to_owned(),
@@ -503,4 +466,79 @@ async fn without_sessions_a_leave_is_one_commit() {
     let member: serde_json::Value =
         serde_json::from_slice(&snap.members[0].1.as_ref().unwrap().value).unwrap();
     assert_eq!(member["ended"]["published"], true, "{member}");
+}
+
+/// A writer on the bucket `roster` of `server`, without change or session events.
+async fn writer(server: &Server) -> crate::roster::writer::Writer {
+    use std::sync::Arc;
+
+    use crate::roster::outputs::{Outputs, Publisher};
+
+    let metrics = crate::roster::metrics::RosterMetrics::new(&prometheus::Registry::new()).unwrap();
+    crate::roster::writer::Writer {
+        store: Arc::new(crate::roster::store::Store::Nats(
+            server.store("roster").await,
+        )),
+        rules: crate::roster::state::Rules {
+            tombstone_ttl_ms: 30 * 60_000,
+        },
+        metrics: metrics.clone(),
+        outputs: Arc::new(Outputs {
+            changes: None,
+            sessions: None,
+            publisher: Publisher::None,
+            metrics,
+        }),
+    }
+}
+
+/// A Here Now read whose whole change is over the server's max payload (40 members with
+/// 40 KiB states: 1.6 MB) is stored in parts, each a whole state: every member lands, the
+/// counters match, and the read is not refused again and again.
+#[tokio::test]
+async fn a_here_now_read_too_large_for_one_commit_is_stored_in_parts() {
+    use crate::normalize::State;
+    use crate::roster::state::{self, Snapshot, Summary};
+
+    let server = Server::start();
+    let writer = writer(&server).await;
+    let blob = "x".repeat(40 * 1024);
+    let members: Vec<(String, Option<State>)> = (0..40)
+        .map(|i| {
+            let state = State::from_value(&serde_json::json!({ "blob": blob }));
+            (format!("user-{i:02}"), Some(state))
+        })
+        .collect();
+    let read = Snapshot {
+        time_ms: crate::time::now_ms() as i64 - 3000,
+        members: &members,
+    };
+    let rules = writer.rules;
+    let stored = writer
+        .apply_all("big", |loaded, now| {
+            let outcome = state::reconcile(loaded, "big", &read, rules, now);
+            outcome.dirty.then_some(outcome.changed)
+        })
+        .await
+        .expect("stored in parts")
+        .expect("a change");
+    let page = writer.store.page("big", None, 100).await.unwrap().unwrap();
+    assert_eq!(page.members.len(), 40, "every member of every part");
+    let summary: Summary = serde_json::from_slice(&page.summary).unwrap();
+    assert_eq!(summary.members, 40);
+    assert_eq!(summary.occupancy, Some(40));
+    assert_eq!(
+        stored.summary.as_ref().map(|s| s.version),
+        Some(summary.version),
+        "the state returned is the one the last part stored"
+    );
+    // Read again: nothing left to change.
+    let again = writer
+        .apply_all("big", |loaded, now| {
+            let outcome = state::reconcile(loaded, "big", &read, rules, now);
+            outcome.dirty.then_some(outcome.changed)
+        })
+        .await
+        .unwrap();
+    assert!(again.is_none());
 }
