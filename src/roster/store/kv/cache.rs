@@ -12,7 +12,8 @@
 //!
 //! Forgotten on a conflict, a failed or partly foreign payment of owed writes, a removal, any
 //! store error (a bucket lost and created again counts revisions from 1 again), and when over
-//! [`CACHE_BYTES`] (whole channels, arbitrary ones, until a quarter is free).
+//! [`CACHE_BYTES`] (whole channels, arbitrary ones, until a quarter is free; a channel over
+//! [`CHANNEL_BYTES`] is not remembered).
 
 use std::collections::HashMap;
 
@@ -21,7 +22,7 @@ use bytes::Bytes;
 use super::io::{Kind, Record};
 
 /// The most bytes remembered, counted as [`MEMBER_OVERHEAD`] and [`CHANNEL_OVERHEAD`] plus
-/// the uuids, keys and values (the allocations measured: docs/performance.md).
+/// the uuids, keys and values.
 pub(super) const CACHE_BYTES: usize = 48 * 1024 * 1024;
 /// One channel may take this much of [`CACHE_BYTES`] (a hot channel of 100,000 members fits).
 const CHANNEL_BYTES: usize = CACHE_BYTES / 4 * 3;
