@@ -43,7 +43,42 @@ fn err(e: impl std::fmt::Display) -> InputError {
 /// The configured input.
 pub enum Input {
     Nats(Box<NatsInput>),
-    Kafka(Box<StreamConsumer>),
+    Kafka(Box<KafkaInput>),
+}
+
+/// The Kafka side of [`Input`]: the consumer, and what tells a gap in what it delivers.
+pub struct KafkaInput {
+    consumer: StreamConsumer,
+    offsets: Offsets,
+}
+
+/// Per partition, the offset its next record should have. A record past it (or the first
+/// of a partition past the group's committed offset) skipped records; they were lost when
+/// nobody committed past them (librdkafka resets an offset that retention deleted to the
+/// earliest one left, silently). Skips another replica committed (a rebalance) are not.
+#[derive(Debug, Default)]
+struct Offsets {
+    next: HashMap<(String, i32), i64>,
+    gap: bool,
+}
+
+impl Offsets {
+    /// Records that `offset` of `topic`/`partition` was delivered; `committed` gives the
+    /// group's committed offset (`None`: none, or unknown) and is asked only on a skip.
+    fn see(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        committed: impl FnOnce() -> Option<i64>,
+    ) {
+        let key = (topic.to_owned(), partition);
+        let skipped = self.next.get(&key).is_none_or(|&next| offset > next);
+        if skipped && committed().is_some_and(|committed| offset > committed) {
+            self.gap = true;
+        }
+        self.next.insert(key, offset + 1);
+    }
 }
 
 /// The JetStream side of [`Input`].
@@ -117,7 +152,10 @@ impl Input {
         }
         let consumer: StreamConsumer = client.create().map_err(err)?;
         consumer.subscribe(&[topic_regex]).map_err(err)?;
-        Ok(Input::Kafka(Box::new(consumer)))
+        Ok(Input::Kafka(Box::new(KafkaInput {
+            consumer,
+            offsets: Offsets::default(),
+        })))
     }
 
     /// Up to `max` messages, waiting at most `wait` for the first.
@@ -133,7 +171,7 @@ impl Input {
                 }
                 out
             }
-            Input::Kafka(consumer) => fetch_kafka(consumer, max, wait).await,
+            Input::Kafka(kafka) => fetch_kafka(kafka, max, wait).await,
         }
     }
 
@@ -151,7 +189,7 @@ impl Input {
                 }
                 Ok(())
             }
-            Input::Kafka(consumer) => {
+            Input::Kafka(kafka) => {
                 let mut next: HashMap<(String, i32), i64> = HashMap::new();
                 for delivery in batch {
                     if let Token::Kafka {
@@ -172,7 +210,7 @@ impl Input {
                     list.add_partition_offset(&topic, partition, Offset::Offset(offset))
                         .map_err(err)?;
                 }
-                consumer.commit(&list, CommitMode::Async).map_err(err)
+                kafka.consumer.commit(&list, CommitMode::Async).map_err(err)
             }
         }
     }
@@ -185,7 +223,8 @@ impl Input {
                 Some(pending) => Some(pending),
                 None => nats.consumer.info().await.ok().map(|i| i.num_pending),
             },
-            Input::Kafka(consumer) => {
+            Input::Kafka(kafka) => {
+                let consumer = &kafka.consumer;
                 let assignment = consumer.assignment().ok()?;
                 let position = consumer.position().ok()?;
                 let mut total = 0u64;
@@ -218,12 +257,15 @@ impl Input {
         }
     }
 
-    /// Whether the stream dropped events before they reached the roster (retention passed
-    /// them while it was down or behind): the stream's first message is past the next one the
-    /// consumer would deliver. Reported once per first sequence. NATS only; Kafka: `false`.
+    /// Whether the input dropped events before they reached the roster (retention passed
+    /// them while it was down or behind). NATS: the stream's first message is past the next
+    /// one the consumer would deliver (or past a jump in what was handed out), reported once
+    /// per first sequence. Kafka: a partition's records skipped offsets nobody committed past
+    /// ([`Offsets`]), reported once per check.
     pub async fn gap(&mut self) -> bool {
-        let Input::Nats(nats) = self else {
-            return false;
+        let nats = match self {
+            Input::Nats(nats) => nats,
+            Input::Kafka(kafka) => return std::mem::take(&mut kafka.offsets.gap),
         };
         let (Ok(first), Ok(delivered)) = (
             nats.stream.info().await.map(|i| i.state.first_sequence),
@@ -262,7 +304,9 @@ impl Input {
                 nats.consumer = create_consumer(&nats.stream, &nats.name, &nats.subjects).await?;
                 Ok(())
             }
-            Input::Kafka(consumer) => {
+            Input::Kafka(kafka) => {
+                kafka.offsets = Offsets::default();
+                let consumer = &kafka.consumer;
                 let assignment = consumer.assignment().map_err(err)?;
                 let mut list = TopicPartitionList::new();
                 for element in assignment.elements() {
@@ -381,10 +425,11 @@ fn delivery(nats: &mut NatsInput, message: jetstream::Message) -> Delivery {
 }
 
 async fn fetch_kafka(
-    consumer: &StreamConsumer,
+    kafka: &mut KafkaInput,
     max: usize,
     wait: Duration,
 ) -> Result<Vec<Delivery>, InputError> {
+    let KafkaInput { consumer, offsets } = kafka;
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
     while out.len() < max {
@@ -404,6 +449,10 @@ async fn fetch_kafka(
             }
             Ok(Ok(message)) => message,
         };
+        let (topic, partition) = (message.topic(), message.partition());
+        offsets.see(topic, partition, message.offset(), || {
+            committed(consumer, topic, partition)
+        });
         out.push(Delivery {
             payload: message.payload().unwrap_or_default().to_vec(),
             published_ms: message.timestamp().to_millis(),
@@ -415,4 +464,70 @@ async fn fetch_kafka(
         });
     }
     Ok(out)
+}
+
+/// The group's committed offset of `topic`/`partition`; `None` when it has none or the
+/// coordinator did not answer within 2 s (rare: asked only when a partition's offsets skip).
+fn committed(consumer: &StreamConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    let got = consumer
+        .committed_offsets(list, Duration::from_secs(2))
+        .ok()?;
+    match got.find_partition(topic, partition)?.offset() {
+        Offset::Offset(offset) => Some(offset),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Offsets;
+
+    #[test]
+    fn contiguous_offsets_and_a_new_group_are_no_gap() {
+        let mut offsets = Offsets::default();
+        let mut asked = 0;
+        for offset in 0..5 {
+            offsets.see("t", 0, offset, || {
+                asked += 1;
+                None
+            });
+        }
+        assert!(!offsets.gap);
+        assert_eq!(
+            asked, 1,
+            "the committed offset is asked for a new partition only"
+        );
+    }
+
+    #[test]
+    fn records_skipped_past_the_committed_offset_are_a_gap() {
+        // Down past retention: the first record after the restart is past what was committed.
+        let mut offsets = Offsets::default();
+        offsets.see("t", 0, 50, || Some(10));
+        assert!(offsets.gap);
+        // Behind while running: the next record skips ahead, nobody committed past it.
+        let mut offsets = Offsets::default();
+        offsets.see("t", 1, 10, || Some(10));
+        offsets.see("t", 1, 11, || unreachable!("contiguous"));
+        assert!(!offsets.gap);
+        offsets.see("t", 1, 30, || Some(12));
+        assert!(offsets.gap);
+    }
+
+    #[test]
+    fn a_skip_another_replica_committed_or_a_step_back_is_no_gap() {
+        let mut offsets = Offsets::default();
+        offsets.see("t", 0, 10, || Some(10));
+        // The partition went to another replica, which committed up to 200, and came back.
+        offsets.see("t", 0, 200, || Some(200));
+        // A redelivery from an older committed offset after a rebalance.
+        offsets.see("t", 0, 150, || unreachable!("not a skip"));
+        offsets.see("t", 0, 151, || unreachable!("contiguous"));
+        assert!(!offsets.gap);
+        // The coordinator did not answer: no gap claimed.
+        offsets.see("t", 0, 400, || None);
+        assert!(!offsets.gap);
+    }
 }

@@ -381,6 +381,15 @@ async fn kafka_and_redis_a_session_is_published_once_also_when_its_end_is_redeli
         serde_json::from_str(stored.lines().nth(1).expect("a bulk string")).unwrap();
     assert_eq!(stored["uuid"], members["u9"]["uuid"]);
     assert_eq!(stored["since_ms"], members["u9"]["since_ms"]);
+    // Every offset of every partition came in order: no input gap was claimed (the roster
+    // checks once a second; the reader above waited 2 s of quiet after the last record).
+    assert_eq!(
+        roster
+            .metric("hookbus_roster_rebuilds_total{reason=\"input_gap\"}")
+            .await,
+        0.0,
+        "a gap claimed on contiguous offsets"
+    );
     bridge.shutdown();
 }
 
