@@ -163,7 +163,7 @@ async fn an_interrupted_removal_is_finished_by_the_next_reader() {
 }
 
 /// `{"n":<count>}`.
-fn count(summary: Option<&[u8]>) -> u64 {
+pub(super) fn count(summary: Option<&[u8]>) -> u64 {
     summary.map_or(0, |bytes| {
         let json: serde_json::Value = serde_json::from_slice(bytes).unwrap();
         json["n"].as_u64().unwrap()
